@@ -1,0 +1,308 @@
+//! The reducer: once a tick, sum the slots of the topics that changed.
+//!
+//! Its cost follows what changed, not how many topics exist: it reads the cores' rings (topics
+//! first changed this epoch), a short watch list per core (topics whose core may still change
+//! them without pushing again), and the shared core's dirty summary words.
+//!
+//! # Staleness bound
+//!
+//! A change made by a core's owner thread is in the sum of the first tick that starts after the
+//! change is visible to the reducer (in practice: after the owner's store leaves its store
+//! buffer, nanoseconds), and at the latest in the first tick after the owner's next join or leave
+//! in a later epoch, or after anything that orders it before the tick ([`crate::Engine::sync`]
+//! from a thread the change happened-before). A change never waits for a topic to change again.
+//! Changes through the shared core are in the next tick's sum.
+//!
+//! # Retirement
+//!
+//! A topic whose count stayed zero for `retire_after` is retired in two phases. Phase one (tick
+//! `t1`) bumps the id's generation: from then on, a join through a handle made earlier fails. A
+//! join that checked the generation just before the bump may still land; every core observes the
+//! epoch *before* it checks a generation, and publishes the epochs it sees, so once every bound
+//! core has published an epoch after `t1` (and unbound cores re-read the epoch with an RMW when
+//! they bind), all such stragglers are visible. Phase two then re-sums the topic: zero frees the
+//! id for reuse, anything else revives the topic. A claimed shard that stays idle holds up phase
+//! two (not the counts): ids are reused only once it joins or leaves again, or is dropped.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::shard::Hot;
+use crate::sync::Ordering;
+use crate::topic::{Retired, Topics};
+
+/// Collects the topics that changed since the last tick, over every core. Owned by the reducer.
+pub(crate) struct Collector {
+    /// Per core: `(topic, epoch)` drained earlier and still to be re-read.
+    watch: Vec<Vec<(u32, u32)>>,
+    /// Per core: the `overflows` value last acted on.
+    overflow_seen: Vec<u64>,
+    /// Per topic: the tick that last listed it (dedup within a tick).
+    stamp: Vec<u32>,
+    /// Scratch: the topics listed this tick.
+    pub(crate) touched: Vec<u32>,
+    pub(crate) rescans: u64,
+}
+
+/// `e32` widened to the u64 epoch nearest below `now`.
+fn widen(now: u64, e32: u32) -> u64 {
+    now.wrapping_sub(u64::from((now as u32).wrapping_sub(e32)))
+}
+
+impl Collector {
+    pub(crate) fn new(cores: usize, capacity: usize) -> Collector {
+        Collector {
+            watch: vec![Vec::new(); cores],
+            overflow_seen: vec![0; cores],
+            stamp: vec![0; capacity],
+            touched: Vec::new(),
+            rescans: 0,
+        }
+    }
+
+    #[inline]
+    fn list(&mut self, tick: u64, id: u32) {
+        let s = &mut self.stamp[id as usize];
+        if *s != tick as u32 {
+            *s = tick as u32;
+            self.touched.push(id);
+        }
+    }
+
+    /// Starts tick `tick`: publishes it as the new epoch, then lists every topic that may have
+    /// changed into `self.touched`. `high_water`: one past the highest id in use (for rescans).
+    pub(crate) fn collect(&mut self, hot: &Hot, tick: u64, high_water: u32) {
+        self.touched.clear();
+        // Release: whatever this thread did before (generation bumps) is visible to a core that
+        // observes the new epoch.
+        hot.epoch.store(tick, Ordering::Release);
+        for (c, core) in hot.cores.iter().enumerate() {
+            // Read `seen` before anything else of this core: a topic may be dropped from the watch
+            // list only if the core had moved past its epoch *before* we read its slot.
+            let seen = core.hdr.seen.load(Ordering::Acquire);
+            let mut watch = std::mem::take(&mut self.watch[c]);
+            watch.retain(|&(id, e)| {
+                self.list(tick, id);
+                seen <= widen(tick, e)
+            });
+            let o = core.hdr.overflows.load(Ordering::Acquire);
+            if o != self.overflow_seen[c] {
+                self.overflow_seen[c] = o;
+                self.rescans += 1;
+                for id in 0..high_water {
+                    self.list(tick, id);
+                }
+            }
+            core.ring.drain(|v| {
+                let (id, e) = (v as u32, (v >> 32) as u32);
+                self.list(tick, id);
+                if seen <= widen(tick, e) {
+                    watch.push((id, e));
+                }
+            });
+            watch.sort_unstable();
+            watch.dedup();
+            self.watch[c] = watch;
+        }
+        let sh = &hot.shared;
+        for (w, word) in sh.summary.iter().enumerate() {
+            if word.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut s = word.swap(0, Ordering::SeqCst);
+            while s != 0 {
+                let i = w * 64 + s.trailing_zeros() as usize;
+                s &= s - 1;
+                let mut b = sh.bits[i].swap(0, Ordering::SeqCst);
+                while b != 0 {
+                    let id = (i * 64) as u32 + b.trailing_zeros();
+                    b &= b - 1;
+                    self.list(tick, id);
+                }
+            }
+        }
+    }
+
+    /// How many `(topic, core)` pairs the watch lists hold.
+    pub(crate) fn watching(&self) -> usize {
+        self.watch.iter().map(Vec::len).sum()
+    }
+}
+
+/// The sum of every core's count for `id`, read now.
+#[inline]
+pub(crate) fn sum(hot: &Hot, id: u32) -> i64 {
+    let mut s = hot.shared.counts[id as usize].load(Ordering::SeqCst);
+    for c in hot.cores.iter() {
+        s = s.wrapping_add(c.count(id));
+    }
+    // Only the wrapped sum is meaningful; a negative one (more leaves than joins, which only
+    // `Shard::add` misuse can cause) reads as zero.
+    i64::from(s as i32).max(0)
+}
+
+/// One topic whose local count changed this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) id: u32,
+    pub(crate) count: u64,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TickReport {
+    pub(crate) listed: usize,
+    pub(crate) changed: usize,
+    pub(crate) retiring: usize,
+    pub(crate) freed: usize,
+    pub(crate) revived: usize,
+}
+
+pub(crate) struct Reducer {
+    tick: u64,
+    collector: Collector,
+    /// Per topic: the local count as of the last tick.
+    local: Vec<u64>,
+    /// Per topic: the tick at which its count last became zero (0: not zero, or not tracked).
+    zero_at: Vec<u64>,
+    /// Topics that became zero, oldest first: `(id, tick, when)`.
+    zeros: VecDeque<(u32, u64, Instant)>,
+    /// Topics in phase one of retirement: `(id, tick of phase one)`.
+    dying: VecDeque<(u32, u64)>,
+    retire_after: Duration,
+    new: Vec<u32>,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) total: u64,
+}
+
+impl Reducer {
+    pub(crate) fn new(hot: &Hot, retire_after: Duration) -> Reducer {
+        let cap = hot.capacity();
+        Reducer {
+            tick: hot.epoch.load(Ordering::Relaxed),
+            collector: Collector::new(hot.cores.len(), cap),
+            local: vec![0; cap],
+            zero_at: vec![0; cap],
+            zeros: VecDeque::new(),
+            dying: VecDeque::new(),
+            retire_after,
+            new: Vec::new(),
+            changes: Vec::new(),
+            total: 0,
+        }
+    }
+
+    pub(crate) fn tick_number(&self) -> u64 {
+        self.tick
+    }
+
+    pub(crate) fn rescans(&self) -> u64 {
+        self.collector.rescans
+    }
+
+    pub(crate) fn watching(&self) -> usize {
+        self.collector.watching()
+    }
+
+    /// Runs one tick at time `now`. Afterwards `self.changes` lists the topics whose local count
+    /// changed, with their new counts.
+    pub(crate) fn tick(&mut self, hot: &Hot, topics: &Topics, now: Instant) -> TickReport {
+        self.tick += 1;
+        let tick = self.tick;
+        let mut rep = TickReport::default();
+        self.changes.clear();
+
+        topics.take_new(&mut self.new);
+        for id in self.new.drain(..) {
+            if self.local[id as usize] == 0 {
+                self.zero_at[id as usize] = tick;
+                self.zeros.push_back((id, tick, now));
+            }
+        }
+
+        self.collector.collect(hot, tick, topics.high_water());
+        rep.listed = self.collector.touched.len();
+        for &id in &self.collector.touched {
+            let new = sum(hot, id) as u64;
+            let old = std::mem::replace(&mut self.local[id as usize], new);
+            if new == old {
+                continue;
+            }
+            self.total = self.total.wrapping_add(new).wrapping_sub(old);
+            self.changes.push(Change { id, count: new });
+            if new == 0 {
+                self.zero_at[id as usize] = tick;
+                self.zeros.push_back((id, tick, now));
+            } else {
+                self.zero_at[id as usize] = 0;
+            }
+        }
+        rep.changed = self.changes.len();
+
+        // Phase two for topics whose phase one every bound core has moved past.
+        let mut quiet = u64::MAX;
+        for core in hot.cores.iter() {
+            if core.hdr.bound.load(Ordering::Acquire) != 0 {
+                quiet = quiet.min(core.hdr.seen.load(Ordering::Acquire));
+            }
+        }
+        while let Some(&(id, t1)) = self.dying.front() {
+            if quiet <= t1 {
+                break;
+            }
+            self.dying.pop_front();
+            let s = sum(hot, id) as u64;
+            match topics.finish_retire(id, s == 0) {
+                Retired::Freed => {
+                    rep.freed += 1;
+                    self.zero_at[id as usize] = 0;
+                }
+                Retired::Revived => {
+                    rep.revived += 1;
+                    // A straggler's join: count it like any change.
+                    let old = std::mem::replace(&mut self.local[id as usize], s);
+                    if s != old {
+                        self.total = self.total.wrapping_add(s).wrapping_sub(old);
+                        self.changes.push(Change { id, count: s });
+                    }
+                    if s == 0 {
+                        self.zero_at[id as usize] = tick;
+                        self.zeros.push_back((id, tick, now));
+                    }
+                }
+            }
+        }
+
+        // Phase one for topics that stayed at zero for `retire_after`.
+        while let Some(&(id, at, when)) = self.zeros.front() {
+            if now.saturating_duration_since(when) < self.retire_after {
+                break;
+            }
+            self.zeros.pop_front();
+            if self.zero_at[id as usize] != at || self.local[id as usize] != 0 {
+                continue; // changed since
+            }
+            self.zero_at[id as usize] = 0;
+            if topics.begin_retire(id, hot) {
+                self.dying.push_back((id, tick));
+            }
+        }
+        rep.retiring = self.dying.len();
+        rep
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widen_inverts_truncation() {
+        for now in [5u64, 1 << 32, (1 << 33) + 7, u64::MAX / 2] {
+            for back in [0u64, 1, 1000, (1 << 31) - 1] {
+                let Some(e) = now.checked_sub(back) else { continue };
+                assert_eq!(widen(now, e as u32), e);
+            }
+        }
+    }
+}
