@@ -44,16 +44,22 @@ impl Default for Builder {
 /// The number of CPUs this process may run on (at least 1).
 pub fn cpus() -> usize {
     #[cfg(feature = "affinity")]
-    if let Some(ids) = core_affinity::get_core_ids() {
-        if !ids.is_empty() {
-            return ids.len();
-        }
+    if let Some(ids) = core_affinity::get_core_ids()
+        && !ids.is_empty()
+    {
+        return ids.len();
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn bad(option: &'static str, value: impl std::fmt::Debug, reason: &str) -> Error {
-    Error::Config { option, value: format!("{value:?}"), reason: reason.to_string() }
+    Error::Config {
+        option,
+        value: format!("{value:?}"),
+        reason: reason.to_string(),
+    }
 }
 
 impl Builder {
@@ -119,13 +125,25 @@ impl Builder {
             return Err(bad("tick", self.tick, "must be between 1ms and 1h"));
         }
         if !(2..=(1 << 31)).contains(&self.max_topics) {
-            return Err(bad("max_topics", self.max_topics, "must be between 2 and 2^31"));
+            return Err(bad(
+                "max_topics",
+                self.max_topics,
+                "must be between 2 and 2^31",
+            ));
         }
         if !(2..=(1 << 26)).contains(&self.ring_capacity) {
-            return Err(bad("ring_capacity", self.ring_capacity, "must be between 2 and 2^26"));
+            return Err(bad(
+                "ring_capacity",
+                self.ring_capacity,
+                "must be between 2 and 2^26",
+            ));
         }
         if !(1..=1 << 20).contains(&self.feed_capacity) {
-            return Err(bad("feed_capacity", self.feed_capacity, "must be between 1 and 2^20"));
+            return Err(bad(
+                "feed_capacity",
+                self.feed_capacity,
+                "must be between 1 and 2^20",
+            ));
         }
         if self.pin && !cfg!(feature = "affinity") {
             return Err(bad("pin", self.pin, "needs headcount's `affinity` feature"));
@@ -157,7 +175,11 @@ impl Builder {
                 .map_err(Error::Spawn)?
         };
         Ok(Engine {
-            h: Arc::new(Handle { inner, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) }),
+            h: Arc::new(Handle {
+                inner,
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+            }),
         })
     }
 }
@@ -234,10 +256,10 @@ impl Handle {
         // Dropping the sender ends the engine loop.
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
         let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = t {
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
+        if let Some(t) = t
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
         }
     }
 }
@@ -250,10 +272,10 @@ impl Drop for Handle {
 
 fn run(inner: Arc<Inner>, cfg: Builder, rx: mpsc::Receiver<Cmd>) {
     #[cfg(feature = "affinity")]
-    if cfg.pin {
-        if let Some(last) = core_affinity::get_core_ids().and_then(|v| v.last().copied()) {
-            core_affinity::set_for_current(last);
-        }
+    if cfg.pin
+        && let Some(last) = core_affinity::get_core_ids().and_then(|v| v.last().copied())
+    {
+        core_affinity::set_for_current(last);
     }
     let pool = &inner.pool;
     let mut reducer = Reducer::new(&pool.hot, cfg.retire_after);
@@ -290,17 +312,25 @@ fn tick(inner: &Inner, r: &mut Reducer) {
     inner.view.total_local.store(r.total, Ordering::Relaxed);
     inner.view.total_cluster.store(r.total, Ordering::Relaxed);
     if !r.changes.is_empty() && inner.feed.has_readers() {
-        let changes =
-            r.changes.iter().filter_map(|c| pool.topics.name(c.id).map(|n| (n.name, c.count))).collect();
-        inner.feed.publish(TickChanges { tick: r.tick_number(), changes });
+        let changes = r
+            .changes
+            .iter()
+            .filter_map(|c| pool.topics.name(c.id).map(|n| (n.name, c.count)))
+            .collect();
+        inner.feed.publish(TickChanges {
+            tick: r.tick_number(),
+            changes,
+        });
     }
     let s = &inner.stats;
     let ns = start.elapsed().as_nanos() as u64;
     s.last_tick_ns.store(ns, StdOrdering::Relaxed);
     s.max_tick_ns.fetch_max(ns, StdOrdering::Relaxed);
-    s.changed.fetch_add(rep.changed as u64, StdOrdering::Relaxed);
+    s.changed
+        .fetch_add(rep.changed as u64, StdOrdering::Relaxed);
     s.retired.fetch_add(rep.freed as u64, StdOrdering::Relaxed);
-    s.revived.fetch_add(rep.revived as u64, StdOrdering::Relaxed);
+    s.revived
+        .fetch_add(rep.revived as u64, StdOrdering::Relaxed);
     s.retiring.store(rep.retiring as u64, StdOrdering::Relaxed);
     s.rescans.store(r.rescans(), StdOrdering::Relaxed);
     s.watching.store(r.watching() as u64, StdOrdering::Relaxed);
@@ -318,7 +348,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("shards", &self.h.inner.shards).field("tick", &self.h.inner.tick).finish()
+        f.debug_struct("Engine")
+            .field("shards", &self.h.inner.shards)
+            .field("tick", &self.h.inner.tick)
+            .finish()
     }
 }
 
@@ -360,7 +393,11 @@ impl Engine {
         if !self.live(topic) {
             return None;
         }
-        self.inner().pool.topics.name(topic.id()).map(|n| (n.name, n.hash))
+        self.inner()
+            .pool
+            .topics
+            .name(topic.id())
+            .map(|n| (n.name, n.hash))
     }
 
     /// Claims a free shard, or [`Error::NoFreeShard`] when all are claimed.
@@ -394,7 +431,8 @@ impl Engine {
 
     fn live(&self, topic: Topic) -> bool {
         let gens = &self.inner().pool.hot.gens;
-        gens.get(topic.id() as usize).is_some_and(|g| g.load(Ordering::Relaxed) == topic.generation())
+        gens.get(topic.id() as usize)
+            .is_some_and(|g| g.load(Ordering::Relaxed) == topic.generation())
     }
 
     /// The cluster-wide count of `topic` as of the last tick (0 for a stale handle).
@@ -449,7 +487,9 @@ impl Engine {
         }
         let mut out: Vec<(String, u64)> = heap
             .into_iter()
-            .filter_map(|std::cmp::Reverse((c, id))| inner.pool.topics.name(id).map(|n| (n.name.to_string(), c)))
+            .filter_map(|std::cmp::Reverse((c, id))| {
+                inner.pool.topics.name(id).map(|n| (n.name.to_string(), c))
+            })
             .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         out

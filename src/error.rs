@@ -5,19 +5,25 @@
 #[non_exhaustive]
 pub enum Error {
     /// Every shard is claimed.
-    #[error("all {shards} shards are claimed: drop a Shard, or start the engine with more (Engine::builder().shards(n))")]
+    #[error(
+        "all {shards} shards are claimed: drop a Shard, or start the engine with more (Engine::builder().shards(n))"
+    )]
     NoFreeShard {
         /// How many shards the engine has.
         shards: usize,
     },
     /// The topic table has no free id (live topics plus topics waiting to be retired).
-    #[error("the topic table is full ({capacity} topics): raise Engine::builder().max_topics(n), or lower retire_after so idle topics free their ids sooner")]
+    #[error(
+        "the topic table is full ({capacity} topics): raise Engine::builder().max_topics(n), or lower retire_after so idle topics free their ids sooner"
+    )]
     TopicsFull {
         /// The table's capacity.
         capacity: usize,
     },
     /// A [`crate::Topic`] handle whose topic was retired (or that came from another engine).
-    #[error("topic handle #{id} is stale: its topic was retired after staying at zero; look the name up again with Engine::topic")]
+    #[error(
+        "topic handle #{id} is stale: its topic was retired after staying at zero; look the name up again with Engine::topic"
+    )]
     StaleTopic {
         /// The handle's id.
         id: u32,

@@ -60,3 +60,8 @@ pub use error::Error;
 pub use shard::{Presence, Shard};
 pub use topic::{OVERFLOW_NAME, Topic, wire_hash};
 pub use view::{ChangeFeed, FeedEvent, TickChanges};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -68,7 +68,7 @@ impl Ring {
         n
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn capacity(&self) -> usize {
         self.mask + 1
     }

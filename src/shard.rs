@@ -92,7 +92,11 @@ pub(crate) struct Core {
 
 impl Core {
     fn new(capacity: usize, ring: usize) -> Core {
-        Core { hdr: CachePadded::new(Header::default()), slots: zeroed_u64(capacity), ring: Ring::new(ring) }
+        Core {
+            hdr: CachePadded::new(Header::default()),
+            slots: zeroed_u64(capacity),
+            ring: Ring::new(ring),
+        }
     }
 
     /// Owner only: loads the global epoch and, when it moved, publishes that this core has seen it.
@@ -130,7 +134,10 @@ impl Core {
         }
         let l = &self.hdr.live;
         // Release, and last: once the engine's teardown sees this, we no longer touch the core.
-        l.store(l.load(Ordering::Relaxed).wrapping_add(live), Ordering::Release);
+        l.store(
+            l.load(Ordering::Relaxed).wrapping_add(live),
+            Ordering::Release,
+        );
     }
 
     #[cold]
@@ -271,7 +278,9 @@ unsafe impl Sync for HotBox {}
 
 impl HotBox {
     pub(crate) fn new(hot: Hot) -> HotBox {
-        HotBox { ptr: NonNull::from(Box::leak(Box::new(hot))) }
+        HotBox {
+            ptr: NonNull::from(Box::leak(Box::new(hot))),
+        }
     }
 }
 
@@ -311,7 +320,11 @@ impl ShardPool {
     pub(crate) fn new(hot: HotBox, claimable: usize, topics: Topics) -> ShardPool {
         // Pop order: core 0 first.
         let free = (0..claimable as u32).rev().collect();
-        ShardPool { hot, free: Mutex::new(free), topics }
+        ShardPool {
+            hot,
+            free: Mutex::new(free),
+            topics,
+        }
     }
 
     fn claim(&self) -> Option<u32> {
@@ -329,7 +342,10 @@ impl ShardPool {
     }
 
     fn give_back(&self, core: u32) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(core);
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(core);
     }
 
     pub(crate) fn free_shards(&self) -> usize {
@@ -344,14 +360,23 @@ impl ShardPool {
         if b == me {
             return true;
         }
-        if b != 0 || hdr.bound.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if b != 0
+            || hdr
+                .bound
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
             return false;
         }
         // Read the newest epoch with an RMW, so that this thread's next loads see every topic
         // retirement published before it (see `reducer::Retirement`).
         self.hot.epoch.fetch_add(0, Ordering::AcqRel);
         BINDINGS.with(|bs| {
-            bs.borrow_mut().0.push(Binding { pool: Arc::downgrade(self), core: c, thread_shard })
+            bs.borrow_mut().0.push(Binding {
+                pool: Arc::downgrade(self),
+                core: c,
+                thread_shard,
+            })
         });
         true
     }
@@ -459,7 +484,12 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     pub(crate) fn claim(pool: &Arc<ShardPool>, shards: usize) -> Result<Shard, Error> {
         let core = pool.claim().ok_or(Error::NoFreeShard { shards })?;
-        Ok(Shard { pool: pool.clone(), core, owner: 0, _not_sync: PhantomData })
+        Ok(Shard {
+            pool: pool.clone(),
+            core,
+            owner: 0,
+            _not_sync: PhantomData,
+        })
     }
 
     /// This shard's index (0-based).
@@ -476,7 +506,10 @@ impl Shard {
         match self.try_join(topic) {
             Ok(p) => p,
             Err(_) => {
-                self.pool.hot.stale_joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.pool
+                    .hot
+                    .stale_joins
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Presence::inert(&self.pool.hot, topic)
             }
         }
@@ -544,14 +577,22 @@ unsafe impl Sync for Presence {}
 
 impl std::fmt::Debug for Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Presence").field("topic", &self.topic()).field("counted", &(self.core != INERT)).finish()
+        f.debug_struct("Presence")
+            .field("topic", &self.topic())
+            .field("counted", &(self.core != INERT))
+            .finish()
     }
 }
 
 impl Presence {
     #[inline]
     fn new(hot: &HotBox, topic: Topic, core: u32) -> Presence {
-        Presence { hot: hot.ptr, id: topic.id(), core, generation: topic.generation() }
+        Presence {
+            hot: hot.ptr,
+            id: topic.id(),
+            core,
+            generation: topic.generation(),
+        }
     }
 
     fn inert(hot: &HotBox, topic: Topic) -> Presence {
@@ -562,7 +603,9 @@ impl Presence {
         match pool.join_here(topic) {
             Ok(p) => p,
             Err(_) => {
-                pool.hot.stale_joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pool.hot
+                    .stale_joins
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Presence::inert(&pool.hot, topic)
             }
         }
@@ -638,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn presence_outliving_shard_and_pool_is_safe() {
+    fn presence_outliving_pool_is_safe_and_leaks() {
         let p = pool(1, 64);
         let t = Topic::from_parts(3, 0);
         let mut s = Shard::claim(&p, 1).unwrap();
@@ -660,10 +703,16 @@ mod tests {
         let mut s = Shard::claim(&p, 1).unwrap();
         p.hot.gens[7].store(1, Ordering::SeqCst);
         let stale = Topic::from_parts(7, 0);
-        assert!(matches!(s.try_join(stale), Err(Error::StaleTopic { id: 7 })));
+        assert!(matches!(
+            s.try_join(stale),
+            Err(Error::StaleTopic { id: 7 })
+        ));
         let inert = s.join(stale);
         assert!(!inert.is_counted());
-        assert!(s.try_join(Topic::from_parts(1_000, 0)).is_err(), "out of range is stale too");
+        assert!(
+            s.try_join(Topic::from_parts(1_000, 0)).is_err(),
+            "out of range is stale too"
+        );
         let ok = s.join(Topic::from_parts(7, 1));
         assert_eq!(sum(&p.hot, 7), 1);
         drop((inert, ok));
@@ -694,7 +743,10 @@ mod tests {
         let p = pool(2, 8);
         let a = Shard::claim(&p, 2).unwrap();
         let b = Shard::claim(&p, 2).unwrap();
-        assert!(matches!(Shard::claim(&p, 2), Err(Error::NoFreeShard { shards: 2 })));
+        assert!(matches!(
+            Shard::claim(&p, 2),
+            Err(Error::NoFreeShard { shards: 2 })
+        ));
         drop(a);
         let c = Shard::claim(&p, 2).unwrap();
         drop((b, c));

@@ -23,7 +23,10 @@ pub struct Topic {
 impl Topic {
     /// The id reserved for joins that arrive while the topic table is full; counted and shown as
     /// [`OVERFLOW_NAME`], never retired.
-    pub const OVERFLOW: Topic = Topic { id: 0, generation: 0 };
+    pub const OVERFLOW: Topic = Topic {
+        id: 0,
+        generation: 0,
+    };
 
     pub(crate) fn from_parts(id: u32, generation: u32) -> Topic {
         Topic { id, generation }
@@ -94,13 +97,27 @@ impl Topics {
     pub(crate) fn new(capacity: usize, key: u128) -> Topics {
         let key = key.to_le_bytes();
         let t = Topics {
-            by_name: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build(),
-            by_id: papaya::HashMap::builder().hasher(foldhash::fast::RandomState::default()).build(),
-            alloc: Mutex::new(Alloc { free: VecDeque::new(), next: 1, new: Vec::new() }),
+            by_name: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            by_id: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            alloc: Mutex::new(Alloc {
+                free: VecDeque::new(),
+                next: 1,
+                new: Vec::new(),
+            }),
             capacity,
             key,
         };
-        t.by_id.pin().insert(0, NameRec { name: OVERFLOW_NAME.into(), hash: wire_hash(key, OVERFLOW_NAME) });
+        t.by_id.pin().insert(
+            0,
+            NameRec {
+                name: OVERFLOW_NAME.into(),
+                hash: wire_hash(key, OVERFLOW_NAME),
+            },
+        );
         t
     }
 
@@ -120,7 +137,8 @@ impl Topics {
     /// The handle for `name`, interning it if new; [`Topic::OVERFLOW`] when the table is full.
     #[inline]
     pub(crate) fn resolve(&self, name: &str, hot: &Hot) -> Topic {
-        self.lookup(name).unwrap_or_else(|| self.intern(name, hot).unwrap_or(Topic::OVERFLOW))
+        self.lookup(name)
+            .unwrap_or_else(|| self.intern(name, hot).unwrap_or(Topic::OVERFLOW))
     }
 
     /// The handle for `name`, interning it if new.
@@ -130,7 +148,10 @@ impl Topics {
         if let Some(e) = map.get(name) {
             if e.dying {
                 let e = Entry { dying: false, ..*e };
-                let key = map.get_key_value(name).map(|(k, _)| k.clone()).unwrap_or_else(|| name.into());
+                let key = map
+                    .get_key_value(name)
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| name.into());
                 map.insert(key, e);
                 return Ok(Topic::from_parts(e.id, e.generation));
             }
@@ -142,12 +163,29 @@ impl Topics {
                 a.next += 1;
                 a.next - 1
             }
-            None => return Err(crate::Error::TopicsFull { capacity: self.capacity }),
+            None => {
+                return Err(crate::Error::TopicsFull {
+                    capacity: self.capacity,
+                });
+            }
         };
         let generation = hot.gens[id as usize].load(Ordering::SeqCst);
         let name: Arc<str> = name.into();
-        self.by_id.pin().insert(id, NameRec { name: name.clone(), hash: wire_hash(self.key, &name) });
-        map.insert(name, Entry { id, generation, dying: false });
+        self.by_id.pin().insert(
+            id,
+            NameRec {
+                name: name.clone(),
+                hash: wire_hash(self.key, &name),
+            },
+        );
+        map.insert(
+            name,
+            Entry {
+                id,
+                generation,
+                dying: false,
+            },
+        );
         a.new.push(id);
         Ok(Topic::from_parts(id, generation))
     }
@@ -184,14 +222,23 @@ impl Topics {
             return false;
         }
         let _a = self.lock();
-        let Some(rec) = self.name(id) else { return false };
+        let Some(rec) = self.name(id) else {
+            return false;
+        };
         let map = self.by_name.pin();
         match map.get(&*rec.name) {
             Some(e) if e.id == id && !e.dying => {
                 let g = hot.gens[id as usize].load(Ordering::SeqCst).wrapping_add(1);
                 // SeqCst: pairs with the shared core's re-check in `Hot::join_shared`.
                 hot.gens[id as usize].store(g, Ordering::SeqCst);
-                map.insert(rec.name.clone(), Entry { id, generation: g, dying: true });
+                map.insert(
+                    rec.name.clone(),
+                    Entry {
+                        id,
+                        generation: g,
+                        dying: true,
+                    },
+                );
                 true
             }
             _ => false,
@@ -202,9 +249,13 @@ impl Topics {
     /// the id's counts, read after that, sum to zero on every core.
     pub(crate) fn finish_retire(&self, id: u32, zero: bool) -> Retired {
         let mut a = self.lock();
-        let Some(rec) = self.name(id) else { return Retired::Revived };
+        let Some(rec) = self.name(id) else {
+            return Retired::Revived;
+        };
         let map = self.by_name.pin();
-        let Some(e) = map.get(&*rec.name).copied() else { return Retired::Revived };
+        let Some(e) = map.get(&*rec.name).copied() else {
+            return Retired::Revived;
+        };
         if e.id != id || !e.dying {
             return Retired::Revived;
         }
@@ -249,7 +300,11 @@ mod tests {
 
         // Retire with a revival in between.
         assert!(t.begin_retire(1, &hot));
-        assert_eq!(t.lookup("a"), None, "a dying name is not handed out lock-free");
+        assert_eq!(
+            t.lookup("a"),
+            None,
+            "a dying name is not handed out lock-free"
+        );
         let revived = t.intern("a", &hot).unwrap();
         assert_eq!(revived.id(), 1);
         assert_ne!(revived.generation(), a.generation());
@@ -282,7 +337,10 @@ mod tests {
         let t = Topics::new(3, 0);
         t.intern("a", &hot).unwrap();
         t.intern("b", &hot).unwrap();
-        assert!(matches!(t.intern("c", &hot), Err(crate::Error::TopicsFull { capacity: 3 })));
+        assert!(matches!(
+            t.intern("c", &hot),
+            Err(crate::Error::TopicsFull { capacity: 3 })
+        ));
         assert_eq!(t.resolve("c", &hot), Topic::OVERFLOW);
         assert!(!t.begin_retire(0, &hot), "the overflow topic never retires");
     }

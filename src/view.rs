@@ -71,7 +71,11 @@ pub(crate) struct Feed {
 impl Feed {
     pub(crate) fn new(capacity: usize) -> Arc<Feed> {
         Arc::new(Feed {
-            q: Mutex::new(Queue { buf: VecDeque::new(), first: 0, closed: false }),
+            q: Mutex::new(Queue {
+                buf: VecDeque::new(),
+                first: 0,
+                closed: false,
+            }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
         })
@@ -106,7 +110,10 @@ impl Feed {
 
     pub(crate) fn subscribe(self: &Arc<Self>) -> ChangeFeed {
         let q = self.lock();
-        ChangeFeed { feed: self.clone(), next: q.first + q.buf.len() as u64 }
+        ChangeFeed {
+            feed: self.clone(),
+            next: q.first + q.buf.len() as u64,
+        }
     }
 }
 
@@ -121,7 +128,9 @@ pub struct ChangeFeed {
 
 impl std::fmt::Debug for ChangeFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangeFeed").field("next", &self.next).finish()
+        f.debug_struct("ChangeFeed")
+            .field("next", &self.next)
+            .finish()
     }
 }
 
@@ -159,7 +168,11 @@ impl ChangeFeed {
             if q.closed || now >= deadline {
                 return None;
             }
-            q = feed.cv.wait_timeout(q, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            q = feed
+                .cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -191,7 +204,10 @@ mod tests {
     use super::*;
 
     fn batch(tick: u64) -> TickChanges {
-        TickChanges { tick, changes: vec![("t".into(), tick)] }
+        TickChanges {
+            tick,
+            changes: vec![("t".into(), tick)],
+        }
     }
 
     #[test]
