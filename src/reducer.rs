@@ -37,6 +37,8 @@ pub(crate) struct Collector {
     watch: Vec<Vec<(u32, u32)>>,
     /// Per core: the `overflows` value last acted on.
     overflow_seen: Vec<u64>,
+    /// Per core: rescan every topic while the core's published epoch is at most this.
+    rescan_until: Vec<u64>,
     /// Per topic: the tick that last listed it (dedup within a tick).
     stamp: Vec<u32>,
     /// Scratch: the topics listed this tick.
@@ -54,6 +56,7 @@ impl Collector {
         Collector {
             watch: vec![Vec::new(); cores],
             overflow_seen: vec![0; cores],
+            rescan_until: vec![0; cores],
             stamp: vec![0; capacity],
             touched: Vec::new(),
             rescans: 0,
@@ -85,9 +88,17 @@ impl Collector {
                 self.list(tick, id);
                 seen <= widen(tick, e)
             });
+            // A full ring: the core skipped pushes for this epoch, so every topic is re-read until
+            // the core has moved past it (like the watch list, for all topics at once).
             let o = core.hdr.overflows.load(Ordering::Acquire);
             if o != self.overflow_seen[c] {
                 self.overflow_seen[c] = o;
+                self.rescan_until[c] = tick;
+            }
+            if self.rescan_until[c] != 0 {
+                if seen > self.rescan_until[c] {
+                    self.rescan_until[c] = 0;
+                }
                 self.rescans += 1;
                 for id in 0..high_water {
                     self.list(tick, id);

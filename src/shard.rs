@@ -80,7 +80,8 @@ pub(crate) struct Header {
     pub(crate) seen: AtomicU64,
     /// Owner-only writes: presences created here minus presences dropped here (wrapping).
     pub(crate) live: AtomicU64,
-    /// Bumped (release) whenever a ring push failed; the reducer then rescans this core.
+    /// Bumped (release) whenever a ring push failed; the reducer then rescans every topic until
+    /// this core has moved past the epoch.
     pub(crate) overflows: AtomicU64,
 }
 
@@ -130,7 +131,7 @@ impl Core {
         let old_mark = (v >> 32) as u32;
         slot.store(count | (u64::from(mark) << 32), Ordering::Relaxed);
         if old_mark != mark {
-            self.report(id, e, count, old_mark);
+            self.report(id, e);
         }
         let l = &self.hdr.live;
         // Release, and last: once the engine's teardown sees this, we no longer touch the core.
@@ -142,10 +143,10 @@ impl Core {
 
     #[cold]
     #[inline(never)]
-    fn report(&self, id: u32, e: u64, count: u64, old_mark: u32) {
+    fn report(&self, id: u32, e: u64) {
         if !self.ring.push(u64::from(id) | ((e & 0xffff_ffff) << 32)) {
-            // Keep the old mark so the next change retries the push, and ask for a rescan.
-            self.slots[id as usize].store(count | (u64::from(old_mark) << 32), Ordering::Relaxed);
+            // The ring is full: ask the reducer to rescan every topic of this core until it has
+            // moved past this epoch. The mark stays set, so later changes stay on the fast path.
             let o = &self.hdr.overflows;
             o.store(o.load(Ordering::Relaxed) + 1, Ordering::Release);
         }
@@ -763,6 +764,11 @@ mod tests {
         let mut n = 0;
         core.ring.drain(|_| n += 1);
         assert_eq!(n, 16);
+        // The marks are set anyway: a second change in the same epoch does not retry the push.
+        let before = core.hdr.overflows.load(Ordering::Acquire);
+        let again = s.join(Topic::from_parts(39, 0));
+        assert_eq!(core.hdr.overflows.load(Ordering::Acquire), before);
+        drop(again);
         drop(keep);
     }
 }
