@@ -373,7 +373,10 @@ impl ShardPool {
         // retirement published before it (see `reducer::Retirement`).
         self.hot.epoch.fetch_add(0, Ordering::AcqRel);
         BINDINGS.with(|bs| {
-            bs.borrow_mut().0.push(Binding {
+            let mut bs = bs.borrow_mut();
+            // Forget bindings to engines that are gone.
+            bs.0.retain(|b| b.pool.strong_count() > 0);
+            bs.0.push(Binding {
                 pool: Arc::downgrade(self),
                 core: c,
                 thread_shard,
