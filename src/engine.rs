@@ -412,6 +412,14 @@ impl Engine {
         Presence::join_here(&self.inner().pool, topic)
     }
 
+    /// Gives back the shard [`Engine::join`] claimed for the calling thread, if any (it is
+    /// given back anyway when the thread exits). Call it from a thread that will not join for a
+    /// while: a claimed shard that stays idle holds up the reuse of retired topic ids. Presences
+    /// it made stay valid and count exactly.
+    pub fn release_thread(&self) {
+        self.inner().pool.release_thread();
+    }
+
     /// [`Engine::join`] by name.
     pub fn join_by_name(&self, name: &str) -> Presence {
         self.join(self.topic(name))
@@ -466,7 +474,7 @@ impl Engine {
         self.inner().view.total_local.load(Ordering::Relaxed)
     }
 
-    /// The `k` topics with the largest counts, largest first (ties by name). Scans the topic
+    /// The `k` topics with the largest counts, largest first, ties by name. Scans the topic
     /// table: O(topics in use), for dashboards, not per request.
     pub fn top(&self, k: usize) -> Vec<(String, u64)> {
         if k == 0 {
@@ -474,24 +482,35 @@ impl Engine {
         }
         let inner = self.inner();
         let hw = inner.pool.topics.high_water() as usize;
+        let counts = &inner.view.cluster[..hw];
+        // Pass one: the k-th largest count.
         let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
-        for (id, c) in inner.view.cluster[..hw].iter().enumerate() {
+        for c in counts {
             let c = c.load(Ordering::Relaxed);
-            if c == 0 {
-                continue;
-            }
-            heap.push(std::cmp::Reverse((c, id as u32)));
-            if heap.len() > k {
-                heap.pop();
+            if c != 0 {
+                heap.push(std::cmp::Reverse(c));
+                if heap.len() > k {
+                    heap.pop();
+                }
             }
         }
-        let mut out: Vec<(String, u64)> = heap
-            .into_iter()
-            .filter_map(|std::cmp::Reverse((c, id))| {
-                inner.pool.topics.name(id).map(|n| (n.name.to_string(), c))
+        let cut = if heap.len() < k {
+            1
+        } else {
+            heap.peek().map_or(1, |r| r.0)
+        };
+        // Pass two: everything at or above it, by name among equals.
+        let mut out: Vec<(String, u64)> = counts
+            .iter()
+            .enumerate()
+            .filter_map(|(id, c)| {
+                let c = c.load(Ordering::Relaxed);
+                (c >= cut).then_some((id as u32, c))
             })
+            .filter_map(|(id, c)| inner.pool.topics.name(id).map(|n| (n.name.to_string(), c)))
             .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(k);
         out
     }
 

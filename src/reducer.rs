@@ -22,7 +22,9 @@
 //! core has published an epoch after `t1` (and unbound cores re-read the epoch with an RMW when
 //! they bind), all such stragglers are visible. Phase two then re-sums the topic: zero frees the
 //! id for reuse, anything else revives the topic. A claimed shard that stays idle holds up phase
-//! two (not the counts): ids are reused only once it joins or leaves again, or is dropped.
+//! two (not the counts): ids are reused only once it joins or leaves again, or is dropped
+//! (for the implicit shard of `Engine::join`: once its thread calls `Engine::release_thread` or
+//! exits).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -76,9 +78,9 @@ impl Collector {
     /// changed into `self.touched`. `high_water`: one past the highest id in use (for rescans).
     pub(crate) fn collect(&mut self, hot: &Hot, tick: u64, high_water: u32) {
         self.touched.clear();
-        // Release: whatever this thread did before (generation bumps) is visible to a core that
-        // observes the new epoch.
-        hot.epoch.store(tick, Ordering::Release);
+        // Whatever this thread did before (generation bumps) is visible to a core that observes
+        // the new epoch. Sequentially consistent: see `Reducer::tick`'s loads of `joiner`.
+        hot.epoch.store(tick, Ordering::SeqCst);
         for (c, core) in hot.cores.iter().enumerate() {
             // Read `seen` before anything else of this core: a topic may be dropped from the watch
             // list only if the core had moved past its epoch *before* we read its slot.
@@ -143,7 +145,7 @@ impl Collector {
 /// The sum of every core's count for `id`, read now.
 #[inline]
 pub(crate) fn sum(hot: &Hot, id: u32) -> i64 {
-    let mut s = hot.shared.counts[id as usize].load(Ordering::SeqCst);
+    let mut s = hot.shared.count(id);
     for c in hot.cores.iter() {
         s = s.wrapping_add(c.count(id));
     }
@@ -178,8 +180,8 @@ pub(crate) struct Reducer {
     zero_at: Vec<u64>,
     /// Topics that became zero, oldest first: `(id, tick, when)`.
     zeros: VecDeque<(u32, u64, Instant)>,
-    /// Topics in phase one of retirement: `(id, tick of phase one)`.
-    dying: VecDeque<(u32, u64)>,
+    /// Topics in phase one of retirement: `(id, generation set by phase one, its tick)`.
+    dying: VecDeque<(u32, u32, u64)>,
     retire_after: Duration,
     new: Vec<u32>,
     pub(crate) changes: Vec<Change>,
@@ -250,20 +252,24 @@ impl Reducer {
         }
         rep.changed = self.changes.len();
 
-        // Phase two for topics whose phase one every bound core has moved past.
+        // Phase two for topics whose phase one every core that can join has moved past. A core
+        // nobody can join through (no handle bound to it) cannot hold a straggler; one that gets
+        // a handle later re-reads the epoch with an RMW when it binds (sequentially consistent
+        // with our epoch store and these loads, so one of the two sides sees the other).
         let mut quiet = u64::MAX;
         for core in hot.cores.iter() {
-            if core.hdr.bound.load(Ordering::Acquire) != 0 {
+            if core.hdr.joiner.load(Ordering::SeqCst) != 0 {
                 quiet = quiet.min(core.hdr.seen.load(Ordering::Acquire));
             }
         }
-        while let Some(&(id, t1)) = self.dying.front() {
+        while let Some(&(id, generation, t1)) = self.dying.front() {
             if quiet <= t1 {
                 break;
             }
             self.dying.pop_front();
             let s = sum(hot, id) as u64;
-            match topics.finish_retire(id, s == 0) {
+            match topics.finish_retire(id, generation, s == 0) {
+                Retired::Superseded => {}
                 Retired::Freed => {
                     rep.freed += 1;
                     self.zero_at[id as usize] = 0;
@@ -294,8 +300,8 @@ impl Reducer {
                 continue; // changed since
             }
             self.zero_at[id as usize] = 0;
-            if topics.begin_retire(id, hot) {
-                self.dying.push_back((id, tick));
+            if let Some(generation) = topics.begin_retire(id, hot) {
+                self.dying.push_back((id, generation, tick));
             }
         }
         rep.retiring = self.dying.len();

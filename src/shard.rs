@@ -80,6 +80,9 @@ pub(crate) struct Header {
     pub(crate) seen: AtomicU64,
     /// Owner-only writes: presences created here minus presences dropped here (wrapping).
     pub(crate) live: AtomicU64,
+    /// `tid()` of the thread that may *join* through this core (a shard handle or an implicit
+    /// thread shard bound there), 0 if none. Topic retirement waits only for these cores.
+    pub(crate) joiner: AtomicU64,
     /// Bumped (release) whenever a ring push failed; the reducer then rescans every topic until
     /// this core has moved past the epoch.
     pub(crate) overflows: AtomicU64,
@@ -160,8 +163,12 @@ impl Core {
 }
 
 /// The core every thread may write, with read-modify-writes, plus a two-level dirty bitmap.
+///
+/// Each word holds a topic's generation (high half) and its count (low half, wrapping). A join
+/// adds only if the generation still matches its handle, in the same compare-and-swap, so a join
+/// through a stale handle can never land in a reused id, not even for a moment.
 pub(crate) struct SharedCore {
-    pub(crate) counts: Box<[AtomicU32]>,
+    pub(crate) counts: Box<[AtomicU64]>,
     pub(crate) bits: Box<[AtomicU64]>,
     pub(crate) summary: Box<[AtomicU64]>,
     pub(crate) live: AtomicU64,
@@ -172,7 +179,7 @@ impl SharedCore {
     fn new(capacity: usize) -> SharedCore {
         let words = capacity.div_ceil(64);
         SharedCore {
-            counts: zeroed_u32(capacity),
+            counts: zeroed_u64(capacity),
             bits: zeroed_u64(words),
             summary: zeroed_u64(words.div_ceil(64)),
             live: AtomicU64::new(0),
@@ -180,15 +187,59 @@ impl SharedCore {
         }
     }
 
-    /// Adds `delta` to `id` and marks it dirty. The count is written before the dirty bits, and
-    /// the reducer clears the bits before it reads the count (all sequentially consistent RMWs),
-    /// so a change is always either seen now or flagged for the next tick.
-    pub(crate) fn add(&self, id: u32, delta: u32) {
+    /// Applies `f` to the word of `id` with a CAS loop; `None` from `f` gives up.
+    fn update(&self, id: u32, f: impl Fn(u64) -> Option<u64>) -> bool {
+        let w = &self.counts[id as usize];
+        let mut v = w.load(Ordering::SeqCst);
+        loop {
+            let Some(n) = f(v) else { return false };
+            match w.compare_exchange_weak(v, n, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return true,
+                Err(x) => v = x,
+            }
+        }
+    }
+
+    /// Marks `id` dirty. The count is written before the dirty bits, and the reducer clears the
+    /// bits before it reads the count (all sequentially consistent RMWs), so a change is always
+    /// either seen now or flagged for the next tick.
+    fn mark(&self, id: u32) {
         let i = id as usize;
-        self.counts[i].fetch_add(delta, Ordering::SeqCst);
         self.bits[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
         self.summary[i / 4096].fetch_or(1 << ((i / 64) % 64), Ordering::SeqCst);
         self.ops.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// +1 to `id` if its generation is still `generation`.
+    pub(crate) fn join(&self, id: u32, generation: u32) -> bool {
+        let ok = self.update(id, |v| {
+            ((v >> 32) as u32 == generation)
+                .then(|| (v & !0xffff_ffff) | u64::from((v as u32).wrapping_add(1)))
+        });
+        if ok {
+            self.mark(id);
+        }
+        ok
+    }
+
+    /// Adds `delta` (wrapping) to `id`'s count, whatever its generation.
+    pub(crate) fn add(&self, id: u32, delta: u32) {
+        self.update(id, |v| {
+            Some((v & !0xffff_ffff) | u64::from((v as u32).wrapping_add(delta)))
+        });
+        self.mark(id);
+    }
+
+    /// Sets `id`'s generation (retirement), keeping its count.
+    pub(crate) fn set_generation(&self, id: u32, generation: u32) {
+        self.update(id, |v| {
+            Some((u64::from(generation) << 32) | (v & 0xffff_ffff))
+        });
+    }
+
+    /// The count of `id` (low half).
+    pub(crate) fn count(&self, id: u32) -> u32 {
+        self.counts[id as usize].load(Ordering::SeqCst) as u32
     }
 }
 
@@ -227,20 +278,10 @@ impl Hot {
         l
     }
 
-    /// Joins `topic` through the shared core. The generation is checked again after counting
-    /// (sequentially consistent, paired with the reducer's retirement), so a join racing with the
-    /// retirement of its topic either is seen by the reducer or takes itself back.
+    /// Joins `topic` through the shared core (generation checked in the same CAS as the add).
     fn join_shared(&self, topic: Topic) -> Result<u32, Error> {
         let id = topic.id();
-        let Some(g) = self.gens.get(id as usize) else {
-            return Err(Error::StaleTopic { id });
-        };
-        if g.load(Ordering::SeqCst) != topic.generation() {
-            return Err(Error::StaleTopic { id });
-        }
-        self.shared.add(id, 1);
-        if g.load(Ordering::SeqCst) != topic.generation() {
-            self.shared.add(id, 1u32.wrapping_neg());
+        if (id as usize) >= self.gens.len() || !self.shared.join(id, topic.generation()) {
             return Err(Error::StaleTopic { id });
         }
         self.shared.live.fetch_add(1, Ordering::SeqCst);
@@ -353,25 +394,39 @@ impl ShardPool {
         self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Binds core `c` to the calling thread if it is unbound; true when the thread owns it now.
+    /// Binds core `c` to the calling thread for joining, if no other thread is bound to it; true
+    /// when the thread owns it now.
+    ///
+    /// The calling thread must hold the only handle that can join through `c` (a `Shard`, or its
+    /// implicit thread shard): that is what lets it take over `joiner`.
     fn bind(self: &Arc<Self>, c: u32, thread_shard: bool) -> bool {
         let me = tid();
         let hdr = &self.hot.cores[c as usize].hdr;
-        let b = hdr.bound.load(Ordering::Acquire);
+        let b = hdr.bound.load(Ordering::SeqCst);
         if b == me {
+            hdr.joiner.store(me, Ordering::SeqCst);
             return true;
         }
-        if b != 0
-            || hdr
+        // An unbound core is free to take. So is one bound to a thread that can no longer write
+        // it: we hold the only handle, and no presence made on it is alive (each one's last
+        // write is the release store of `live`), so that thread has nothing left to write.
+        let free = b == 0 || hdr.live.load(Ordering::Acquire) == 0;
+        let won = free
+            && hdr
                 .bound
-                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
+                .compare_exchange(b, me, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if !won {
+            // Bound to another thread, which can no longer join through it (we hold the only
+            // handle): retirement need not wait for it.
+            hdr.joiner.store(0, Ordering::SeqCst);
             return false;
         }
-        // Read the newest epoch with an RMW, so that this thread's next loads see every topic
-        // retirement published before it (see `reducer::Retirement`).
-        self.hot.epoch.fetch_add(0, Ordering::AcqRel);
+        hdr.joiner.store(me, Ordering::SeqCst);
+        // Read the newest epoch with an RMW (sequentially consistent, like the reducer's store of
+        // the epoch and its loads of `joiner`): either the reducer sees `joiner` above, or this
+        // thread's later loads see every retirement published before (see the `reducer` docs).
+        self.hot.epoch.fetch_add(0, Ordering::SeqCst);
         BINDINGS.with(|bs| {
             let mut bs = bs.borrow_mut();
             // Forget bindings to engines that are gone.
@@ -389,6 +444,8 @@ impl ShardPool {
     fn unbind(&self, c: u32) {
         let me = tid();
         let hdr = &self.hot.cores[c as usize].hdr;
+        // Nobody joins through this core any more: its handle is being dropped.
+        hdr.joiner.store(0, Ordering::SeqCst);
         if hdr.bound.load(Ordering::Relaxed) == me {
             // Release: this thread's writes to the core are visible to whoever binds it next.
             hdr.bound.store(0, Ordering::Release);
@@ -397,6 +454,26 @@ impl ShardPool {
                     bs.0.retain(|b| !(b.core == c && std::ptr::eq(b.pool.as_ptr(), self)));
                 }
             });
+        }
+    }
+
+    /// Gives back the calling thread's implicit shard (see [`ShardPool::join_here`]), if any.
+    pub(crate) fn release_thread(&self) {
+        let me = tid();
+        let found = BINDINGS.with(|bs| {
+            let mut bs = bs.borrow_mut();
+            let pos =
+                bs.0.iter()
+                    .position(|b| b.thread_shard && std::ptr::eq(b.pool.as_ptr(), self));
+            pos.map(|p| bs.0.swap_remove(p).core)
+        });
+        if let Some(c) = found {
+            let hdr = &self.hot.cores[c as usize].hdr;
+            hdr.joiner.store(0, Ordering::SeqCst);
+            if hdr.bound.load(Ordering::Relaxed) == me {
+                hdr.bound.store(0, Ordering::Release);
+            }
+            self.give_back(c);
         }
     }
 
@@ -448,6 +525,9 @@ impl Drop for Bindings {
         for b in self.0.drain(..) {
             if let Some(pool) = b.pool.upgrade() {
                 let hdr = &pool.hot.cores[b.core as usize].hdr;
+                if b.thread_shard {
+                    hdr.joiner.store(0, Ordering::SeqCst);
+                }
                 if hdr.bound.load(Ordering::Relaxed) == tid() {
                     hdr.bound.store(0, Ordering::Release);
                 }
@@ -661,7 +741,7 @@ mod tests {
     }
 
     fn sum(hot: &Hot, id: u32) -> i64 {
-        let mut s = hot.shared.counts[id as usize].load(Ordering::SeqCst);
+        let mut s = hot.shared.count(id);
         for c in hot.cores.iter() {
             s = s.wrapping_add(c.count(id));
         }

@@ -91,6 +91,8 @@ pub(crate) enum Retired {
     Freed,
     /// Someone looked the name up (or a racing join counted) meanwhile: the topic lives on.
     Revived,
+    /// The topic was revived and a later retirement began: that one decides.
+    Superseded,
 }
 
 impl Topics {
@@ -216,47 +218,50 @@ impl Topics {
 
     /// Retirement, phase one: the topic stayed at zero long enough. Bumps the id's generation, so
     /// every existing handle is stale from now on, and marks the name dying (a lookup revives it).
-    /// Returns false when there is nothing to retire (already dying, or the overflow topic).
-    pub(crate) fn begin_retire(&self, id: u32, hot: &Hot) -> bool {
+    /// Returns the new generation, or `None` when there is nothing to retire (already dying, or
+    /// the overflow topic).
+    pub(crate) fn begin_retire(&self, id: u32, hot: &Hot) -> Option<u32> {
         if id == 0 {
-            return false;
+            return None;
         }
         let _a = self.lock();
-        let Some(rec) = self.name(id) else {
-            return false;
-        };
+        let rec = self.name(id)?;
         let map = self.by_name.pin();
         match map.get(&*rec.name) {
             Some(e) if e.id == id && !e.dying => {
                 let g = hot.gens[id as usize].load(Ordering::SeqCst).wrapping_add(1);
-                // SeqCst: pairs with the shared core's re-check in `Hot::join_shared`.
+                // The owner path reads `gens` (made safe by the epoch wait before phase two); the
+                // shared path checks the generation inside its own CAS.
                 hot.gens[id as usize].store(g, Ordering::SeqCst);
-                map.insert(
-                    rec.name.clone(),
-                    Entry {
-                        id,
-                        generation: g,
-                        dying: true,
-                    },
-                );
-                true
+                hot.shared.set_generation(id, g);
+                let e = Entry {
+                    id,
+                    generation: g,
+                    dying: true,
+                };
+                map.insert(rec.name.clone(), e);
+                Some(g)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Retirement, phase two, once every shard has moved past the epoch of phase one. `zero`:
-    /// the id's counts, read after that, sum to zero on every core.
-    pub(crate) fn finish_retire(&self, id: u32, zero: bool) -> Retired {
+    /// Retirement, phase two, once every shard that can join has moved past the epoch of phase
+    /// one (`generation`: what phase one set). `zero`: the id's counts, read after that, sum to
+    /// zero on every core.
+    pub(crate) fn finish_retire(&self, id: u32, generation: u32, zero: bool) -> Retired {
         let mut a = self.lock();
         let Some(rec) = self.name(id) else {
-            return Retired::Revived;
+            return Retired::Superseded;
         };
         let map = self.by_name.pin();
         let Some(e) = map.get(&*rec.name).copied() else {
-            return Retired::Revived;
+            return Retired::Superseded;
         };
-        if e.id != id || !e.dying {
+        if e.id != id || e.generation != generation {
+            return Retired::Superseded;
+        }
+        if !e.dying {
             return Retired::Revived;
         }
         if !zero {
@@ -299,7 +304,7 @@ mod tests {
         assert_eq!(t.resolve("a", &hot), a);
 
         // Retire with a revival in between.
-        assert!(t.begin_retire(1, &hot));
+        let g1 = t.begin_retire(1, &hot).unwrap();
         assert_eq!(
             t.lookup("a"),
             None,
@@ -308,11 +313,16 @@ mod tests {
         let revived = t.intern("a", &hot).unwrap();
         assert_eq!(revived.id(), 1);
         assert_ne!(revived.generation(), a.generation());
-        assert_eq!(t.finish_retire(1, true), Retired::Revived);
+        assert_eq!(t.finish_retire(1, g1, true), Retired::Revived);
 
         // Retire for real; the id is reused with a new generation.
-        assert!(t.begin_retire(1, &hot));
-        assert_eq!(t.finish_retire(1, true), Retired::Freed);
+        let g2 = t.begin_retire(1, &hot).unwrap();
+        assert_eq!(
+            t.finish_retire(1, g1, true),
+            Retired::Superseded,
+            "an older phase one"
+        );
+        assert_eq!(t.finish_retire(1, g2, true), Retired::Freed);
         assert_eq!(t.lookup("a"), None);
         let b = t.intern("b", &hot).unwrap();
         assert_eq!(b.id(), 1);
@@ -326,8 +336,8 @@ mod tests {
         let hot = Hot::new(1, 8, 16);
         let t = Topics::new(8, 0);
         t.intern("x", &hot).unwrap();
-        assert!(t.begin_retire(1, &hot));
-        assert_eq!(t.finish_retire(1, false), Retired::Revived);
+        let g = t.begin_retire(1, &hot).unwrap();
+        assert_eq!(t.finish_retire(1, g, false), Retired::Revived);
         assert!(t.lookup("x").is_some());
     }
 
@@ -342,6 +352,9 @@ mod tests {
             Err(crate::Error::TopicsFull { capacity: 3 })
         ));
         assert_eq!(t.resolve("c", &hot), Topic::OVERFLOW);
-        assert!(!t.begin_retire(0, &hot), "the overflow topic never retires");
+        assert!(
+            t.begin_retire(0, &hot).is_none(),
+            "the overflow topic never retires"
+        );
     }
 }
