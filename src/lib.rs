@@ -46,6 +46,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod cluster;
 mod engine;
 mod error;
 mod reducer;

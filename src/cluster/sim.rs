@@ -1,0 +1,386 @@
+//! A deterministic, seeded simulation of a cluster: many [`Protocol`] nodes over a simulated
+//! network with loss, duplication, reordering, delay and partitions. The simulation tests and
+//! `headcount-perf converge` drive it; it is public so users can test their settings the same way.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::protocol::{Config, Dest, Protocol};
+use super::wire::Seal;
+
+/// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram is delivered twice.
+    pub dup: f64,
+    /// Probability a datagram is held back by up to `jitter` extra (reordering).
+    pub reorder: f64,
+    /// Base one-way delay.
+    pub delay: Duration,
+    /// Largest extra delay of a reordered datagram.
+    pub jitter: Duration,
+}
+
+struct Node {
+    proto: Option<Protocol>,
+    local: HashMap<u64, u32>,
+    next_tick: Duration,
+    incarnation: u64,
+    /// Partition group: nodes in different groups cannot reach each other.
+    group: u32,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    base: Instant,
+    now: Duration,
+    rng: u64,
+    tick: Duration,
+    cfg: Box<dyn Fn(&mut Config)>,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<(Duration, u64, usize, usize)>>,
+    payloads: HashMap<u64, Vec<u8>>,
+    next_id: u64,
+    /// Faults applied to deliveries from now on.
+    pub faults: Faults,
+    universe: BTreeSet<u64>,
+    /// Bytes each node sent (one group datagram counts once).
+    pub bytes_sent: Vec<u64>,
+    /// Datagrams delivered.
+    pub delivered: u64,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("nodes", &self.nodes.len())
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+/// The address node `i` sends from.
+pub fn addr(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, 77, (i >> 8) as u8, i as u8),
+        7380,
+    ))
+}
+
+fn index(a: SocketAddr) -> Option<usize> {
+    match a {
+        SocketAddr::V4(v) if v.port() == 7380 => {
+            let o = v.ip().octets();
+            Some(usize::from(o[2]) << 8 | usize::from(o[3]))
+        }
+        _ => None,
+    }
+}
+
+impl Sim {
+    /// `n` nodes ticking every `tick` with staggered first ticks, seeded with `seed`; `cfg`
+    /// adjusts each node's protocol settings.
+    pub fn new(n: usize, seed: u64, tick: Duration, cfg: impl Fn(&mut Config) + 'static) -> Sim {
+        let mut s = Sim {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            tick,
+            cfg: Box::new(cfg),
+            nodes: Vec::new(),
+            queue: BinaryHeap::new(),
+            payloads: HashMap::default(),
+            next_id: 0,
+            faults: Faults::default(),
+            universe: BTreeSet::new(),
+            bytes_sent: vec![0; n],
+            delivered: 0,
+        };
+        for i in 0..n {
+            let phase = Duration::from_nanos(s.rand() % tick.as_nanos().max(1) as u64);
+            let mut node = Node {
+                proto: None,
+                local: HashMap::default(),
+                next_tick: phase,
+                incarnation: 1,
+                group: 0,
+            };
+            node.proto = Some(s.make(i, 1));
+            s.nodes.push(node);
+        }
+        s
+    }
+
+    fn make(&self, i: usize, incarnation: u64) -> Protocol {
+        let mut c = Config::new(i as u64 + 1, incarnation, self.tick);
+        (self.cfg)(&mut c);
+        Protocol::new(c, Seal::new("sim", b"sim key"))
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rand() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    /// The simulated time elapsed.
+    pub fn elapsed(&self) -> Duration {
+        self.now
+    }
+
+    /// The tick every node runs.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// How many nodes (crashed ones included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the simulation has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s protocol, if it is running.
+    pub fn node(&self, i: usize) -> Option<&Protocol> {
+        self.nodes[i].proto.as_ref()
+    }
+
+    /// Sets node `i`'s own count of `hash`.
+    pub fn set(&mut self, i: usize, hash: u64, count: u32) {
+        self.universe.insert(hash);
+        let n = &mut self.nodes[i];
+        if count == 0 {
+            n.local.remove(&hash);
+        } else {
+            n.local.insert(hash, count);
+        }
+        if let Some(p) = n.proto.as_mut() {
+            p.set_local(hash, count, None);
+        }
+    }
+
+    /// Adds `delta` to node `i`'s own count of `hash`.
+    pub fn add(&mut self, i: usize, hash: u64, delta: i64) {
+        let c = self.nodes[i].local.get(&hash).copied().unwrap_or(0);
+        self.set(
+            i,
+            hash,
+            (i64::from(c) + delta).clamp(0, i64::from(u32::MAX)) as u32,
+        );
+    }
+
+    /// What node `i` counts for `hash`: its own count plus its peers'.
+    pub fn view(&self, i: usize, hash: u64) -> u64 {
+        let n = &self.nodes[i];
+        u64::from(n.local.get(&hash).copied().unwrap_or(0))
+            + n.proto.as_ref().map_or(0, |p| p.remote(hash))
+    }
+
+    /// The true count of `hash`: the sum over running nodes.
+    pub fn truth(&self, hash: u64) -> u64 {
+        self.nodes
+            .iter()
+            .filter(|n| n.proto.is_some())
+            .map(|n| u64::from(n.local.get(&hash).copied().unwrap_or(0)))
+            .sum()
+    }
+
+    /// Whether every running node's view of every topic ever counted equals the truth.
+    pub fn exact(&self) -> bool {
+        self.mismatches().is_empty()
+    }
+
+    /// `(node, hash, view, truth)` for every running node and topic that differ.
+    pub fn mismatches(&self) -> Vec<(usize, u64, u64, u64)> {
+        let mut out = Vec::new();
+        for &h in &self.universe {
+            let t = self.truth(h);
+            for i in 0..self.nodes.len() {
+                if self.nodes[i].proto.is_some() {
+                    let v = self.view(i, h);
+                    if v != t {
+                        out.push((i, h, v, t));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Node `i` stops silently (a crash, SIGKILL): no goodbye.
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].proto = None;
+        self.nodes[i].local.clear();
+    }
+
+    /// Node `i` shuts down gracefully: it sends a goodbye, then stops.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].proto.take() {
+            p.goodbye();
+            self.flush(i, &mut p);
+        }
+        self.nodes[i].local.clear();
+    }
+
+    /// Node `i` starts again with a new incarnation and an empty table.
+    pub fn restart(&mut self, i: usize) {
+        let inc = self.nodes[i].incarnation + 1;
+        self.nodes[i].incarnation = inc;
+        self.nodes[i].local.clear();
+        self.nodes[i].proto = Some(self.make(i, inc));
+        self.nodes[i].next_tick = self.now;
+    }
+
+    /// Splits the cluster: node `i` goes to group `groups[i]`.
+    pub fn partition(&mut self, groups: &[u32]) {
+        for (n, &g) in self.nodes.iter_mut().zip(groups) {
+            n.group = g;
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&mut self) {
+        for n in &mut self.nodes {
+            n.group = 0;
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: &[u8]) {
+        if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
+            return;
+        }
+        let copies = if self.chance(self.faults.dup) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut at = self.now + self.faults.delay;
+            if self.chance(self.faults.reorder) && !self.faults.jitter.is_zero() {
+                at += Duration::from_nanos(self.rand() % self.faults.jitter.as_nanos() as u64);
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.payloads.insert(id, bytes.to_vec());
+            self.queue.push(Reverse((at, id, to, from)));
+        }
+    }
+
+    fn flush(&mut self, i: usize, p: &mut Protocol) {
+        while let Some(t) = p.poll_transmit() {
+            self.bytes_sent[i] += t.bytes.len() as u64;
+            match t.dest {
+                Dest::Group => {
+                    for j in 0..self.nodes.len() {
+                        if j != i {
+                            self.send(i, j, &t.bytes);
+                        }
+                    }
+                }
+                Dest::To(a) => {
+                    if let Some(j) = index(a).filter(|&j| j < self.nodes.len()) {
+                        self.send(i, j, &t.bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs until simulated time `until` (from the start).
+    pub fn run_until(&mut self, until: Duration) {
+        loop {
+            let next_tick = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.proto.is_some())
+                .map(|(i, n)| (n.next_tick, i))
+                .min();
+            let next_msg = self.queue.peek().map(|Reverse((at, ..))| *at);
+            let next_wake = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    n.proto
+                        .as_ref()?
+                        .poll_timeout()
+                        .map(|w| (w.saturating_duration_since(self.base), i))
+                })
+                .min();
+            if let Some((w, i)) = next_wake
+                && w <= until
+                && next_tick.is_none_or(|(t, _)| w < t)
+                && next_msg.is_none_or(|m| w < m)
+            {
+                self.now = self.now.max(w);
+                let mut p = self.nodes[i].proto.take().expect("running node");
+                p.handle_timeout(self.base + self.now);
+                self.flush(i, &mut p);
+                self.nodes[i].proto = Some(p);
+                continue;
+            }
+            let tick_first = match (next_tick, next_msg) {
+                (Some((t, _)), Some(m)) => t <= m,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let at = if tick_first {
+                next_tick.map(|(t, _)| t)
+            } else {
+                next_msg
+            }
+            .unwrap_or(until);
+            if at > until {
+                break;
+            }
+            self.now = at;
+            let now = self.base + at;
+            if tick_first {
+                let i = next_tick.map(|(_, i)| i).unwrap_or(0);
+                let mut p = self.nodes[i].proto.take().expect("running node");
+                p.on_tick(now);
+                self.flush(i, &mut p);
+                self.nodes[i].proto = Some(p);
+                self.nodes[i].next_tick += self.tick;
+            } else if let Some(Reverse((_, id, to, from))) = self.queue.pop() {
+                let bytes = self.payloads.remove(&id).unwrap_or_default();
+                if let Some(mut p) = self.nodes[to].proto.take() {
+                    self.delivered += 1;
+                    p.on_datagram(now, addr(from), &bytes);
+                    self.flush(to, &mut p);
+                    self.nodes[to].proto = Some(p);
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    /// Runs for `d` more.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(self.now + d);
+    }
+
+    /// Runs tick by tick until [`Sim::exact`] holds (checked once per tick), for at most
+    /// `max_ticks`; returns the ticks it took, or `None`.
+    pub fn ticks_to_exact(&mut self, max_ticks: u32) -> Option<u32> {
+        for k in 0..=max_ticks {
+            if self.exact() {
+                return Some(k);
+            }
+            self.run_for(self.tick);
+        }
+        None
+    }
+}

@@ -1,0 +1,716 @@
+//! The datagram format: fixed zerocopy layouts in network byte order, and the keyed MAC.
+//!
+//! ```text
+//! datagram = header (56 bytes) · body · tag (16 bytes)
+//! header   = magic "HC" · version · kind · flags · count · tick_ms · cluster · node
+//!            · incarnation · seq · digest · topics
+//! body     = delta:              count × entry
+//!            refresh, resync:    range · count × entry    (authoritative for [lo, hi])
+//!            heartbeat, goodbye: —
+//!            resync request:     target node · target incarnation
+//!            names:              count × (hash · len · len bytes of UTF-8)
+//! entry    = topic hash (u64) · count (u32)                 12 bytes
+//! tag      = keyed BLAKE3 of everything before it, first 16 bytes
+//! ```
+//!
+//! Every datagram stands alone: counts are absolute, a refresh or resync datagram says which hash
+//! range it covers, and nothing needs reassembly.
+
+use zerocopy::byteorder::network_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// The first two bytes of every datagram.
+pub const MAGIC: [u8; 2] = *b"HC";
+/// The wire format version this build speaks.
+pub const VERSION: u8 = 1;
+/// Length of the authentication tag at the end of every datagram.
+pub const TAG_LEN: usize = 16;
+/// Header flag: the last datagram the sender sent this tick (its digest is final).
+pub const FLAG_END: u16 = 1;
+/// Resync request flag: send the names too.
+pub const FLAG_NAMES: u16 = 2;
+/// The smallest payload budget that fits a header, one range, one entry and the tag.
+pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
+
+/// What a datagram is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// Absolute counts of topics that changed.
+    Delta = 1,
+    /// Nothing changed; still carries the digest.
+    Heartbeat = 2,
+    /// A slice of the full table, authoritative for its hash range.
+    Refresh = 3,
+    /// "Send me your whole table" (unicast).
+    ResyncRequest = 4,
+    /// A slice of the full table in answer to a resync request (unicast).
+    ResyncReply = 5,
+    /// The sender is leaving: drop its counts now.
+    Goodbye = 6,
+    /// Topic hash ↔ name.
+    Names = 7,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Delta,
+            2 => Kind::Heartbeat,
+            3 => Kind::Refresh,
+            4 => Kind::ResyncRequest,
+            5 => Kind::ResyncReply,
+            6 => Kind::Goodbye,
+            7 => Kind::Names,
+            _ => return None,
+        })
+    }
+}
+
+/// The fixed header.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: [u8; 2],
+    /// [`VERSION`].
+    pub version: u8,
+    /// A [`Kind`].
+    pub kind: u8,
+    /// [`FLAG_END`], [`FLAG_NAMES`].
+    pub flags: U16,
+    /// Entries in the body.
+    pub count: U16,
+    /// The sender's tick interval, in milliseconds.
+    pub tick_ms: U32,
+    /// The cluster id (a hash of the cluster name).
+    pub cluster: U64,
+    /// The sender's node id.
+    pub node: U64,
+    /// The sender's incarnation (boot epoch): a higher one replaces the node's whole state.
+    pub incarnation: U64,
+    /// Per incarnation, +1 per datagram sent to the group.
+    pub seq: U64,
+    /// Order-independent digest of the sender's whole table.
+    pub digest: U64,
+    /// Topics in the sender's whole table.
+    pub topics: U32,
+}
+/// Size of [`Header`].
+pub const HEADER_LEN: usize = 56;
+const _: () = assert!(size_of::<Header>() == HEADER_LEN);
+
+/// The hash range a refresh or resync reply is authoritative for (inclusive).
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Range {
+    /// Lowest hash covered.
+    pub lo: U64,
+    /// Highest hash covered.
+    pub hi: U64,
+}
+/// Size of [`Range`].
+pub const RANGE_LEN: usize = 16;
+const _: () = assert!(size_of::<Range>() == RANGE_LEN);
+
+/// One topic's absolute count.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Entry {
+    /// The topic's wire hash.
+    pub hash: U64,
+    /// Its count on the sender.
+    pub count: U32,
+}
+/// Size of [`Entry`].
+pub const ENTRY_LEN: usize = 12;
+const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
+
+/// The body of a resync request.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Target {
+    /// The node asked.
+    pub node: U64,
+    /// Its incarnation as the requester knows it.
+    pub incarnation: U64,
+}
+const _: () = assert!(size_of::<Target>() == 16);
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Reject {
+    /// Shorter than a header and a tag, or a body whose length does not match its count.
+    Length,
+    /// Not "HC".
+    Magic,
+    /// Another wire version.
+    Version,
+    /// Unknown kind.
+    Kind,
+    /// The tag does not verify: another cluster key, or corruption.
+    Mac,
+    /// Another cluster.
+    Cluster,
+    /// A sequence number already seen (duplicate, replay, or reordered behind a newer one).
+    Stale,
+    /// An older incarnation of a node, or one that said goodbye.
+    Incarnation,
+    /// A names entry that is not UTF-8, or a range with lo > hi.
+    Malformed,
+    /// The peer table is full.
+    TooManyPeers,
+    /// The peer's table is over the per-peer cap.
+    TooManyTopics,
+    /// The source sent faster than the per-source rate limit.
+    Rate,
+}
+
+impl Reject {
+    /// Every reason, for counters.
+    pub const ALL: [Reject; 12] = [
+        Reject::Length,
+        Reject::Magic,
+        Reject::Version,
+        Reject::Kind,
+        Reject::Mac,
+        Reject::Cluster,
+        Reject::Stale,
+        Reject::Incarnation,
+        Reject::Malformed,
+        Reject::TooManyPeers,
+        Reject::TooManyTopics,
+        Reject::Rate,
+    ];
+
+    /// A short snake_case name (for metrics labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::Length => "length",
+            Reject::Magic => "magic",
+            Reject::Version => "version",
+            Reject::Kind => "kind",
+            Reject::Mac => "mac",
+            Reject::Cluster => "cluster",
+            Reject::Stale => "stale",
+            Reject::Incarnation => "incarnation",
+            Reject::Malformed => "malformed",
+            Reject::TooManyPeers => "too_many_peers",
+            Reject::TooManyTopics => "too_many_topics",
+            Reject::Rate => "rate",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        Reject::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// The MAC key and the cluster id: what every datagram is sealed and checked with.
+#[derive(Clone)]
+pub struct Seal {
+    key: [u8; 32],
+    cluster: u64,
+}
+
+impl std::fmt::Debug for Seal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seal")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Seal {
+    /// A seal for cluster `name` with key material `key` (empty: no key; still a MAC, but
+    /// anyone who knows the cluster name can forge it).
+    pub fn new(name: &str, key: &[u8]) -> Seal {
+        let mut h = blake3::Hasher::new_derive_key("headcount 2026 cluster mac key v1");
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(key);
+        let key = *h.finalize().as_bytes();
+        let id = blake3::Hasher::new_derive_key("headcount 2026 cluster id v1")
+            .update(name.as_bytes())
+            .finalize();
+        let cluster = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default());
+        Seal { key, cluster }
+    }
+
+    /// The cluster id carried in every header.
+    pub fn cluster(&self) -> u64 {
+        self.cluster
+    }
+
+    /// The key for topic wire hashes, derived from the same material (so that an outsider
+    /// cannot pick colliding names).
+    pub fn topic_hash_key(name: &str, key: &[u8]) -> u128 {
+        let mut h = blake3::Hasher::new_derive_key("headcount 2026 topic hash key v1");
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(key);
+        u128::from_le_bytes(h.finalize().as_bytes()[..16].try_into().unwrap_or_default())
+    }
+
+    fn tag(&self, bytes: &[u8]) -> [u8; TAG_LEN] {
+        let full = blake3::keyed_hash(&self.key, bytes);
+        let mut t = [0; TAG_LEN];
+        t.copy_from_slice(&full.as_bytes()[..TAG_LEN]);
+        t
+    }
+
+    /// Appends the tag to a datagram under construction.
+    pub fn seal(&self, buf: &mut Vec<u8>) {
+        let t = self.tag(buf);
+        buf.extend_from_slice(&t);
+    }
+
+    /// Checks a datagram and splits it into header and body.
+    pub fn open<'a>(&self, bytes: &'a [u8]) -> Result<Datagram<'a>, Reject> {
+        if bytes.len() < HEADER_LEN + TAG_LEN {
+            return Err(Reject::Length);
+        }
+        let (msg, tag) = bytes.split_at(bytes.len() - TAG_LEN);
+        let (hdr, body) = Header::ref_from_prefix(msg).map_err(|_| Reject::Length)?;
+        if hdr.magic != MAGIC {
+            return Err(Reject::Magic);
+        }
+        if hdr.version != VERSION {
+            return Err(Reject::Version);
+        }
+        // Constant-time comparison of the tag.
+        let want = self.tag(msg);
+        if want.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+            return Err(Reject::Mac);
+        }
+        if hdr.cluster.get() != self.cluster {
+            return Err(Reject::Cluster);
+        }
+        let kind = Kind::from_u8(hdr.kind).ok_or(Reject::Kind)?;
+        let count = usize::from(hdr.count.get());
+        let body = match kind {
+            Kind::Delta => Body::Entries(entries(body, count)?),
+            Kind::Refresh | Kind::ResyncReply => {
+                let (range, rest) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                if range.lo.get() > range.hi.get() {
+                    return Err(Reject::Malformed);
+                }
+                Body::Range(range.lo.get(), range.hi.get(), entries(rest, count)?)
+            }
+            Kind::Heartbeat | Kind::Goodbye => {
+                if !body.is_empty() || count != 0 {
+                    return Err(Reject::Length);
+                }
+                Body::Empty
+            }
+            Kind::ResyncRequest => {
+                let t = Target::ref_from_bytes(body).map_err(|_| Reject::Length)?;
+                Body::Target(t.node.get(), t.incarnation.get())
+            }
+            Kind::Names => {
+                let mut rest = body;
+                for _ in 0..count {
+                    let (e, r) = NameEntry::parse(rest)?;
+                    let _ = e;
+                    rest = r;
+                }
+                if !rest.is_empty() {
+                    return Err(Reject::Length);
+                }
+                Body::Names(Names {
+                    bytes: body,
+                    left: count,
+                })
+            }
+        };
+        Ok(Datagram {
+            header: hdr,
+            kind,
+            body,
+        })
+    }
+}
+
+fn entries(body: &[u8], count: usize) -> Result<&[Entry], Reject> {
+    match <[Entry]>::ref_from_bytes(body) {
+        Ok(e) if e.len() == count => Ok(e),
+        _ => Err(Reject::Length),
+    }
+}
+
+/// A checked datagram.
+#[derive(Debug)]
+pub struct Datagram<'a> {
+    /// The header.
+    pub header: &'a Header,
+    /// Its kind.
+    pub kind: Kind,
+    /// The decoded body.
+    pub body: Body<'a>,
+}
+
+/// A datagram's body.
+#[derive(Debug)]
+pub enum Body<'a> {
+    /// Heartbeat, goodbye.
+    Empty,
+    /// Delta entries.
+    Entries(&'a [Entry]),
+    /// Refresh / resync reply: `[lo, hi]` and the entries in it.
+    Range(u64, u64, &'a [Entry]),
+    /// Resync request: the target node and incarnation.
+    Target(u64, u64),
+    /// Names.
+    Names(Names<'a>),
+}
+
+/// The entries of a names datagram (already validated).
+#[derive(Debug, Clone)]
+pub struct Names<'a> {
+    bytes: &'a [u8],
+    left: usize,
+}
+
+struct NameEntry<'a> {
+    hash: u64,
+    name: &'a str,
+}
+
+impl<'a> NameEntry<'a> {
+    fn parse(b: &'a [u8]) -> Result<(NameEntry<'a>, &'a [u8]), Reject> {
+        let (hash, rest) = U64::ref_from_prefix(b).map_err(|_| Reject::Length)?;
+        let (&len, rest) = rest.split_first().ok_or(Reject::Length)?;
+        let len = usize::from(len);
+        if rest.len() < len {
+            return Err(Reject::Length);
+        }
+        let (name, rest) = rest.split_at(len);
+        let name = std::str::from_utf8(name).map_err(|_| Reject::Malformed)?;
+        Ok((
+            NameEntry {
+                hash: hash.get(),
+                name,
+            },
+            rest,
+        ))
+    }
+}
+
+impl<'a> Iterator for Names<'a> {
+    type Item = (u64, &'a str);
+    fn next(&mut self) -> Option<(u64, &'a str)> {
+        if self.left == 0 {
+            return None;
+        }
+        let (e, rest) = NameEntry::parse(self.bytes).ok()?;
+        self.bytes = rest;
+        self.left -= 1;
+        Some((e.hash, e.name))
+    }
+}
+
+/// The longest topic name a names datagram carries (longer names are not sent; such topics show
+/// on peers by count only).
+pub const MAX_WIRE_NAME: usize = 255;
+
+/// Builds datagrams within a payload budget.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// Header fields that do not change per datagram.
+    pub template: Header,
+    budget: usize,
+}
+
+impl Encoder {
+    /// An encoder for a node; `budget` is the largest datagram (≥ [`MIN_BUDGET`]).
+    pub fn new(cluster: u64, node: u64, incarnation: u64, tick_ms: u32, budget: usize) -> Encoder {
+        let template = Header {
+            magic: MAGIC,
+            version: VERSION,
+            kind: 0,
+            flags: U16::new(0),
+            count: U16::new(0),
+            tick_ms: U32::new(tick_ms),
+            cluster: U64::new(cluster),
+            node: U64::new(node),
+            incarnation: U64::new(incarnation),
+            seq: U64::new(0),
+            digest: U64::new(0),
+            topics: U32::new(0),
+        };
+        Encoder {
+            template,
+            budget: budget.max(MIN_BUDGET),
+        }
+    }
+
+    /// Entries that fit one datagram of `kind`.
+    pub fn entries_per_datagram(&self, kind: Kind) -> usize {
+        let fixed = HEADER_LEN + TAG_LEN + if kind == Kind::Delta { 0 } else { RANGE_LEN };
+        ((self.budget - fixed) / ENTRY_LEN).min(usize::from(u16::MAX))
+    }
+
+    /// The payload budget.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    fn header(
+        &self,
+        kind: Kind,
+        flags: u16,
+        count: usize,
+        seq: u64,
+        digest: u64,
+        topics: u32,
+    ) -> Header {
+        let mut h = self.template;
+        h.kind = kind as u8;
+        h.flags = U16::new(flags);
+        h.count = U16::new(count as u16);
+        h.seq = U64::new(seq);
+        h.digest = U64::new(digest);
+        h.topics = U32::new(topics);
+        h
+    }
+
+    /// A delta (`range: None`) or refresh / resync reply datagram.
+    #[allow(clippy::too_many_arguments)]
+    pub fn entries(
+        &self,
+        seal: &Seal,
+        kind: Kind,
+        flags: u16,
+        seq: u64,
+        digest: u64,
+        topics: u32,
+        range: Option<(u64, u64)>,
+        entries: &[(u64, u32)],
+    ) -> Vec<u8> {
+        debug_assert!(entries.len() <= self.entries_per_datagram(kind));
+        let mut buf =
+            Vec::with_capacity(HEADER_LEN + RANGE_LEN + entries.len() * ENTRY_LEN + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(kind, flags, entries.len(), seq, digest, topics)
+                .as_bytes(),
+        );
+        if let Some((lo, hi)) = range {
+            buf.extend_from_slice(
+                Range {
+                    lo: U64::new(lo),
+                    hi: U64::new(hi),
+                }
+                .as_bytes(),
+            );
+        }
+        for &(h, c) in entries {
+            buf.extend_from_slice(
+                Entry {
+                    hash: U64::new(h),
+                    count: U32::new(c),
+                }
+                .as_bytes(),
+            );
+        }
+        seal.seal(&mut buf);
+        buf
+    }
+
+    /// A heartbeat or goodbye.
+    pub fn bare(
+        &self,
+        seal: &Seal,
+        kind: Kind,
+        flags: u16,
+        seq: u64,
+        digest: u64,
+        topics: u32,
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + TAG_LEN);
+        buf.extend_from_slice(self.header(kind, flags, 0, seq, digest, topics).as_bytes());
+        seal.seal(&mut buf);
+        buf
+    }
+
+    /// A resync request to `node` (incarnation `incarnation`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        seq: u64,
+        digest: u64,
+        topics: u32,
+        node: u64,
+        inc: u64,
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + 16 + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(Kind::ResyncRequest, flags, 0, seq, digest, topics)
+                .as_bytes(),
+        );
+        buf.extend_from_slice(
+            Target {
+                node: U64::new(node),
+                incarnation: U64::new(inc),
+            }
+            .as_bytes(),
+        );
+        seal.seal(&mut buf);
+        buf
+    }
+
+    /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes
+    /// are skipped).
+    pub fn names<'n>(
+        &self,
+        seal: &Seal,
+        seq: &mut dyn FnMut() -> u64,
+        digest: u64,
+        topics: u32,
+        names: impl IntoIterator<Item = (u64, &'n str)>,
+    ) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut body: Vec<u8> = Vec::new();
+        let mut count = 0usize;
+        let room = self.budget - HEADER_LEN - TAG_LEN;
+        let mut flush = |body: &mut Vec<u8>, count: &mut usize, out: &mut Vec<Vec<u8>>| {
+            if *count == 0 {
+                return;
+            }
+            let mut buf = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+            buf.extend_from_slice(
+                self.header(Kind::Names, 0, *count, seq(), digest, topics)
+                    .as_bytes(),
+            );
+            buf.extend_from_slice(body);
+            seal.seal(&mut buf);
+            out.push(buf);
+            body.clear();
+            *count = 0;
+        };
+        for (hash, name) in names {
+            if name.len() > MAX_WIRE_NAME {
+                continue;
+            }
+            let need = 9 + name.len();
+            if body.len() + need > room || count == usize::from(u16::MAX) {
+                flush(&mut body, &mut count, &mut out);
+            }
+            body.extend_from_slice(&hash.to_be_bytes());
+            body.push(name.len() as u8);
+            body.extend_from_slice(name.as_bytes());
+            count += 1;
+        }
+        flush(&mut body, &mut count, &mut out);
+        out
+    }
+}
+
+#[cfg(all(test, not(loom), not(miri)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn enc() -> (Seal, Encoder) {
+        let s = Seal::new("test", b"key");
+        let e = Encoder::new(s.cluster(), 7, 3, 100, 1400);
+        (s, e)
+    }
+
+    #[test]
+    fn sizes_within_targets() {
+        let (s, e) = enc();
+        let hb = e.bare(&s, Kind::Heartbeat, FLAG_END, 1, 0, 0);
+        assert!(hb.len() <= 128, "heartbeat is {} bytes", hb.len());
+        let n = e.entries_per_datagram(Kind::Delta);
+        assert_eq!(n, 110);
+        let d = e.entries(&s, Kind::Delta, 0, 1, 0, 0, None, &vec![(1, 1); n]);
+        assert!(d.len() <= 1400);
+        assert!(d.len() as f64 / n as f64 <= 13.0);
+        let r = e.entries(
+            &s,
+            Kind::Refresh,
+            0,
+            1,
+            0,
+            0,
+            Some((0, u64::MAX)),
+            &vec![(1, 1); e.entries_per_datagram(Kind::Refresh)],
+        );
+        assert!(r.len() <= 1400);
+    }
+
+    #[test]
+    fn wrong_key_or_cluster_is_rejected() {
+        let (s, e) = enc();
+        let d = e.bare(&s, Kind::Heartbeat, 0, 1, 0, 0);
+        assert!(s.open(&d).is_ok());
+        assert_eq!(
+            Seal::new("test", b"other").open(&d).unwrap_err(),
+            Reject::Mac
+        );
+        assert_eq!(
+            Seal::new("other", b"key").open(&d).unwrap_err(),
+            Reject::Mac
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..110),
+                      seq in any::<u64>(), digest in any::<u64>(), lo in any::<u64>()) {
+            let (s, e) = enc();
+            let d = e.entries(&s, Kind::Delta, FLAG_END, seq, digest, 9, None, &entries);
+            let g = s.open(&d).unwrap();
+            prop_assert_eq!(g.kind, Kind::Delta);
+            prop_assert_eq!(g.header.seq.get(), seq);
+            prop_assert_eq!(g.header.digest.get(), digest);
+            prop_assert_eq!(g.header.flags.get(), FLAG_END);
+            let Body::Entries(got) = g.body else { panic!("not entries") };
+            let got: Vec<_> = got.iter().map(|e| (e.hash.get(), e.count.get())).collect();
+            prop_assert_eq!(&got, &entries);
+
+            let r = e.entries(&s, Kind::Refresh, 0, seq, digest, 9, Some((lo, u64::MAX)), &entries[..entries.len().min(100)]);
+            let Body::Range(l, h, got) = s.open(&r).unwrap().body else { panic!("not a range") };
+            prop_assert_eq!((l, h, got.len()), (lo, u64::MAX, entries.len().min(100)));
+        }
+
+        #[test]
+        fn names_round_trip(names in proptest::collection::vec((any::<u64>(), "[a-z:0-9]{0,40}"), 0..200)) {
+            let (s, e) = enc();
+            let mut seq = 0;
+            let dgs = e.names(&s, &mut || { seq += 1; seq }, 0, 0, names.iter().map(|(h, n)| (*h, n.as_str())));
+            let mut got = Vec::new();
+            for d in &dgs {
+                prop_assert!(d.len() <= 1400);
+                let Body::Names(n) = s.open(d).unwrap().body else { panic!("not names") };
+                got.extend(n.map(|(h, n)| (h, n.to_string())));
+            }
+            prop_assert_eq!(got, names);
+        }
+
+        #[test]
+        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..4u8) {
+            let (s, e) = enc();
+            let d = match kind {
+                0 => e.entries(&s, Kind::Delta, 0, 5, 1, 2, None, &entries),
+                1 => e.entries(&s, Kind::Refresh, 0, 5, 1, 2, Some((3, 9)), &entries),
+                2 => e.request(&s, 0, 5, 1, 2, 11, 12),
+                _ => e.names(&s, &mut || 5, 1, 2, entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, 5, 1, 2)),
+            };
+            prop_assert!(s.open(&d).is_ok());
+            for len in 0..d.len() {
+                prop_assert!(s.open(&d[..len]).is_err(), "truncated to {} accepted", len);
+            }
+            for bit in 0..d.len() * 8 {
+                let mut x = d.clone();
+                x[bit / 8] ^= 1 << (bit % 8);
+                prop_assert!(s.open(&x).is_err(), "bit {} flipped accepted", bit);
+            }
+        }
+    }
+}

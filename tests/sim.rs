@@ -1,0 +1,215 @@
+//! Deterministic simulation of the cluster protocol: many seeded runs of the sans-IO core over a
+//! simulated network with loss, duplication, reordering, delay, crashes, restarts and partitions.
+
+use std::time::Duration;
+
+use headcount::cluster::sim::{Faults, Sim};
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn hash(i: u64) -> u64 {
+    // Spread topic hashes over the whole space, like real wire hashes.
+    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555
+}
+
+/// A burst of `joins` joins spread over nodes and `topics` topics (long-tailed).
+fn burst(sim: &mut Sim, seed: u64, joins: u64, topics: u64) {
+    let mut x = seed | 1;
+    for _ in 0..joins {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let node = (x % sim.len() as u64) as usize;
+        if sim.node(node).is_none() {
+            continue;
+        }
+        let t = (x >> 20) % topics;
+        let t = t * t / topics.max(1); // long tail: low topics are hot
+        sim.add(node, hash(t), 1);
+    }
+}
+
+fn settle(sim: &mut Sim) {
+    sim.run_for(TICK * 3);
+    assert!(
+        sim.ticks_to_exact(100).is_some(),
+        "did not converge: {:?}",
+        &sim.mismatches()[..3.min(sim.mismatches().len())]
+    );
+}
+
+#[test]
+fn burst_without_loss_is_exact_within_one_tick_of_its_first_send() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(16, seed, TICK, |_| {});
+        sim.faults.delay = Duration::from_millis(1);
+        settle(&mut sim);
+        burst(&mut sim, seed, 100_000, 2_000);
+        // Every node sends its changes on its next tick (within one tick), and they arrive 1 ms later.
+        let t = sim.ticks_to_exact(3).expect("exact");
+        assert!(t <= 2, "seed {seed}: took {t} ticks");
+        sim.run_for(TICK * 2);
+        assert!(sim.exact());
+        for i in 0..sim.len() {
+            assert!(
+                sim.node(i).unwrap().converged(),
+                "seed {seed}: node {i} not converged"
+            );
+        }
+    }
+}
+
+#[test]
+fn loss_duplication_and_reordering_converge_within_bound() {
+    for (seed, loss) in (0..12).zip([0.1, 0.3].into_iter().cycle()) {
+        let n = [3, 8, 16, 32][seed as usize % 4];
+        let mut sim = Sim::new(n, seed, TICK, |_| {});
+        sim.faults = Faults {
+            loss,
+            dup: 0.05,
+            reorder: 0.2,
+            delay: Duration::from_millis(2),
+            jitter: Duration::from_millis(150),
+        };
+        for round in 0..5 {
+            burst(&mut sim, seed * 100 + round, 20_000, 500);
+            sim.run_for(TICK * 2);
+            // Churn: some leave.
+            burst(&mut sim, seed * 100 + round + 50, 5_000, 500);
+            sim.run_for(TICK);
+        }
+        // Faults stop: exact within the bound.
+        sim.faults = Faults {
+            delay: Duration::from_millis(2),
+            ..Faults::default()
+        };
+        let bound = 10;
+        let t = sim.ticks_to_exact(bound);
+        assert!(
+            t.is_some(),
+            "seed {seed} loss {loss}: not exact within {bound} ticks after faults stopped: {:?}",
+            &sim.mismatches()[..3.min(sim.mismatches().len())]
+        );
+    }
+}
+
+#[test]
+fn ten_percent_loss_converges_in_three_ticks_with_resync() {
+    let mut worst = 0;
+    for seed in 0..20 {
+        let mut sim = Sim::new(16, seed, TICK, |_| {});
+        sim.faults = Faults {
+            loss: 0.1,
+            delay: Duration::from_millis(1),
+            ..Faults::default()
+        };
+        settle(&mut sim);
+        burst(&mut sim, seed, 100_000, 2_000);
+        let t = sim.ticks_to_exact(30).expect("exact");
+        worst = worst.max(t);
+    }
+    eprintln!("10% loss, 16 nodes, 20 seeds: worst {worst} ticks to exact");
+    assert!(worst <= 3, "worst case {worst} ticks");
+}
+
+#[test]
+fn silent_crash_leaves_every_view_within_dead_after_plus_a_tick() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(5, seed, TICK, |c| c.dead_after = Duration::from_secs(1));
+        sim.faults.delay = Duration::from_millis(1);
+        burst(&mut sim, seed, 10_000, 100);
+        settle(&mut sim);
+        sim.crash(2);
+        // Before dead-after: the others still count it (they cannot know).
+        sim.run_for(Duration::from_millis(500));
+        assert!(!sim.exact());
+        sim.run_for(Duration::from_millis(500) + TICK + Duration::from_millis(2));
+        assert!(sim.exact(), "seed {seed}: {:?}", &sim.mismatches()[..1]);
+    }
+}
+
+#[test]
+fn goodbye_removes_counts_within_one_tick() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(5, seed, TICK, |_| {});
+        sim.faults.delay = Duration::from_millis(1);
+        burst(&mut sim, seed, 10_000, 100);
+        settle(&mut sim);
+        sim.stop(3);
+        sim.run_for(Duration::from_millis(2));
+        assert!(sim.exact(), "seed {seed}: goodbye not applied at once");
+    }
+}
+
+#[test]
+fn restart_with_new_incarnation_is_never_double_counted() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(4, seed, TICK, |_| {});
+        sim.faults = Faults {
+            loss: 0.1,
+            reorder: 0.3,
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_millis(300),
+            ..Faults::default()
+        };
+        let h = hash(1);
+        sim.set(0, h, 1000);
+        sim.run_for(TICK * 20);
+        sim.restart(0);
+        sim.set(0, h, 7);
+        for _ in 0..60 {
+            sim.run_for(TICK / 4);
+            for i in 1..4 {
+                let v = sim.view(i, h);
+                assert!(v <= 1000, "seed {seed}: node {i} double counted: {v}");
+            }
+        }
+        sim.faults = Faults::default();
+        assert!(sim.ticks_to_exact(10).is_some());
+        assert_eq!(sim.view(1, h), 7);
+    }
+}
+
+#[test]
+fn partition_and_heal() {
+    for seed in 0..6 {
+        let n = 6;
+        let mut sim = Sim::new(n, seed, TICK, |c| c.dead_after = Duration::from_secs(1));
+        sim.faults.delay = Duration::from_millis(1);
+        burst(&mut sim, seed, 10_000, 200);
+        settle(&mut sim);
+        sim.partition(&[0, 0, 0, 1, 1, 1]);
+        sim.run_for(Duration::from_secs(2));
+        // Each side now counts only itself.
+        let h = hash(0);
+        let side_a: u64 = (0..3).map(|i| sim.view(i, h)).max().unwrap_or(0);
+        assert!(side_a <= sim.truth(h));
+        // Changes on both sides while split.
+        burst(&mut sim, seed + 99, 3_000, 200);
+        sim.run_for(Duration::from_secs(1));
+        sim.heal();
+        let t = sim.ticks_to_exact(20);
+        assert!(t.is_some(), "seed {seed}: not exact after heal");
+    }
+}
+
+#[test]
+fn sixty_four_nodes_with_loss() {
+    for seed in 0..3 {
+        let mut sim = Sim::new(64, seed, TICK, |_| {});
+        sim.faults = Faults {
+            loss: 0.2,
+            dup: 0.02,
+            reorder: 0.1,
+            delay: Duration::from_millis(1),
+            jitter: Duration::from_millis(50),
+        };
+        burst(&mut sim, seed, 100_000, 1_000);
+        sim.run_for(TICK * 5);
+        sim.faults = Faults {
+            delay: Duration::from_millis(1),
+            ..Faults::default()
+        };
+        assert!(sim.ticks_to_exact(20).is_some(), "seed {seed}");
+    }
+}
