@@ -1,13 +1,19 @@
 //! [`Engine`]: the builder, the engine thread's lifecycle, and the read-side API.
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::cluster::protocol::{self, NodeInfo, ProtoStats, Protocol};
+use crate::cluster::wire::{MIN_BUDGET, Seal};
 use crate::error::Error;
-use crate::reducer::Reducer;
+use crate::net::{Net, Transport};
+use crate::reducer::{Reducer, TickReport};
 use crate::shard::{Hot, HotBox, Presence, Shard, ShardPool};
 use crate::sync::Ordering;
 use crate::topic::{Topic, Topics};
@@ -24,7 +30,46 @@ pub struct Builder {
     feed_capacity: usize,
     hash_key: u128,
     pin: bool,
+    cluster: ClusterOptions,
 }
+
+/// The cluster half of the builder's options.
+#[derive(Debug, Clone)]
+struct ClusterOptions {
+    transport: Option<Transport>,
+    name: String,
+    key: Vec<u8>,
+    key_file: Option<PathBuf>,
+    insecure: bool,
+    node: Option<u64>,
+    dead_after: Option<Duration>,
+    budget: usize,
+    refresh_cycle: u32,
+    observer: bool,
+    /// A multicast option given without multicast: `(option, value)`.
+    bad: Option<(&'static str, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            transport: None,
+            name: "headcount".into(),
+            key: Vec::new(),
+            key_file: None,
+            insecure: false,
+            node: None,
+            dead_after: None,
+            budget: 1400,
+            refresh_cycle: 10,
+            observer: false,
+            bad: None,
+        }
+    }
+}
+
+/// The default multicast group: `headcount serve` and `demo` use it on loopback.
+pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 70, 77), 7380);
 
 impl Default for Builder {
     fn default() -> Self {
@@ -37,6 +82,7 @@ impl Default for Builder {
             feed_capacity: 64,
             hash_key: 0,
             pin: false,
+            cluster: ClusterOptions::default(),
         }
     }
 }
@@ -116,6 +162,124 @@ impl Builder {
         self
     }
 
+    /// Joins a cluster over UDP multicast to `group` (an IPv4 multicast address and port), on
+    /// the loopback interface unless [`Builder::interface`] says otherwise. Every node of the
+    /// cluster counts every node's users.
+    pub fn multicast(mut self, group: SocketAddrV4) -> Self {
+        self.cluster.transport = Some(Transport::Multicast {
+            group,
+            interface: Ipv4Addr::LOCALHOST,
+            ttl: 1,
+            loopback: true,
+        });
+        self
+    }
+
+    fn with_multicast(
+        mut self,
+        option: &'static str,
+        value: String,
+        f: impl FnOnce(&mut Ipv4Addr, &mut u32, &mut bool),
+    ) -> Self {
+        match self.cluster.transport.as_mut() {
+            Some(Transport::Multicast {
+                interface,
+                ttl,
+                loopback,
+                ..
+            }) => f(interface, ttl, loopback),
+            _ => self.cluster.bad = Some((option, value)),
+        }
+        self
+    }
+
+    /// The interface address to join the multicast group on and send from (default 127.0.0.1).
+    /// Without a cluster key, only a loopback interface is accepted unless [`Builder::insecure`].
+    pub fn interface(self, addr: Ipv4Addr) -> Self {
+        self.with_multicast("interface", addr.to_string(), |i, _, _| *i = addr)
+    }
+
+    /// Multicast TTL (default 1: the local subnet).
+    pub fn multicast_ttl(self, ttl: u32) -> Self {
+        self.with_multicast("multicast_ttl", ttl.to_string(), |_, t, _| *t = ttl)
+    }
+
+    /// Multicast loopback (default on; needed for several nodes on one host).
+    pub fn multicast_loopback(self, on: bool) -> Self {
+        self.with_multicast("multicast_loopback", on.to_string(), |_, _, l| *l = on)
+    }
+
+    /// Joins a cluster over UDP unicast instead: bind `bind`, send to every address in `peers`
+    /// (for networks without multicast, like most clouds).
+    pub fn unicast(
+        mut self,
+        bind: SocketAddr,
+        peers: impl IntoIterator<Item = SocketAddr>,
+    ) -> Self {
+        self.cluster.transport = Some(Transport::Unicast {
+            bind,
+            peers: peers.into_iter().collect(),
+        });
+        self
+    }
+
+    /// The cluster's name (default `"headcount"`): nodes of other clusters are ignored.
+    pub fn cluster_name(mut self, name: &str) -> Self {
+        self.cluster.name = name.to_string();
+        self
+    }
+
+    /// The cluster key: every datagram carries a MAC with it, and topic wire hashes are keyed
+    /// with it. Every node needs the same key.
+    pub fn cluster_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.cluster.key = key.as_ref().to_vec();
+        self
+    }
+
+    /// Reads the cluster key from a file (its whole contents).
+    pub fn cluster_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cluster.key_file = Some(path.into());
+        self
+    }
+
+    /// Allows a non-loopback cluster without a key (anyone on the network can then forge counts).
+    pub fn insecure(mut self, on: bool) -> Self {
+        self.cluster.insecure = on;
+        self
+    }
+
+    /// This node's id (default: random per start).
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.cluster.node = Some(id);
+        self
+    }
+
+    /// A peer not heard from for this long is dropped with its counts (default: 3 s or 30 ticks,
+    /// whichever is longer; at least 3 of the peer's own ticks).
+    pub fn dead_after(mut self, d: Duration) -> Self {
+        self.cluster.dead_after = Some(d);
+        self
+    }
+
+    /// The largest datagram payload (default 1400 bytes; raise it for jumbo frames).
+    pub fn payload_budget(mut self, bytes: usize) -> Self {
+        self.cluster.budget = bytes;
+        self
+    }
+
+    /// Ticks over which the rotating refresh resends the whole table (default 10).
+    pub fn refresh_cycle(mut self, ticks: u32) -> Self {
+        self.cluster.refresh_cycle = ticks;
+        self
+    }
+
+    /// Joins the cluster as a passive observer: counts nothing of its own and never appears in
+    /// other nodes' views (for `headcount watch`).
+    pub fn observer(mut self, on: bool) -> Self {
+        self.cluster.observer = on;
+        self
+    }
+
     fn validate(&self) -> Result<usize, Error> {
         let shards = self.shards.unwrap_or_else(cpus);
         if !(1..=4096).contains(&shards) {
@@ -148,14 +312,114 @@ impl Builder {
         if self.pin && !cfg!(feature = "affinity") {
             return Err(bad("pin", self.pin, "needs headcount's `affinity` feature"));
         }
+        let c = &self.cluster;
+        if let Some((option, value)) = &c.bad {
+            return Err(Error::Config {
+                option,
+                value: value.clone(),
+                reason: "applies to multicast: call multicast(group) first".into(),
+            });
+        }
+        if !(MIN_BUDGET..=65_000).contains(&c.budget) {
+            return Err(bad(
+                "payload_budget",
+                c.budget,
+                &format!("must be between {MIN_BUDGET} and 65000 bytes"),
+            ));
+        }
+        if !(1..=100_000).contains(&c.refresh_cycle) {
+            return Err(bad(
+                "refresh_cycle",
+                c.refresh_cycle,
+                "must be between 1 and 100000 ticks",
+            ));
+        }
+        if let Some(d) = c.dead_after
+            && d < self.tick * 2
+        {
+            return Err(bad("dead_after", d, "must be at least two ticks"));
+        }
+        if let Some(t) = &c.transport {
+            t.validate()?;
+        }
         Ok(shards)
     }
 
-    /// Starts the engine thread.
+    /// The cluster key material: the key file's contents, or the key given.
+    fn key(&self) -> Result<Vec<u8>, Error> {
+        let c = &self.cluster;
+        let key = match &c.key_file {
+            Some(p) => std::fs::read(p).map_err(|e| Error::Config {
+                option: "cluster_key_file",
+                value: p.display().to_string(),
+                reason: format!("cannot read it: {e}"),
+            })?,
+            None => c.key.clone(),
+        };
+        if c.key_file.is_some() && key.is_empty() {
+            let p = c
+                .key_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(Error::Config {
+                option: "cluster_key_file",
+                value: p,
+                reason: "the file is empty".into(),
+            });
+        }
+        if let Some(t) = &c.transport
+            && key.is_empty()
+            && !t.is_loopback()
+            && !c.insecure
+        {
+            return Err(Error::Config {
+                option: "cluster_key",
+                value: "(none)".into(),
+                reason: format!(
+                    "refusing to run the cluster on a non-loopback network ({t:?}) without a key: \
+                     set cluster_key / cluster_key_file, or insecure(true) to accept forged counts"
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Starts the engine thread (and opens the cluster's sockets, if configured).
     pub fn start(self) -> Result<Engine, Error> {
         let shards = self.validate()?;
+        let key = self.key()?;
+        let hash_key = if self.cluster.transport.is_some() {
+            Seal::topic_hash_key(&self.cluster.name, &key)
+        } else {
+            self.hash_key
+        };
+        let cluster = match &self.cluster.transport {
+            Some(t) => {
+                let net = Net::open(t)?;
+                let node = self.cluster.node.unwrap_or_else(random_u64);
+                let incarnation = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64);
+                let mut pc = protocol::Config::new(node, incarnation, self.tick);
+                if let Some(d) = self.cluster.dead_after {
+                    pc.dead_after = d;
+                }
+                pc.budget = self.cluster.budget;
+                pc.refresh_cycle = self.cluster.refresh_cycle;
+                pc.max_topics_per_peer = self.max_topics;
+                pc.observer = self.cluster.observer;
+                let proto = Protocol::new(pc, Seal::new(&self.cluster.name, &key));
+                Some(ClusterNode {
+                    proto,
+                    net,
+                    by_hash: HashMap::new(),
+                })
+            }
+            None => None,
+        };
         let hot = HotBox::new(Hot::new(shards, self.max_topics, self.ring_capacity));
-        let topics = Topics::new(self.max_topics, self.hash_key);
+        let topics = Topics::new(self.max_topics, hash_key);
         let pool = Arc::new(ShardPool::new(hot, shards, topics));
         let inner = Arc::new(Inner {
             pool,
@@ -164,24 +428,87 @@ impl Builder {
             stats: RawStats::default(),
             shards,
             tick: self.tick,
+            node: cluster
+                .as_ref()
+                .map(|c| (c.proto.config().node, c.net.local_addr())),
+            cluster_view: Mutex::new(ClusterView::default()),
         });
+        let poll = mio::Poll::new().map_err(Error::Spawn)?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(Error::Spawn)?);
+        let mut cluster = cluster;
+        if let Some(c) = cluster.as_mut() {
+            c.net
+                .register(poll.registry(), GROUP, SOCK)
+                .map_err(Error::Spawn)?;
+        }
         let (tx, rx) = mpsc::channel();
         let thread = {
             let inner = inner.clone();
             let cfg = self.clone();
             std::thread::Builder::new()
                 .name("headcount-engine".into())
-                .spawn(move || run(inner, cfg, rx))
+                .spawn(move || run(inner, cfg, rx, poll, cluster))
                 .map_err(Error::Spawn)?
         };
         Ok(Engine {
             h: Arc::new(Handle {
                 inner,
                 tx: Mutex::new(Some(tx)),
+                waker,
                 thread: Mutex::new(Some(thread)),
             }),
         })
     }
+}
+
+const WAKER: mio::Token = mio::Token(0);
+const GROUP: mio::Token = mio::Token(1);
+const SOCK: mio::Token = mio::Token(2);
+
+/// A random 64-bit number (node ids), from the OS-seeded hasher keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// The cluster side of the engine thread.
+struct ClusterNode {
+    proto: Protocol,
+    net: Net,
+    /// Topic wire hash → local id, for every id in use.
+    by_hash: HashMap<u64, u32>,
+}
+
+/// What the engine thread publishes about the cluster each tick.
+#[derive(Default)]
+struct ClusterView {
+    nodes: Vec<NodeInfo>,
+    stats: ProtoStats,
+    send_errors: u64,
+    recv_errors: u64,
+}
+
+/// Cluster counters, read with [`Engine::cluster_stats`].
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// The protocol's counters (datagrams sent, received, rejected by reason, resyncs).
+    pub protocol: ProtoStats,
+    /// Live peers.
+    pub peers_alive: usize,
+    /// Live peers whose copy here matches what they declared.
+    pub peers_converged: usize,
+    /// Sends the OS refused.
+    pub send_errors: u64,
+    /// Receives the OS failed.
+    pub recv_errors: u64,
 }
 
 pub(crate) struct Inner {
@@ -191,6 +518,9 @@ pub(crate) struct Inner {
     stats: RawStats,
     shards: usize,
     tick: Duration,
+    /// This node's id and the address peers see it at, when in a cluster.
+    node: Option<(u64, Option<SocketAddr>)>,
+    cluster_view: Mutex<ClusterView>,
 }
 
 #[derive(Default)]
@@ -248,13 +578,15 @@ enum Cmd {
 struct Handle {
     inner: Arc<Inner>,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    waker: Arc<mio::Waker>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Handle {
     fn stop(&self) {
-        // Dropping the sender ends the engine loop.
+        // Dropping the sender ends the engine loop (after a goodbye to the cluster).
         drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let _ = self.waker.wake();
         let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = t
             && t.thread().id() != std::thread::current().id()
@@ -270,72 +602,240 @@ impl Drop for Handle {
     }
 }
 
-fn run(inner: Arc<Inner>, cfg: Builder, rx: mpsc::Receiver<Cmd>) {
+fn run(
+    inner: Arc<Inner>,
+    cfg: Builder,
+    rx: mpsc::Receiver<Cmd>,
+    mut poll: mio::Poll,
+    cluster: Option<ClusterNode>,
+) {
     #[cfg(feature = "affinity")]
     if cfg.pin
         && let Some(last) = core_affinity::get_core_ids().and_then(|v| v.last().copied())
     {
         core_affinity::set_for_current(last);
     }
-    let pool = &inner.pool;
-    let mut reducer = Reducer::new(&pool.hot, cfg.retire_after);
-    let mut next = Instant::now() + cfg.tick;
+    let mut node = Node {
+        reducer: Reducer::new(&inner.pool.hot, cfg.retire_after),
+        id_hash: vec![0; cfg.max_topics],
+        dirty: Vec::new(),
+        cluster,
+        inner,
+    };
+    let mut events = mio::Events::with_capacity(16);
+    // Jitter the first tick, so that a fleet started together does not tick in lock-step.
+    let mut next = Instant::now()
+        + cfg
+            .tick
+            .mul_f64(0.5 + (random_u64() % 1000) as f64 / 2000.0);
     loop {
-        let wait = next.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Cmd::Sync(done)) => {
-                tick(&inner, &mut reducer);
-                let _ = done.send(());
+        let now = Instant::now();
+        let mut deadline = next;
+        if let Some(w) = node.cluster.as_ref().and_then(|c| c.proto.poll_timeout()) {
+            deadline = deadline.min(w);
+        }
+        let _ = poll.poll(&mut events, Some(deadline.saturating_duration_since(now)));
+        let mut syncs = Vec::new();
+        let mut stop = false;
+        loop {
+            match rx.try_recv() {
+                Ok(Cmd::Sync(done)) => syncs.push(done),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    stop = true;
+                    break;
+                }
             }
-            Err(RecvTimeoutError::Timeout) => {
-                tick(&inner, &mut reducer);
+        }
+        let now = Instant::now();
+        node.receive(now);
+        if !syncs.is_empty() || now >= next {
+            node.tick(now);
+            if now >= next {
                 next += cfg.tick;
-                let now = Instant::now();
                 if next < now {
                     next = now + cfg.tick;
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(c) = node.cluster.as_mut() {
+            c.proto.handle_timeout(now);
+        }
+        node.flush();
+        for d in syncs {
+            let _ = d.send(());
+        }
+        if stop {
+            if let Some(c) = node.cluster.as_mut() {
+                c.proto.goodbye();
+            }
+            node.flush();
+            break;
         }
     }
-    inner.stats.stopped.store(true, StdOrdering::Release);
-    inner.feed.close();
+    node.inner.stats.stopped.store(true, StdOrdering::Release);
+    node.inner.feed.close();
 }
 
-fn tick(inner: &Inner, r: &mut Reducer) {
-    let start = Instant::now();
-    let pool = &inner.pool;
-    let rep = r.tick(&pool.hot, &pool.topics, start);
-    for c in &r.changes {
-        inner.view.set(c.id, c.count, c.count);
+/// The engine thread's state.
+struct Node {
+    inner: Arc<Inner>,
+    reducer: Reducer,
+    cluster: Option<ClusterNode>,
+    /// Per id: its wire hash (0 when unused).
+    id_hash: Vec<u64>,
+    /// Scratch: ids whose cluster count may have changed this tick.
+    dirty: Vec<u32>,
+}
+
+impl Node {
+    fn receive(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
+            let proto = &mut c.proto;
+            c.net.recv_all(|from, bytes| {
+                proto.on_datagram(now, from, bytes);
+            });
+        }
     }
-    inner.view.total_local.store(r.total, Ordering::Relaxed);
-    inner.view.total_cluster.store(r.total, Ordering::Relaxed);
-    if !r.changes.is_empty() && inner.feed.has_readers() {
-        let changes = r
-            .changes
-            .iter()
-            .filter_map(|c| pool.topics.name(c.id).map(|n| (n.name, c.count)))
-            .collect();
-        inner.feed.publish(TickChanges {
-            tick: r.tick_number(),
-            changes,
-        });
+
+    fn flush(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            while let Some(t) = c.proto.poll_transmit() {
+                c.net.send(&t);
+            }
+        }
     }
-    let s = &inner.stats;
-    let ns = start.elapsed().as_nanos() as u64;
-    s.last_tick_ns.store(ns, StdOrdering::Relaxed);
-    s.max_tick_ns.fetch_max(ns, StdOrdering::Relaxed);
-    s.changed
-        .fetch_add(rep.changed as u64, StdOrdering::Relaxed);
-    s.retired.fetch_add(rep.freed as u64, StdOrdering::Relaxed);
-    s.revived
-        .fetch_add(rep.revived as u64, StdOrdering::Relaxed);
-    s.retiring.store(rep.retiring as u64, StdOrdering::Relaxed);
-    s.rescans.store(r.rescans(), StdOrdering::Relaxed);
-    s.watching.store(r.watching() as u64, StdOrdering::Relaxed);
-    // Last, with release: `sync()` callers and `stats()` readers see the tick's effects.
-    s.ticks.fetch_add(1, StdOrdering::Release);
+
+    fn remote(&self, id: u32) -> u64 {
+        match &self.cluster {
+            Some(c) => c.proto.remote(self.id_hash[id as usize]),
+            None => 0,
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let start = Instant::now();
+        let inner = self.inner.clone();
+        let pool = &inner.pool;
+        let mut rep: TickReport = self.reducer.sum(&pool.hot, &pool.topics, now);
+        self.dirty.clear();
+        for &id in &self.reducer.new_ids {
+            if let Some(n) = pool.topics.name(id) {
+                self.id_hash[id as usize] = n.hash;
+                if let Some(c) = self.cluster.as_mut() {
+                    c.by_hash.insert(n.hash, id);
+                }
+            }
+            self.dirty.push(id);
+        }
+        for ch in &self.reducer.changes {
+            inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
+            self.dirty.push(ch.id);
+            if let Some(c) = self.cluster.as_mut() {
+                let name = pool.topics.name(ch.id);
+                let count = ch.count.min(u64::from(u32::MAX)) as u32;
+                c.proto.set_local(
+                    self.id_hash[ch.id as usize],
+                    count,
+                    name.as_ref().map(|n| &n.name),
+                );
+            }
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.proto.on_tick(now);
+            // Topics only peers have: intern their names so they can be counted and listed here.
+            for (h, name) in c.proto.take_learned_names() {
+                if c.by_hash.contains_key(&h) {
+                    continue;
+                }
+                if let Ok(t) = pool.topics.intern(&name, &pool.hot)
+                    && pool.topics.name(t.id()).is_some_and(|n| n.hash == h)
+                {
+                    self.id_hash[t.id() as usize] = h;
+                    c.by_hash.insert(h, t.id());
+                    self.dirty.push(t.id());
+                }
+            }
+            let (by_hash, dirty) = (&c.by_hash, &mut self.dirty);
+            c.proto.take_remote_changes(|h, _| {
+                if let Some(&id) = by_hash.get(&h) {
+                    dirty.push(id);
+                }
+            });
+        }
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
+        let mut feed = Vec::new();
+        let want_feed = inner.feed.has_readers();
+        for i in 0..self.dirty.len() {
+            let id = self.dirty[i];
+            let count = self.reducer.local(id) + self.remote(id);
+            let slot = &inner.view.cluster[id as usize];
+            if slot.swap(count, Ordering::Relaxed) != count
+                && want_feed
+                && let Some(n) = pool.topics.name(id)
+            {
+                feed.push((n.name, count));
+            }
+            self.reducer.set_cluster(id, count, now);
+        }
+        let remote_total = self.cluster.as_ref().map_or(0, |c| c.proto.remote_total());
+        inner
+            .view
+            .total_local
+            .store(self.reducer.total, Ordering::Relaxed);
+        inner
+            .view
+            .total_cluster
+            .store(self.reducer.total + remote_total, Ordering::Relaxed);
+        if !feed.is_empty() {
+            inner.feed.publish(TickChanges {
+                tick: self.reducer.tick_number(),
+                changes: feed,
+            });
+        }
+
+        let id_hash = &self.id_hash;
+        let cluster = &self.cluster;
+        let remote = |id: u32| {
+            cluster
+                .as_ref()
+                .map_or(0, |c| c.proto.remote(id_hash[id as usize]))
+        };
+        self.reducer
+            .retire(&pool.hot, &pool.topics, now, remote, &mut rep);
+        for &id in &self.reducer.freed {
+            let h = std::mem::take(&mut self.id_hash[id as usize]);
+            if let Some(c) = self.cluster.as_mut() {
+                c.by_hash.remove(&h);
+            }
+            inner.view.set(id, 0, 0);
+        }
+        if let Some(c) = self.cluster.as_ref() {
+            let mut v = inner.cluster_view.lock().unwrap_or_else(|e| e.into_inner());
+            v.nodes = c.proto.nodes(now);
+            v.stats = c.proto.stats();
+            v.send_errors = c.net.send_errors;
+            v.recv_errors = c.net.recv_errors;
+        }
+
+        let s = &inner.stats;
+        let ns = start.elapsed().as_nanos() as u64;
+        s.last_tick_ns.store(ns, StdOrdering::Relaxed);
+        s.max_tick_ns.fetch_max(ns, StdOrdering::Relaxed);
+        s.changed
+            .fetch_add(rep.changed as u64, StdOrdering::Relaxed);
+        s.retired.fetch_add(rep.freed as u64, StdOrdering::Relaxed);
+        s.revived
+            .fetch_add(rep.revived as u64, StdOrdering::Relaxed);
+        s.retiring.store(rep.retiring as u64, StdOrdering::Relaxed);
+        s.rescans
+            .store(self.reducer.rescans(), StdOrdering::Relaxed);
+        s.watching
+            .store(self.reducer.watching() as u64, StdOrdering::Relaxed);
+        // Last, with release: `sync()` callers and `stats()` readers see the tick's effects.
+        s.ticks.fetch_add(1, StdOrdering::Release);
+    }
 }
 
 /// A running headcount engine: the shards workers count through, the reducer thread, and the
@@ -432,7 +932,7 @@ impl Engine {
         let tx = self.h.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(tx) = tx else { return };
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        if tx.send(Cmd::Sync(done_tx)).is_ok() {
+        if tx.send(Cmd::Sync(done_tx)).is_ok() && self.h.waker.wake().is_ok() {
             let _ = done_rx.recv();
         }
     }
@@ -541,6 +1041,43 @@ impl Engine {
             shared_ops: hot.shared.ops.load(Ordering::Relaxed),
             free_shards: inner.pool.free_shards(),
         }
+    }
+
+    /// The cluster's other nodes: live peers and recently dead ones (empty without a cluster).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.inner()
+            .cluster_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .nodes
+            .clone()
+    }
+
+    /// Cluster counters (`None` without a cluster).
+    pub fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.inner().node?;
+        let v = self
+            .inner()
+            .cluster_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(ClusterStats {
+            protocol: v.stats,
+            peers_alive: v.nodes.iter().filter(|n| n.alive).count(),
+            peers_converged: v.nodes.iter().filter(|n| n.alive && n.converged).count(),
+            send_errors: v.send_errors,
+            recv_errors: v.recv_errors,
+        })
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> Option<u64> {
+        self.inner().node.map(|n| n.0)
+    }
+
+    /// The address peers see this node at.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner().node.and_then(|n| n.1)
     }
 
     /// How many shards the engine has.

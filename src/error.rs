@@ -38,6 +38,17 @@ pub enum Error {
         /// What would be accepted.
         reason: String,
     },
+    /// A socket could not be set up as configured.
+    #[error("{option} = {value}: {source}")]
+    Net {
+        /// The option whose value did not work.
+        option: &'static str,
+        /// Its value.
+        value: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The engine thread could not be started.
     #[error("could not start the engine thread: {0}")]
     Spawn(#[source] std::io::Error),

@@ -49,6 +49,7 @@
 pub mod cluster;
 mod engine;
 mod error;
+mod net;
 mod reducer;
 mod ring;
 mod shard;
@@ -56,8 +57,11 @@ mod sync;
 mod topic;
 mod view;
 
-pub use engine::{Builder, Engine, Stats, cpus};
+pub use cluster::protocol::{NodeInfo, ProtoStats};
+pub use cluster::wire::Reject;
+pub use engine::{Builder, ClusterStats, DEFAULT_GROUP, Engine, Stats, cpus};
 pub use error::Error;
+pub use net::Transport;
 pub use shard::{Presence, Shard};
 pub use topic::{OVERFLOW_NAME, Topic, wire_hash};
 pub use view::{ChangeFeed, FeedEvent, TickChanges};

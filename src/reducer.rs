@@ -66,7 +66,7 @@ impl Collector {
     }
 
     #[inline]
-    fn list(&mut self, tick: u64, id: u32) {
+    pub(crate) fn list(&mut self, tick: u64, id: u32) {
         let s = &mut self.stamp[id as usize];
         if *s != tick as u32 {
             *s = tick as u32;
@@ -174,17 +174,26 @@ pub(crate) struct TickReport {
 pub(crate) struct Reducer {
     tick: u64,
     collector: Collector,
-    /// Per topic: the local count as of the last tick.
+    /// Per topic: this node's count as of the last tick.
     local: Vec<u64>,
-    /// Per topic: the tick at which its count last became zero (0: not zero, or not tracked).
+    /// Per topic: the cluster-wide count as of the last tick (what retirement looks at).
+    cluster: Vec<u64>,
+    /// Per topic: the tick at which its cluster count last became zero (0: not zero).
     zero_at: Vec<u64>,
     /// Topics that became zero, oldest first: `(id, tick, when)`.
     zeros: VecDeque<(u32, u64, Instant)>,
     /// Topics in phase one of retirement: `(id, generation set by phase one, its tick)`.
     dying: VecDeque<(u32, u32, u64)>,
     retire_after: Duration,
-    new: Vec<u32>,
+    /// Topics to re-sum next tick (a straggler revived them).
+    recheck: Vec<u32>,
+    /// Topics whose local count changed this tick, with their new local counts.
     pub(crate) changes: Vec<Change>,
+    /// Ids interned since the last tick.
+    pub(crate) new_ids: Vec<u32>,
+    /// Ids freed by retirement this tick.
+    pub(crate) freed: Vec<u32>,
+    /// Sum of all local counts.
     pub(crate) total: u64,
 }
 
@@ -195,12 +204,15 @@ impl Reducer {
             tick: hot.epoch.load(Ordering::Relaxed),
             collector: Collector::new(hot.cores.len(), cap),
             local: vec![0; cap],
+            cluster: vec![0; cap],
             zero_at: vec![0; cap],
             zeros: VecDeque::new(),
             dying: VecDeque::new(),
             retire_after,
-            new: Vec::new(),
+            recheck: Vec::new(),
             changes: Vec::new(),
+            new_ids: Vec::new(),
+            freed: Vec::new(),
             total: 0,
         }
     }
@@ -217,41 +229,67 @@ impl Reducer {
         self.collector.watching()
     }
 
-    /// Runs one tick at time `now`. Afterwards `self.changes` lists the topics whose local count
-    /// changed, with their new counts.
-    pub(crate) fn tick(&mut self, hot: &Hot, topics: &Topics, now: Instant) -> TickReport {
+    /// This node's count of `id` as of the last tick.
+    pub(crate) fn local(&self, id: u32) -> u64 {
+        self.local[id as usize]
+    }
+
+    /// Starts a tick at time `now`: lists new ids in `new_ids` (each a retirement candidate
+    /// until its cluster count is set) and the topics whose local count changed in `changes`.
+    pub(crate) fn sum(&mut self, hot: &Hot, topics: &Topics, now: Instant) -> TickReport {
         self.tick += 1;
         let tick = self.tick;
         let mut rep = TickReport::default();
         self.changes.clear();
+        self.new_ids.clear();
+        self.freed.clear();
 
-        topics.take_new(&mut self.new);
-        for id in self.new.drain(..) {
-            if self.local[id as usize] == 0 {
-                self.zero_at[id as usize] = tick;
-                self.zeros.push_back((id, tick, now));
-            }
+        topics.take_new(&mut self.new_ids);
+        for &id in &self.new_ids {
+            self.cluster[id as usize] = 0;
+            self.zero_at[id as usize] = tick;
+            self.zeros.push_back((id, tick, now));
         }
 
         self.collector.collect(hot, tick, topics.high_water());
+        for id in self.recheck.drain(..) {
+            self.collector.list(tick, id);
+        }
         rep.listed = self.collector.touched.len();
         for &id in &self.collector.touched {
             let new = sum(hot, id) as u64;
             let old = std::mem::replace(&mut self.local[id as usize], new);
-            if new == old {
-                continue;
-            }
-            self.total = self.total.wrapping_add(new).wrapping_sub(old);
-            self.changes.push(Change { id, count: new });
-            if new == 0 {
-                self.zero_at[id as usize] = tick;
-                self.zeros.push_back((id, tick, now));
-            } else {
-                self.zero_at[id as usize] = 0;
+            if new != old {
+                self.total = self.total.wrapping_add(new).wrapping_sub(old);
+                self.changes.push(Change { id, count: new });
             }
         }
         rep.changed = self.changes.len();
+        rep
+    }
 
+    /// Records `id`'s cluster-wide count (local plus peers), for retirement.
+    pub(crate) fn set_cluster(&mut self, id: u32, count: u64, now: Instant) {
+        let i = id as usize;
+        let old = std::mem::replace(&mut self.cluster[i], count);
+        if count != 0 {
+            self.zero_at[i] = 0;
+        } else if old != 0 {
+            self.zero_at[i] = self.tick;
+            self.zeros.push_back((id, self.tick, now));
+        }
+    }
+
+    /// Ends a tick: retirement. `remote(id)`: the peers' count of `id` now.
+    pub(crate) fn retire(
+        &mut self,
+        hot: &Hot,
+        topics: &Topics,
+        now: Instant,
+        remote: impl Fn(u32) -> u64,
+        rep: &mut TickReport,
+    ) {
+        let tick = self.tick;
         // Phase two for topics whose phase one every core that can join has moved past. A core
         // nobody can join through (no handle bound to it) cannot hold a straggler; one that gets
         // a handle later re-reads the epoch with an RMW when it binds (sequentially consistent
@@ -268,21 +306,21 @@ impl Reducer {
             }
             self.dying.pop_front();
             let s = sum(hot, id) as u64;
-            match topics.finish_retire(id, generation, s == 0) {
+            let r = remote(id);
+            match topics.finish_retire(id, generation, s == 0 && r == 0) {
                 Retired::Superseded => {}
                 Retired::Freed => {
                     rep.freed += 1;
                     self.zero_at[id as usize] = 0;
+                    self.freed.push(id);
                 }
                 Retired::Revived => {
                     rep.revived += 1;
-                    // A straggler's join: count it like any change.
-                    let old = std::mem::replace(&mut self.local[id as usize], s);
-                    if s != old {
-                        self.total = self.total.wrapping_add(s).wrapping_sub(old);
-                        self.changes.push(Change { id, count: s });
-                    }
-                    if s == 0 {
+                    if s != self.local[id as usize] {
+                        // A straggler's join: the next tick counts it like any change.
+                        self.recheck.push(id);
+                    } else if s + r == 0 {
+                        // Revived by a lookup: a candidate again.
                         self.zero_at[id as usize] = tick;
                         self.zeros.push_back((id, tick, now));
                     }
@@ -290,13 +328,13 @@ impl Reducer {
             }
         }
 
-        // Phase one for topics that stayed at zero for `retire_after`.
+        // Phase one for topics whose cluster count stayed zero for `retire_after`.
         while let Some(&(id, at, when)) = self.zeros.front() {
             if now.saturating_duration_since(when) < self.retire_after {
                 break;
             }
             self.zeros.pop_front();
-            if self.zero_at[id as usize] != at || self.local[id as usize] != 0 {
+            if self.zero_at[id as usize] != at || self.cluster[id as usize] != 0 {
                 continue; // changed since
             }
             self.zero_at[id as usize] = 0;
@@ -305,7 +343,6 @@ impl Reducer {
             }
         }
         rep.retiring = self.dying.len();
-        rep
     }
 }
 

@@ -238,6 +238,7 @@ pub struct Protocol {
     unnamed: HashSet<u64>,
     tombs: HashMap<u64, (u64, Instant)>,
     remote: HashMap<u64, u64>,
+    remote_total: u64,
     remote_changed: HashSet<u64>,
     learned: Vec<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
@@ -285,6 +286,7 @@ impl Protocol {
             unnamed: HashSet::default(),
             tombs: HashMap::default(),
             remote: HashMap::default(),
+            remote_total: 0,
             remote_changed: HashSet::default(),
             learned: Vec::new(),
             out: VecDeque::new(),
@@ -327,7 +329,7 @@ impl Protocol {
 
     /// The sum of every live peer's counts.
     pub fn remote_total(&self) -> u64 {
-        self.remote.values().sum()
+        self.remote_total
     }
 
     /// Calls `f(hash, peer sum)` for every hash whose peer sum changed since the last call.
@@ -598,6 +600,7 @@ impl Protocol {
         }
         if let Some(s) = self.remote.get_mut(&h) {
             *s -= u64::from(c);
+            self.remote_total -= u64::from(c);
             if *s == 0 {
                 self.remote.remove(&h);
                 self.unnamed.remove(&h);
@@ -618,6 +621,7 @@ impl Protocol {
             self.unnamed.insert(h);
         }
         *s += u64::from(c);
+        self.remote_total += u64::from(c);
         self.remote_changed.insert(h);
     }
 

@@ -660,6 +660,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
         #[test]
         fn round_trip(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..110),
                       seq in any::<u64>(), digest in any::<u64>(), lo in any::<u64>()) {

@@ -1,0 +1,240 @@
+//! The only module that touches sockets: UDP multicast (or a unicast peer list) for the cluster
+//! protocol, built with socket2 and driven by the engine thread's mio loop.
+//!
+//! In multicast mode a node has two sockets: one bound to the group's address and port (shared
+//! with every other node on the host through `SO_REUSEPORT`), which only receives, and one bound
+//! to the interface with a port of its own, which sends everything and receives the unicast
+//! resync traffic addressed to it. Peers therefore see each node at a distinct address.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use mio::net::UdpSocket;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::cluster::protocol::{Dest, Transmit};
+use crate::error::Error;
+
+/// How the cluster's datagrams travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP multicast to `group` on `interface`.
+    Multicast {
+        /// The group address and port (an IPv4 multicast address, 224.0.0.0/4).
+        group: SocketAddrV4,
+        /// The interface to join on and send from.
+        interface: Ipv4Addr,
+        /// Multicast TTL (1: this subnet only).
+        ttl: u32,
+        /// Deliver the group's datagrams to other sockets on this host too (needed for several
+        /// nodes on one host).
+        loopback: bool,
+    },
+    /// UDP unicast to a fixed list of peers, for networks without multicast.
+    Unicast {
+        /// The address to bind.
+        bind: SocketAddr,
+        /// Every other node's bound address.
+        peers: Vec<SocketAddr>,
+    },
+}
+
+impl Transport {
+    /// Whether every address involved is a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Transport::Multicast { interface, .. } => interface.is_loopback(),
+            Transport::Unicast { bind, peers } => {
+                bind.ip().is_loopback() && peers.iter().all(|p| p.ip().is_loopback())
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let bad = |option: &'static str, value: String, reason: &str| Error::Config {
+            option,
+            value,
+            reason: reason.to_string(),
+        };
+        match self {
+            Transport::Multicast { group, ttl, .. } => {
+                if !group.ip().is_multicast() {
+                    return Err(bad(
+                        "multicast group",
+                        group.to_string(),
+                        "not an IPv4 multicast address (224.0.0.0/4)",
+                    ));
+                }
+                if group.port() == 0 {
+                    return Err(bad("multicast group", group.to_string(), "needs a port"));
+                }
+                if *ttl == 0 || *ttl > 255 {
+                    return Err(bad(
+                        "multicast ttl",
+                        ttl.to_string(),
+                        "must be between 1 and 255",
+                    ));
+                }
+            }
+            Transport::Unicast { bind, peers } => {
+                if bind.ip().is_multicast() {
+                    return Err(bad(
+                        "unicast bind",
+                        bind.to_string(),
+                        "is a multicast address; use multicast() for a group",
+                    ));
+                }
+                if let Some(p) = peers
+                    .iter()
+                    .find(|p| p.ip().is_multicast() || p.port() == 0 || p.ip().is_unspecified())
+                {
+                    return Err(bad(
+                        "unicast peers",
+                        p.to_string(),
+                        "a peer must be a unicast address with a port",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Open sockets.
+pub(crate) struct Net {
+    transport: Transport,
+    /// Multicast: the group socket (receive only).
+    group: Option<UdpSocket>,
+    /// Sends everything; receives unicast.
+    sock: UdpSocket,
+    buf: Vec<u8>,
+    pub(crate) send_errors: u64,
+    pub(crate) recv_errors: u64,
+}
+
+fn io_err(option: &'static str, value: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::Net {
+        option,
+        value: value.to_string(),
+        source: e,
+    }
+}
+
+impl Net {
+    pub(crate) fn open(transport: &Transport) -> Result<Net, Error> {
+        transport.validate()?;
+        let udp = || Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP));
+        let (group, sock) = match transport {
+            Transport::Multicast {
+                group,
+                interface,
+                ttl,
+                loopback,
+            } => {
+                let g = udp().map_err(|e| io_err("multicast group", group, e))?;
+                g.set_reuse_address(true)
+                    .map_err(|e| io_err("multicast group", group, e))?;
+                g.set_reuse_port(true)
+                    .map_err(|e| io_err("multicast group", group, e))?;
+                // Binding the group address makes the kernel deliver only that group's datagrams.
+                g.bind(&SockAddr::from(*group))
+                    .map_err(|e| io_err("multicast group", group, e))?;
+                g.join_multicast_v4(group.ip(), interface)
+                    .map_err(|e| io_err("multicast interface", interface, e))?;
+                let _ = g.set_multicast_all_v4(false);
+                let _ = g.set_recv_buffer_size(4 << 20);
+                g.set_nonblocking(true)
+                    .map_err(|e| io_err("multicast group", group, e))?;
+
+                let s = udp().map_err(|e| io_err("multicast interface", interface, e))?;
+                s.bind(&SockAddr::from(SocketAddrV4::new(*interface, 0)))
+                    .map_err(|e| io_err("multicast interface", interface, e))?;
+                s.set_multicast_if_v4(interface)
+                    .map_err(|e| io_err("multicast interface", interface, e))?;
+                s.set_multicast_loop_v4(*loopback)
+                    .map_err(|e| io_err("multicast loopback", loopback, e))?;
+                s.set_multicast_ttl_v4(*ttl)
+                    .map_err(|e| io_err("multicast ttl", ttl, e))?;
+                let _ = s.set_recv_buffer_size(4 << 20);
+                s.set_nonblocking(true)
+                    .map_err(|e| io_err("multicast interface", interface, e))?;
+                (
+                    Some(UdpSocket::from_std(g.into())),
+                    UdpSocket::from_std(s.into()),
+                )
+            }
+            Transport::Unicast { bind, .. } => {
+                let s = Socket::new(Domain::for_address(*bind), Type::DGRAM, Some(Protocol::UDP))
+                    .map_err(|e| io_err("unicast bind", bind, e))?;
+                s.bind(&SockAddr::from(*bind))
+                    .map_err(|e| io_err("unicast bind", bind, e))?;
+                let _ = s.set_recv_buffer_size(4 << 20);
+                s.set_nonblocking(true)
+                    .map_err(|e| io_err("unicast bind", bind, e))?;
+                (None, UdpSocket::from_std(s.into()))
+            }
+        };
+        Ok(Net {
+            transport: transport.clone(),
+            group,
+            sock,
+            buf: vec![0; 65536],
+            send_errors: 0,
+            recv_errors: 0,
+        })
+    }
+
+    /// The address peers see this node at.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        self.sock.local_addr().ok()
+    }
+
+    pub(crate) fn register(
+        &mut self,
+        reg: &mio::Registry,
+        group: mio::Token,
+        sock: mio::Token,
+    ) -> std::io::Result<()> {
+        if let Some(g) = self.group.as_mut() {
+            reg.register(g, group, mio::Interest::READABLE)?;
+        }
+        reg.register(&mut self.sock, sock, mio::Interest::READABLE)
+    }
+
+    /// Sends one datagram (errors are counted, not fatal: the protocol heals losses).
+    pub(crate) fn send(&mut self, t: &Transmit) {
+        let mut one = |to: SocketAddr| {
+            if self.sock.send_to(&t.bytes, to).is_err() {
+                self.send_errors += 1;
+            }
+        };
+        match (&t.dest, &self.transport) {
+            (Dest::To(a), _) => one(*a),
+            (Dest::Group, Transport::Multicast { group, .. }) => one(SocketAddr::V4(*group)),
+            (Dest::Group, Transport::Unicast { peers, .. }) => {
+                for p in peers.clone() {
+                    one(p);
+                }
+            }
+        }
+    }
+
+    /// Receives every datagram waiting on both sockets.
+    pub(crate) fn recv_all(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
+        let socks = [self.group.as_ref(), Some(&self.sock)];
+        for s in socks.into_iter().flatten() {
+            // Bounded, so a flood cannot starve the engine's ticks.
+            for _ in 0..4096 {
+                match s.recv_from(&mut self.buf) {
+                    Ok((n, from)) => f(from, &self.buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.recv_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
