@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
-use super::wire::{self, Body, Encoder, FLAG_END, FLAG_NAMES, Kind, Reject, Seal};
+use super::wire::{self, Body, Encoder, FLAG_END, FLAG_NAMES, FLAG_STATE, Kind, Reject, Seal};
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +217,9 @@ struct Bucket {
     at: Instant,
 }
 
+/// Most names kept for topics with no count yet.
+const PENDING_NAMES: usize = 1 << 16;
+
 /// A datagram planned for this tick: kind, refresh range, entries.
 type Planned = (Kind, Option<(u64, u64)>, Vec<(u64, u32)>);
 
@@ -236,6 +239,8 @@ pub struct Protocol {
     dead: HashMap<u64, (NodeInfo, Instant)>,
     /// Hashes some peer counts whose names this node does not know.
     unnamed: HashSet<u64>,
+    /// Names received before any count of their topic.
+    pending_names: HashMap<u64, Arc<str>>,
     tombs: HashMap<u64, (u64, Instant)>,
     remote: HashMap<u64, u64>,
     remote_total: u64,
@@ -284,6 +289,7 @@ impl Protocol {
             peers: HashMap::default(),
             dead: HashMap::default(),
             unnamed: HashSet::default(),
+            pending_names: HashMap::default(),
             tombs: HashMap::default(),
             remote: HashMap::default(),
             remote_total: 0,
@@ -618,7 +624,15 @@ impl Protocol {
         }
         let s = self.remote.entry(h).or_insert(0);
         if *s == 0 && !self.names.contains_key(&h) {
-            self.unnamed.insert(h);
+            match self.pending_names.remove(&h) {
+                Some(n) => {
+                    self.names.insert(h, n.clone());
+                    self.learned.push((h, n));
+                }
+                None => {
+                    self.unnamed.insert(h);
+                }
+            }
         }
         *s += u64::from(c);
         self.remote_total += u64::from(c);
@@ -641,7 +655,7 @@ impl Protocol {
     /// counted topic has no name here, every peer for its names (less often).
     fn request_where_needed(&mut self, now: Instant) {
         let every = self.cfg.resync_interval;
-        let names_every = (every * 10).max(Duration::from_secs(1));
+        let names_every = (every * 20).max(Duration::from_secs(5));
         let ask_names = !self.unnamed.is_empty()
             && self
                 .names_asked
@@ -650,10 +664,10 @@ impl Protocol {
             self.names_asked = Some(now);
         }
         let mut wake: Option<Instant> = None;
-        let want: Vec<(u64, SocketAddr, u64)> = self
+        let want: Vec<(u64, SocketAddr, u64, bool)> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
+            .filter_map(|(&n, p)| {
                 let behind = p.declared.is_some() && !p.converged();
                 let due = p
                     .last_request
@@ -662,18 +676,17 @@ impl Protocol {
                     let at = p.last_request.map_or(now, |t| t + every);
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
-                ask_names || (behind && due)
+                let state = behind && due;
+                (ask_names || state).then_some((n, p.addr, p.incarnation, state))
             })
-            .map(|(&n, p)| (n, p.addr, p.incarnation))
             .collect();
         self.wake = wake;
-        for (node, addr, inc) in want {
-            if let Some(p) = self.peers.get_mut(&node) {
+        for (node, addr, inc, state) in want {
+            if state && let Some(p) = self.peers.get_mut(&node) {
                 p.last_request = Some(now);
             }
-            let names = ask_names;
             self.stats.resync_requests += 1;
-            let flags = if names { FLAG_NAMES } else { 0 };
+            let flags = if ask_names { FLAG_NAMES } else { 0 } | if state { FLAG_STATE } else { 0 };
             let d = self.enc.request(
                 &self.seal,
                 flags,
@@ -731,7 +744,8 @@ impl Protocol {
                 return self.reject(Reject::Malformed, None);
             };
             if t == self.cfg.node && ti == self.cfg.incarnation && !self.cfg.observer {
-                self.serve_resync(now, from, h.flags.get() & FLAG_NAMES != 0);
+                let f = h.flags.get();
+                self.serve_resync(now, from, f & FLAG_NAMES != 0, f & FLAG_STATE != 0);
             }
             self.stats.received += 1;
             return Outcome::Applied;
@@ -849,6 +863,15 @@ impl Protocol {
             }
             Body::Names(names) => {
                 for (h, n) in names {
+                    // Names of topics not counted yet (the counts may be in flight) wait in a
+                    // bounded side table, so that names alone cannot grow memory.
+                    if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                        if self.pending_names.len() >= PENDING_NAMES {
+                            self.pending_names.clear();
+                        }
+                        self.pending_names.insert(h, n.into());
+                        continue;
+                    }
                     if let std::collections::hash_map::Entry::Vacant(v) = self.names.entry(h) {
                         let n: Arc<str> = n.into();
                         v.insert(n.clone());
@@ -869,8 +892,9 @@ impl Protocol {
         Outcome::Applied
     }
 
-    /// Sends the whole table (and the names, if asked) to `to`, at most once per resync interval.
-    fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool) {
+    /// Sends the whole table and/or the names, as asked, to `to`, at most once per resync
+    /// interval.
+    fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
         if self
             .replied
             .get(&to)
@@ -905,6 +929,9 @@ impl Protocol {
             for d in dgs {
                 self.push(Dest::Group, d);
             }
+        }
+        if !state {
+            return;
         }
         let per = self.enc.entries_per_datagram(Kind::ResyncReply);
         let mut lo = 0u64;
@@ -950,3 +977,111 @@ impl Protocol {
 
 /// Exposed so the wire module's constants are reachable from the protocol's users.
 pub use wire::MIN_BUDGET;
+
+#[cfg(all(test, not(loom), not(miri)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn proto(node: u64, budget: usize) -> Protocol {
+        let mut c = Config::new(node, 1, Duration::from_millis(100));
+        c.budget = budget;
+        c.refresh_cycle = 1;
+        Protocol::new(c, Seal::new("p", b"k"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Whatever the table, the names and the budget, no datagram exceeds the budget, and a
+        /// peer that hears everything ends up with an exact, converged copy.
+        #[test]
+        fn datagrams_fit_the_budget_and_replicate(
+            budget in wire::MIN_BUDGET..3000usize,
+            table in proptest::collection::vec((any::<u64>(), 0..5u32, "[a-z]{0,300}"), 0..400),
+        ) {
+            let now = Instant::now();
+            let mut a = proto(1, budget);
+            let mut b = proto(2, budget);
+            for (h, c, n) in &table {
+                let n: Arc<str> = n.as_str().into();
+                a.set_local(*h, *c, Some(&n));
+            }
+            let from_a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            let from_b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+            for round in 0..4 {
+                let t = now + Duration::from_millis(100 * round);
+                a.on_tick(t);
+                b.on_tick(t);
+                while let Some(x) = a.poll_transmit() {
+                    prop_assert!(x.bytes.len() <= budget, "{} > {}", x.bytes.len(), budget);
+                    prop_assert!(matches!(b.on_datagram(t, from_a, &x.bytes), Outcome::Applied));
+                }
+                while let Some(x) = b.poll_transmit() {
+                    prop_assert!(x.bytes.len() <= budget);
+                    a.on_datagram(t, from_b, &x.bytes);
+                }
+            }
+            let mut truth: HashMap<u64, u32> = HashMap::default();
+            for (h, c, _) in &table {
+                truth.insert(*h, *c);
+            }
+            for (h, c) in truth {
+                prop_assert_eq!(b.remote(h), u64::from(c));
+            }
+            prop_assert!(b.converged());
+        }
+    }
+
+    #[test]
+    fn replays_and_old_incarnations_are_rejected() {
+        let now = Instant::now();
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut a = proto(1, 1400);
+        let mut b = proto(2, 1400);
+        a.set_local(5, 3, None);
+        a.on_tick(now);
+        let d = a.poll_transmit().unwrap();
+        assert_eq!(b.on_datagram(now, from, &d.bytes), Outcome::Applied);
+        assert_eq!(
+            b.on_datagram(now, from, &d.bytes),
+            Outcome::Rejected(Reject::Stale)
+        );
+        assert_eq!(b.remote(5), 3);
+        // A restart: the new incarnation replaces the old state; the old one is barred.
+        let mut c = Config::new(1, 2, Duration::from_millis(100));
+        c.refresh_cycle = 1;
+        let mut a2 = Protocol::new(c, Seal::new("p", b"k"));
+        a2.set_local(6, 1, None);
+        a2.on_tick(now);
+        while let Some(x) = a2.poll_transmit() {
+            b.on_datagram(now, from, &x.bytes);
+        }
+        assert_eq!((b.remote(5), b.remote(6)), (0, 1));
+        a.set_local(5, 4, None);
+        a.on_tick(now);
+        let old = a.poll_transmit().unwrap();
+        assert_eq!(
+            b.on_datagram(now, from, &old.bytes),
+            Outcome::Rejected(Reject::Incarnation)
+        );
+        assert_eq!(b.stats().rejected[Reject::Stale.index()], 1);
+        assert_eq!(b.nodes(now).len(), 1);
+    }
+
+    #[test]
+    fn a_flood_from_one_source_is_rate_limited() {
+        let now = Instant::now();
+        let mut b = proto(2, 1400);
+        let junk = [0u8; 100];
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut rate = 0;
+        for _ in 0..50_000 {
+            if b.on_datagram(now, from, &junk) == Outcome::Rejected(Reject::Rate) {
+                rate += 1;
+            }
+        }
+        assert_eq!(rate, 50_000 - 20_000);
+        assert_eq!(b.stats().rejected_total(), 50_000);
+    }
+}

@@ -27,8 +27,10 @@ pub const VERSION: u8 = 1;
 pub const TAG_LEN: usize = 16;
 /// Header flag: the last datagram the sender sent this tick (its digest is final).
 pub const FLAG_END: u16 = 1;
-/// Resync request flag: send the names too.
+/// Resync request flag: send the names of your topics.
 pub const FLAG_NAMES: u16 = 2;
+/// Resync request flag: send your whole table.
+pub const FLAG_STATE: u16 = 4;
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
 
@@ -77,7 +79,7 @@ pub struct Header {
     pub version: u8,
     /// A [`Kind`].
     pub kind: u8,
-    /// [`FLAG_END`], [`FLAG_NAMES`].
+    /// [`FLAG_END`], [`FLAG_NAMES`], [`FLAG_STATE`].
     pub flags: U16,
     /// Entries in the body.
     pub count: U16,
@@ -563,8 +565,9 @@ impl Encoder {
         buf
     }
 
-    /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes
-    /// are skipped).
+    /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes,
+    /// or too long for one datagram of this budget, are skipped: peers count such topics but
+    /// cannot list them by name).
     pub fn names<'n>(
         &self,
         seal: &Seal,
@@ -593,10 +596,10 @@ impl Encoder {
             *count = 0;
         };
         for (hash, name) in names {
-            if name.len() > MAX_WIRE_NAME {
+            let need = 9 + name.len();
+            if name.len() > MAX_WIRE_NAME || need > room {
                 continue;
             }
-            let need = 9 + name.len();
             if body.len() + need > room || count == usize::from(u16::MAX) {
                 flush(&mut body, &mut count, &mut out);
             }
