@@ -3,30 +3,17 @@
 
 use std::time::Duration;
 
-use headcount::cluster::sim::{Faults, Sim};
+use headcount::cluster::sim::{Faults, Sim, topic_hash};
 
 const TICK: Duration = Duration::from_millis(100);
 
 fn hash(i: u64) -> u64 {
-    // Spread topic hashes over the whole space, like real wire hashes.
-    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555
+    topic_hash(i)
 }
 
 /// A burst of `joins` joins spread over nodes and `topics` topics (long-tailed).
 fn burst(sim: &mut Sim, seed: u64, joins: u64, topics: u64) {
-    let mut x = seed | 1;
-    for _ in 0..joins {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let node = (x % sim.len() as u64) as usize;
-        if sim.node(node).is_none() {
-            continue;
-        }
-        let t = (x >> 20) % topics;
-        let t = t * t / topics.max(1); // long tail: low topics are hot
-        sim.add(node, hash(t), 1);
-    }
+    sim.burst(seed, joins, topics);
 }
 
 fn settle(sim: &mut Sim) {

@@ -680,6 +680,11 @@ impl Protocol {
                 (ask_names || state).then_some((n, p.addr, p.incarnation, state))
             })
             .collect();
+        // A request or its reply may be lost: look again after one interval.
+        if want.iter().any(|w| w.3) {
+            let at = now + every;
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
         self.wake = wake;
         for (node, addr, inc, state) in want {
             if state && let Some(p) = self.peers.get_mut(&node) {
@@ -829,7 +834,7 @@ impl Protocol {
         let end = h.flags.get() & FLAG_END != 0;
         {
             let p = self.peers.get_mut(&node).expect("inserted above");
-            if seq > p.last_seq + 1 && d.kind != Kind::ResyncReply {
+            if d.kind != Kind::ResyncReply && seq > p.last_seq.saturating_add(1) {
                 p.lost += seq - p.last_seq - 1;
             }
             p.last_seq = p.last_seq.max(seq);
@@ -1067,6 +1072,33 @@ mod tests {
         );
         assert_eq!(b.stats().rejected[Reject::Stale.index()], 1);
         assert_eq!(b.nodes(now).len(), 1);
+    }
+
+    #[test]
+    fn the_largest_sequence_number_does_not_overflow() {
+        // Found by the fuzzer: a datagram with seq u64::MAX, then a resync reply with the same.
+        let now = Instant::now();
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let seal = Seal::new("p", b"k");
+        let enc = Encoder::new(seal.cluster(), 7, 1, 100, 1400);
+        let mut b = proto(2, 1400);
+        let hb = enc.bare(&seal, Kind::Heartbeat, FLAG_END, u64::MAX, 0, 0);
+        assert_eq!(b.on_datagram(now, from, &hb), Outcome::Applied);
+        let r = enc.entries(
+            &seal,
+            Kind::ResyncReply,
+            FLAG_END,
+            u64::MAX,
+            0,
+            0,
+            Some((0, u64::MAX)),
+            &[],
+        );
+        assert_eq!(b.on_datagram(now, from, &r), Outcome::Applied);
+        assert_eq!(
+            b.on_datagram(now, from, &hb),
+            Outcome::Rejected(Reject::Stale)
+        );
     }
 
     #[test]

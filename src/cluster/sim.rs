@@ -65,6 +65,12 @@ impl std::fmt::Debug for Sim {
     }
 }
 
+/// Topic number `i`'s wire hash in the simulation: spread over the whole hash space, like real
+/// keyed hashes.
+pub fn topic_hash(i: u64) -> u64 {
+    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555
+}
+
 /// The address node `i` sends from.
 pub fn addr(i: usize) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(
@@ -169,7 +175,8 @@ impl Sim {
             n.local.insert(hash, count);
         }
         if let Some(p) = n.proto.as_mut() {
-            p.set_local(hash, count, None);
+            let name: std::sync::Arc<str> = format!("topic-{hash:x}").into();
+            p.set_local(hash, count, Some(&name));
         }
     }
 
@@ -181,6 +188,24 @@ impl Sim {
             hash,
             (i64::from(c) + delta).clamp(0, i64::from(u32::MAX)) as u32,
         );
+    }
+
+    /// A burst of `joins` joins spread over the running nodes and `topics` topics, long-tailed
+    /// (low topic numbers are hot; topic `t` has hash [`topic_hash`]`(t)`), from `seed`.
+    pub fn burst(&mut self, seed: u64, joins: u64, topics: u64) {
+        let topics = topics.max(1);
+        let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+        for _ in 0..joins {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let node = (x % self.nodes.len() as u64) as usize;
+            if self.nodes[node].proto.is_none() {
+                continue;
+            }
+            let t = (x >> 20) % topics;
+            self.add(node, topic_hash(t * t / topics), 1);
+        }
     }
 
     /// What node `i` counts for `hash`: its own count plus its peers'.

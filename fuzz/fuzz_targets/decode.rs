@@ -1,0 +1,304 @@
+//! Fuzzes the cluster datagram decoder and the protocol state machine behind it.
+//!
+//! ```text
+//! cargo install cargo-fuzz
+//! cd fuzz && cargo +nightly fuzz run decode -- -max_total_time=120
+//! ```
+//!
+//! Three ways in, all on the same input, none of which may panic:
+//!
+//! a. the raw bytes to [`Seal::open`] (almost always rejected by the MAC, but the checks before
+//!    it — length, magic, version — are exercised);
+//! b. the raw bytes, and the two halves of a split at an input-chosen byte, to
+//!    [`Protocol::on_datagram`], then `on_tick` and `poll_transmit` drained;
+//! c. the input as a list of records, each the header choices and the body of a datagram built
+//!    by the [`Encoder`] and sealed with the same [`Seal`]: the fuzzer gets past the MAC and
+//!    reaches the body parsers and the protocol's state changes (peers, incarnations, sequence
+//!    numbers, ranges, names, resync requests and replies).
+
+#![no_main]
+
+use std::mem::offset_of;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use headcount::cluster::protocol::{Config, Protocol};
+use headcount::cluster::wire::{
+    Body, ENTRY_LEN, Encoder, HEADER_LEN, Header, Kind, RANGE_LEN, Seal,
+};
+use libfuzzer_sys::fuzz_target;
+
+/// This node: the protocol under test.
+const ME: u64 = 1;
+const MY_INC: u64 = 1;
+const TICK: Duration = Duration::from_millis(100);
+
+fn seal() -> &'static Seal {
+    static SEAL: OnceLock<Seal> = OnceLock::new();
+    SEAL.get_or_init(|| Seal::new("fuzz", b"fuzz key"))
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn from(node: u64) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, node as u8), 7380))
+}
+
+/// A protocol with a small local table (so resync replies and refreshes have something in them).
+fn protocol() -> Protocol {
+    let mut cfg = Config::new(ME, MY_INC, TICK);
+    // Small enough that a fuzz input can reach the caps.
+    cfg.max_peers = 4;
+    cfg.max_topics_per_peer = 64;
+    let mut p = Protocol::new(cfg, seal().clone());
+    for i in 0..5u64 {
+        let name: Arc<str> = format!("room:{i}").into();
+        p.set_local(
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            i as u32 + 1,
+            Some(&name),
+        );
+    }
+    p
+}
+
+/// Drains what the protocol wants to send, checking that it only sends what it can itself read.
+fn drain(p: &mut Protocol) {
+    while let Some(t) = p.poll_transmit() {
+        assert!(
+            seal().open(&t.bytes).is_ok(),
+            "the protocol sent a datagram it cannot open: {:?} {:?}",
+            t.dest,
+            t.bytes
+        );
+    }
+}
+
+/// Reads everything out of an opened datagram (the names iterator re-parses the body).
+fn consume(bytes: &[u8]) -> usize {
+    match seal().open(bytes) {
+        Ok(d) => match d.body {
+            Body::Empty => 0,
+            Body::Entries(e) | Body::Range(_, _, e) => e
+                .iter()
+                .map(|e| (e.hash.get() ^ u64::from(e.count.get())) as usize & 1)
+                .sum(),
+            Body::Target(n, i) => (n ^ i) as usize & 1,
+            Body::Names(names) => {
+                let want = usize::from(d.header.count.get());
+                let mut got = 0;
+                for (h, n) in names {
+                    std::hint::black_box((h, n));
+                    got += 1;
+                }
+                assert_eq!(
+                    got, want,
+                    "names iterator disagrees with the validated count"
+                );
+                got
+            }
+        },
+        Err(_) => 0,
+    }
+}
+
+/// The peer totals the protocol reports must add up to its running remote total.
+fn check(p: &Protocol, now: Instant) {
+    let sum: u64 = p
+        .nodes(now)
+        .iter()
+        .filter(|n| n.alive)
+        .map(|n| n.total)
+        .sum();
+    assert_eq!(
+        sum,
+        p.remote_total(),
+        "remote total drifted from the peers' tables"
+    );
+}
+
+/// How many names a names body holds, parsed the way the wire format says.
+fn names_in(mut b: &[u8]) -> usize {
+    let mut n = 0;
+    while b.len() >= 9 {
+        let len = usize::from(b[8]);
+        if b.len() < 9 + len {
+            break;
+        }
+        b = &b[9 + len..];
+        n += 1;
+    }
+    n
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn take(&mut self, n: usize) -> &[u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+}
+
+/// A sequence number near the interesting edges.
+fn seq_of(b: u8) -> u64 {
+    match b {
+        0..=0xdf => u64::from(b),
+        0xe0..=0xef => u64::from(b) << 32,
+        _ => u64::MAX - u64::from(0xff - b),
+    }
+}
+
+/// (c): the input as records of six bytes and a body, each built into a datagram with a valid
+/// header and sealed:
+///
+/// - `kind`: the datagram kind (mod 8; 7 is a resync request built by the encoder);
+/// - `fb`: bits 0-2 the header flags (END, NAMES, STATE), bit 3 a heartbeat whose count is `misc`,
+///   bit 6 a tick of this node after the datagram, bit 7 junk in the high flag byte;
+/// - `who`: the sender (node 1 + who % 6: node 1 is this node), its incarnation and tick;
+/// - `seq`: the sequence number (small, or near 2^32, or near u64::MAX);
+/// - `misc`: digest and table size declared, bit 6 a 4 s jump in time (with `len` 0), bit 7 a
+///   resync request aimed at this node, or a count that disagrees with the body;
+/// - `len`: the body is the next `4 × len` bytes (time also moves on by `len & 127` ms).
+fn structured(data: &[u8]) {
+    let mut p = protocol();
+    let mut now = base();
+    let mut r = Reader(data);
+    let mut n = 0;
+    while let (Some(kind), Some(fb), Some(who), Some(seq), Some(misc), Some(len)) =
+        (r.byte(), r.byte(), r.byte(), r.byte(), r.byte(), r.byte())
+    {
+        n += 1;
+        if n > 64 {
+            break;
+        }
+        let kind = match kind % 8 {
+            0 => Kind::Delta,
+            1 => Kind::Heartbeat,
+            2 => Kind::Refresh,
+            3 => Kind::ResyncRequest,
+            4 => Kind::ResyncReply,
+            5 => Kind::Goodbye,
+            6 => Kind::Names,
+            // A resync request aimed at this node, body and all built by the encoder.
+            _ => Kind::ResyncRequest,
+        };
+        let aimed = kind == Kind::ResyncRequest && misc & 0x80 != 0;
+        // Peers 2..=6 (one more than max_peers), incarnations 0..=3; node 1 is this node.
+        let node = 1 + u64::from(who % 6);
+        let inc = u64::from((who >> 3) % 4);
+        let tick_ms = match who >> 5 {
+            0 => 0,
+            1 => u32::MAX,
+            t => u32::from(t) * 50,
+        };
+        let digest = u64::from(misc & 0x0f);
+        let topics = u32::from(misc >> 4 & 0x07);
+        let seq = seq_of(seq);
+        // END, NAMES, STATE; now and then unknown flags in the high byte too.
+        let flags = u16::from(fb & 0x07)
+            | if fb & 0x80 != 0 {
+                u16::from(fb) << 8
+            } else {
+                0
+            };
+        let body = r.take(usize::from(len) * 4).to_vec();
+        // Time moves on by 0..=127 ms per record, or past dead-after.
+        now += if misc & 0x40 != 0 && len == 0 {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_millis(u64::from(len & 0x7f))
+        };
+
+        let enc = Encoder::new(seal().cluster(), node, inc, tick_ms, 1400);
+        let bytes = if aimed {
+            enc.request(seal(), flags, seq, digest, topics, ME, MY_INC)
+        } else {
+            let mut b = enc.bare(seal(), kind, flags, seq, digest, topics);
+            b.truncate(HEADER_LEN);
+            // The count the body holds, or (now and then) whatever the input says.
+            let count = if kind == Kind::Heartbeat && fb & 0x08 != 0 {
+                u16::from(misc)
+            } else {
+                let natural = match kind {
+                    Kind::Delta => body.len() / ENTRY_LEN,
+                    Kind::Refresh | Kind::ResyncReply => {
+                        body.len().saturating_sub(RANGE_LEN) / ENTRY_LEN
+                    }
+                    Kind::Names => names_in(&body),
+                    _ => 0,
+                };
+                if misc & 0x80 != 0 {
+                    natural.wrapping_add(usize::from(seq as u8 & 3)) as u16
+                } else {
+                    natural as u16
+                }
+            };
+            let at = offset_of!(Header, count);
+            b[at..at + 2].copy_from_slice(&count.to_be_bytes());
+            b.extend_from_slice(&body);
+            seal().seal(&mut b);
+            b
+        };
+        // A well-formed delta must open.
+        if kind == Kind::Delta && misc & 0x80 == 0 && body.len() % ENTRY_LEN == 0 {
+            assert!(
+                seal().open(&bytes).is_ok(),
+                "a well-formed delta was rejected"
+            );
+        }
+        consume(&bytes);
+        let _ = p.on_datagram(now, from(node), &bytes);
+        check(&p, now);
+        if fb & 0x40 != 0 {
+            p.on_tick(now);
+            drain(&mut p);
+            p.handle_timeout(now + TICK);
+            drain(&mut p);
+        }
+        p.take_remote_changes(|_, _| {});
+        let _ = p.take_learned_names();
+        let _ = p.converged();
+    }
+    p.on_tick(now);
+    drain(&mut p);
+    check(&p, now);
+    p.goodbye();
+    drain(&mut p);
+}
+
+fuzz_target!(|data: &[u8]| {
+    // (a) The raw bytes.
+    consume(data);
+
+    // (b) The raw bytes, whole and split at an input-chosen byte, to a protocol.
+    let mut p = protocol();
+    let now = base();
+    let split = data
+        .first()
+        .map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let (x, y) = data.split_at(split);
+    for (i, part) in [data, x, y].into_iter().enumerate() {
+        let _ = p.on_datagram(
+            now + Duration::from_millis(i as u64),
+            from(2 + i as u64),
+            part,
+        );
+    }
+    p.on_tick(now + TICK);
+    drain(&mut p);
+    check(&p, now + TICK);
+
+    // (c) The input as the bodies of otherwise valid, sealed datagrams.
+    structured(data);
+});
