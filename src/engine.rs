@@ -650,7 +650,7 @@ fn run(
         let now = Instant::now();
         node.receive(now);
         if !syncs.is_empty() || now >= next {
-            node.tick(now);
+            node.tick(now, !syncs.is_empty());
             if now >= next {
                 next += cfg.tick;
                 if next < now {
@@ -713,11 +713,14 @@ impl Node {
         }
     }
 
-    fn tick(&mut self, now: Instant) {
+    /// One tick; `full`: an explicit `sync` (re-read everything that may have changed).
+    fn tick(&mut self, now: Instant, full: bool) {
         let start = Instant::now();
         let inner = self.inner.clone();
         let pool = &inner.pool;
-        let mut rep: TickReport = self.reducer.sum(&pool.hot, &pool.topics, now);
+        let mut rep: TickReport = self.reducer.sum(&pool.hot, &pool.topics, now, full);
+        // Ids whose cluster count may have changed for another reason than a local change:
+        // new ids, and topics whose peers' counts changed.
         self.dirty.clear();
         for &id in &self.reducer.new_ids {
             if let Some(n) = pool.topics.name(id) {
@@ -728,10 +731,21 @@ impl Node {
             }
             self.dirty.push(id);
         }
-        for ch in &self.reducer.changes {
-            inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
-            self.dirty.push(ch.id);
-            if let Some(c) = self.cluster.as_mut() {
+        let mut feed = Vec::new();
+        let want_feed = inner.feed.has_readers();
+        let publish = |id: u32, count: u64, feed: &mut Vec<(Arc<str>, u64)>| {
+            // Only this thread writes the view: a plain load and store, no locked instruction.
+            let slot = &inner.view.cluster[id as usize];
+            if slot.load(Ordering::Relaxed) != count {
+                slot.store(count, Ordering::Relaxed);
+                if want_feed && let Some(n) = pool.topics.name(id) {
+                    feed.push((n.name, count));
+                }
+            }
+        };
+        if let Some(c) = self.cluster.as_mut() {
+            for ch in &self.reducer.changes {
+                inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
                 let name = pool.topics.name(ch.id);
                 let count = ch.count.min(u64::from(u32::MAX)) as u32;
                 c.proto.set_local(
@@ -739,9 +753,8 @@ impl Node {
                     count,
                     name.as_ref().map(|n| &n.name),
                 );
+                self.dirty.push(ch.id);
             }
-        }
-        if let Some(c) = self.cluster.as_mut() {
             c.proto.on_tick(now);
             // Topics only peers have: intern their names so they can be counted and listed here.
             for (h, name) in c.proto.take_learned_names() {
@@ -762,21 +775,20 @@ impl Node {
                     dirty.push(id);
                 }
             });
+        } else {
+            // One pass over the changes: without peers the cluster count is the local count.
+            for k in 0..self.reducer.changes.len() {
+                let ch = self.reducer.changes[k];
+                inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
+                publish(ch.id, ch.count, &mut feed);
+                self.reducer.set_cluster(ch.id, ch.count, now);
+            }
         }
-        self.dirty.sort_unstable();
-        self.dirty.dedup();
-        let mut feed = Vec::new();
-        let want_feed = inner.feed.has_readers();
+        // Everything else (usually few ids; an id listed twice is harmless: this is idempotent).
         for i in 0..self.dirty.len() {
             let id = self.dirty[i];
             let count = self.reducer.local(id) + self.remote(id);
-            let slot = &inner.view.cluster[id as usize];
-            if slot.swap(count, Ordering::Relaxed) != count
-                && want_feed
-                && let Some(n) = pool.topics.name(id)
-            {
-                feed.push((n.name, count));
-            }
+            publish(id, count, &mut feed);
             self.reducer.set_cluster(id, count, now);
         }
         let remote_total = self.cluster.as_ref().map_or(0, |c| c.proto.remote_total());

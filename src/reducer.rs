@@ -11,7 +11,10 @@
 //! buffer, nanoseconds), and at the latest in the first tick after the owner's next join or leave
 //! in a later epoch, or after anything that orders it before the tick ([`crate::Engine::sync`]
 //! from a thread the change happened-before). A change never waits for a topic to change again.
-//! Changes through the shared core are in the next tick's sum.
+//! Changes through the shared core are in the next tick's sum. To keep idle workers cheap, the
+//! watch list of a core that has not moved for 4 ticks is re-read every 16th tick (and on every
+//! `sync`) instead of every tick; the practical bound (stores leave a store buffer in
+//! nanoseconds) stays one tick.
 //!
 //! # Retirement
 //!
@@ -41,6 +44,9 @@ pub(crate) struct Collector {
     overflow_seen: Vec<u64>,
     /// Per core: rescan every topic while the core's published epoch is at most this.
     rescan_until: Vec<u64>,
+    /// Per core: its published epoch at the last tick, and for how many ticks it stayed.
+    last_seen: Vec<u64>,
+    idle: Vec<u32>,
     /// Per topic: the tick that last listed it (dedup within a tick).
     stamp: Vec<u32>,
     /// Scratch: the topics listed this tick.
@@ -59,6 +65,8 @@ impl Collector {
             watch: vec![Vec::new(); cores],
             overflow_seen: vec![0; cores],
             rescan_until: vec![0; cores],
+            last_seen: vec![0; cores],
+            idle: vec![0; cores],
             stamp: vec![0; capacity],
             touched: Vec::new(),
             rescans: 0,
@@ -76,7 +84,7 @@ impl Collector {
 
     /// Starts tick `tick`: publishes it as the new epoch, then lists every topic that may have
     /// changed into `self.touched`. `high_water`: one past the highest id in use (for rescans).
-    pub(crate) fn collect(&mut self, hot: &Hot, tick: u64, high_water: u32) {
+    pub(crate) fn collect(&mut self, hot: &Hot, tick: u64, high_water: u32, full: bool) {
         self.touched.clear();
         // Whatever this thread did before (generation bumps) is visible to a core that observes
         // the new epoch. Sequentially consistent: see `Reducer::tick`'s loads of `joiner`.
@@ -85,11 +93,25 @@ impl Collector {
             // Read `seen` before anything else of this core: a topic may be dropped from the watch
             // list only if the core had moved past its epoch *before* we read its slot.
             let seen = core.hdr.seen.load(Ordering::Acquire);
+            if seen != self.last_seen[c] {
+                self.last_seen[c] = seen;
+                self.idle[c] = 0;
+            } else {
+                self.idle[c] = self.idle[c].saturating_add(1);
+            }
+            // A core that has not moved for a while (an idle worker, a dropped shard): its last
+            // stores left its store buffer long ago, so re-read what it watches only every 16th
+            // tick, and on every `sync`. (Never is not an option: nothing *orders* those stores
+            // before us. Dropping the list when the core is released looked tempting; the loom
+            // model found a new owner in the same epoch that relies on it.)
+            let read = full || self.idle[c] < 4 || tick.is_multiple_of(16);
             let mut watch = std::mem::take(&mut self.watch[c]);
-            watch.retain(|&(id, e)| {
-                self.list(tick, id);
-                seen <= widen(tick, e)
-            });
+            if read {
+                watch.retain(|&(id, e)| {
+                    self.list(tick, id);
+                    seen <= widen(tick, e)
+                });
+            }
             // A full ring: the core skipped pushes for this epoch, so every topic is re-read until
             // the core has moved past it (like the watch list, for all topics at once).
             let o = core.hdr.overflows.load(Ordering::Acquire);
@@ -97,7 +119,7 @@ impl Collector {
                 self.overflow_seen[c] = o;
                 self.rescan_until[c] = tick;
             }
-            if self.rescan_until[c] != 0 {
+            if self.rescan_until[c] != 0 && read {
                 if seen > self.rescan_until[c] {
                     self.rescan_until[c] = 0;
                 }
@@ -236,7 +258,14 @@ impl Reducer {
 
     /// Starts a tick at time `now`: lists new ids in `new_ids` (each a retirement candidate
     /// until its cluster count is set) and the topics whose local count changed in `changes`.
-    pub(crate) fn sum(&mut self, hot: &Hot, topics: &Topics, now: Instant) -> TickReport {
+    /// `full`: an explicit `sync`, which re-reads every watched topic.
+    pub(crate) fn sum(
+        &mut self,
+        hot: &Hot,
+        topics: &Topics,
+        now: Instant,
+        full: bool,
+    ) -> TickReport {
         self.tick += 1;
         let tick = self.tick;
         let mut rep = TickReport::default();
@@ -251,7 +280,7 @@ impl Reducer {
             self.zeros.push_back((id, tick, now));
         }
 
-        self.collector.collect(hot, tick, topics.high_water());
+        self.collector.collect(hot, tick, topics.high_water(), full);
         for id in self.recheck.drain(..) {
             self.collector.list(tick, id);
         }
@@ -387,7 +416,7 @@ mod loom_tests {
         }
         fn tick(&mut self, hot: &Hot) {
             self.tick += 1;
-            self.c.collect(hot, self.tick, hot.capacity() as u32);
+            self.c.collect(hot, self.tick, hot.capacity() as u32, false);
             for &id in &self.c.touched {
                 self.local[id as usize] = sum(hot, id);
             }
@@ -398,10 +427,14 @@ mod loom_tests {
     /// `Presence::drop` run it.
     fn work(hot: &Hot, ops: &[(u32, i32)]) {
         let core = &hot.cores[0];
+        // Bound like a shard's owner thread, and released at the end like a dropped shard.
+        core.hdr.bound.store(1, Ordering::SeqCst);
+        hot.epoch.fetch_add(0, Ordering::SeqCst);
         for &(id, d) in ops {
             let e = core.observe(&hot.epoch);
             core.apply(e, id, d as u32, 0);
         }
+        core.hdr.bound.store(0, Ordering::Release);
     }
 
     fn check(ring: usize, ops: &'static [(u32, i32)], concurrent_ticks: usize) {
@@ -436,6 +469,28 @@ mod loom_tests {
     #[test]
     fn loom_join_leave_join_across_ticks() {
         check(4, &[(0, 1), (1, 1), (0, -1), (1, 1)], 2);
+    }
+
+    #[test]
+    fn loom_a_core_released_and_bound_again_loses_nothing() {
+        // An owner releases the core (its watch list may then be dropped) and a new owner binds
+        // it, possibly in the same epoch, and changes the same topic.
+        loom::model(|| {
+            let hot = Arc::new(Hot::new(1, 2, 4));
+            let w = {
+                let hot = hot.clone();
+                loom::thread::spawn(move || {
+                    work(&hot, &[(1, 1)]);
+                    work(&hot, &[(1, 1)]);
+                })
+            };
+            let mut r = Mini::new(&hot);
+            r.tick(&hot);
+            r.tick(&hot);
+            w.join().unwrap();
+            r.tick(&hot);
+            assert_eq!(r.local[1], 2, "a change was missed");
+        });
     }
 
     #[test]

@@ -290,16 +290,17 @@ impl Hot {
 
     /// Joins `topic` through core `c`, which the calling thread is bound to.
     #[inline]
-    fn join_owned(&self, c: usize, topic: Topic) -> Result<(), Error> {
+    /// Returns false (and counts nothing) when the handle is stale.
+    fn join_owned(&self, c: usize, topic: Topic) -> bool {
         let core = &self.cores[c];
         // Observe the epoch *before* checking the generation: see `reducer::Retirement`.
         let e = core.observe(&self.epoch);
         match self.gens.get(topic.id() as usize) {
             Some(g) if g.load(Ordering::Relaxed) == topic.generation() => {
                 core.apply(e, topic.id(), 1, 1);
-                Ok(())
+                true
             }
-            _ => Err(Error::StaleTopic { id: topic.id() }),
+            _ => false,
         }
     }
 }
@@ -500,7 +501,9 @@ impl ShardPool {
         };
         match core {
             Some(c) => {
-                self.hot.join_owned(c as usize, topic)?;
+                if !self.hot.join_owned(c as usize, topic) {
+                    return Err(Error::StaleTopic { id: topic.id() });
+                }
                 Ok(Presence::new(&self.hot, topic, c))
             }
             None => {
@@ -587,13 +590,22 @@ impl Shard {
     /// [`Shard::try_join`] to be told.
     #[inline]
     pub fn join(&mut self, topic: Topic) -> Presence {
+        // The fast path builds the guard in place: no `Result` (whose error holds strings) is
+        // returned through memory, which cost a store-forwarding stall per join.
+        if self.owner == tid() && self.pool.hot.join_owned(self.core as usize, topic) {
+            return Presence::new(&self.pool.hot, topic, self.core);
+        }
+        self.join_slow(topic)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn join_slow(&mut self, topic: Topic) -> Presence {
         match self.try_join(topic) {
             Ok(p) => p,
             Err(_) => {
-                self.pool
-                    .hot
-                    .stale_joins
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let stale = &self.pool.hot.stale_joins;
+                stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Presence::inert(&self.pool.hot, topic)
             }
         }
@@ -604,7 +616,9 @@ impl Shard {
     #[inline]
     pub fn try_join(&mut self, topic: Topic) -> Result<Presence, Error> {
         if self.owner == tid() {
-            self.pool.hot.join_owned(self.core as usize, topic)?;
+            if !self.pool.hot.join_owned(self.core as usize, topic) {
+                return Err(Error::StaleTopic { id: topic.id() });
+            }
             return Ok(Presence::new(&self.pool.hot, topic, self.core));
         }
         self.try_join_unbound(topic)
@@ -712,19 +726,29 @@ impl Presence {
 impl Drop for Presence {
     #[inline]
     fn drop(&mut self) {
-        if self.core == INERT {
+        // SAFETY: `Hot` is freed only once no presence is left (see `HotBox::drop`), and this
+        // presence still counts until the release store at the end of `apply` / `fetch_sub`.
+        let hot = unsafe { self.hot.as_ref() };
+        // `SHARED` and `INERT` are out of range: only a presence made on a core gets here.
+        if let Some(core) = hot.cores.get(self.core as usize)
+            && core.hdr.bound.load(Ordering::Relaxed) == tid()
+        {
+            let e = core.observe(&hot.epoch);
+            core.apply(e, self.id, 1u32.wrapping_neg(), 1u64.wrapping_neg());
             return;
         }
-        // SAFETY: `Hot` is freed only once no presence is left (see `HotBox::drop`), and this
-        // presence still counts until the release store at the end of `apply` / `fetch_sub` below.
-        let hot = unsafe { self.hot.as_ref() };
-        if self.core != SHARED {
-            let core = &hot.cores[self.core as usize];
-            if core.hdr.bound.load(Ordering::Relaxed) == tid() {
-                let e = core.observe(&hot.epoch);
-                core.apply(e, self.id, 1u32.wrapping_neg(), 1u64.wrapping_neg());
-                return;
-            }
+        self.drop_slow(hot);
+    }
+}
+
+impl Presence {
+    /// Leaves through the shared core: dropped on a thread that does not own the presence's
+    /// core, or made on the shared core. Nothing for an inert presence.
+    #[cold]
+    #[inline(never)]
+    fn drop_slow(&self, hot: &Hot) {
+        if self.core == INERT {
+            return;
         }
         hot.shared.add(self.id, 1u32.wrapping_neg());
         hot.shared.live.fetch_sub(1, Ordering::SeqCst);
