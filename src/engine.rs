@@ -735,7 +735,7 @@ impl Node {
         let want_feed = inner.feed.has_readers();
         let publish = |id: u32, count: u64, feed: &mut Vec<(Arc<str>, u64)>| {
             // Only this thread writes the view: a plain load and store, no locked instruction.
-            let slot = &inner.view.cluster[id as usize];
+            let slot = inner.view.cluster(id);
             if slot.load(Ordering::Relaxed) != count {
                 slot.store(count, Ordering::Relaxed);
                 if want_feed && let Some(n) = pool.topics.name(id) {
@@ -745,7 +745,7 @@ impl Node {
         };
         if let Some(c) = self.cluster.as_mut() {
             for ch in &self.reducer.changes {
-                inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
+                inner.view.local(ch.id).store(ch.count, Ordering::Relaxed);
                 let name = pool.topics.name(ch.id);
                 let count = ch.count.min(u64::from(u32::MAX)) as u32;
                 c.proto.set_local(
@@ -779,7 +779,7 @@ impl Node {
             // One pass over the changes: without peers the cluster count is the local count.
             for k in 0..self.reducer.changes.len() {
                 let ch = self.reducer.changes[k];
-                inner.view.local[ch.id as usize].store(ch.count, Ordering::Relaxed);
+                inner.view.local(ch.id).store(ch.count, Ordering::Relaxed);
                 publish(ch.id, ch.count, &mut feed);
                 self.reducer.set_cluster(ch.id, ch.count, now);
             }
@@ -960,7 +960,10 @@ impl Engine {
         if !self.live(topic) {
             return 0;
         }
-        self.inner().view.cluster[topic.id() as usize].load(Ordering::Relaxed)
+        self.inner()
+            .view
+            .cluster(topic.id())
+            .load(Ordering::Relaxed)
     }
 
     /// This node's count of `topic` as of the last tick (0 for a stale handle).
@@ -968,7 +971,7 @@ impl Engine {
         if !self.live(topic) {
             return 0;
         }
-        self.inner().view.local[topic.id() as usize].load(Ordering::Relaxed)
+        self.inner().view.local(topic.id()).load(Ordering::Relaxed)
     }
 
     /// The cluster-wide count of the topic called `name` (0 if no such topic).
@@ -994,10 +997,10 @@ impl Engine {
         }
         let inner = self.inner();
         let hw = inner.pool.topics.high_water() as usize;
-        let counts = &inner.view.cluster[..hw];
+        let counts = || (0..hw as u32).map(|id| inner.view.cluster(id));
         // Pass one: the k-th largest count.
         let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
-        for c in counts {
+        for c in counts() {
             let c = c.load(Ordering::Relaxed);
             if c != 0 {
                 heap.push(std::cmp::Reverse(c));
@@ -1012,8 +1015,7 @@ impl Engine {
             heap.peek().map_or(1, |r| r.0)
         };
         // Pass two: everything at or above it, by name among equals.
-        let mut out: Vec<(String, u64)> = counts
-            .iter()
+        let mut out: Vec<(String, u64)> = counts()
             .enumerate()
             .filter_map(|(id, c)| {
                 let c = c.load(Ordering::Relaxed);

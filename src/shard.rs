@@ -169,6 +169,9 @@ impl Core {
 /// through a stale handle can never land in a reused id, not even for a moment.
 pub(crate) struct SharedCore {
     pub(crate) counts: Box<[AtomicU64]>,
+    /// One bit per topic the shared core ever counted (1M topics: 128 KiB, cache-resident),
+    /// so the reducer reads a topic's shared count only if it can be nonzero.
+    used: Box<[AtomicU64]>,
     pub(crate) bits: Box<[AtomicU64]>,
     pub(crate) summary: Box<[AtomicU64]>,
     pub(crate) live: AtomicU64,
@@ -180,6 +183,7 @@ impl SharedCore {
         let words = capacity.div_ceil(64);
         SharedCore {
             counts: zeroed_u64(capacity),
+            used: zeroed_u64(words),
             bits: zeroed_u64(words),
             summary: zeroed_u64(words.div_ceil(64)),
             live: AtomicU64::new(0),
@@ -189,7 +193,10 @@ impl SharedCore {
 
     /// Applies `f` to the word of `id` with a CAS loop; `None` from `f` gives up.
     fn update(&self, id: u32, f: impl Fn(u64) -> Option<u64>) -> bool {
-        let w = &self.counts[id as usize];
+        let i = id as usize;
+        // Before the count changes (sequentially consistent, like the reducer's load of it).
+        self.used[i / 64].fetch_or(1 << (i % 64), Ordering::SeqCst);
+        let w = &self.counts[i];
         let mut v = w.load(Ordering::SeqCst);
         loop {
             let Some(n) = f(v) else { return false };
@@ -239,7 +246,11 @@ impl SharedCore {
 
     /// The count of `id` (low half).
     pub(crate) fn count(&self, id: u32) -> u32 {
-        self.counts[id as usize].load(Ordering::SeqCst) as u32
+        let i = id as usize;
+        if self.used[i / 64].load(Ordering::SeqCst) & (1 << (i % 64)) == 0 {
+            return 0;
+        }
+        self.counts[i].load(Ordering::SeqCst) as u32
     }
 }
 

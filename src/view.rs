@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::sync::{AtomicU64, Ordering, zeroed_u64};
 
 pub(crate) struct View {
-    pub(crate) local: Box<[AtomicU64]>,
-    pub(crate) cluster: Box<[AtomicU64]>,
+    /// Per topic, side by side (one cache line for both): `[2 id]` local, `[2 id + 1]` cluster.
+    counts: Box<[AtomicU64]>,
     pub(crate) total_local: AtomicU64,
     pub(crate) total_cluster: AtomicU64,
 }
@@ -20,16 +20,25 @@ pub(crate) struct View {
 impl View {
     pub(crate) fn new(capacity: usize) -> View {
         View {
-            local: zeroed_u64(capacity),
-            cluster: zeroed_u64(capacity),
+            counts: zeroed_u64(capacity * 2),
             total_local: AtomicU64::new(0),
             total_cluster: AtomicU64::new(0),
         }
     }
 
+    #[inline]
+    pub(crate) fn local(&self, id: u32) -> &AtomicU64 {
+        &self.counts[id as usize * 2]
+    }
+
+    #[inline]
+    pub(crate) fn cluster(&self, id: u32) -> &AtomicU64 {
+        &self.counts[id as usize * 2 + 1]
+    }
+
     pub(crate) fn set(&self, id: u32, local: u64, cluster: u64) {
-        self.local[id as usize].store(local, Ordering::Relaxed);
-        self.cluster[id as usize].store(cluster, Ordering::Relaxed);
+        self.local(id).store(local, Ordering::Relaxed);
+        self.cluster(id).store(cluster, Ordering::Relaxed);
     }
 }
 
