@@ -586,3 +586,30 @@ fn reducer(a: &ReducerArgs) {
     }
     println!("elapsed_s {}", out["elapsed_s"]);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs under Miri in CI (`.ci/run`): the counting allocator forwards every call intact.
+    #[test]
+    fn counting_allocator_counts_and_forwards() {
+        count_allocs(true);
+        let before = ALLOCS.load(Ordering::Relaxed);
+        let mut v: Vec<u64> = (0..100).collect();
+        v.extend(0..1000u64); // realloc
+        let z = vec![0u8; 4096]; // alloc_zeroed
+        let counted = ALLOCS.load(Ordering::Relaxed) - before;
+        count_allocs(false);
+        assert!(counted >= 3, "counted {counted}");
+        assert_eq!(v.iter().sum::<u64>(), 4950 + 499_500);
+        assert!(z.iter().all(|&b| b == 0));
+        let before = ALLOCS.load(Ordering::Relaxed);
+        drop(vec![1u8; 10]);
+        assert_eq!(
+            ALLOCS.load(Ordering::Relaxed),
+            before,
+            "not counting when off"
+        );
+    }
+}

@@ -1102,6 +1102,44 @@ mod tests {
     }
 
     #[test]
+    fn caps_on_peers_and_topics_per_peer() {
+        let now = Instant::now();
+        let mut c = Config::new(100, 1, Duration::from_millis(100));
+        c.max_peers = 2;
+        c.max_topics_per_peer = 3;
+        let mut b = Protocol::new(c, Seal::new("p", b"k"));
+        let mut senders: Vec<Protocol> = (1..=3).map(|n| proto(n, 1400)).collect();
+        for (i, a) in senders.iter_mut().enumerate() {
+            for h in 0..3 {
+                a.set_local(h, 1, None);
+            }
+            a.on_tick(now);
+            let d = a.poll_transmit().unwrap();
+            let from: SocketAddr = format!("127.0.0.1:{}", i + 1).parse().unwrap();
+            let want = if i < 2 {
+                Outcome::Applied
+            } else {
+                Outcome::Rejected(Reject::TooManyPeers)
+            };
+            assert_eq!(b.on_datagram(now, from, &d.bytes), want, "sender {i}");
+            while a.poll_transmit().is_some() {}
+        }
+        assert_eq!(b.remote(0), 2);
+        // Sender 0 adds a fourth topic: over its cap, so the datagram is dropped whole.
+        let a = &mut senders[0];
+        a.set_local(3, 1, None);
+        a.set_local(0, 5, None);
+        a.on_tick(now);
+        let d = a.poll_transmit().unwrap();
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(
+            b.on_datagram(now, from, &d.bytes),
+            Outcome::Rejected(Reject::TooManyTopics)
+        );
+        assert_eq!((b.remote(0), b.remote(3)), (2, 0), "nothing of it applied");
+    }
+
+    #[test]
     fn a_flood_from_one_source_is_rate_limited() {
         let now = Instant::now();
         let mut b = proto(2, 1400);
