@@ -217,6 +217,15 @@ fn bad_cluster_configuration_is_a_clear_error() {
     );
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
 
+    // An interface address this host does not have.
+    let e = Engine::builder()
+        .multicast(group(5))
+        .interface(Ipv4Addr::new(192, 0, 2, 77))
+        .insecure(true)
+        .start()
+        .unwrap_err();
+    assert!(e.to_string().contains("192.0.2.77"), "{e}");
+
     let e = Engine::builder()
         .multicast(group(4))
         .payload_budget(10)
