@@ -423,7 +423,7 @@ mod loom_tests {
             self.tick += 1;
             self.c.collect(hot, self.tick, hot.capacity() as u32, false);
             for &id in &self.c.touched {
-                self.state[id as usize].local = sum(hot, id);
+                self.local[id as usize] = sum(hot, id);
             }
         }
     }
