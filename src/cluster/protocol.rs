@@ -430,6 +430,32 @@ impl Protocol {
         self.table.len().min(u32::MAX as usize) as u32
     }
 
+    /// Queues names datagrams, to the group (names ride the group sequence numbers, and every
+    /// peer may use them), for those of `hashes` whose names this node knows.
+    fn send_names(&mut self, hashes: &[u64]) {
+        let list: Vec<(u64, Arc<str>)> = hashes
+            .iter()
+            .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
+            .collect();
+        let (digest, topics) = (self.table.digest, self.topics());
+        let mut seq = self.seq;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        let dgs = self.enc.names(
+            &self.seal,
+            &mut next,
+            digest,
+            topics,
+            list.iter().map(|(h, n)| (*h, &**n)),
+        );
+        self.seq = seq;
+        for d in dgs {
+            self.push(Dest::Group, d);
+        }
+    }
+
     /// One tick: queues this tick's datagrams (names, deltas, refresh slices or a heartbeat; the
     /// last one flagged [`FLAG_END`]) and drops dead peers.
     pub fn on_tick(&mut self, now: Instant) {
@@ -447,26 +473,7 @@ impl Protocol {
             let mut hs = std::mem::take(&mut self.new_names);
             hs.sort_unstable();
             hs.dedup();
-            let names: Vec<(u64, Arc<str>)> = hs
-                .iter()
-                .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
-                .collect();
-            let (digest, topics) = (self.table.digest, self.topics());
-            let mut seq = self.seq;
-            let dgs = self.enc.names(
-                &self.seal,
-                &mut || {
-                    seq += 1;
-                    seq
-                },
-                digest,
-                topics,
-                names.iter().map(|(h, n)| (*h, &**n)),
-            );
-            self.seq = seq;
-            for d in dgs {
-                self.push(Dest::Group, d);
-            }
+            self.send_names(&hs);
         }
 
         // Deltas: absolute counts of what changed.
@@ -910,30 +917,8 @@ impl Protocol {
         self.replied.insert(to, now);
         self.stats.resync_replies += 1;
         if names {
-            let list: Vec<(u64, Arc<str>)> = self
-                .table
-                .map
-                .keys()
-                .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
-                .collect();
-            let seq = self.seq;
-            let (digest, topics) = (self.table.digest, self.topics());
-            // Names ride the group sequence space: send them to the group (everyone may use them).
-            let mut s = seq;
-            let dgs = self.enc.names(
-                &self.seal,
-                &mut || {
-                    s += 1;
-                    s
-                },
-                digest,
-                topics,
-                list.iter().map(|(h, n)| (*h, &**n)),
-            );
-            self.seq = s;
-            for d in dgs {
-                self.push(Dest::Group, d);
-            }
+            let hashes: Vec<u64> = self.table.map.keys().copied().collect();
+            self.send_names(&hashes);
         }
         if !state {
             return;
