@@ -412,32 +412,30 @@ fn hotpath(a: &HotpathArgs) {
         "ring_capacity".into(),
         json!(a.ring.unwrap_or_else(|| rig::default_ring(a.topics))),
     );
-    let ops: Map<String, Value> = cases
-        .iter()
-        .map(|c| (c.key.clone(), json!(c.iters * c.ops_per_iter)))
-        .collect();
-    out.insert("ops_per_rep".into(), Value::Object(ops));
+    // One object per figure, keyed by case (cases without data left out).
+    let per_case = |f: &dyn Fn(&Case) -> Option<Value>| -> Value {
+        Value::Object(
+            cases
+                .iter()
+                .filter_map(|c| Some((c.key.clone(), f(c)?)))
+                .collect(),
+        )
+    };
+    let median_of = |v: &[f64]| (!v.is_empty()).then(|| json!(round(median(v), 3)));
+    out.insert(
+        "ops_per_rep".into(),
+        per_case(&|c| Some(json!(c.iters * c.ops_per_iter))),
+    );
     // How much of each run its threads were on a CPU (median over reps; 1 = undisturbed).
-    let oncpu: Map<String, Value> = cases
-        .iter()
-        .filter(|c| !c.oncpu.is_empty())
-        .map(|c| (c.key.clone(), json!(round(median(&c.oncpu), 3))))
-        .collect();
-    out.insert("oncpu".into(), Value::Object(oncpu));
+    out.insert("oncpu".into(), per_case(&|c| median_of(&c.oncpu)));
     // ns per op scaled by that share: what an op costs while its thread runs. Meaningful for
     // headcount on an oversubscribed machine; not for the contended baselines, whose cost depends
     // on the other thread running at the same time.
-    let cpu_ns: Map<String, Value> = cases
-        .iter()
-        .filter(|c| !c.cpu_ns.is_empty())
-        .map(|c| (c.key.clone(), json!(round(median(&c.cpu_ns), 3))))
-        .collect();
-    out.insert("cpu_ns".into(), Value::Object(cpu_ns));
-    let discarded: Map<String, Value> = cases
-        .iter()
-        .map(|c| (c.key.clone(), json!(c.discarded)))
-        .collect();
-    out.insert("discarded_reps".into(), Value::Object(discarded));
+    out.insert("cpu_ns".into(), per_case(&|c| median_of(&c.cpu_ns)));
+    out.insert(
+        "discarded_reps".into(),
+        per_case(&|c| Some(json!(c.discarded))),
+    );
     out.insert("min_oncpu".into(), json!(a.min_oncpu));
     let stats = hp.engine.stats();
     out.insert("engine_rescans".into(), json!(stats.rescans));
