@@ -746,13 +746,15 @@ impl Node {
         if let Some(c) = self.cluster.as_mut() {
             for ch in &self.reducer.changes {
                 inner.view.local(ch.id).store(ch.count, Ordering::Relaxed);
-                let name = pool.topics.name(ch.id);
+                let hash = self.id_hash[ch.id as usize];
+                // The protocol keeps names it was told: look one up only for a topic it lacks.
+                let name = match c.proto.name(hash) {
+                    Some(_) => None,
+                    None => pool.topics.name(ch.id),
+                };
                 let count = ch.count.min(u64::from(u32::MAX)) as u32;
-                c.proto.set_local(
-                    self.id_hash[ch.id as usize],
-                    count,
-                    name.as_ref().map(|n| &n.name),
-                );
+                c.proto
+                    .set_local(hash, count, name.as_ref().map(|n| &n.name));
                 self.dirty.push(ch.id);
             }
             c.proto.on_tick(now);

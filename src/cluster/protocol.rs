@@ -316,10 +316,11 @@ impl Protocol {
             self.changed.push(hash);
         }
         if let Some(n) = name {
-            if old == 0 && count != 0 {
-                self.new_names.push(hash);
-            }
             self.names.entry(hash).or_insert_with(|| n.clone());
+        }
+        // A topic (re)appearing here: announce its name, given now or known from before.
+        if old == 0 && count != 0 && self.names.contains_key(&hash) {
+            self.new_names.push(hash);
         }
     }
 
