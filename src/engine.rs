@@ -534,8 +534,25 @@ struct RawStats {
     retiring: StdAtomicU64,
     rescans: StdAtomicU64,
     watching: StdAtomicU64,
+    tick_total_ns: StdAtomicU64,
+    /// Ticks by duration: one counter per bound of [`TICK_BUCKETS`], then one for longer ticks.
+    tick_hist: [StdAtomicU64; TICK_BUCKETS.len() + 1],
     stopped: AtomicBool,
 }
+
+/// Upper bounds of the tick-duration histogram in [`Stats::tick_histogram`].
+pub const TICK_BUCKETS: [Duration; 10] = [
+    Duration::from_micros(50),
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(100),
+];
 
 /// Engine counters, read with [`Engine::stats`].
 #[derive(Debug, Default, Clone, Copy)]
@@ -569,6 +586,11 @@ pub struct Stats {
     pub shared_ops: u64,
     /// Shards not claimed now.
     pub free_shards: usize,
+    /// Time spent in ticks, over all ticks.
+    pub tick_time: Duration,
+    /// Ticks by duration (not cumulative): `tick_histogram[i]` counts the ticks that took at most
+    /// `TICK_BUCKETS[i]` (and more than the bound before it); the last counts the longer ones.
+    pub tick_histogram: [u64; TICK_BUCKETS.len() + 1],
 }
 
 enum Cmd {
@@ -837,6 +859,9 @@ impl Node {
         let ns = start.elapsed().as_nanos() as u64;
         s.last_tick_ns.store(ns, StdOrdering::Relaxed);
         s.max_tick_ns.fetch_max(ns, StdOrdering::Relaxed);
+        s.tick_total_ns.fetch_add(ns, StdOrdering::Relaxed);
+        let bucket = TICK_BUCKETS.partition_point(|b| b.as_nanos() < u128::from(ns));
+        s.tick_hist[bucket].fetch_add(1, StdOrdering::Relaxed);
         s.changed
             .fetch_add(rep.changed as u64, StdOrdering::Relaxed);
         s.retired.fetch_add(rep.freed as u64, StdOrdering::Relaxed);
@@ -1056,6 +1081,8 @@ impl Engine {
             stale_joins: hot.stale_joins.load(Ordering::Relaxed),
             shared_ops: hot.shared.ops.load(Ordering::Relaxed),
             free_shards: inner.pool.free_shards(),
+            tick_time: Duration::from_nanos(s.tick_total_ns.load(StdOrdering::Relaxed)),
+            tick_histogram: std::array::from_fn(|i| s.tick_hist[i].load(StdOrdering::Relaxed)),
         }
     }
 
