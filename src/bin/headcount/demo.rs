@@ -1,13 +1,16 @@
-//! `headcount demo`: one engine, simulated users churning over a long tail of topics, live counts
-//! each tick, and a final proof that every count equals what the workers hold.
+//! `headcount demo`: a three-node cluster on loopback multicast in this process, simulated users
+//! churning over a long tail of topics on every node, the `watch` view while it runs, and a final
+//! proof that every node's count of every topic equals what all the workers hold.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use headcount::{Engine, Presence, Topic};
+use headcount::{Engine, Presence};
+
+use crate::watch::{Watcher, render};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -20,12 +23,18 @@ pub struct Args {
     /// Simulated users held at once, over all workers.
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
     users: u32,
-    /// Worker threads, each with its own shard (default: one per CPU).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    workers: Option<u32>,
-    /// Reducer tick.
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    /// Cluster nodes (engines, in this process, talking over loopback multicast).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    nodes: u32,
+    /// Worker threads per node, each with its own shard.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+    /// Reducer and gossip tick.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     tick: Duration,
+    /// Multicast group and port.
+    #[arg(long, default_value_t = headcount::DEFAULT_GROUP)]
+    group: std::net::SocketAddrV4,
     /// Lines of top topics to show each tick.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -54,13 +63,14 @@ impl Rng {
 
 fn worker(
     engine: &Engine,
-    topics: &[Topic],
+    names: &[String],
     hold: usize,
     seed: u64,
     stop: &AtomicBool,
     ops: &AtomicU64,
 ) -> Result<Vec<Presence>, headcount::Error> {
     let mut shard = engine.shard()?;
+    let topics: Vec<_> = names.iter().map(|n| engine.topic(n)).collect();
     let mut rng = Rng(seed | 1);
     let mut held: Vec<Presence> = Vec::with_capacity(hold);
     while !stop.load(Ordering::Relaxed) {
@@ -80,123 +90,226 @@ fn worker(
     Ok(held)
 }
 
+/// Every node's count of every topic, and its total, against the ledger. Returns the number of
+/// (node, topic) pairs that differ, after printing the first few.
+fn check(engines: &[Engine], names: &[String], ledger: &[u64], print: bool) -> usize {
+    let want_total: u64 = ledger.iter().sum();
+    let mut wrong = 0;
+    for (i, e) in engines.iter().enumerate() {
+        for (name, &want) in names.iter().zip(ledger) {
+            let got = e.count_by_name(name);
+            if got != want {
+                wrong += 1;
+                if print && wrong <= 5 {
+                    eprintln!("MISMATCH node {i} {name}: counted {got}, ledger {want}");
+                }
+            }
+        }
+        if e.total() != want_total {
+            wrong += 1;
+            if print {
+                eprintln!(
+                    "MISMATCH node {i} total: counted {}, ledger {want_total}",
+                    e.total()
+                );
+            }
+        }
+    }
+    wrong
+}
+
+/// Waits (a bounded time) until every node agrees with the ledger; returns how long it took.
+fn wait_exact(
+    engines: &[Engine],
+    names: &[String],
+    ledger: &[u64],
+    bound: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        for e in engines {
+            e.sync();
+        }
+        if check(engines, names, ledger, false) == 0 {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > bound {
+            check(engines, names, ledger, true);
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode, headcount::Error> {
-    let workers = a.workers.map_or_else(headcount::cpus, |w| w as usize);
-    let engine = Engine::builder().shards(workers).tick(a.tick).start()?;
-    let topics: Vec<Topic> = (0..a.topics)
-        .map(|i| engine.topic(&format!("room:{i}")))
-        .collect();
-    let topics = Arc::new(topics);
-    let stop = Arc::new(AtomicBool::new(false));
+    // A cluster name of its own: another demo, or a `serve` on this machine, is not counted.
+    let cluster = format!(
+        "demo-{}-{:x}",
+        std::process::id(),
+        rand_seed() & 0xffff_ffff
+    );
+    let start_node = |observer: bool| {
+        Engine::builder()
+            .shards(a.workers as usize)
+            .tick(a.tick)
+            .multicast(a.group)
+            .cluster_name(&cluster)
+            .observer(observer)
+            .start()
+    };
+    let engines = (0..a.nodes)
+        .map(|_| start_node(false))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The watch view: a passive observer of the same cluster, exactly as `headcount watch`.
+    let observer = start_node(true)?;
+    let names: Arc<Vec<String>> = Arc::new((0..a.topics).map(|i| format!("room:{i}")).collect());
+    let stop = crate::watch::stop_on_signal();
+    let done = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
-    let hold = (a.users as usize).div_ceil(workers);
+    let threads = (a.nodes * a.workers) as usize;
+    let hold = (a.users as usize).div_ceil(threads);
 
     println!(
-        "headcount demo: {workers} workers, {} topics, up to {} users churning for {:?}, tick {:?}",
+        "headcount demo: {} nodes on multicast {} (cluster {cluster:?}), {} workers each, {} topics, \
+         up to {} users churning for {:?}",
+        a.nodes,
+        a.group,
+        a.workers,
         a.topics,
-        hold * workers,
-        a.duration,
-        a.tick
+        hold * threads,
+        a.duration
     );
-    let handles: Vec<_> = (0..workers)
-        .map(|w| {
-            let (engine, topics, stop, ops) =
-                (engine.clone(), topics.clone(), stop.clone(), ops.clone());
-            std::thread::spawn(move || {
-                worker(
-                    &engine,
-                    &topics,
-                    hold,
-                    0x9e37_79b9 * (w as u64 + 1),
-                    &stop,
-                    &ops,
-                )
-            })
-        })
-        .collect();
-
-    let start = Instant::now();
-    let mut last_ops = 0;
-    let mut last = start;
-    let mut out = std::io::stdout().lock();
-    while start.elapsed() < a.duration {
-        std::thread::sleep(a.tick);
-        let now = Instant::now();
-        let o = ops.load(Ordering::Relaxed);
-        let rate = (o - last_ops) as f64 / now.duration_since(last).as_secs_f64();
-        (last_ops, last) = (o, now);
-        let s = engine.stats();
-        let top: Vec<String> = engine
-            .top(a.top)
-            .into_iter()
-            .map(|(n, c)| format!("{n}={c}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "{:>6.1}s  total {:>8}  ops/s {:>10.0}  tick {:>6.1?}  top: {}",
-            start.elapsed().as_secs_f64(),
-            engine.total(),
-            rate,
-            s.last_tick,
-            top.join(" ")
-        );
+    let mut handles = Vec::new();
+    for (n, engine) in engines.iter().enumerate() {
+        for w in 0..a.workers {
+            let (engine, names, done, ops) =
+                (engine.clone(), names.clone(), done.clone(), ops.clone());
+            let seed = 0x9e37_79b9 * (n as u64 * 64 + w as u64 + 1);
+            handles.push(std::thread::spawn(move || {
+                worker(&engine, &names, hold, seed, &done, &ops)
+            }));
+        }
     }
-    drop(out);
 
-    stop.store(true, Ordering::Relaxed);
-    let mut held = Vec::new();
-    for h in handles {
+    let tty = std::io::stdout().is_terminal();
+    let mut watcher = Watcher::default();
+    let start = Instant::now();
+    let mut last_print = start;
+    while start.elapsed() < a.duration && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(a.tick);
+        let snap = watcher.snapshot(&observer, a.top);
+        let title = format!(
+            "headcount demo — {:.1}s of {:?}, {} join/leave ops so far (the watch view of the cluster)",
+            start.elapsed().as_secs_f64(),
+            a.duration,
+            ops.load(Ordering::Relaxed)
+        );
+        if tty {
+            print!("\x1b[H\x1b[2J{}", render(&snap, &title));
+            let _ = std::io::stdout().flush();
+        } else if last_print.elapsed() >= Duration::from_secs(2) {
+            last_print = Instant::now();
+            println!("{}", render(&snap, &title));
+        }
+    }
+
+    done.store(true, Ordering::Relaxed);
+    let mut held: Vec<Vec<Presence>> = Vec::new();
+    let mut node_of = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(r) => held.push(r?),
+            Ok(r) => {
+                held.push(r?);
+                node_of.push(i / a.workers as usize);
+            }
             Err(_) => {
                 eprintln!("headcount demo: a worker thread panicked");
                 return Ok(ExitCode::FAILURE);
             }
         }
     }
+    let churn_time = start.elapsed();
 
-    // The proof: every count equals the presences the workers still hold.
-    let mut ledger = vec![0u64; topics.len()];
-    for p in held.iter().flatten() {
-        ledger[p.topic().id() as usize - topics[0].id() as usize] += 1;
-    }
-    engine.sync();
-    let mut wrong = 0;
-    for (t, &want) in topics.iter().zip(&ledger) {
-        let got = engine.count(*t);
-        if got != want {
-            wrong += 1;
-            if wrong <= 5 {
-                eprintln!("MISMATCH {t:?}: engine {got}, ledger {want}");
+    // The proof: every node's count of every topic equals the presences all workers still hold.
+    let mut ledger = vec![0u64; names.len()];
+    for (ps, &node) in held.iter().zip(&node_of) {
+        for p in ps {
+            let name = engines[node]
+                .describe(p.topic())
+                .map(|(n, _)| n)
+                .unwrap_or_default();
+            if let Some(i) = name
+                .strip_prefix("room:")
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                ledger[i] += 1;
             }
         }
     }
     let total: u64 = ledger.iter().sum();
-    let engine_total = engine.total();
-    let s = engine.stats();
+    let bound = Duration::from_secs(10);
+    let mut everyone = engines.clone();
+    everyone.push(observer.clone());
+    let exact = wait_exact(&everyone, &names, &ledger, bound);
+    let ops = ops.load(Ordering::Relaxed);
     println!(
-        "\nsummary: {} ops in {:.1}s; {} ticks, longest {:?}; {} of {} topics exact; total {} (ledger {})",
-        ops.load(Ordering::Relaxed),
-        start.elapsed().as_secs_f64(),
-        s.ticks,
-        s.max_tick,
-        topics.len() - wrong,
-        topics.len(),
-        engine_total,
+        "\nsummary: {ops} joins and leaves on {} nodes in {:.1}s ({:.0}/s); {} users held at the end",
+        a.nodes,
+        churn_time.as_secs_f64(),
+        ops as f64 / churn_time.as_secs_f64(),
         total
     );
-    drop(held);
-    engine.sync();
-    let after = engine.total();
-    println!("after every user left: total {after}");
-    engine.shutdown();
-    if wrong == 0 && after == 0 && engine_total == total {
-        println!("EXACT: every count matched the ledger");
-        Ok(ExitCode::SUCCESS)
-    } else {
+    for (i, e) in engines.iter().enumerate() {
+        let s = e.stats();
+        let c = e.cluster_stats().unwrap_or_default();
         println!(
-            "NOT EXACT: {wrong} topics differ; total {engine_total} vs ledger {total}; {after} after leaving"
+            "  node {i} {:016x}: local {:>7}  cluster total {:>7}  peers {}/{} converged  ticks {} (longest {:?})  datagrams {} sent, {} received, {} rejected",
+            e.node_id().unwrap_or(0),
+            e.local_total(),
+            e.total(),
+            c.peers_converged,
+            c.peers_alive,
+            s.ticks,
+            s.max_tick,
+            c.protocol.sent,
+            c.protocol.received,
+            c.protocol.rejected_total()
         );
-        Ok(ExitCode::FAILURE)
     }
+    let after = {
+        drop(held);
+        let zero = vec![0u64; names.len()];
+        wait_exact(&everyone, &names, &zero, bound)
+    };
+    for e in everyone {
+        e.shutdown();
+    }
+    match (exact, after) {
+        (Some(t), Some(t2)) => {
+            println!(
+                "EXACT: on all {} nodes (and the watcher), all {} topic counts and the total ({total}) \
+                 matched the ledger {:.0?} after churn stopped; every count read 0 {:.0?} after every user left",
+                a.nodes,
+                names.len(),
+                t,
+                t2
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        (e, z) => {
+            println!(
+                "NOT EXACT within {bound:?}: {} with users held, {} after they left",
+                if e.is_some() { "exact" } else { "differs" },
+                if z.is_some() { "exact" } else { "differs" }
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
 }
