@@ -273,14 +273,14 @@ pub fn render(shared: &Shared, top: usize) -> String {
         );
     }
     o.head(
-        "headcount_topic_count",
+        "headcount_topic_presences",
         "gauge",
         "Cluster-wide count of the busiest topics.",
     );
     for (name, c) in engine.top(top) {
         let _ = writeln!(
             o.0,
-            "headcount_topic_count{{topic=\"{}\"}} {c}",
+            "headcount_topic_presences{{topic=\"{}\"}} {c}",
             label(&name)
         );
     }

@@ -172,6 +172,7 @@ struct Settings {
     pin: bool,
     password: Option<String>,
     metrics: Option<SocketAddr>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     metrics_top: usize,
     json_logs: bool,
     limits: Limits,

@@ -1,0 +1,252 @@
+//! The command line: help for every subcommand, clear errors and a non-zero exit for bad flags
+//! and config files, `demo` to completion, `watch --once --json` against a real cluster.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, unique_cluster};
+
+/// Runs the binary to its exit (killed after 60 s: a command that should fail at once must not
+/// hang the test).
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run headcount");
+    let id = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if start.elapsed() > Duration::from_secs(60) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &id.to_string()])
+                        .status();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let out = child.wait_with_output().expect("wait for headcount");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog.join();
+    out
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `args` fails with a non-zero status and a message containing every one of `want`.
+fn fails(args: &[&str], want: &[&str]) {
+    let o = run(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "{args:?} should fail: {t}");
+    for w in want {
+        assert!(t.contains(w), "{args:?}: expected {w:?} in: {t}");
+    }
+}
+
+#[test]
+fn help_for_every_subcommand() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for sub in ["serve", "watch", "demo", "node"] {
+        assert!(t.contains(sub), "{sub} in {t}");
+    }
+    for (sub, flags) in [
+        (
+            "serve",
+            &[
+                "--listen",
+                "--workers",
+                "--pin",
+                "--tick",
+                "--dead-after",
+                "--group",
+                "--interface",
+                "--peers",
+                "--cluster",
+                "--key-file",
+                "--insecure",
+                "--requirepass",
+                "--metrics",
+                "--config",
+                "--log-format",
+            ][..],
+        ),
+        ("watch", &["--once", "--json", "--top", "--group"][..]),
+        ("demo", &["--duration", "--nodes", "--topics"][..]),
+        ("node", &["--group", "--join"][..]),
+    ] {
+        let o = run(&[sub, "--help"]);
+        let t = text(&o);
+        assert!(o.status.success(), "{sub} --help: {t}");
+        for f in flags {
+            assert!(t.contains(f), "{sub} --help mentions {f}: {t}");
+        }
+    }
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    fails(&["serve", "--no-such-flag"], &["--no-such-flag"]);
+    fails(&["serve", "--tick", "soon"], &["--tick", "soon"]);
+    fails(
+        &["serve", "--workers", "0", "--standalone"],
+        &["--workers 0"],
+    );
+    fails(&["serve", "--listen", "nowhere"], &["--listen"]);
+    fails(
+        &["serve", "--log-format", "xml", "--standalone"],
+        &["--log-format", "xml"],
+    );
+    fails(
+        &["serve", "--listen", "0.0.0.0:0", "--standalone"],
+        &["not a loopback address", "--requirepass"],
+    );
+    fails(
+        &[
+            "serve",
+            "--group",
+            "127.0.0.1:7380",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &["group"],
+    );
+    fails(
+        &[
+            "serve",
+            "--cluster",
+            "x",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            "/nonexistent/key",
+        ],
+        &["/nonexistent/key"],
+    );
+    fails(&["watch", "--standalone"], &["standalone"]);
+    fails(&["demo", "--nodes", "0"], &["--nodes"]);
+}
+
+#[test]
+fn bad_config_files_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("hc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let typo = write("typo.toml", "listen = \"127.0.0.1:0\"\nwrokers = 2\n");
+    fails(&["serve", "--config", &typo], &["typo.toml", "wrokers"]);
+    let ty = write("type.toml", "workers = \"many\"\n");
+    fails(&["serve", "--config", &ty], &["type.toml", "workers"]);
+    let syntax = write("syntax.toml", "listen = \n");
+    fails(&["serve", "--config", &syntax], &["syntax.toml"]);
+    let dur = write("dur.toml", "tick = \"fast\"\n");
+    fails(&["serve", "--config", &dur], &["tick", "fast"]);
+    fails(
+        &["serve", "--config", "/nonexistent/headcount.toml"],
+        &["/nonexistent/headcount.toml"],
+    );
+    // A good file works, and a flag wins over it: the file's listen address is in use, the
+    // flag's is free.
+    let good = write(
+        "good.toml",
+        "listen = \"203.0.113.1:1\"\nstandalone = true\nworkers = 1\n",
+    );
+    let s = Server::start(&["--config", &good]);
+    let mut c = s.connect();
+    assert_eq!(c.cmd(&["PING"]), common::V::Simple("PONG".into()));
+}
+
+#[test]
+fn ports_in_use_are_clear_errors() {
+    let s = Server::start(&["--standalone"]);
+    let addr = s.addr.to_string();
+    fails(
+        &["serve", "--standalone", "--listen", &addr],
+        &[&addr, "in use"],
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap().to_string();
+    fails(
+        &[
+            "serve",
+            "--standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &metrics,
+        ],
+        &["--metrics", "in use"],
+    );
+}
+
+#[test]
+fn demo_runs_to_completion_and_proves_exactness() {
+    let start = Instant::now();
+    let o = run(&["demo", "--duration", "2s", "--users", "5000"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("EXACT: on all 3 nodes"), "{t}");
+    assert!(t.contains("cluster total"), "the watch view is shown: {t}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn watch_once_json_sees_the_cluster_and_is_not_counted() {
+    let cluster = unique_cluster("watch");
+    let a = Server::start(&["--cluster", &cluster]);
+    let b = Server::start(&["--cluster", &cluster]);
+    let mut ca = a.connect();
+    let mut cb = b.connect();
+    assert_eq!(ca.cmd(&["JOIN", "stage", "stage", "pit"]).int(), 3);
+    assert_eq!(cb.cmd(&["JOIN", "stage"]).int(), 1);
+    assert!(ca.wait_count("stage", 3));
+    assert!(cb.wait_count("stage", 3));
+    let o = run(&[
+        "watch",
+        "--cluster",
+        &cluster,
+        "--once",
+        "--json",
+        "--tick",
+        "50ms",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let line = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+    assert_eq!(v["total"], 4, "{v}");
+    assert_eq!(v["topics"][0]["topic"], "stage", "{v}");
+    assert_eq!(v["topics"][0]["count"], 3, "{v}");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["converged"], true, "{v}");
+    // The observer never shows up in the servers' node lists.
+    let nodes = ca.cmd(&["NODES"]);
+    assert!(
+        matches!(&nodes, common::V::Array(n) if n.len() == 2),
+        "{nodes:?}"
+    );
+    // Text mode too.
+    let o = run(&["watch", "--cluster", &cluster, "--once", "--tick", "50ms"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.contains("cluster total 4") && t.contains("stage"), "{t}");
+}
