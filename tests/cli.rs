@@ -250,3 +250,59 @@ fn watch_once_json_sees_the_cluster_and_is_not_counted() {
     let t = String::from_utf8_lossy(&o.stdout);
     assert!(t.contains("cluster total 4") && t.contains("stage"), "{t}");
 }
+
+#[test]
+fn demo_stops_early_on_ctrl_c_with_its_summary() {
+    let child = Command::new(BIN)
+        .args(["demo", "--duration", "120s", "--users", "3000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("EXACT"), "{t}");
+    assert!(start.elapsed() < Duration::from_secs(60), "stopped early");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for line in std::iter::once(&first).chain(&rest) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{v}"
+        );
+    }
+    assert!(first.contains("listening on"), "{first}");
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+}

@@ -10,6 +10,7 @@
 //! implementations are interleaved, so that a noisy neighbour disturbs them all alike.
 
 mod cluster;
+mod conns;
 mod rig;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -100,6 +101,19 @@ enum Cmd {
     Converge(ConvergeArgs),
     /// The datagram format: bytes per changed topic, heartbeat size, encode and decode speed.
     Wire(WireArgs),
+    /// Memory per client connection of `headcount serve` (idle, and holding one presence),
+    /// beside redis-server (idle, and after one INCR) when installed.
+    Conns(ConnsArgs),
+}
+
+#[derive(Args)]
+struct ConnsArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Client connections to open (mind `ulimit -n`).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
 }
 
 #[derive(Args)]
@@ -223,6 +237,13 @@ fn main() {
             )
         }
         Cmd::Wire(a) => print(a.json, &cluster::wire()),
+        Cmd::Conns(a) => match conns::run(a.connections.max(1), a.json) {
+            Ok(v) => print(a.json, &v),
+            Err(e) => {
+                eprintln!("headcount-perf conns: {e}");
+                std::process::exit(1);
+            }
+        },
     }
 }
 

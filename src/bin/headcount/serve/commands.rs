@@ -202,7 +202,12 @@ fn join(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
             Err(e) => return r.error(&format!("ERR {e}")),
         }
     }
-    s.presences.reserve(adding);
+    // Exact growth while small (most connections hold 1–3 presences), doubling beyond.
+    if s.presences.len() + adding <= 8 {
+        s.presences.reserve_exact(adding);
+    } else {
+        s.presences.reserve(adding);
+    }
     for t in topics {
         s.presences.push(ctx.shard.join(t));
     }

@@ -30,15 +30,43 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Stop reading a connection while this much of its output is unsent (it is not reading).
 const BACKPRESSURE: usize = 256 * 1024;
 
+/// One client connection: 48 bytes while it has nothing buffered (most of the time).
 struct Conn {
     stream: TcpStream,
-    /// A partial request carried over to the next read (empty, without heap, most of the time).
+    session: Session,
+    /// Buffers, only while there is something in them.
+    bufs: Option<Box<Bufs>>,
+}
+
+#[derive(Default)]
+struct Bufs {
+    /// A partial request carried over to the next read.
     input: Vec<u8>,
     /// Replies the socket would not take yet.
     output: Vec<u8>,
     /// `input` holds whole requests not answered yet: the client stopped reading its replies.
     paused: bool,
-    session: Session,
+}
+
+impl Conn {
+    fn output_len(&self) -> usize {
+        self.bufs.as_ref().map_or(0, |b| b.output.len())
+    }
+
+    fn bufs(&mut self) -> &mut Bufs {
+        self.bufs.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the buffers once they are empty.
+    fn trim(&mut self) {
+        if self
+            .bufs
+            .as_ref()
+            .is_some_and(|b| b.input.is_empty() && b.output.is_empty() && !b.paused)
+        {
+            self.bufs = None;
+        }
+    }
 }
 
 pub struct Worker {
@@ -168,9 +196,7 @@ impl Worker {
             }
             entry.insert(Conn {
                 stream,
-                input: Vec::new(),
-                output: Vec::new(),
-                paused: false,
+                bufs: None,
                 session: Session {
                     authed: self.shared.password.is_none(),
                     ..Session::default()
@@ -199,26 +225,27 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return Next::Keep;
             };
-            if !conn.output.is_empty() {
-                match flush(&mut conn.stream, &mut conn.output) {
-                    Ok(()) => {}
-                    Err(_) => return Next::Close,
+            if conn.output_len() > 0 {
+                let b = conn.bufs.get_or_insert_with(Box::default);
+                if flush(&mut conn.stream, &mut b.output).is_err() {
+                    return Next::Close;
                 }
-                if conn.output.len() >= BACKPRESSURE {
+                if conn.output_len() >= BACKPRESSURE {
                     return Next::Keep; // wait for WRITABLE
                 }
+                conn.trim();
             }
             if conn.session.closing {
-                return if conn.output.is_empty() {
+                return if conn.output_len() == 0 {
                     Next::Close
                 } else {
                     Next::Keep
                 };
             }
             // Input held back by backpressure goes first.
-            if conn.paused {
-                conn.paused = false;
-                let input = std::mem::take(&mut conn.input);
+            if let Some(b) = conn.bufs.as_mut().filter(|b| b.paused) {
+                b.paused = false;
+                let input = std::mem::take(&mut b.input);
                 match self.answer(key, &input, 0) {
                     Next::Close => return Next::Close,
                     Next::Keep => continue,
@@ -232,15 +259,18 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Next::Close,
             };
-            let next = if conn.input.is_empty() {
-                let buf = std::mem::take(&mut self.read_buf);
-                let next = self.answer(key, &buf, n);
-                self.read_buf = buf;
-                next
-            } else {
-                let mut input = std::mem::take(&mut conn.input);
-                input.extend_from_slice(&self.read_buf[..n]);
-                self.answer(key, &input, 0)
+            let carried = conn.bufs.as_mut().map(|b| std::mem::take(&mut b.input));
+            let next = match carried {
+                Some(mut input) if !input.is_empty() => {
+                    input.extend_from_slice(&self.read_buf[..n]);
+                    self.answer(key, &input, 0)
+                }
+                _ => {
+                    let buf = std::mem::take(&mut self.read_buf);
+                    let next = self.answer(key, &buf, n);
+                    self.read_buf = buf;
+                    next
+                }
             };
             if let Next::Close = next {
                 return Next::Close;
@@ -282,7 +312,7 @@ impl Worker {
                         };
                         commands::execute(&mut ctx, &mut conn.session, &args, &mut reply);
                     }
-                    if conn.session.closing || out.len() + conn.output.len() >= BACKPRESSURE {
+                    if conn.session.closing || out.len() + conn.output_len() >= BACKPRESSURE {
                         break;
                     }
                 }
@@ -303,20 +333,18 @@ impl Worker {
         self.stats
             .add(&self.stats.presences, ctx.presences_delta as u64);
         // Keep what was not answered yet (a partial request, or input held by backpressure).
-        conn.paused = false;
         if at < input.len() && !conn.session.closing {
-            conn.paused = out.len() + conn.output.len() >= BACKPRESSURE;
-            if conn.input.capacity() == 0 {
-                conn.input = input[at..].to_vec();
-            } else {
-                conn.input.clear();
-                conn.input.extend_from_slice(&input[at..]);
-            }
-        } else {
-            conn.input = Vec::new();
+            let paused = out.len() + conn.output_len() >= BACKPRESSURE;
+            let b = conn.bufs();
+            b.paused = paused;
+            b.input.clear();
+            b.input.extend_from_slice(&input[at..]);
+        } else if let Some(b) = conn.bufs.as_mut() {
+            b.paused = false;
+            b.input = Vec::new();
         }
         // Write the replies: straight from the worker's buffer when nothing is queued.
-        if conn.output.is_empty() {
+        if conn.output_len() == 0 {
             let mut sent = 0;
             while sent < out.len() {
                 match conn.stream.write(&out[sent..]) {
@@ -334,14 +362,15 @@ impl Worker {
                 }
             }
             if sent < out.len() {
-                conn.output.extend_from_slice(&out[sent..]);
+                conn.bufs().output.extend_from_slice(&out[sent..]);
             }
         } else {
-            conn.output.extend_from_slice(&out);
+            conn.bufs().output.extend_from_slice(&out);
         }
-        if conn.output.len() > shared.limits.max_output {
+        conn.trim();
+        if conn.output_len() > shared.limits.max_output {
             tracing::warn!(
-                pending = conn.output.len(),
+                pending = conn.output_len(),
                 limit = shared.limits.max_output,
                 "closing a client whose unsent replies exceed max_output"
             );
