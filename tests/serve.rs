@@ -451,3 +451,30 @@ fn promtool_accepts_the_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn accepted_connections_have_tcp_keepalive() {
+    let Some(ss) = tool("ss", "iproute2") else {
+        return;
+    };
+    let s = Server::start(&["--standalone", "--tcp-keepalive", "45s"]);
+    let mut c = s.connect();
+    assert_eq!(c.cmd(&["PING"]), V::Simple("PONG".into()));
+    // The server's side of the connection: source port = the listening port.
+    let out = Command::new(ss)
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{}", s.addr.port()),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("keepalive"),
+        "ss shows a keepalive timer: {text}"
+    );
+}

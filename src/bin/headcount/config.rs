@@ -90,6 +90,7 @@ pub struct FileConfig {
     pub max_args: Option<usize>,
     pub max_arg_len: Option<usize>,
     pub max_output: Option<usize>,
+    pub tcp_keepalive: Option<String>,
     pub max_topics: Option<usize>,
 }
 

@@ -64,6 +64,11 @@ pub struct Args {
     /// [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     max_output: Option<usize>,
+    /// TCP keepalive idle time: a client whose machine vanished without closing is detected
+    /// (and its presences leave) about this long plus 30 s later; `0s` turns it off
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    tcp_keepalive: Option<Duration>,
     /// Topic table size: most topics known at once, local and remote [default: 1048576].
     #[arg(long, value_name = "N")]
     max_topics: Option<usize>,
@@ -78,6 +83,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_topics_per_connection: usize,
     pub max_output: usize,
+    /// TCP keepalive idle time (`None`: off).
+    pub keepalive: Option<Duration>,
 }
 
 /// Counters one worker writes and everyone may read. One writer each, so updates are a plain
@@ -243,6 +250,18 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
             10_000,
         )?,
         max_output: positive("max-output", a.max_output, f.max_output, 16 << 20)?,
+        keepalive: {
+            let d = match a.tcp_keepalive {
+                Some(d) => d,
+                None => match &f.tcp_keepalive {
+                    Some(s) => humantime::parse_duration(s).map_err(|e| {
+                        ConfigError(format!("config key `tcp_keepalive`: {s:?}: {e}"))
+                    })?,
+                    None => Duration::from_secs(60),
+                },
+            };
+            (!d.is_zero()).then_some(d)
+        },
     };
     Ok(Settings {
         listen,

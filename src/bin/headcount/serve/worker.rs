@@ -180,6 +180,15 @@ impl Worker {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            if let Some(idle) = self.shared.limits.keepalive {
+                // A client whose host vanished never sends a FIN: keepalive probes find it, and
+                // its presences leave like any other closed connection's.
+                let ka = socket2::TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(Duration::from_secs(10))
+                    .with_retries(3);
+                let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&ka);
+            }
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if self
