@@ -768,7 +768,16 @@ impl Node {
         if let Some(c) = self.cluster.as_mut() {
             for ch in &self.reducer.changes {
                 inner.view.local(ch.id).store(ch.count, Ordering::Relaxed);
-                let hash = self.id_hash[ch.id as usize];
+                let mut hash = self.id_hash[ch.id as usize];
+                if hash == 0
+                    && let Some(n) = pool.topics.name(ch.id)
+                {
+                    // Interned after this tick listed the new ids, and joined before the
+                    // rings were drained: its hash is learned here (the next tick lists it).
+                    hash = n.hash;
+                    self.id_hash[ch.id as usize] = hash;
+                    c.by_hash.insert(hash, ch.id);
+                }
                 // The protocol keeps names it was told: look one up only for a topic it lacks.
                 let name = match c.proto.name(hash) {
                     Some(_) => None,
