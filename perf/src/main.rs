@@ -11,6 +11,7 @@
 
 mod cluster;
 mod conns;
+mod load;
 mod rig;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -104,6 +105,91 @@ enum Cmd {
     /// Memory per client connection of `headcount serve` (idle, and holding one presence),
     /// beside redis-server (idle, and after one INCR) when installed.
     Conns(ConnsArgs),
+    /// The seed's scenario: N `headcount serve` nodes, C client connections holding 1–3
+    /// presences in Zipf topics, churn (reconnects, JOIN/LEAVE) at --rate joins/s (or a search
+    /// for the highest rate with p99 ≤ 10 ms), then every node's counts checked.
+    Load(LoadArgs),
+    /// The same workload against headcount, redis-server with INCR/DECR, and redis-server with
+    /// a set per topic; ratios of the sustained churn.
+    BaselineRedis(BaselineArgs),
+    /// CPU per op of `serve` counting vs `serve --no-count` (same commands, nothing counted).
+    Overhead(OverheadArgs),
+    /// Load at a moderate rate for a long time: RSS over time, exact at the end.
+    Soak(SoakArgs),
+}
+
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// `headcount serve` processes.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Worker threads per node.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Client connections (simulated users), spread over the nodes.
+    #[arg(long, default_value_t = 120_000)]
+    connections: usize,
+    /// Topics (Zipf-distributed popularity).
+    #[arg(long, default_value_t = 10_000)]
+    topics: usize,
+    /// Joins per second (as many leaves); without it, climb a ladder of rates until p99 > 10 ms.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of churn (per step of the ladder).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Client threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The servers' tick.
+    #[arg(long, default_value = "100ms")]
+    tick: String,
+}
+
+impl LoadArgs {
+    fn opts(&self) -> load::LoadOpts {
+        load::LoadOpts {
+            nodes: self.nodes.max(1),
+            workers: self.workers.max(1),
+            connections: self.connections.max(1),
+            topics: self.topics.max(1),
+            rate: self.rate.filter(|r| *r > 0.0),
+            duration: Duration::from_secs_f64(self.duration.max(0.1)),
+            threads: self.threads.max(1),
+            tick: self.tick.clone(),
+            quiet: false,
+        }
+    }
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Write the p99-vs-churn plot here (SVG).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct OverheadArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Counting/not-counting pairs to run (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Write the RSS-over-time plot here (SVG).
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -237,6 +323,19 @@ fn main() {
             )
         }
         Cmd::Wire(a) => print(a.json, &cluster::wire()),
+        Cmd::Load(a) => done(a.json, load::load(&a.opts())),
+        Cmd::BaselineRedis(a) => done(
+            a.load.json,
+            load::baseline(&a.load.opts(), a.plot.as_deref()),
+        ),
+        Cmd::Overhead(a) => done(a.load.json, load::overhead(&a.load.opts(), a.rounds)),
+        Cmd::Soak(a) => {
+            let mut o = a.load.opts();
+            if a.load.duration == 10.0 {
+                o.duration = Duration::from_secs(600);
+            }
+            done(a.load.json, load::soak(&o, a.plot.as_deref()))
+        }
         Cmd::Conns(a) => match conns::run(a.connections.max(1), a.json) {
             Ok(v) => print(a.json, &v),
             Err(e) => {
@@ -244,6 +343,17 @@ fn main() {
                 std::process::exit(1);
             }
         },
+    }
+}
+
+/// Prints a harness result, or its error (exit status 1).
+fn done(json: bool, r: Result<serde_json::Value, String>) {
+    match r {
+        Ok(v) => print(json, &v),
+        Err(e) => {
+            eprintln!("headcount-perf: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

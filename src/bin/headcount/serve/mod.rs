@@ -72,6 +72,10 @@ pub struct Args {
     /// Topic table size: most topics known at once, local and remote [default: 1048576].
     #[arg(long, value_name = "N")]
     max_topics: Option<usize>,
+    /// Parse and answer JOIN and LEAVE but count nothing: a baseline for measuring what
+    /// counting costs (`headcount-perf overhead`). Not for production.
+    #[arg(long)]
+    no_count: bool,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -131,6 +135,8 @@ pub struct Shared {
     pub listen: SocketAddr,
     pub workers: usize,
     pub started: Instant,
+    /// False with `--no-count`: commands are parsed and answered, nothing is counted.
+    pub counting: bool,
     stats: Vec<Arc<CachePadded<WorkerStats>>>,
     stop: AtomicBool,
     settings: Vec<(&'static str, String)>,
@@ -184,6 +190,7 @@ struct Settings {
     json_logs: bool,
     limits: Limits,
     max_topics: usize,
+    counting: bool,
     cluster: Cluster,
 }
 
@@ -273,6 +280,7 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
         json_logs,
         limits,
         max_topics: positive("max-topics", a.max_topics, f.max_topics, 1 << 20)?,
+        counting: !a.no_count,
         cluster,
     })
 }
@@ -350,6 +358,7 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
         listen,
         workers: st.workers,
         started: Instant::now(),
+        counting: st.counting,
         stats: stats.clone(),
         stop: AtomicBool::new(false),
         settings,

@@ -1,0 +1,587 @@
+//! The seed's scenario end to end: many client connections, each holding 1–3 presences in
+//! long-tailed topics, churning (connections closing and reopening, JOIN/LEAVE on open ones)
+//! against real `headcount serve` processes — or against `redis-server` doing what teams do
+//! today (INCR/DECR per topic, or a set per topic) — with every count checked at the end.
+//!
+//! Subcommands: `load`, `baseline-redis`, `overhead`, `soak` (see `main.rs`).
+
+mod client;
+mod plot;
+mod servers;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use client::{Client, Phase, Report};
+use servers::Checker;
+pub use servers::Servers;
+
+/// What the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `headcount serve`: JOIN/LEAVE; closing a connection leaves.
+    Headcount,
+    /// `redis-server`, INCR/DECR per topic; the client DECRs what it held before closing.
+    RedisIncr,
+    /// `redis-server`, SADD/SREM of a member per topic, SCARD to count.
+    RedisSet,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Headcount => "headcount",
+            Target::RedisIncr => "redis-incr",
+            Target::RedisSet => "redis-set",
+        }
+    }
+}
+
+/// The workload's shape.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub connections: usize,
+    pub topics: usize,
+    pub threads: usize,
+    pub seed: u64,
+}
+
+/// Raises this process's open-file limit (children inherit it): root may raise the hard limit.
+pub fn raise_nofile(want: u64) -> Result<u64, String> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().map_err(|e| e.to_string())?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    if Resource::NOFILE.set(want, want.max(hard)).is_ok() {
+        return Ok(want);
+    }
+    let _ = Resource::NOFILE.set(hard, hard);
+    Ok(hard)
+}
+
+/// One churn step's figures.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub target_joins_per_s: f64,
+    pub joins_per_s: f64,
+    pub churn_ops_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub errors: u64,
+    pub behind: u64,
+    pub cpu_percent: f64,
+    pub cpu_us_per_op: f64,
+    pub wire_bytes_per_node_per_s: f64,
+}
+
+impl Step {
+    /// Sustained: within 95 % of the rate asked, p99 ≤ 10 ms, no error.
+    pub fn sustained(&self) -> bool {
+        self.joins_per_s >= 0.95 * self.target_joins_per_s
+            && self.p99_ms <= 10.0
+            && self.errors == 0
+    }
+    pub fn json(&self) -> Value {
+        json!({
+            "target_joins_per_s": self.target_joins_per_s.round(),
+            "joins_per_s": self.joins_per_s.round(),
+            "churn_ops_per_s": self.churn_ops_per_s.round(),
+            "join_p50_ms": self.p50_ms,
+            "join_p99_ms": self.p99_ms,
+            "join_p999_ms": self.p999_ms,
+            "errors": self.errors,
+            "behind": self.behind,
+            "cpu_percent": (self.cpu_percent * 10.0).round() / 10.0,
+            "cpu_us_per_op": (self.cpu_us_per_op * 1000.0).round() / 1000.0,
+            "wire_bytes_per_node_per_s": self.wire_bytes_per_node_per_s.round(),
+        })
+    }
+}
+
+/// Servers plus the client threads holding every connection.
+pub struct Rig {
+    pub servers: Servers,
+    w: Workload,
+    tx: Vec<mpsc::Sender<Phase>>,
+    rx: mpsc::Receiver<Report>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub ledger: Vec<i64>,
+    pub setup_errors: u64,
+    pub setup_secs: f64,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for t in &self.tx {
+            let _ = t.send(Phase::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        return 0.0;
+    }
+    (h.value_at_quantile(q) as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+impl Rig {
+    /// Starts the client threads and opens every connection (each joins its first topics).
+    pub fn open(servers: Servers, w: Workload) -> Result<Rig, String> {
+        let (rtx, rx) = mpsc::channel();
+        let mut tx = Vec::new();
+        let mut threads = Vec::new();
+        for id in 0..w.threads {
+            let (ptx, prx) = mpsc::channel();
+            let cfg = Client {
+                id,
+                threads: w.threads,
+                target: servers.target,
+                servers: servers.addrs.clone(),
+                topics: w.topics,
+                conns: w.connections,
+                seed: w.seed.wrapping_mul(id as u64 + 1) ^ 0x9e37_79b9_7f4a_7c15,
+            };
+            let rtx = rtx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("load-client-{id}"))
+                    .spawn(move || client::run(cfg, prx, rtx))
+                    .map_err(|e| e.to_string())?,
+            );
+            tx.push(ptx);
+        }
+        let mut rig = Rig {
+            servers,
+            ledger: vec![0; w.topics],
+            w,
+            tx,
+            rx,
+            threads,
+            setup_errors: 0,
+            setup_secs: 0.0,
+        };
+        let start = Instant::now();
+        let reports = rig.phase(|| Phase::Open)?;
+        rig.setup_secs = start.elapsed().as_secs_f64();
+        rig.setup_errors = reports.iter().map(|r| r.errors).sum();
+        Ok(rig)
+    }
+
+    fn phase(&mut self, p: impl Fn() -> Phase) -> Result<Vec<Report>, String> {
+        for t in &self.tx {
+            t.send(p()).map_err(|_| "a client thread died")?;
+        }
+        let mut reports = Vec::new();
+        for _ in 0..self.tx.len() {
+            reports.push(
+                self.rx
+                    .recv_timeout(Duration::from_secs(900))
+                    .map_err(|_| "a client thread did not report")?,
+            );
+        }
+        let mut ledger = vec![0i64; self.w.topics];
+        for r in &reports {
+            for (l, v) in ledger.iter_mut().zip(&r.ledger) {
+                *l += v;
+            }
+        }
+        self.ledger = ledger;
+        Ok(reports)
+    }
+
+    /// Churns at `joins_per_s` (and as many leaves) for `duration`, then drains.
+    pub fn churn(&mut self, joins_per_s: f64, duration: Duration) -> Result<Step, String> {
+        let cpu0 = self.servers.cpu_seconds();
+        let wire0 = self.servers.wire_bytes();
+        let start = Instant::now();
+        let per = joins_per_s / self.tx.len() as f64;
+        let reports = self.phase(|| Phase::Churn {
+            joins_per_s: per,
+            duration,
+        })?;
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = self.servers.cpu_seconds() - cpu0;
+        let wire = self.servers.wire_bytes().saturating_sub(wire0);
+        let mut h =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        for r in &reports {
+            let _ = h.add(&r.latency);
+        }
+        let joins: u64 = reports.iter().map(|r| r.joins).sum();
+        let leaves: u64 = reports.iter().map(|r| r.leaves).sum();
+        let secs = duration.as_secs_f64();
+        let nodes = self.servers.addrs.len() as f64;
+        Ok(Step {
+            target_joins_per_s: joins_per_s,
+            joins_per_s: joins as f64 / secs,
+            churn_ops_per_s: (joins + leaves) as f64 / secs,
+            p50_ms: ms(&h, 0.5),
+            p99_ms: ms(&h, 0.99),
+            p999_ms: ms(&h, 0.999),
+            errors: reports.iter().map(|r| r.errors).sum(),
+            behind: reports.iter().map(|r| r.behind).sum(),
+            cpu_percent: cpu / wall * 100.0,
+            cpu_us_per_op: if joins + leaves == 0 {
+                0.0
+            } else {
+                cpu * 1e6 / (joins + leaves) as f64
+            },
+            wire_bytes_per_node_per_s: wire as f64 / wall / nodes,
+        })
+    }
+
+    /// Waits (bounded) until every server's count of every topic, and its total, equal the
+    /// ledger; returns the milliseconds that took, or `None`.
+    pub fn wait_exact(&self, bound: Duration) -> Result<Option<f64>, String> {
+        let start = Instant::now();
+        let want_total: i64 = self.ledger.iter().sum();
+        let mut checkers = self
+            .servers
+            .addrs
+            .iter()
+            .map(|&a| Checker::connect(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        loop {
+            let mut exact = true;
+            let mut first_diff = String::new();
+            for (n, c) in checkers.iter_mut().enumerate() {
+                let (counts, total) = c.counts(self.servers.target, self.w.topics)?;
+                if total != want_total {
+                    exact = false;
+                    first_diff = format!("node {n}: total {total}, ledger {want_total}");
+                }
+                let diffs: Vec<String> = (0..counts.len())
+                    .filter(|&t| counts[t] != self.ledger[t])
+                    .take(5)
+                    .map(|t| format!("t{t} counted {}, ledger {}", counts[t], self.ledger[t]))
+                    .collect();
+                if !diffs.is_empty() {
+                    exact = false;
+                    first_diff = format!(
+                        "node {n} (total {total}, ledger {want_total}): {}",
+                        diffs.join("; ")
+                    );
+                }
+            }
+            if exact {
+                return Ok(Some(start.elapsed().as_secs_f64() * 1000.0));
+            }
+            if start.elapsed() > bound {
+                eprintln!("not exact after {bound:?}: {first_diff}");
+                if std::env::var_os("LOAD_DEBUG").is_some() {
+                    for (n, c) in checkers.iter_mut().enumerate() {
+                        let info = c.cmd(&["INFO", "presence"])?;
+                        eprintln!("node {n}: {info:?}");
+                        if let servers::Reply::Array(v) = c.cmd(&["TOP", "10000"])? {
+                            let sum: i64 = v
+                                .chunks(2)
+                                .filter_map(|p| match &p[1] {
+                                    servers::Reply::Int(i) => Some(*i),
+                                    _ => None,
+                                })
+                                .sum();
+                            let odd: Vec<String> = v
+                                .chunks(2)
+                                .filter_map(|p| match &p[0] {
+                                    servers::Reply::Bulk(Some(b)) if !b.starts_with(b"t") => {
+                                        Some(String::from_utf8_lossy(b).into_owned())
+                                    }
+                                    _ => None,
+                                })
+                                .collect();
+                            eprintln!(
+                                "node {n}: top sum {sum}, entries {}, odd {odd:?}",
+                                v.len() / 2
+                            );
+                        }
+                    }
+                }
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Settings shared by the subcommands.
+#[derive(Debug, Clone)]
+pub struct LoadOpts {
+    pub nodes: usize,
+    pub workers: usize,
+    pub connections: usize,
+    pub topics: usize,
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    pub threads: usize,
+    pub tick: String,
+    pub quiet: bool,
+}
+
+impl LoadOpts {
+    fn workload(&self) -> Workload {
+        Workload {
+            connections: self.connections,
+            topics: self.topics,
+            threads: self.threads,
+            seed: 0x5eed,
+        }
+    }
+    fn say(&self, s: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", s.as_ref());
+        }
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "nproc": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu": cpu,
+        "note": "the harness and every server share this machine",
+    })
+}
+
+/// Rates tried when searching for the maximum sustained churn (joins per second).
+const LADDER: [f64; 12] = [
+    5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0, 60_000.0, 75_000.0, 90_000.0,
+    110_000.0, 130_000.0, 160_000.0,
+];
+
+/// Runs the workload against one target: open, then either churn at `rate` or climb the
+/// ladder until a step is not sustained; then check exactness.
+fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value, String> {
+    let nofile = raise_nofile((o.connections as u64) * 2 + 20_000)?;
+    if (nofile as usize) < o.connections + 1000 {
+        return Err(format!(
+            "the open-file limit is {nofile}: too low for {} connections (run as root, or raise it)",
+            o.connections
+        ));
+    }
+    let servers = match target {
+        Target::Headcount => Servers::headcount(o.nodes, o.workers, &o.tick, counting)?,
+        t => Servers::redis(t, o.connections + 1000)?,
+    };
+    o.say(format!(
+        "{}: opening {} connections to {} server(s)…",
+        target.name(),
+        o.connections,
+        servers.addrs.len()
+    ));
+    let mut rig = Rig::open(servers, o.workload())?;
+    o.say(format!(
+        "{}: {} connections open in {:.1}s ({} errors); {} presences",
+        target.name(),
+        o.connections,
+        rig.setup_secs,
+        rig.setup_errors,
+        rig.ledger.iter().sum::<i64>()
+    ));
+    let mut steps = Vec::new();
+    let mut best: Option<Step> = None;
+    match o.rate {
+        Some(r) => {
+            let s = rig.churn(r, o.duration)?;
+            o.say(format!("{}: {}", target.name(), s.json()));
+            best = Some(s.clone());
+            steps.push(s);
+        }
+        None => {
+            for &r in &LADDER {
+                let s = rig.churn(r, o.duration)?;
+                o.say(format!("{}: {}", target.name(), s.json()));
+                let ok = s.sustained();
+                steps.push(s.clone());
+                if !ok {
+                    break;
+                }
+                best = Some(s);
+            }
+        }
+    }
+    let exact_ms = if counting {
+        rig.wait_exact(Duration::from_secs(10))?
+    } else {
+        None
+    };
+    let rss = rig.servers.rss();
+    let last = steps.last().cloned();
+    let shown = best.clone().or(last).ok_or("no churn step ran")?;
+    let errors = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
+    let mut v = json!({
+        "target": target.name(),
+        "servers": rig.servers.addrs.len(),
+        "connections": o.connections,
+        "topics": o.topics,
+        "presences": rig.ledger.iter().sum::<i64>(),
+        "setup_s": (rig.setup_secs * 10.0).round() / 10.0,
+        "exact": exact_ms.is_some(),
+        "time_to_exact_ms": exact_ms.map(|m| (m * 10.0).round() / 10.0),
+        "errors": errors,
+        "rss_bytes": rss,
+        "max_sustained_joins_per_s": best.as_ref().map_or(0.0, |b| b.joins_per_s.round()),
+        "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
+    });
+    if let (Some(m), Value::Object(shown)) = (v.as_object_mut(), shown.json()) {
+        for (k, x) in shown {
+            m.entry(k).or_insert(x);
+        }
+    }
+    Ok(v)
+}
+
+/// `load`: headcount alone.
+pub fn load(o: &LoadOpts) -> Result<Value, String> {
+    let mut v = run_target(o, Target::Headcount, true)?;
+    v["machine"] = machine();
+    v["nodes"] = json!(o.nodes);
+    Ok(v)
+}
+
+/// `baseline-redis`: headcount, Redis INCR/DECR and Redis sets, same workload.
+pub fn baseline(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, String> {
+    let hc = run_target(o, Target::Headcount, true)?;
+    let incr = run_target(o, Target::RedisIncr, true)?;
+    let set = run_target(o, Target::RedisSet, true)?;
+    let rate = |v: &Value| v["joins_per_s"].as_f64().unwrap_or(0.0);
+    let max = |v: &Value| v["max_sustained_joins_per_s"].as_f64().unwrap_or(0.0);
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            (a / b * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
+    };
+    let (vs_incr, vs_set) = if o.rate.is_some() {
+        (ratio(rate(&hc), rate(&incr)), ratio(rate(&hc), rate(&set)))
+    } else {
+        (ratio(max(&hc), max(&incr)), ratio(max(&hc), max(&set)))
+    };
+    if let Some(p) = plot_path {
+        plot::latency_vs_rate(p, &[&hc, &incr, &set])?;
+    }
+    let mut v = hc.clone();
+    v["machine"] = machine();
+    v["nodes"] = json!(o.nodes);
+    v["redis_note"] =
+        json!("redis-server is one process on one node; headcount runs --nodes processes");
+    v["redis_incr_churn_ops_per_s"] = incr["churn_ops_per_s"].clone();
+    v["redis_set_churn_ops_per_s"] = set["churn_ops_per_s"].clone();
+    v["redis_incr"] = incr;
+    v["redis_set"] = set;
+    v["vs_incr"] = json!(vs_incr);
+    v["vs_set"] = json!(vs_set);
+    Ok(v)
+}
+
+/// `overhead`: CPU per op of `serve` counting vs `serve --no-count`, same rate, interleaved.
+pub fn overhead(o: &LoadOpts, rounds: usize) -> Result<Value, String> {
+    let rate = o.rate.unwrap_or(20_000.0);
+    let o = LoadOpts {
+        rate: Some(rate),
+        ..o.clone()
+    };
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for _ in 0..rounds.max(1) {
+        for counting in [true, false] {
+            let v = run_target(&o, Target::Headcount, counting)?;
+            let us = v["cpu_us_per_op"].as_f64().unwrap_or(0.0);
+            o.say(format!("counting={counting}: {us:.3} µs CPU per op"));
+            if counting { &mut on } else { &mut off }.push((us, v));
+        }
+    }
+    let med = |v: &[(f64, Value)]| {
+        let mut x: Vec<f64> = v.iter().map(|p| p.0).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let (a, b) = (med(&on), med(&off));
+    let mut v = on[on.len() / 2].1.clone();
+    v["machine"] = machine();
+    v["cpu_us_per_op_counting"] = json!((a * 1000.0).round() / 1000.0);
+    v["cpu_us_per_op_not_counting"] = json!((b * 1000.0).round() / 1000.0);
+    v["overhead_ratio"] = json!(if b > 0.0 {
+        ((a / b) * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    });
+    v["runs_counting"] = json!(on.iter().map(|p| p.0).collect::<Vec<_>>());
+    v["runs_not_counting"] = json!(off.iter().map(|p| p.0).collect::<Vec<_>>());
+    Ok(v)
+}
+
+/// `soak`: churn at a moderate rate for a long time, sampling RSS; exact at the end.
+pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, String> {
+    let rate = o.rate.unwrap_or(10_000.0);
+    raise_nofile((o.connections as u64) * 2 + 20_000)?;
+    let servers = Servers::headcount(o.nodes, o.workers, &o.tick, true)?;
+    let mut rig = Rig::open(servers, o.workload())?;
+    let start = Instant::now();
+    let slice = Duration::from_secs(1).min(o.duration);
+    let mut samples: Vec<(f64, u64)> = vec![(0.0, rig.servers.rss())];
+    let mut steps = Vec::new();
+    while start.elapsed() < o.duration {
+        let s = rig.churn(rate, slice)?;
+        samples.push((start.elapsed().as_secs_f64(), rig.servers.rss()));
+        steps.push(s);
+    }
+    let exact_ms = rig.wait_exact(Duration::from_secs(10))?;
+    // Flat after warm-up: the last fifth's RSS against the second fifth's.
+    let n = samples.len();
+    let warm = samples[(n / 5).max(1).min(n - 1)..(2 * n / 5).max(2).min(n)]
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    let end = samples[(4 * n / 5).min(n - 1)..]
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .unwrap_or(0);
+    let growth = if warm > 0 {
+        end as f64 / warm as f64 - 1.0
+    } else {
+        0.0
+    };
+    if let Some(p) = plot_path {
+        plot::rss_over_time(p, &samples)?;
+    }
+    let errors: u64 = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
+    let p99 = steps.iter().map(|s| s.p99_ms).fold(0.0, f64::max);
+    Ok(json!({
+        "machine": machine(),
+        "nodes": o.nodes,
+        "connections": o.connections,
+        "duration_s": o.duration.as_secs_f64(),
+        "target_joins_per_s": rate,
+        "churn_ops_per_s": steps.iter().map(|s| s.churn_ops_per_s).sum::<f64>() / steps.len().max(1) as f64,
+        "join_p99_ms_worst_second": p99,
+        "exact": exact_ms.is_some(),
+        "time_to_exact_ms": exact_ms,
+        "errors": errors,
+        "rss_bytes": rig.servers.rss(),
+        "rss_after_warmup_bytes": warm,
+        "rss_at_end_bytes": end,
+        "rss_growth_after_warmup": (growth * 10000.0).round() / 10000.0,
+        "flat_within_1_percent": growth.abs() <= 0.01,
+        "rss_samples": samples.iter().map(|s| json!([ (s.0 * 10.0).round() / 10.0, s.1 ])).collect::<Vec<_>>(),
+    }))
+}
