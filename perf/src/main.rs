@@ -116,6 +116,27 @@ enum Cmd {
     Overhead(OverheadArgs),
     /// Load at a moderate rate for a long time: RSS over time, exact at the end.
     Soak(SoakArgs),
+    /// (Internal) one client process of the load harness; driven over stdin/stdout.
+    #[command(hide = true)]
+    LoadClient(LoadClientArgs),
+}
+
+#[derive(Args)]
+struct LoadClientArgs {
+    #[arg(long)]
+    id: usize,
+    #[arg(long)]
+    procs: usize,
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    servers: String,
+    #[arg(long)]
+    topics: usize,
+    #[arg(long)]
+    conns: usize,
+    #[arg(long)]
+    seed: u64,
 }
 
 #[derive(Args, Clone)]
@@ -141,8 +162,8 @@ struct LoadArgs {
     /// Seconds of churn (per step of the ladder).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Client threads.
-    #[arg(long, default_value_t = 1)]
+    /// Client processes (at least one per 15,000 connections).
+    #[arg(long = "clients", default_value_t = 1)]
     threads: usize,
     /// The servers' tick.
     #[arg(long, default_value = "100ms")]
@@ -324,6 +345,14 @@ fn main() {
         }
         Cmd::Wire(a) => print(a.json, &cluster::wire()),
         Cmd::Load(a) => done(a.json, load::load(&a.opts())),
+        Cmd::LoadClient(a) => {
+            if let Err(e) = load::client_main(
+                a.id, a.procs, &a.target, &a.servers, a.topics, a.conns, a.seed,
+            ) {
+                eprintln!("headcount-perf load-client: {e}");
+                std::process::exit(1);
+            }
+        }
         Cmd::BaselineRedis(a) => done(
             a.load.json,
             load::baseline(&a.load.opts(), a.plot.as_deref()),

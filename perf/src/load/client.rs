@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use serde_json::{Value, json};
 
 use super::Target;
 
@@ -92,6 +93,97 @@ pub struct Report {
     pub behind: u64,
     /// JOIN reply latency, microseconds.
     pub latency: Histogram<u64>,
+}
+
+impl Phase {
+    /// The line a parent sends to a client process.
+    pub fn line(&self) -> String {
+        match self {
+            Phase::Open => "open".into(),
+            Phase::Churn {
+                joins_per_s,
+                duration,
+            } => format!("churn {joins_per_s} {}", duration.as_secs_f64()),
+            Phase::Stop => "stop".into(),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Phase> {
+        let mut w = line.split_whitespace();
+        match w.next()? {
+            "open" => Some(Phase::Open),
+            "stop" => Some(Phase::Stop),
+            "churn" => Some(Phase::Churn {
+                joins_per_s: w.next()?.parse().ok()?,
+                duration: Duration::from_secs_f64(w.next()?.parse().ok()?),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Report {
+    pub fn to_json(&self) -> Value {
+        let lat: Vec<[u64; 2]> = self
+            .latency
+            .iter_recorded()
+            .map(|v| [v.value_iterated_to(), v.count_at_value()])
+            .collect();
+        json!({
+            "ledger": self.ledger, "joins": self.joins, "leaves": self.leaves,
+            "errors": self.errors, "behind": self.behind, "latency": lat,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Result<Report, String> {
+        let n = |k: &str| v[k].as_u64().ok_or(format!("report without {k}"));
+        let mut latency =
+            Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+        for p in v["latency"].as_array().ok_or("report without latency")? {
+            let (val, count) = (p[0].as_u64().unwrap_or(1), p[1].as_u64().unwrap_or(0));
+            latency
+                .record_n(val.clamp(1, 60_000_000), count)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Report {
+            ledger: v["ledger"]
+                .as_array()
+                .ok_or("report without ledger")?
+                .iter()
+                .map(|x| x.as_i64().unwrap_or(0))
+                .collect(),
+            joins: n("joins")?,
+            leaves: n("leaves")?,
+            errors: n("errors")?,
+            behind: n("behind")?,
+            latency,
+        })
+    }
+}
+
+/// A client process: phases as lines on standard input, reports as JSON lines on standard
+/// output (the parent runs several, as one process may hold only so many sockets).
+pub fn serve_stdio(cfg: Client) -> Result<(), String> {
+    use std::io::BufRead;
+    let (ptx, prx) = mpsc::channel();
+    let (rtx, rrx) = mpsc::channel();
+    let t = std::thread::spawn(move || run(cfg, prx, rtx));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let phase = Phase::parse(&line).ok_or(format!("bad phase line {line:?}"))?;
+        let stop = matches!(phase, Phase::Stop);
+        ptx.send(phase).map_err(|_| "client thread died")?;
+        if stop {
+            break;
+        }
+        let r = rrx.recv().map_err(|_| "client thread died")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", r.to_json()).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    drop(ptx);
+    let _ = t.join();
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -374,7 +466,7 @@ impl Thread {
         c.state = State::Closed;
     }
 
-    fn on_event(&mut self, i: usize, readable: bool, writable: bool) {
+    fn on_event(&mut self, i: usize, readable: bool, writable: bool, closed: bool) {
         if self.conns[i].state == State::Connecting && (writable || readable) {
             let connected = self.conns[i]
                 .stream
@@ -389,11 +481,12 @@ impl Thread {
             }
         }
         if readable {
-            self.read(i);
+            self.read(i, closed);
         }
     }
 
-    fn read(&mut self, i: usize) {
+    /// `closed`: the peer shut down; read on until EOF.
+    fn read(&mut self, i: usize, closed: bool) {
         let mut buf = [0u8; 4096];
         loop {
             let c = &mut self.conns[i];
@@ -407,6 +500,10 @@ impl Thread {
                 Ok(n) => {
                     c.partial.extend_from_slice(&buf[..n]);
                     self.replies(i);
+                    if n < buf.len() && !closed {
+                        // Drained: new bytes raise a new edge (one syscall saved per reply).
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -474,19 +571,21 @@ impl Thread {
         if self.poll.poll(events, Some(timeout)).is_err() {
             return;
         }
-        let evs: Vec<(usize, bool, bool)> = events
+        let evs: Vec<(usize, bool, bool, bool)> = events
             .iter()
             .map(|e| {
+                let closed = e.is_read_closed() || e.is_error();
                 (
                     e.token().0,
-                    e.is_readable() || e.is_read_closed(),
+                    e.is_readable() || closed,
                     e.is_writable(),
+                    closed,
                 )
             })
             .collect();
-        for (i, r, w) in evs {
+        for (i, r, w, closed) in evs {
             if i < self.conns.len() {
-                self.on_event(i, r, w);
+                self.on_event(i, r, w, closed);
             }
         }
     }

@@ -9,7 +9,6 @@ mod client;
 mod plot;
 mod servers;
 
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -31,6 +30,12 @@ pub enum Target {
 }
 
 impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        [Target::Headcount, Target::RedisIncr, Target::RedisSet]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Headcount => "headcount",
@@ -103,13 +108,19 @@ impl Step {
     }
 }
 
-/// Servers plus the client threads holding every connection.
+/// A client process of this harness (`headcount-perf load-client`), holding its share of the
+/// connections.
+struct ClientProc {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+/// Servers plus the client processes holding every connection.
 pub struct Rig {
     pub servers: Servers,
     w: Workload,
-    tx: Vec<mpsc::Sender<Phase>>,
-    rx: mpsc::Receiver<Report>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    clients: Vec<ClientProc>,
     pub ledger: Vec<i64>,
     pub setup_errors: u64,
     pub setup_secs: f64,
@@ -117,11 +128,21 @@ pub struct Rig {
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        for t in &self.tx {
-            let _ = t.send(Phase::Stop);
+        use std::io::Write;
+        for c in &mut self.clients {
+            let _ = writeln!(c.stdin, "{}", Phase::Stop.line());
+            let _ = c.stdin.flush();
         }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        for c in &mut self.clients {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.child.kill();
+            let _ = c.child.wait();
         }
     }
 }
@@ -133,60 +154,107 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     (h.value_at_quantile(q) as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
+/// Connections one client process holds at most (under this machine's open-file limit).
+pub const PER_CLIENT_PROC: usize = 15_000;
+
+/// The child side of [`Rig`]: `headcount-perf load-client …`.
+pub fn client_main(
+    id: usize,
+    procs: usize,
+    target: &str,
+    servers: &str,
+    topics: usize,
+    conns: usize,
+    seed: u64,
+) -> Result<(), String> {
+    raise_nofile((conns / procs.max(1)) as u64 + 1000)?;
+    let servers = servers
+        .split(',')
+        .map(|a| a.parse().map_err(|e| format!("server {a:?}: {e}")))
+        .collect::<Result<Vec<_>, String>>()?;
+    client::serve_stdio(Client {
+        id,
+        threads: procs,
+        target: Target::parse(target).ok_or(format!("unknown target {target:?}"))?,
+        servers,
+        topics,
+        conns,
+        seed,
+    })
+}
+
 impl Rig {
-    /// Starts the client threads and opens every connection (each joins its first topics).
+    /// Starts the client processes and opens every connection (each joins its first topics).
     pub fn open(servers: Servers, w: Workload) -> Result<Rig, String> {
-        let (rtx, rx) = mpsc::channel();
-        let mut tx = Vec::new();
-        let mut threads = Vec::new();
-        for id in 0..w.threads {
-            let (ptx, prx) = mpsc::channel();
-            let cfg = Client {
-                id,
-                threads: w.threads,
-                target: servers.target,
-                servers: servers.addrs.clone(),
-                topics: w.topics,
-                conns: w.connections,
-                seed: w.seed.wrapping_mul(id as u64 + 1) ^ 0x9e37_79b9_7f4a_7c15,
-            };
-            let rtx = rtx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("load-client-{id}"))
-                    .spawn(move || client::run(cfg, prx, rtx))
-                    .map_err(|e| e.to_string())?,
-            );
-            tx.push(ptx);
+        let procs = w
+            .connections
+            .div_ceil(PER_CLIENT_PROC)
+            .max(w.threads)
+            .max(1);
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let addrs: Vec<String> = servers.addrs.iter().map(|a| a.to_string()).collect();
+        let mut clients = Vec::new();
+        for id in 0..procs {
+            let mut child = std::process::Command::new(&me)
+                .args([
+                    "load-client",
+                    "--id",
+                    &id.to_string(),
+                    "--procs",
+                    &procs.to_string(),
+                    "--target",
+                    servers.target.name(),
+                    "--servers",
+                    &addrs.join(","),
+                    "--topics",
+                    &w.topics.to_string(),
+                    "--conns",
+                    &w.connections.to_string(),
+                    "--seed",
+                    &(w.seed.wrapping_mul(id as u64 + 1) ^ 0x9e37_79b9_7f4a_7c15).to_string(),
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("load-client: {e}"))?;
+            let stdin = child.stdin.take().ok_or("no stdin")?;
+            let stdout = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+            clients.push(ClientProc {
+                child,
+                stdin,
+                stdout,
+            });
         }
         let mut rig = Rig {
             servers,
             ledger: vec![0; w.topics],
             w,
-            tx,
-            rx,
-            threads,
+            clients,
             setup_errors: 0,
             setup_secs: 0.0,
         };
         let start = Instant::now();
-        let reports = rig.phase(|| Phase::Open)?;
+        let reports = rig.phase(&Phase::Open)?;
         rig.setup_secs = start.elapsed().as_secs_f64();
         rig.setup_errors = reports.iter().map(|r| r.errors).sum();
         Ok(rig)
     }
 
-    fn phase(&mut self, p: impl Fn() -> Phase) -> Result<Vec<Report>, String> {
-        for t in &self.tx {
-            t.send(p()).map_err(|_| "a client thread died")?;
+    fn phase(&mut self, p: &Phase) -> Result<Vec<Report>, String> {
+        use std::io::{BufRead, Write};
+        for c in &mut self.clients {
+            writeln!(c.stdin, "{}", p.line()).map_err(|e| format!("a client process died: {e}"))?;
+            c.stdin.flush().map_err(|e| e.to_string())?;
         }
         let mut reports = Vec::new();
-        for _ in 0..self.tx.len() {
-            reports.push(
-                self.rx
-                    .recv_timeout(Duration::from_secs(900))
-                    .map_err(|_| "a client thread did not report")?,
-            );
+        for c in &mut self.clients {
+            let mut line = String::new();
+            c.stdout
+                .read_line(&mut line)
+                .map_err(|e| format!("a client process failed: {e}"))?;
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| format!("a client process reported {line:?}: {e}"))?;
+            reports.push(Report::from_json(&v)?);
         }
         let mut ledger = vec![0i64; self.w.topics];
         for r in &reports {
@@ -203,8 +271,8 @@ impl Rig {
         let cpu0 = self.servers.cpu_seconds();
         let wire0 = self.servers.wire_bytes();
         let start = Instant::now();
-        let per = joins_per_s / self.tx.len() as f64;
-        let reports = self.phase(|| Phase::Churn {
+        let per = joins_per_s / self.clients.len() as f64;
+        let reports = self.phase(&Phase::Churn {
             joins_per_s: per,
             duration,
         })?;
@@ -368,11 +436,16 @@ const LADDER: [f64; 12] = [
 /// Runs the workload against one target: open, then either churn at `rate` or climb the
 /// ladder until a step is not sustained; then check exactness.
 fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value, String> {
-    let nofile = raise_nofile((o.connections as u64) * 2 + 20_000)?;
-    if (nofile as usize) < o.connections + 1000 {
+    let nofile = raise_nofile(PER_CLIENT_PROC as u64 + 1000)?;
+    let per_server = match target {
+        Target::Headcount => o.connections.div_ceil(o.nodes),
+        _ => o.connections,
+    };
+    if per_server + 200 > nofile as usize {
         return Err(format!(
-            "the open-file limit is {nofile}: too low for {} connections (run as root, or raise it)",
-            o.connections
+            "each server process would hold {per_server} connections, but the open-file limit \
+             here is {nofile} (the hard limit; raising it needs CAP_SYS_RESOURCE): use more \
+             --nodes or fewer --connections"
         ));
     }
     let servers = match target {
@@ -531,7 +604,7 @@ pub fn overhead(o: &LoadOpts, rounds: usize) -> Result<Value, String> {
 /// `soak`: churn at a moderate rate for a long time, sampling RSS; exact at the end.
 pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, String> {
     let rate = o.rate.unwrap_or(10_000.0);
-    raise_nofile((o.connections as u64) * 2 + 20_000)?;
+    raise_nofile(PER_CLIENT_PROC as u64 + 1000)?;
     let servers = Servers::headcount(o.nodes, o.workers, &o.tick, true)?;
     let mut rig = Rig::open(servers, o.workload())?;
     let start = Instant::now();

@@ -133,7 +133,8 @@ impl Worker {
                     LISTENER => self.accept(),
                     WAKER => {}
                     Token(key) => {
-                        if let Next::Close = self.drive(key) {
+                        let closed = ev.is_read_closed() || ev.is_error();
+                        if let Next::Close = self.drive(key, closed) {
                             self.close(key);
                         }
                     }
@@ -228,8 +229,11 @@ impl Worker {
     }
 
     /// Reads, answers and writes until the socket would block. Edge-triggered: everything
-    /// readable is consumed before returning (unless the client stopped reading its replies).
-    fn drive(&mut self, key: usize) -> Next {
+    /// readable is consumed before returning (unless the client stopped reading its replies);
+    /// a read shorter than the buffer counts as "drained" (the kernel raises a new edge for
+    /// bytes that arrive after it), which saves a syscall per request.
+    /// `peer_closed`: the event said the peer shut down (read on until EOF, no shortcut).
+    fn drive(&mut self, key: usize, peer_closed: bool) -> Next {
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return Next::Keep;
@@ -283,6 +287,13 @@ impl Worker {
             };
             if let Next::Close = next {
                 return Next::Close;
+            }
+            // A short read emptied the socket: new bytes will raise a new edge, so there is
+            // no need for one more read() just to see WouldBlock (a syscall per request saved).
+            let conn = &self.conns[key];
+            let paused = conn.bufs.as_ref().is_some_and(|b| b.paused);
+            if n < READ_CHUNK && !paused && !conn.session.closing && !peer_closed {
+                return Next::Keep;
             }
         }
     }
