@@ -321,9 +321,29 @@ pub fn run(cfg: Client, rx: mpsc::Receiver<Phase>, tx: mpsc::Sender<Report>) {
 
 impl Thread {
     /// 1–3 topics for a new connection.
+    /// 1–3 distinct topics for a new connection. (Distinct, so that the Redis set variant,
+    /// which counts a member once per set, counts what the others count.)
     fn first_topics(&mut self) -> Vec<u32> {
         let k = 1 + self.rng.below(3);
-        (0..k).map(|_| self.zipf.pick(&mut self.rng)).collect()
+        let mut v = Vec::with_capacity(k);
+        while v.len() < k {
+            let t = self.fresh_topic(&v);
+            v.push(t);
+        }
+        v
+    }
+
+    /// A Zipf-picked topic not in `held` (a few tries; then any topic not held).
+    fn fresh_topic(&mut self, held: &[u32]) -> u32 {
+        for _ in 0..16 {
+            let t = self.zipf.pick(&mut self.rng);
+            if !held.contains(&t) {
+                return t;
+            }
+        }
+        (0..self.cfg.topics as u32)
+            .find(|t| !held.contains(t))
+            .unwrap_or(0)
     }
 
     fn connect(&mut self, i: usize) {
@@ -668,10 +688,12 @@ impl Thread {
             2
         } else {
             // Swap: leave one held topic, join another, in one write.
+            let held = std::mem::take(&mut self.conns[i].held);
+            let new = self.fresh_topic(&held);
             let c = &mut self.conns[i];
+            c.held = held;
             let k = (self.rng.next() % c.held.len() as u64) as usize;
             let old = c.held.swap_remove(k);
-            let new = self.zipf.pick(&mut self.rng);
             let member = self.member(i);
             let (o, n) = (topic_name(old), topic_name(new));
             let mut out = std::mem::take(&mut self.out);

@@ -138,6 +138,9 @@ impl Servers {
                 &max_clients.to_string(),
                 "--tcp-backlog",
                 "4096",
+                // Clients come from many 127.x addresses; protected mode admits only 127.0.0.1.
+                "--protected-mode",
+                "no",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
