@@ -86,7 +86,8 @@ impl Servers {
                 "64",
             ]);
             if !counting {
-                cmd.args(["--no-count", "--standalone"]);
+                // Same cluster, same engine thread: only the counting is missing.
+                cmd.arg("--no-count");
             }
             let mut child = cmd
                 .stdin(Stdio::null())
