@@ -500,7 +500,8 @@ fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value, Str
     } else {
         None
     };
-    let rss = rig.servers.rss();
+    let rss_each = rig.servers.rss_each();
+    let rss: u64 = rss_each.iter().sum();
     let last = steps.last().cloned();
     let shown = best.clone().or(last).ok_or("no churn step ran")?;
     let errors = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
@@ -515,6 +516,7 @@ fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value, Str
         "time_to_exact_ms": exact_ms.map(|m| (m * 10.0).round() / 10.0),
         "errors": errors,
         "rss_bytes": rss,
+        "rss_bytes_per_node": rss_each,
         "max_sustained_joins_per_s": best.as_ref().map_or(0.0, |b| b.joins_per_s.round()),
         "steps": steps.iter().map(Step::json).collect::<Vec<_>>(),
     });
@@ -556,7 +558,46 @@ pub fn baseline(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Val
     if let Some(p) = plot_path {
         plot::latency_vs_rate(p, &[&hc, &incr, &set])?;
     }
+    // p99 and CPU per op at the highest ladder rate every target ran and sustained.
+    let sustained_rates = |v: &Value| -> Vec<f64> {
+        v["steps"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter(|st| {
+                        st["join_p99_ms"].as_f64().unwrap_or(f64::MAX) <= 10.0
+                            && st["errors"].as_u64() == Some(0)
+                    })
+                    .filter_map(|st| st["target_joins_per_s"].as_f64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (a, b, c) = (
+        sustained_rates(&hc),
+        sustained_rates(&incr),
+        sustained_rates(&set),
+    );
+    let common = a
+        .iter()
+        .copied()
+        .filter(|r| b.contains(r) && c.contains(r))
+        .fold(0.0, f64::max);
+    let at = |v: &Value| {
+        v["steps"].as_array().and_then(|s| {
+            s.iter()
+                .rfind(|st| st["target_joins_per_s"].as_f64() == Some(common))
+                .map(|st| json!({"join_p99_ms": st["join_p99_ms"], "cpu_us_per_op": st["cpu_us_per_op"], "cpu_percent": st["cpu_percent"]}))
+        })
+    };
+    let at_common = json!({
+        "joins_per_s": common,
+        "headcount": at(&hc),
+        "redis_incr": at(&incr),
+        "redis_set": at(&set),
+    });
     let mut v = hc.clone();
+    v["at_common_rate"] = at_common;
     v["machine"] = machine();
     v["nodes"] = json!(o.nodes);
     v["redis_note"] =
@@ -645,14 +686,25 @@ pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, 
     }
     let errors: u64 = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
     let p99 = steps.iter().map(|s| s.p99_ms).fold(0.0, f64::max);
+    let mean = |f: fn(&Step) -> f64| steps.iter().map(f).sum::<f64>() / steps.len().max(1) as f64;
+    let med = |f: fn(&Step) -> f64| {
+        let mut x: Vec<f64> = steps.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x.get(x.len() / 2).copied().unwrap_or(0.0)
+    };
     Ok(json!({
         "machine": machine(),
         "nodes": o.nodes,
         "connections": o.connections,
         "duration_s": o.duration.as_secs_f64(),
         "target_joins_per_s": rate,
-        "churn_ops_per_s": steps.iter().map(|s| s.churn_ops_per_s).sum::<f64>() / steps.len().max(1) as f64,
+        "churn_ops_per_s": mean(|s| s.churn_ops_per_s).round(),
         "join_p99_ms_worst_second": p99,
+        "join_p50_ms": med(|s| s.p50_ms),
+        "join_p99_ms": med(|s| s.p99_ms),
+        "join_p999_ms": med(|s| s.p999_ms),
+        "cpu_percent": (mean(|s| s.cpu_percent) * 10.0).round() / 10.0,
+        "wire_bytes_per_node_per_s": mean(|s| s.wire_bytes_per_node_per_s).round(),
         "exact": exact_ms.is_some(),
         "time_to_exact_ms": exact_ms,
         "errors": errors,

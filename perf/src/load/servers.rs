@@ -187,7 +187,12 @@ impl Servers {
 
     /// Resident set size, summed over the servers.
     pub fn rss(&self) -> u64 {
-        self.procs.iter().map(|p| rss(p.id())).sum()
+        self.rss_each().iter().sum()
+    }
+
+    /// Resident set size of each server.
+    pub fn rss_each(&self) -> Vec<u64> {
+        self.procs.iter().map(|p| rss(p.id())).collect()
     }
 
     /// Cluster bytes sent, summed over the nodes (headcount only).
