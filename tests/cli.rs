@@ -252,6 +252,14 @@ fn watch_once_json_sees_the_cluster_and_is_not_counted() {
 }
 
 #[test]
+fn demo_with_a_single_user_on_a_single_node() {
+    let o = run(&["demo", "--users", "1", "--nodes", "1", "--duration", "1s"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("EXACT"), "{t}");
+}
+
+#[test]
 fn demo_stops_early_on_ctrl_c_with_its_summary() {
     let child = Command::new(BIN)
         .args(["demo", "--duration", "120s", "--users", "3000"])

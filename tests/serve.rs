@@ -72,9 +72,10 @@ fn pipelined_and_inline_requests() {
     for _ in 0..1000 {
         assert_eq!(c.read().int(), 1);
     }
-    c.send_raw(b"PING\r\nJOIN  a   b\r\n");
+    c.send_raw(b"PING\r\nJOIN  a   b\r\nECHO \"x y\"\r\n");
     assert_eq!(c.read(), V::Simple("PONG".into()));
     assert_eq!(c.read().int(), 2);
+    assert_eq!(c.read(), V::Bulk(b"x y".to_vec()));
     assert!(wait_count(s.addr, "t999", 1));
 }
 
@@ -170,13 +171,13 @@ fn random_garbage_never_kills_a_worker() {
 }
 
 #[test]
-fn a_client_that_does_not_read_is_paused_not_buffered_without_bound() {
+fn a_client_that_reads_late_gets_every_reply() {
     let s = standalone();
     let mut c = s.connect();
     assert_eq!(c.cmd(&["JOIN", "x"]).int(), 1);
     assert!(wait_count(s.addr, "x", 1));
-    // 20,000 pipelined TOP requests without reading a reply: the server stops reading this
-    // connection once its unsent replies pass the backpressure mark, and goes on later.
+    // 20,000 pipelined TOP requests written before any reply is read (like a client-side
+    // pipeline): the server buffers the replies (up to --max-output) and sends them all.
     let req = b"*2\r\n$3\r\nTOP\r\n$1\r\n5\r\n".repeat(20_000);
     let mut w = std::net::TcpStream::connect(s.addr).unwrap();
     w.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -201,6 +202,60 @@ fn a_client_that_does_not_read_is_paused_not_buffered_without_bound() {
 }
 
 #[test]
+fn a_client_that_never_reads_is_closed_at_max_output_and_its_presences_leave() {
+    let s = Server::start(&["--standalone", "--max-output", "100000"]);
+    let mut c = s.connect();
+    // 100 topics, so that each `TOP 100` reply is about 2 kB.
+    let names: Vec<String> = (0..100).map(|i| format!("topic-{i:03}")).collect();
+    let mut join = vec!["JOIN"];
+    join.extend(names.iter().map(String::as_str));
+    assert_eq!(c.cmd(&join).int(), 100);
+    assert!(wait_count(s.addr, "topic-099", 1));
+    let mut w = std::net::TcpStream::connect(s.addr).unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    w.write_all(b"*2\r\n$4\r\nJOIN\r\n$4\r\nheld\r\n").unwrap();
+    assert!(wait_count(s.addr, "held", 1));
+    // ~40 MB of replies requested and none read: far past what the kernel's socket buffers
+    // absorb and the 100 kB limit, so the server closes this client.
+    let req = b"*2\r\n$3\r\nTOP\r\n$3\r\n100\r\n".repeat(20_000);
+    let _ = w.write_all(&req); // may fail once the server has closed: that is the point
+    assert!(
+        wait_count(s.addr, "held", 0),
+        "the closed client's presence left"
+    );
+    let info = c.cmd(&["INFO", "clients"]).str();
+    assert!(info.contains("output_limit_closes:1"), "{info}");
+}
+
+#[test]
+fn a_flooding_client_does_not_starve_its_worker() {
+    // One worker: the flooder and the other client share it.
+    let s = Server::start(&["--standalone", "--workers", "1"]);
+    let addr = s.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut f = std::net::TcpStream::connect(addr).unwrap();
+            let junk = b"*0\r\n".repeat(16 * 1024); // empty requests: no replies at all
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if f.write_all(&junk).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // Every PING is answered while the flood goes on (each read has a 10 s bound).
+    let mut c = s.connect();
+    for _ in 0..20 {
+        assert_eq!(c.cmd(&["PING"]), V::Simple("PONG".into()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flooder.join().unwrap();
+}
+
+#[test]
 fn auth_hello_resp3_info_nodes_config() {
     let s = Server::start(&["--standalone", "--requirepass", "s3cret"]);
     let mut c = s.connect();
@@ -210,6 +265,16 @@ fn auth_hello_resp3_info_nodes_config() {
     );
     assert!(c.cmd(&["AUTH", "wrong"]).str().starts_with("WRONGPASS"));
     assert!(c.cmd(&["HELLO", "3"]).str().starts_with("NOAUTH"));
+    assert!(
+        c.cmd(&["HELLO", "3", "AUTH", "bob", "s3cret"])
+            .str()
+            .starts_with("WRONGPASS")
+    );
+    // Before AUTH a request may carry only a few arguments (Redis's limits).
+    let mut d = s.connect();
+    let many: Vec<&str> = std::iter::once("PING").chain(["x"; 20]).collect();
+    assert!(d.cmd(&many).str().contains("too many arguments"));
+    assert!(d.closed());
     let hello = c.cmd(&["HELLO", "3", "AUTH", "default", "s3cret"]);
     let V::Map(fields) = hello else {
         panic!("HELLO 3 answers a map: {hello:?}")

@@ -69,19 +69,14 @@ impl Server {
     /// it to listen.
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--tick",
-            "50ms",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"]);
+        if !args.contains(&"--workers") {
+            cmd.args(["--workers", "2"]);
+        }
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn headcount serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();

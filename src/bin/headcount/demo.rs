@@ -76,7 +76,9 @@ fn worker(
     while !stop.load(Ordering::Relaxed) {
         // A burst of churn, then a breath, so the demo does not take the machine over.
         for _ in 0..2_000 {
-            let join = held.len() < hold / 2 || (held.len() < hold && rng.next() & 1 == 0);
+            let join = held.is_empty()
+                || held.len() < hold / 2
+                || (held.len() < hold && rng.next() & 1 == 0);
             if join {
                 held.push(shard.join(topics[rng.long_tail(topics.len())]));
             } else {

@@ -13,25 +13,27 @@ use headcount::{Reject, TICK_BUCKETS};
 use crate::config::ConfigError;
 use crate::serve::Shared;
 
-/// The running endpoint; dropping it stops the thread.
+/// The running endpoint; dropping it stops accepting (without waiting for a slow scraper).
 pub struct Endpoint {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the blocking accept.
+        // Wake the blocking accept; the thread exits on its own.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
-/// Binds `addr` and serves scrapes until the returned endpoint is dropped.
+/// Scrapes answered at once; more are refused (closed) until one finishes.
+const MAX_SCRAPES: usize = 8;
+/// The whole time a scraper gets to send its request and read the answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Binds `addr` and serves scrapes until the returned endpoint is dropped. Each scrape gets a
+/// thread of its own and a deadline, so a slow client delays no one.
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>, top: usize) -> Result<Endpoint, ConfigError> {
     let listener =
         TcpListener::bind(addr).map_err(|e| ConfigError(format!("--metrics {addr}: {e}")))?;
@@ -40,41 +42,67 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>, top: usize) -> Result<Endpoi
         .map_err(|e| ConfigError(format!("--metrics {addr}: {e}")))?;
     tracing::info!(addr = %bound, "metrics on http://{bound}/metrics");
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("headcount-metrics".into())
             .spawn(move || {
-                for conn in listener.incoming() {
+                while !stop.load(Ordering::Relaxed) {
+                    let c = match listener.accept() {
+                        Ok((c, _)) => c,
+                        Err(_) => {
+                            // Out of descriptors or similar: back off instead of spinning.
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Ok(c) = conn {
-                        let _ = answer(c, &shared, top);
+                    if busy.fetch_add(1, Ordering::Relaxed) >= MAX_SCRAPES {
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        continue; // dropped: closed
+                    }
+                    let (shared, busy2) = (shared.clone(), busy.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("headcount-scrape".into())
+                        .spawn(move || {
+                            let _ = answer(c, &shared, top);
+                            busy2.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    if spawned.is_err() {
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                 }
             })
-            .map_err(|e| ConfigError(format!("--metrics: {e}")))?
-    };
-    Ok(Endpoint {
-        addr: bound,
-        stop,
-        thread: Some(thread),
-    })
+            .map_err(|e| ConfigError(format!("--metrics: {e}")))?;
+    }
+    Ok(Endpoint { addr: bound, stop })
 }
 
 fn answer(mut c: TcpStream, shared: &Shared, top: usize) -> std::io::Result<()> {
-    c.set_read_timeout(Some(Duration::from_secs(2)))?;
-    c.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
     let mut req = Vec::new();
     let mut buf = [0u8; 1024];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        if std::time::Instant::now() >= deadline {
+            return Ok(());
+        }
+        c.set_read_timeout(Some(left()))?;
         let n = c.read(&mut buf)?;
         if n == 0 {
             break;
         }
         req.extend_from_slice(&buf[..n]);
     }
+    c.set_write_timeout(Some(left()))?;
     let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (

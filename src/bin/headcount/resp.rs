@@ -62,11 +62,15 @@ impl std::fmt::Display for ProtoError {
 /// What [`parse`] found at the start of the buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    /// A whole request of this many bytes; its arguments are in the caller's list (empty for
+    /// A whole request of this many bytes; its arguments are ranges into the buffer (none for
     /// an empty request, which is skipped like Redis does).
     Request(usize),
-    /// Not a whole request yet: read more.
-    Incomplete,
+    /// A whole inline request of this many bytes with quoted arguments: the arguments are
+    /// ranges into the caller's scratch buffer, unquoted.
+    Unquoted(usize),
+    /// Not a whole request yet: nothing can parse before the buffer holds `need` bytes (so a
+    /// large request sent in small pieces is not re-parsed on every read).
+    Incomplete { need: usize },
 }
 
 /// Finds the first `\r\n` at or after `from`; returns the index of the `\r`.
@@ -83,32 +87,47 @@ fn crlf(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Parses a non-negative decimal length, as RESP writes them (no sign, no spaces).
+/// Parses a decimal length as Redis does (`string2ll`: no leading zeros, no spaces). Negative
+/// lengths come back as `None`.
 fn length(digits: &[u8], max: usize, err: &'static str) -> Result<Option<usize>, ProtoError> {
-    if digits == b"-1" {
-        return Ok(None);
-    }
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    let (neg, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty()
+        || digits.len() > 18
+        || !digits.iter().all(u8::is_ascii_digit)
+        || (digits[0] == b'0' && (digits.len() > 1 || neg))
+    {
         return Err(ProtoError::Syntax(err));
+    }
+    if neg {
+        return Ok(None);
     }
     let n = digits
         .iter()
         .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
     // Anything over the limit is reported as such by the caller; saturate instead of wrapping.
-    Ok(Some(usize::try_from(n).unwrap_or(usize::MAX).min(max + 1)))
+    Ok(Some(
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(max.saturating_add(1)),
+    ))
 }
 
-/// Parses one request at the start of `buf` into `args` (ranges into `buf`).
+/// Parses one request at the start of `buf` into `args`: ranges into `buf`, or into
+/// `scratch` for an inline request with quotes ([`Parsed::Unquoted`]).
 pub fn parse(
     buf: &[u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
+    scratch: &mut Vec<u8>,
 ) -> Result<Parsed, ProtoError> {
     args.clear();
     match buf.first() {
-        None => Ok(Parsed::Incomplete),
+        None => Ok(Parsed::Incomplete { need: 1 }),
         Some(b'*') => parse_multibulk(buf, limits, args),
-        Some(_) => parse_inline(buf, limits, args),
+        Some(_) => parse_inline(buf, limits, args, scratch),
     }
 }
 
@@ -117,14 +136,18 @@ fn parse_multibulk(
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
 ) -> Result<Parsed, ProtoError> {
+    let more = Parsed::Incomplete {
+        need: buf.len() + 1,
+    };
     let Some(end) = crlf(buf, 1) else {
         return if buf.len() > MAX_INLINE {
             Err(ProtoError::LineTooLong)
         } else {
-            Ok(Parsed::Incomplete)
+            Ok(more)
         };
     };
     let n = match length(&buf[1..end], limits.max_args, "invalid multibulk length")? {
+        // Zero or negative: an empty request, skipped (as Redis does).
         None | Some(0) => return Ok(Parsed::Request(end + 2)),
         Some(n) if n > limits.max_args => return Err(ProtoError::TooManyArgs(limits.max_args)),
         Some(n) => n,
@@ -132,7 +155,7 @@ fn parse_multibulk(
     let mut at = end + 2;
     for _ in 0..n {
         match buf.get(at) {
-            None => return Ok(Parsed::Incomplete),
+            None => return Ok(more),
             Some(b'$') => {}
             Some(_) => return Err(ProtoError::Syntax("expected '$'")),
         }
@@ -140,7 +163,7 @@ fn parse_multibulk(
             return if buf.len() - at > 32 {
                 Err(ProtoError::Syntax("invalid bulk length"))
             } else {
-                Ok(Parsed::Incomplete)
+                Ok(more)
             };
         };
         let len = match length(&buf[at + 1..end], limits.max_arg_len, "invalid bulk length")? {
@@ -153,7 +176,7 @@ fn parse_multibulk(
         let start = end + 2;
         let stop = start + len;
         if buf.len() < stop + 2 {
-            return Ok(Parsed::Incomplete);
+            return Ok(Parsed::Incomplete { need: stop + 2 });
         }
         if &buf[stop..stop + 2] != b"\r\n" {
             return Err(ProtoError::Syntax("bulk string not followed by CRLF"));
@@ -168,12 +191,15 @@ fn parse_inline(
     buf: &[u8],
     limits: &Limits,
     args: &mut Vec<Range<usize>>,
+    scratch: &mut Vec<u8>,
 ) -> Result<Parsed, ProtoError> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         return if buf.len() > MAX_INLINE {
             Err(ProtoError::LineTooLong)
         } else {
-            Ok(Parsed::Incomplete)
+            Ok(Parsed::Incomplete {
+                need: buf.len() + 1,
+            })
         };
     };
     if nl > MAX_INLINE {
@@ -184,6 +210,11 @@ fn parse_inline(
     } else {
         nl
     };
+    let line = &buf[..line_end];
+    if line.iter().any(|&b| b == b'"' || b == b'\'') {
+        split_quoted(line, limits, args, scratch)?;
+        return Ok(Parsed::Unquoted(nl + 1));
+    }
     let mut i = 0;
     while i < line_end {
         while i < line_end && buf[i].is_ascii_whitespace() {
@@ -194,16 +225,111 @@ fn parse_inline(
             i += 1;
         }
         if i > start {
-            if args.len() == limits.max_args {
-                return Err(ProtoError::TooManyArgs(limits.max_args));
-            }
-            if i - start > limits.max_arg_len {
-                return Err(ProtoError::ArgTooLong(limits.max_arg_len));
-            }
-            args.push(start..i);
+            push_arg(args, start..i, limits)?;
         }
     }
     Ok(Parsed::Request(nl + 1))
+}
+
+fn push_arg(
+    args: &mut Vec<Range<usize>>,
+    r: Range<usize>,
+    limits: &Limits,
+) -> Result<(), ProtoError> {
+    if args.len() == limits.max_args {
+        return Err(ProtoError::TooManyArgs(limits.max_args));
+    }
+    if r.len() > limits.max_arg_len {
+        return Err(ProtoError::ArgTooLong(limits.max_arg_len));
+    }
+    args.push(r);
+    Ok(())
+}
+
+/// Splits an inline line the way Redis's `sdssplitargs` does: `"…"` with `\n`, `\r`, `\t`,
+/// `\b`, `\a`, `\xHH` and `\<c>` escapes, `'…'` with `\'`; a closing quote must end the
+/// argument. The unquoted arguments go to `scratch`.
+fn split_quoted(
+    line: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    const UNBALANCED: ProtoError = ProtoError::Syntax("unbalanced quotes in request");
+    scratch.clear();
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            return Ok(());
+        }
+        let start = scratch.len();
+        let (mut inq, mut insq) = (false, false);
+        loop {
+            let Some(&c) = line.get(i) else {
+                if inq || insq {
+                    return Err(UNBALANCED);
+                }
+                break;
+            };
+            let ends_arg = |j: usize| line.get(j).is_none_or(u8::is_ascii_whitespace);
+            if inq {
+                if c == b'\\'
+                    && i + 3 < line.len()
+                    && line[i + 1] == b'x'
+                    && line[i + 2].is_ascii_hexdigit()
+                    && line[i + 3].is_ascii_hexdigit()
+                {
+                    let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                    scratch.push(hex(line[i + 2]) * 16 + hex(line[i + 3]));
+                    i += 4;
+                    continue;
+                } else if c == b'\\' && i + 1 < line.len() {
+                    scratch.push(match line[i + 1] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                    i += 2;
+                    continue;
+                } else if c == b'"' {
+                    if !ends_arg(i + 1) {
+                        return Err(UNBALANCED);
+                    }
+                    i += 1;
+                    break;
+                }
+                scratch.push(c);
+            } else if insq {
+                if c == b'\\' && line.get(i + 1) == Some(&b'\'') {
+                    scratch.push(b'\'');
+                    i += 2;
+                    continue;
+                } else if c == b'\'' {
+                    if !ends_arg(i + 1) {
+                        return Err(UNBALANCED);
+                    }
+                    i += 1;
+                    break;
+                }
+                scratch.push(c);
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => inq = true,
+                    b'\'' => insq = true,
+                    _ => scratch.push(c),
+                }
+            }
+            i += 1;
+        }
+        push_arg(args, start..scratch.len(), limits)?;
+    }
 }
 
 /// Writes replies into a buffer, in RESP2 or (after `HELLO 3`) RESP3.
@@ -305,10 +431,26 @@ mod tests {
     };
 
     fn args_of(buf: &[u8]) -> Result<(Parsed, Vec<Vec<u8>>), ProtoError> {
-        let mut args = Vec::new();
-        let p = parse(buf, &LIMITS, &mut args)?;
-        Ok((p, args.into_iter().map(|r| buf[r].to_vec()).collect()))
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        let p = parse(buf, &LIMITS, &mut args, &mut scratch)?;
+        let from = if matches!(p, Parsed::Unquoted(_)) {
+            &scratch[..]
+        } else {
+            buf
+        };
+        let got = args.into_iter().map(|r| from[r].to_vec()).collect();
+        Ok((incomplete(p), got))
     }
+
+    /// `Incomplete` without its hint, for comparisons.
+    fn incomplete(p: Parsed) -> Parsed {
+        match p {
+            Parsed::Incomplete { .. } => Parsed::Incomplete { need: 0 },
+            p => p,
+        }
+    }
+
+    const MORE: Parsed = Parsed::Incomplete { need: 0 };
 
     fn encode(args: &[Vec<u8>]) -> Vec<u8> {
         use redis_protocol::resp2::{encode::encode, types::OwnedFrame};
@@ -330,6 +472,22 @@ mod tests {
         // Empty requests are consumed and skipped.
         assert_eq!(args_of(b"*0\r\n").unwrap(), (Parsed::Request(4), vec![]));
         assert_eq!(args_of(b"*-1\r\n").unwrap(), (Parsed::Request(5), vec![]));
+        assert_eq!(args_of(b"*-5\r\n").unwrap(), (Parsed::Request(5), vec![]));
+        // Quoted inline arguments, as redis-cli and telnet users write them.
+        let (p, a) = args_of(b"ECHO \"a b\" 'c\\'d' \"\\x41\\n\"\r\n").unwrap();
+        assert_eq!(p, Parsed::Unquoted(28));
+        assert_eq!(
+            a,
+            vec![
+                b"ECHO".to_vec(),
+                b"a b".to_vec(),
+                b"c'd".to_vec(),
+                b"A\n".to_vec()
+            ]
+        );
+        let unbalanced = Err(ProtoError::Syntax("unbalanced quotes in request"));
+        assert_eq!(args_of(b"ECHO \"ab\r\n"), unbalanced);
+        assert_eq!(args_of(b"ECHO \"a\"b\r\n"), unbalanced);
         assert_eq!(args_of(b"\r\n").unwrap(), (Parsed::Request(2), vec![]));
         // Binary-safe bulk strings.
         let (_, a) = args_of(b"*1\r\n$4\r\na\r\nb\r\n").unwrap();
@@ -340,14 +498,23 @@ mod tests {
     fn incomplete_until_the_last_byte() {
         let req = b"*3\r\n$4\r\nJOIN\r\n$1\r\na\r\n$2\r\nbc\r\n";
         for cut in 0..req.len() {
-            assert_eq!(
-                args_of(&req[..cut]).unwrap().0,
-                Parsed::Incomplete,
-                "cut {cut}"
-            );
+            assert_eq!(args_of(&req[..cut]).unwrap().0, MORE, "cut {cut}");
         }
         assert_eq!(args_of(req).unwrap().0, Parsed::Request(req.len()));
-        assert_eq!(args_of(b"PING").unwrap().0, Parsed::Incomplete);
+        assert_eq!(args_of(b"PING").unwrap().0, MORE);
+        // The hint: a bulk string whose length is known is not re-parsed before it is whole.
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        assert_eq!(
+            parse(
+                b"*2\r\n$4\r\nJOIN\r\n$10\r\nab",
+                &LIMITS,
+                &mut args,
+                &mut scratch
+            ),
+            Ok(Parsed::Incomplete {
+                need: 14 + 5 + 10 + 2
+            })
+        );
     }
 
     #[test]
@@ -359,7 +526,8 @@ mod tests {
             b"*1\r\n$-1\r\n",
             b"*1\r\n$1x\r\n",
             b"*1\r\n$1\r\nab\r\n",
-            b"*-2\r\n",
+            b"*01\r\n",
+            b"*1\r\n$01\r\na\r\n",
             b"*99999999999999999999\r\n",
         ] {
             assert!(
@@ -372,7 +540,7 @@ mod tests {
         assert_eq!(args_of(b"*1\r\n$65\r\n"), Err(ProtoError::ArgTooLong(64)));
         assert_eq!(
             args_of(&[b'a'; 65][..]).map(|p| p.0),
-            Ok(Parsed::Incomplete),
+            Ok(MORE),
             "a long inline line is fine until MAX_INLINE"
         );
         let mut long = vec![b'a'; 65];
@@ -434,16 +602,29 @@ mod tests {
             prop_assert_eq!(p, Parsed::Request(buf.len()));
             prop_assert_eq!(got, args);
             let cut = cut.index(buf.len());
-            prop_assert_eq!(args_of(&buf[..cut]).unwrap().0, Parsed::Incomplete);
+            prop_assert_eq!(args_of(&buf[..cut]).unwrap().0, MORE);
+            // The hint never asks for more than the whole request.
+            let (mut a, mut s) = (Vec::new(), Vec::new());
+            if let Ok(Parsed::Incomplete { need }) = parse(&buf[..cut], &LIMITS, &mut a, &mut s) {
+                prop_assert!(need > cut && need <= buf.len());
+            }
         }
 
         /// Arbitrary bytes never panic, and a request is never longer than its input.
         #[test]
         fn never_panics(buf in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let mut args = Vec::new();
-            if let Ok(Parsed::Request(n)) = parse(&buf, &LIMITS, &mut args) {
-                prop_assert!(n <= buf.len());
-                prop_assert!(args.iter().all(|r| r.end <= n));
+            let (mut args, mut scratch) = (Vec::new(), Vec::new());
+            match parse(&buf, &LIMITS, &mut args, &mut scratch) {
+                Ok(Parsed::Request(n)) => {
+                    prop_assert!(n <= buf.len());
+                    prop_assert!(args.iter().all(|r| r.end <= n));
+                }
+                Ok(Parsed::Unquoted(n)) => {
+                    prop_assert!(n <= buf.len());
+                    prop_assert!(args.iter().all(|r| r.end <= scratch.len()));
+                }
+                Ok(Parsed::Incomplete { need }) => prop_assert!(need > buf.len()),
+                Err(_) => {}
             }
         }
     }

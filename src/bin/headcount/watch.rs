@@ -124,6 +124,19 @@ impl Watcher {
     }
 }
 
+/// A name fit for a terminal: control characters (escape sequences!) shown as `\u{…}`.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn trend(d: i64) -> String {
     match d {
         0 => "  =".into(),
@@ -148,7 +161,7 @@ pub fn render(s: &Snapshot, title: &str) -> String {
     );
     let _ = writeln!(o, "\n{:<40} {:>12} {:>8}", "TOPIC", "COUNT", "TREND");
     for t in &s.topics {
-        let name: String = t.topic.chars().take(40).collect();
+        let name: String = printable(&t.topic).chars().take(40).collect();
         let _ = writeln!(o, "{name:<40} {:>12} {:>8}", t.count, trend(t.delta));
     }
     let _ = writeln!(
@@ -247,4 +260,14 @@ fn print(s: &Snapshot, json: bool, title: &str, tty: bool) -> bool {
         writeln!(out, "{}", render(s, title))
     };
     r.and_then(|_| out.flush()).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_not_printed_raw() {
+        let shown = super::printable("a\u{1b}]0;pwned\u{7}b");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with('a') && shown.ends_with('b'));
+    }
 }

@@ -206,8 +206,19 @@ fn join(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
     let before = s.presences.len();
     for t in args.rest(1) {
         let name = topic_name(t).unwrap_or_default();
-        match engine.try_topic(name) {
-            Ok(topic) => s.presences.push(ctx.shard.join(topic)),
+        // A topic retired between the lookup and the join (it sat at zero for retire_after,
+        // and a tick ran right then) makes the handle stale: look it up again.
+        let mut joined = Err(headcount::Error::StaleTopic { id: 0 });
+        for _ in 0..3 {
+            joined = engine
+                .try_topic(name)
+                .and_then(|topic| ctx.shard.try_join(topic));
+            if !matches!(joined, Err(headcount::Error::StaleTopic { .. })) {
+                break;
+            }
+        }
+        match joined {
+            Ok(p) => s.presences.push(p),
             Err(e) => {
                 // The topic table is full: undo this command's joins.
                 s.presences.truncate(before);
@@ -279,7 +290,7 @@ fn hello(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
     while i < args.len() {
         let opt = args.get(i);
         if is(opt, "AUTH") && i + 2 < args.len() {
-            if !check_password(ctx.shared, args.get(i + 2)) {
+            if args.get(i + 1) != b"default" || !check_password(ctx.shared, args.get(i + 2)) {
                 return r.error("WRONGPASS invalid username-password pair or user is disabled.");
             }
             s.authed = true;

@@ -60,8 +60,8 @@ pub struct Args {
     /// Longest argument, in bytes [default: 4096].
     #[arg(long, value_name = "BYTES")]
     max_arg_len: Option<usize>,
-    /// Unsent replies, in bytes, above which a client that does not read is closed
-    /// [default: 16777216].
+    /// Unsent replies, in bytes, above which a client that does not read them is closed
+    /// [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     max_output: Option<usize>,
     /// TCP keepalive idle time: a client whose machine vanished without closing is detected
@@ -256,7 +256,7 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
             f.max_topics_per_connection,
             10_000,
         )?,
-        max_output: positive("max-output", a.max_output, f.max_output, 16 << 20)?,
+        max_output: positive("max-output", a.max_output, f.max_output, 64 << 20)?,
         keepalive: {
             let d = match a.tcp_keepalive {
                 Some(d) => d,
@@ -270,6 +270,12 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
             (!d.is_zero()).then_some(d)
         },
     };
+    if limits.request.max_args > 1 << 20 || limits.request.max_arg_len > 512 << 20 {
+        return Err(ConfigError(format!(
+            "--max-args {} / --max-arg-len {}: at most 1048576 arguments of 512 MiB",
+            limits.request.max_args, limits.request.max_arg_len
+        )));
+    }
     Ok(Settings {
         listen,
         workers,

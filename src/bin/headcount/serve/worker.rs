@@ -6,6 +6,9 @@
 //! Memory per idle connection is kept small: reads go into one worker-wide buffer, replies into
 //! another, and a connection only gets buffers of its own while it has a partial request or
 //! unsent replies.
+//!
+//! Fairness: one connection gets at most [`READS_PER_TURN`] reads per turn of the loop; a
+//! connection with more to read waits on a ready list for the next turn, after everyone else.
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
@@ -27,8 +30,14 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 
 /// Bytes read per `read` call (into the worker-wide buffer).
 const READ_CHUNK: usize = 64 * 1024;
-/// Stop reading a connection while this much of its output is unsent (it is not reading).
-const BACKPRESSURE: usize = 256 * 1024;
+/// Reads one connection gets per turn before the others have theirs.
+const READS_PER_TURN: usize = 8;
+/// Request limits before AUTH succeeds (as Redis: an unauthenticated client cannot make the
+/// server hold much).
+const PRE_AUTH: resp::Limits = resp::Limits {
+    max_args: 10,
+    max_arg_len: 16 * 1024,
+};
 
 /// One client connection: 48 bytes while it has nothing buffered (most of the time).
 struct Conn {
@@ -42,10 +51,10 @@ struct Conn {
 struct Bufs {
     /// A partial request carried over to the next read.
     input: Vec<u8>,
+    /// Parse `input` again only once it holds this many bytes.
+    need: usize,
     /// Replies the socket would not take yet.
     output: Vec<u8>,
-    /// `input` holds whole requests not answered yet: the client stopped reading its replies.
-    paused: bool,
 }
 
 impl Conn {
@@ -62,7 +71,7 @@ impl Conn {
         if self
             .bufs
             .as_ref()
-            .is_some_and(|b| b.input.is_empty() && b.output.is_empty() && !b.paused)
+            .is_some_and(|b| b.input.is_empty() && b.output.is_empty())
         {
             self.bufs = None;
         }
@@ -79,6 +88,10 @@ pub struct Worker {
     read_buf: Vec<u8>,
     reply_buf: Vec<u8>,
     args: Vec<Range<usize>>,
+    /// Unquoted inline arguments.
+    scratch: Vec<u8>,
+    /// Connections that used their reads for this turn and have more.
+    ready: Vec<usize>,
     /// Accepting stopped because the process ran out of descriptors: retry on the next wakeup.
     accept_paused: bool,
 }
@@ -108,6 +121,8 @@ impl Worker {
             read_buf: vec![0; READ_CHUNK],
             reply_buf: Vec::with_capacity(READ_CHUNK),
             args: Vec::new(),
+            scratch: Vec::new(),
+            ready: Vec::new(),
             accept_paused: false,
         })
     }
@@ -117,7 +132,11 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         while !self.shared.stopping() {
-            let timeout = self.accept_paused.then_some(Duration::from_millis(100));
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.accept_paused.then_some(Duration::from_millis(100))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -128,16 +147,16 @@ impl Worker {
             if self.accept_paused {
                 self.accept();
             }
+            // Last turn's unfinished connections first, then the new events.
+            let ready = std::mem::take(&mut self.ready);
+            for key in ready {
+                self.turn(key, false);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => {
-                        let closed = ev.is_read_closed() || ev.is_error();
-                        if let Next::Close = self.drive(key, closed) {
-                            self.close(key);
-                        }
-                    }
+                    Token(key) => self.turn(key, ev.is_read_closed() || ev.is_error()),
                 }
             }
         }
@@ -145,6 +164,12 @@ impl Worker {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close(k);
+        }
+    }
+
+    fn turn(&mut self, key: usize, peer_closed: bool) {
+        if let Next::Close = self.drive(key, peer_closed) {
+            self.close(key);
         }
     }
 
@@ -157,9 +182,9 @@ impl Worker {
             let (mut stream, _) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: leave the connection in the backlog, try again soon.
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: out of a resource. Leave the connection in
+                // the backlog and try again soon.
+                Err(e) if matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12)) => {
                     self.stats.add(&self.stats.accept_errors, 1);
                     if self
                         .stats
@@ -173,6 +198,9 @@ impl Worker {
                     self.accept_paused = true;
                     return;
                 }
+                // Anything else (a connection reset before it was accepted…) is that
+                // connection's problem.
+                Err(_) => continue,
             };
             self.stats.add(&self.stats.accepted, 1);
             if self.shared.connections() >= self.shared.limits.max_connections {
@@ -228,42 +256,29 @@ impl Worker {
         }
     }
 
-    /// Reads, answers and writes until the socket would block. Edge-triggered: everything
-    /// readable is consumed before returning (unless the client stopped reading its replies);
-    /// a read shorter than the buffer counts as "drained" (the kernel raises a new edge for
-    /// bytes that arrive after it), which saves a syscall per request.
-    /// `peer_closed`: the event said the peer shut down (read on until EOF, no shortcut).
+    /// Writes what is queued, then reads and answers until the socket would block (or this
+    /// turn's reads are used up). Edge-triggered: a read shorter than the buffer counts as
+    /// "drained", as the kernel raises a new edge for bytes that arrive after it — unless the
+    /// peer has shut down (`peer_closed`), when reading goes on until EOF.
     fn drive(&mut self, key: usize, peer_closed: bool) -> Next {
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return Next::Keep;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Next::Keep;
+        };
+        if conn.output_len() > 0 {
+            let b = conn.bufs.get_or_insert_with(Box::default);
+            if flush(&mut conn.stream, &mut b.output).is_err() {
+                return Next::Close;
+            }
+            conn.trim();
+        }
+        if conn.session.closing {
+            return if conn.output_len() == 0 {
+                Next::Close
+            } else {
+                Next::Keep
             };
-            if conn.output_len() > 0 {
-                let b = conn.bufs.get_or_insert_with(Box::default);
-                if flush(&mut conn.stream, &mut b.output).is_err() {
-                    return Next::Close;
-                }
-                if conn.output_len() >= BACKPRESSURE {
-                    return Next::Keep; // wait for WRITABLE
-                }
-                conn.trim();
-            }
-            if conn.session.closing {
-                return if conn.output_len() == 0 {
-                    Next::Close
-                } else {
-                    Next::Keep
-                };
-            }
-            // Input held back by backpressure goes first.
-            if let Some(b) = conn.bufs.as_mut().filter(|b| b.paused) {
-                b.paused = false;
-                let input = std::mem::take(&mut b.input);
-                match self.answer(key, &input, 0) {
-                    Next::Close => return Next::Close,
-                    Next::Keep => continue,
-                }
-            }
+        }
+        for _ in 0..READS_PER_TURN {
             let conn = &mut self.conns[key];
             let n = match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => return Next::Close,
@@ -272,41 +287,84 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Next::Close,
             };
-            let carried = conn.bufs.as_mut().map(|b| std::mem::take(&mut b.input));
-            let next = match carried {
-                Some(mut input) if !input.is_empty() => {
-                    input.extend_from_slice(&self.read_buf[..n]);
-                    self.answer(key, &input, 0)
+            let next = match conn.bufs.as_mut().filter(|b| !b.input.is_empty()) {
+                // A partial request is waiting: append, and parse only once it can be whole.
+                Some(b) => {
+                    b.input.extend_from_slice(&self.read_buf[..n]);
+                    if b.input.len() < b.need {
+                        Next::Keep
+                    } else {
+                        let input = std::mem::take(&mut b.input);
+                        self.answer(key, input)
+                    }
                 }
-                _ => {
+                None => {
                     let buf = std::mem::take(&mut self.read_buf);
-                    let next = self.answer(key, &buf, n);
+                    let next = self.answer_fresh(key, &buf[..n]);
                     self.read_buf = buf;
                     next
                 }
             };
+            let conn = &self.conns[key];
             if let Next::Close = next {
                 return Next::Close;
             }
-            // A short read emptied the socket: new bytes will raise a new edge, so there is
-            // no need for one more read() just to see WouldBlock (a syscall per request saved).
-            let conn = &self.conns[key];
-            let paused = conn.bufs.as_ref().is_some_and(|b| b.paused);
-            if n < READ_CHUNK && !paused && !conn.session.closing && !peer_closed {
+            if conn.session.closing {
+                return if conn.output_len() == 0 {
+                    Next::Close
+                } else {
+                    Next::Keep
+                };
+            }
+            if n < READ_CHUNK && !peer_closed {
                 return Next::Keep;
             }
         }
+        // Turn used up with more to read: after everyone else.
+        self.ready.push(key);
+        Next::Keep
     }
 
-    /// Answers every whole request in `input[..len]` (all of `input` when `len` is 0), keeps a
-    /// partial one for the next read, and writes the replies.
-    fn answer(&mut self, key: usize, input: &[u8], len: usize) -> Next {
-        let input = if len == 0 { input } else { &input[..len] };
+    /// Answers requests read into the worker's buffer; keeps a partial one.
+    fn answer_fresh(&mut self, key: usize, input: &[u8]) -> Next {
+        let (next, at, need) = self.answer_all(key, input);
+        let conn = &mut self.conns[key];
+        if at < input.len() && !conn.session.closing {
+            let b = conn.bufs();
+            b.input.extend_from_slice(&input[at..]);
+            b.need = need;
+        }
+        next
+    }
+
+    /// Answers requests in a connection's carried input; keeps the rest in place.
+    fn answer(&mut self, key: usize, mut input: Vec<u8>) -> Next {
+        let (next, at, need) = self.answer_all(key, &input);
+        let conn = &mut self.conns[key];
+        if conn.session.closing {
+            input = Vec::new();
+        } else {
+            input.drain(..at);
+        }
+        if input.is_empty() {
+            conn.trim();
+        } else {
+            let b = conn.bufs();
+            b.input = input;
+            b.need = need;
+        }
+        next
+    }
+
+    /// Answers every whole request at the start of `input` and writes the replies. Returns
+    /// what to do with the connection, the bytes consumed, and the parser's hint for the rest.
+    fn answer_all(&mut self, key: usize, input: &[u8]) -> (Next, usize, usize) {
         let shared = self.shared.clone();
         let conn = &mut self.conns[key];
         let mut out = std::mem::take(&mut self.reply_buf);
         out.clear();
         let mut at = 0;
+        let mut need = 0;
         let mut ctx = Ctx {
             shared: &shared,
             shard: &mut self.shard,
@@ -316,26 +374,19 @@ impl Worker {
         let mut next = Next::Keep;
         while at < input.len() {
             let rest = &input[at..];
-            match resp::parse(rest, &shared.limits.request, &mut self.args) {
-                Ok(Parsed::Incomplete) => break,
-                Ok(Parsed::Request(used)) => {
-                    at += used;
-                    if !self.args.is_empty() {
-                        commands += 1;
-                        let args = Args {
-                            buf: rest,
-                            ranges: &self.args,
-                        };
-                        let mut reply = Reply {
-                            out: &mut out,
-                            resp3: conn.session.resp3,
-                        };
-                        commands::execute(&mut ctx, &mut conn.session, &args, &mut reply);
-                    }
-                    if conn.session.closing || out.len() + conn.output_len() >= BACKPRESSURE {
-                        break;
-                    }
+            let limits = if conn.session.authed {
+                &shared.limits.request
+            } else {
+                &PRE_AUTH
+            };
+            let parsed = resp::parse(rest, limits, &mut self.args, &mut self.scratch);
+            let (used, buf) = match parsed {
+                Ok(Parsed::Incomplete { need: n }) => {
+                    need = at + n;
+                    break;
                 }
+                Ok(Parsed::Request(used)) => (used, rest),
+                Ok(Parsed::Unquoted(used)) => (used, &self.scratch[..]),
                 Err(e) => {
                     Reply {
                         out: &mut out,
@@ -347,52 +398,44 @@ impl Worker {
                     at = input.len();
                     break;
                 }
+            };
+            at += used;
+            if !self.args.is_empty() {
+                commands += 1;
+                let args = Args {
+                    buf,
+                    ranges: &self.args,
+                };
+                let mut reply = Reply {
+                    out: &mut out,
+                    resp3: conn.session.resp3,
+                };
+                commands::execute(&mut ctx, &mut conn.session, &args, &mut reply);
+            }
+            if conn.session.closing {
+                break;
+            }
+            if out.len() >= EMIT_AT {
+                // Large replies go out (or into the connection's queue) as they are made.
+                if emit(conn, &mut out).is_err() {
+                    next = Next::Close;
+                }
+                if conn.output_len() > shared.limits.max_output {
+                    break; // closed below: the client is not reading its replies
+                }
             }
         }
         self.stats.add(&self.stats.commands, commands);
         self.stats
             .add(&self.stats.presences, ctx.presences_delta as u64);
-        // Keep what was not answered yet (a partial request, or input held by backpressure).
-        if at < input.len() && !conn.session.closing {
-            let paused = out.len() + conn.output_len() >= BACKPRESSURE;
-            let b = conn.bufs();
-            b.paused = paused;
-            b.input.clear();
-            b.input.extend_from_slice(&input[at..]);
-        } else if let Some(b) = conn.bufs.as_mut() {
-            b.paused = false;
-            b.input = Vec::new();
+        if emit(conn, &mut out).is_err() {
+            next = Next::Close;
         }
-        // Write the replies: straight from the worker's buffer when nothing is queued.
-        if conn.output_len() == 0 {
-            let mut sent = 0;
-            while sent < out.len() {
-                match conn.stream.write(&out[sent..]) {
-                    Ok(0) => {
-                        next = Next::Close;
-                        break;
-                    }
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        next = Next::Close;
-                        break;
-                    }
-                }
-            }
-            if sent < out.len() {
-                conn.bufs().output.extend_from_slice(&out[sent..]);
-            }
-        } else {
-            conn.bufs().output.extend_from_slice(&out);
-        }
-        conn.trim();
         if conn.output_len() > shared.limits.max_output {
             tracing::warn!(
                 pending = conn.output_len(),
                 limit = shared.limits.max_output,
-                "closing a client whose unsent replies exceed max_output"
+                "closing a client whose unsent replies exceed max_output (it is not reading them)"
             );
             self.stats.add(&self.stats.output_limit_closes, 1);
             next = Next::Close;
@@ -401,8 +444,33 @@ impl Worker {
             out = Vec::with_capacity(READ_CHUNK);
         }
         self.reply_buf = out;
-        next
+        (next, at, need)
     }
+}
+
+/// Replies are sent once this many bytes are waiting in the worker's buffer.
+const EMIT_AT: usize = 256 * 1024;
+
+/// Sends `out` (emptying it): straight to the socket when nothing is queued, the rest (or all,
+/// behind queued replies) into the connection's queue.
+fn emit(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
+    let mut sent = 0;
+    if conn.output_len() == 0 {
+        while sent < out.len() {
+            match conn.stream.write(&out[sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if sent < out.len() {
+        conn.bufs().output.extend_from_slice(&out[sent..]);
+    }
+    out.clear();
+    Ok(())
 }
 
 /// Writes as much of `buf` as the socket takes; keeps the rest.
