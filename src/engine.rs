@@ -413,7 +413,7 @@ impl Builder {
                 Some(ClusterNode {
                     proto,
                     net,
-                    by_hash: HashMap::new(),
+                    by_hash: HashMap::default(),
                 })
             }
             None => None,
@@ -483,7 +483,8 @@ struct ClusterNode {
     proto: Protocol,
     net: Net,
     /// Topic wire hash → local id, for every id in use.
-    by_hash: HashMap<u64, u32>,
+    /// (Keys are keyed SipHash outputs already: a fast hasher is enough.)
+    by_hash: HashMap<u64, u32, foldhash::fast::FixedState>,
 }
 
 /// What the engine thread publishes about the cluster each tick.
