@@ -80,6 +80,27 @@ fn pipelined_and_inline_requests() {
 }
 
 #[test]
+fn a_request_completed_by_a_later_write_is_answered() {
+    let s = standalone();
+    let mut c = s.connect();
+    // One whole request, then half of the next; the rest comes alone, later. (A wrong resume
+    // hint for the carried half would leave it unparsed for good.)
+    c.send_raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nJOIN");
+    assert_eq!(c.read(), V::Simple("PONG".into()));
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_raw(b"\r\n$1\r\na\r\n");
+    assert_eq!(c.read().int(), 1);
+    // Split inside a bulk string's data and inside its length, too.
+    c.send_raw(b"PING\r\n*2\r\n$4\r\nJO");
+    assert_eq!(c.read(), V::Simple("PONG".into()));
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_raw(b"IN\r\n$");
+    std::thread::sleep(Duration::from_millis(100));
+    c.send_raw(b"1\r\nb\r\n");
+    assert_eq!(c.read().int(), 1);
+}
+
+#[test]
 fn errors_and_limits() {
     let s = Server::start(&[
         "--standalone",

@@ -1,6 +1,8 @@
-//! The load generator's client threads. Each owns a share of the simulated users' connections
-//! and its own mio event loop, and runs the phases the main thread sends it: open every
-//! connection and join its first topics, churn at a given rate, drain, report.
+//! The load generator's clients. Each client process (`headcount-perf load-client`, one per
+//! 15,000 connections: a process may hold only so many sockets) runs one thread that owns a
+//! share of the simulated users' connections and its own mio event loop, and runs the phases
+//! the parent sends it over standard input: open every connection and join its first topics,
+//! churn at a given rate, drain, report (a JSON line on standard output).
 //!
 //! A user is one TCP connection holding 1–3 presences in long-tailed (Zipf) topics. Churn is
 //! two kinds of operation, half each:

@@ -50,6 +50,7 @@ impl Target {
 pub struct Workload {
     pub connections: usize,
     pub topics: usize,
+    /// Client processes (at least one per [`PER_CLIENT_PROC`] connections).
     pub threads: usize,
     pub seed: u64,
 }
@@ -345,6 +346,7 @@ impl Rig {
             }
             if start.elapsed() > bound {
                 eprintln!("not exact after {bound:?}: {first_diff}");
+                // A diagnostic: each server's own view (INFO presence, the sum of TOP).
                 if std::env::var_os("LOAD_DEBUG").is_some() {
                     for (n, c) in checkers.iter_mut().enumerate() {
                         let info = c.cmd(&["INFO", "presence"])?;

@@ -357,7 +357,8 @@ impl Worker {
     }
 
     /// Answers every whole request at the start of `input` and writes the replies. Returns
-    /// what to do with the connection, the bytes consumed, and the parser's hint for the rest.
+    /// what to do with the connection, the bytes consumed, and the parser's hint for the rest
+    /// (the length the unconsumed part must reach before it can parse).
     fn answer_all(&mut self, key: usize, input: &[u8]) -> (Next, usize, usize) {
         let shared = self.shared.clone();
         let conn = &mut self.conns[key];
@@ -382,7 +383,8 @@ impl Worker {
             let parsed = resp::parse(rest, limits, &mut self.args, &mut self.scratch);
             let (used, buf) = match parsed {
                 Ok(Parsed::Incomplete { need: n }) => {
-                    need = at + n;
+                    // Relative to the rest, which is what the caller keeps.
+                    need = n;
                     break;
                 }
                 Ok(Parsed::Request(used)) => (used, rest),
