@@ -4,25 +4,13 @@
 //!
 //! The kernel's socket buffers are not in a process's RSS, so this is the server's own cost.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// A server process under measurement; killed on drop.
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::load::{Servers, Target};
 
 /// The `headcount` binary beside this one (both are built into the same target directory).
 pub fn headcount_bin() -> Result<std::path::PathBuf, String> {
@@ -36,76 +24,6 @@ pub fn headcount_bin() -> Result<std::path::PathBuf, String> {
             bin.display()
         ))
     }
-}
-
-fn start_headcount() -> Result<Proc, String> {
-    let mut child = Command::new(headcount_bin()?)
-        .args([
-            "serve",
-            "--standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("headcount serve: {e}"))?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .ok_or("headcount serve exited before listening")?
-            .map_err(|e| e.to_string())?;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.parse().ok())
-                .ok_or("bad listen line")?;
-        }
-    };
-    // Keep draining its log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Proc { child, addr })
-}
-
-fn start_redis() -> Option<Proc> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxclients",
-            "100000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Proc { child, addr })
 }
 
 /// Resident set size of `pid`, in bytes.
@@ -147,13 +65,12 @@ fn resp(args: &[&str]) -> Vec<u8> {
 }
 
 /// Bytes per connection for one server: (idle, holding one presence / one key).
-fn measure(p: &Proc, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f64, f64), String> {
+fn measure(p: &Servers, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f64, f64), String> {
     std::thread::sleep(Duration::from_millis(500));
-    let pid = p.child.id();
-    let before = rss(pid);
+    let before = p.rss();
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
-        let c = TcpStream::connect(p.addr).map_err(|e| format!("connect: {e}"))?;
+        let c = TcpStream::connect(p.addrs[0]).map_err(|e| format!("connect: {e}"))?;
         c.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
         conns.push(c);
@@ -161,10 +78,10 @@ fn measure(p: &Proc, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f64, 
     // A PING each: every connection accepted, registered and answered once.
     round(&mut conns, |_| resp(&["PING"]))?;
     std::thread::sleep(Duration::from_millis(500));
-    let idle = rss(pid);
+    let idle = p.rss();
     round(&mut conns, join)?;
     std::thread::sleep(Duration::from_millis(500));
-    let joined = rss(pid);
+    let joined = p.rss();
     Ok((
         (idle.saturating_sub(before)) as f64 / n as f64,
         (joined.saturating_sub(before)) as f64 / n as f64,
@@ -172,18 +89,18 @@ fn measure(p: &Proc, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f64, 
 }
 
 pub fn run(connections: usize, json_out: bool) -> Result<Value, String> {
-    let hc = start_headcount()?;
+    let hc = Servers::headcount_standalone(2)?;
     let topic = |i: usize| format!("room:{}", i % 1000);
     let (hc_idle, hc_joined) = measure(&hc, connections, &|i| resp(&["JOIN", &topic(i)]))?;
     drop(hc);
-    let redis = match start_redis() {
-        Some(r) => {
+    let redis = match Servers::redis(Target::RedisIncr, 100_000.max(connections + 1000)) {
+        Ok(r) => {
             let (idle, joined) = measure(&r, connections, &|i| resp(&["INCR", &topic(i)]))?;
             json!({ "idle_bytes_per_conn": idle, "one_key_bytes_per_conn": joined })
         }
-        None => {
+        Err(e) => {
             if !json_out {
-                eprintln!("redis-server not found: measuring headcount only");
+                eprintln!("{e}: measuring headcount only");
             }
             Value::Null
         }

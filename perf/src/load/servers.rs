@@ -62,40 +62,51 @@ impl Servers {
         tick: &str,
         counting: bool,
     ) -> Result<Servers, String> {
-        let bin = headcount_bin()?;
         let cluster = format!("load-{}", std::process::id());
+        let workers = workers.to_string();
+        let mut args = vec![
+            "--workers",
+            &workers,
+            "--tick",
+            tick,
+            "--cluster",
+            &cluster,
+            "--max-topics-per-connection",
+            "64",
+        ];
+        if !counting {
+            // Same cluster, same engine thread: only the counting is missing.
+            args.push("--no-count");
+        }
+        Servers::spawn_headcount(nodes, &args)
+    }
+
+    /// One `headcount serve --standalone` (no cluster sockets).
+    pub fn headcount_standalone(workers: usize) -> Result<Servers, String> {
+        Servers::spawn_headcount(1, &["--standalone", "--workers", &workers.to_string()])
+    }
+
+    /// `n` × `headcount serve --listen 127.0.0.1:0 <args>`, each waited for until it listens.
+    fn spawn_headcount(n: usize, args: &[&str]) -> Result<Servers, String> {
+        let bin = headcount_bin()?;
         let mut s = Servers {
             target: Target::Headcount,
             procs: Vec::new(),
             addrs: Vec::new(),
             clk_tck: clk_tck(),
         };
-        for _ in 0..nodes {
-            let mut cmd = Command::new(&bin);
-            cmd.args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                &workers.to_string(),
-                "--tick",
-                tick,
-                "--cluster",
-                &cluster,
-                "--max-topics-per-connection",
-                "64",
-            ]);
-            if !counting {
-                // Same cluster, same engine thread: only the counting is missing.
-                cmd.arg("--no-count");
-            }
-            let mut child = cmd
+        for _ in 0..n {
+            let mut child = Command::new(&bin)
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| format!("{}: {e}", bin.display()))?;
             let stderr = child.stderr.take().ok_or("no stderr")?;
+            // Owned by `s` from here: killed on drop if anything below fails.
+            s.procs.push(child);
             let mut lines = BufReader::new(stderr).lines();
             let addr = loop {
                 let Some(Ok(line)) = lines.next() else {
@@ -116,7 +127,6 @@ impl Servers {
                     }
                 }
             });
-            s.procs.push(child);
             s.addrs.push(addr);
         }
         Ok(s)
