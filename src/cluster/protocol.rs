@@ -253,6 +253,8 @@ pub struct Protocol {
     rates: HashMap<SocketAddr, Bucket>,
     replied: HashMap<SocketAddr, Instant>,
     names_asked: Option<Instant>,
+    /// Topics that became unnamed since names were last asked for.
+    newly_unnamed: usize,
     /// When a rate-limited resync request becomes due.
     wake: Option<Instant>,
     stats: ProtoStats,
@@ -302,6 +304,7 @@ impl Protocol {
             rates: HashMap::default(),
             replied: HashMap::default(),
             names_asked: None,
+            newly_unnamed: 0,
             wake: None,
             stats: ProtoStats::default(),
         }
@@ -641,7 +644,9 @@ impl Protocol {
                     self.learned.push((h, n));
                 }
                 None => {
-                    self.unnamed.insert(h);
+                    if self.unnamed.insert(h) {
+                        self.newly_unnamed += 1;
+                    }
                 }
             }
         }
@@ -663,18 +668,29 @@ impl Protocol {
     }
 
     /// Asks for a resync every peer whose copy does not match what it declared, and, when some
-    /// counted topic has no name here, every peer for its names (less often).
+    /// counted topic has no name here, every peer for its names: soon (one resync interval)
+    /// for topics that became unnamed since the last ask, rarely for the same ones again.
     fn request_where_needed(&mut self, now: Instant) {
         let every = self.cfg.resync_interval;
         let names_every = (every * 20).max(Duration::from_secs(5));
+        let since = |t: Instant| now.saturating_duration_since(t);
         let ask_names = !self.unnamed.is_empty()
-            && self
-                .names_asked
-                .is_none_or(|t| now.saturating_duration_since(t) >= names_every);
+            && self.names_asked.is_none_or(|t| {
+                since(t) >= names_every || (self.newly_unnamed > 0 && since(t) >= every)
+            });
+        let mut wake: Option<Instant> = None;
         if ask_names {
             self.names_asked = Some(now);
+            self.newly_unnamed = 0;
+        } else if self.unnamed.is_empty() {
+            self.newly_unnamed = 0;
+        } else if self.newly_unnamed > 0
+            && let Some(t) = self.names_asked
+        {
+            // Come back when the new names may be asked for (in the future: had that time
+            // passed, they would have been asked for just now).
+            wake = Some(t + every);
         }
-        let mut wake: Option<Instant> = None;
         let want: Vec<(u64, SocketAddr, u64, bool)> = self
             .peers
             .iter()

@@ -221,7 +221,10 @@ pub fn run(a: Args) -> Result<ExitCode, ConfigError> {
             let done = match a.settle {
                 Some(d) => waited >= d,
                 None => {
-                    (waited >= Duration::from_secs(1) && !s.nodes.is_empty() && s.converged)
+                    (waited >= Duration::from_secs(1)
+                        && !s.nodes.is_empty()
+                        && s.converged
+                        && all_named(&engine, s.total))
                         || waited >= dead_after
                 }
             };
@@ -243,6 +246,17 @@ pub fn run(a: Args) -> Result<ExitCode, ConfigError> {
     }
     engine.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether every counted topic has a name here yet (names arrive apart from counts, so a
+/// converged copy can still list fewer topics than it counts).
+fn all_named(engine: &Engine, total: u64) -> bool {
+    let named: u64 = engine
+        .top(engine.stats().topics)
+        .iter()
+        .map(|(_, c)| c)
+        .sum();
+    named == total
 }
 
 /// Prints one snapshot; false when standard output is gone.
