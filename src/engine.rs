@@ -1,6 +1,6 @@
 //! [`Engine`]: the builder, the engine thread's lifecycle, and the read-side API.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::protocol::{self, NodeInfo, ProtoStats, Protocol};
+use crate::cluster::protocol::{self, NodeInfo, ProtoStats, Protocol, defaults};
 use crate::cluster::wire::{MIN_BUDGET, Seal};
 use crate::error::Error;
 use crate::net::{Net, Transport};
@@ -45,6 +45,9 @@ struct ClusterOptions {
     dead_after: Option<Duration>,
     budget: usize,
     refresh_cycle: u32,
+    max_clock_skew: Duration,
+    max_repair_rate: u64,
+    max_tick_datagrams: usize,
     observer: bool,
     /// A multicast option given without multicast: `(option, value)`.
     bad: Option<(&'static str, String)>,
@@ -60,8 +63,11 @@ impl Default for ClusterOptions {
             insecure: false,
             node: None,
             dead_after: None,
-            budget: 1400,
-            refresh_cycle: 10,
+            budget: defaults::BUDGET,
+            refresh_cycle: defaults::REFRESH_CYCLE,
+            max_clock_skew: defaults::MAX_CLOCK_SKEW,
+            max_repair_rate: defaults::MAX_REPAIR_RATE,
+            max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             observer: false,
             bad: None,
         }
@@ -248,9 +254,44 @@ impl Builder {
         self
     }
 
-    /// This node's id (default: random per start).
+    /// This node's id (default: random per start). Give a node the same id across restarts
+    /// (see [`Builder::node_name`]): a restarted node then replaces its old incarnation's counts
+    /// at once on every peer. With a new id each start, the old process's counts stay on its
+    /// peers until `dead_after`, so a crash-and-restart is counted twice for that long. Two
+    /// running nodes must never share an id (each refuses the other's datagrams, counted as
+    /// [`crate::Reject::NodeId`]).
     pub fn node_id(mut self, id: u64) -> Self {
         self.cluster.node = Some(id);
+        self
+    }
+
+    /// This node's id derived from a stable name, such as the host name and the server's listen
+    /// address: `node_id(headcount::node_id_for(name))`.
+    pub fn node_name(self, name: &str) -> Self {
+        self.node_id(node_id_for(name))
+    }
+
+    /// How far a peer's clock may be from this node's (default 30 s). Datagrams are stamped
+    /// with the sender's clock; one sealed further away is refused (counted as
+    /// [`crate::Reject::Clock`]), which is what makes a captured datagram useless to replay
+    /// after that long. Keep the cluster's clocks in sync (NTP) well within it.
+    pub fn max_clock_skew(mut self, d: Duration) -> Self {
+        self.cluster.max_clock_skew = d;
+        self
+    }
+
+    /// Bytes per second this node spends answering peers' resync requests, over all of them
+    /// (default 12.5 MB/s, a tenth of a 1 Gbit/s link). Requests past it are refused (counted as
+    /// [`crate::Reject::Budget`]) and asked again later.
+    pub fn max_repair_rate(mut self, bytes_per_second: u64) -> Self {
+        self.cluster.max_repair_rate = bytes_per_second;
+        self
+    }
+
+    /// Most delta and names datagrams one tick sends (default 512, about 700 kB); a burst of
+    /// changes beyond that goes out over the next ticks.
+    pub fn max_tick_datagrams(mut self, n: usize) -> Self {
+        self.cluster.max_tick_datagrams = n;
         self
     }
 
@@ -339,6 +380,29 @@ impl Builder {
         {
             return Err(bad("dead_after", d, "must be at least two ticks"));
         }
+        if c.max_clock_skew < Duration::from_millis(100)
+            || c.max_clock_skew > Duration::from_secs(3600)
+        {
+            return Err(bad(
+                "max_clock_skew",
+                c.max_clock_skew,
+                "must be between 100ms and 1h",
+            ));
+        }
+        if c.max_repair_rate < 64 * 1024 {
+            return Err(bad(
+                "max_repair_rate",
+                c.max_repair_rate,
+                "must be at least 65536 bytes per second",
+            ));
+        }
+        if !(1..=1 << 20).contains(&c.max_tick_datagrams) {
+            return Err(bad(
+                "max_tick_datagrams",
+                c.max_tick_datagrams,
+                "must be between 1 and 2^20",
+            ));
+        }
         if let Some(t) = &c.transport {
             t.validate()?;
         }
@@ -407,6 +471,9 @@ impl Builder {
                 }
                 pc.budget = self.cluster.budget;
                 pc.refresh_cycle = self.cluster.refresh_cycle;
+                pc.max_clock_skew = self.cluster.max_clock_skew;
+                pc.max_repair_rate = self.cluster.max_repair_rate;
+                pc.max_tick_datagrams = self.cluster.max_tick_datagrams;
                 pc.max_topics_per_peer = self.max_topics;
                 pc.observer = self.cluster.observer;
                 let proto = Protocol::new(pc, Seal::new(&self.cluster.name, &key));
@@ -414,6 +481,8 @@ impl Builder {
                     proto,
                     net,
                     by_hash: HashMap::default(),
+                    handoff: VecDeque::new(),
+                    queued: vec![false; self.max_topics],
                 })
             }
             None => None,
@@ -432,6 +501,7 @@ impl Builder {
                 .as_ref()
                 .map(|c| (c.proto.config().node, c.net.local_addr())),
             cluster_view: Mutex::new(ClusterView::default()),
+            top: Mutex::new(TopCache::default()),
         });
         let poll = mio::Poll::new().map_err(Error::Spawn)?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(Error::Spawn)?);
@@ -461,9 +531,23 @@ impl Builder {
     }
 }
 
+/// Work a tick always does, however long it takes: changes handed to the cluster protocol, and
+/// names learned from peers interned. Past it, a tick stops at its work budget (a quarter of the
+/// tick for each) and the rest waits for the next tick, so that a burst of a million new topics
+/// never makes one tick take seconds (and peers never take a busy node for a dead one).
+const MIN_WORK_PER_TICK: usize = 4096;
+
 const WAKER: mio::Token = mio::Token(0);
 const GROUP: mio::Token = mio::Token(1);
 const SOCK: mio::Token = mio::Token(2);
+
+/// The node id [`Builder::node_name`] derives from `name` (never 0; the same on every build).
+pub fn node_id_for(name: &str) -> u64 {
+    let h = blake3::Hasher::new_derive_key("headcount 2026 node id v1")
+        .update(name.as_bytes())
+        .finalize();
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default()) | 1
+}
 
 /// A random 64-bit number (node ids), from the OS-seeded hasher keys.
 fn random_u64() -> u64 {
@@ -485,6 +569,10 @@ struct ClusterNode {
     /// Topic wire hash → local id, for every id in use.
     /// (Keys are keyed SipHash outputs already: a fast hasher is enough.)
     by_hash: HashMap<u64, u32, foldhash::fast::FixedState>,
+    /// Ids whose local count changed and was not handed to the protocol yet, oldest first
+    /// (each once: `queued`).
+    handoff: VecDeque<u32>,
+    queued: Vec<bool>,
 }
 
 /// What the engine thread publishes about the cluster each tick.
@@ -492,6 +580,8 @@ struct ClusterNode {
 struct ClusterView {
     nodes: Vec<NodeInfo>,
     stats: ProtoStats,
+    /// Changes waiting to be handed to the protocol.
+    handoff: u64,
     send_errors: u64,
     recv_errors: u64,
 }
@@ -506,6 +596,10 @@ pub struct ClusterStats {
     pub peers_alive: usize,
     /// Live peers whose copy here matches what they declared.
     pub peers_converged: usize,
+    /// Live peers whose table is over this node's caps (`max_topics`): counted incompletely.
+    pub peers_over_cap: usize,
+    /// Local count changes not sent to peers yet (a burst larger than a tick's budget).
+    pub backlog: u64,
     /// Sends the OS refused.
     pub send_errors: u64,
     /// Receives the OS failed.
@@ -522,6 +616,16 @@ pub(crate) struct Inner {
     /// This node's id and the address peers see it at, when in a cluster.
     node: Option<(u64, Option<SocketAddr>)>,
     cluster_view: Mutex<ClusterView>,
+    /// [`Engine::top`]'s list, computed at most once per tick.
+    top: Mutex<TopCache>,
+}
+
+#[derive(Default)]
+struct TopCache {
+    valid: bool,
+    tick: u64,
+    k: usize,
+    list: Vec<(Arc<str>, u64)>,
 }
 
 #[derive(Default)]
@@ -646,6 +750,8 @@ fn run(
         inner,
     };
     let mut events = mio::Events::with_capacity(16);
+    // Datagrams may be waiting that the last receive left (it stops at a deadline).
+    let mut more = false;
     // Jitter the first tick, so that a fleet started together does not tick in lock-step.
     let mut next = Instant::now()
         + cfg
@@ -657,7 +763,12 @@ fn run(
         if let Some(w) = node.cluster.as_ref().and_then(|c| c.proto.poll_timeout()) {
             deadline = deadline.min(w);
         }
-        let _ = poll.poll(&mut events, Some(deadline.saturating_duration_since(now)));
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        let _ = poll.poll(&mut events, Some(wait));
         let mut syncs = Vec::new();
         let mut stop = false;
         loop {
@@ -670,8 +781,12 @@ fn run(
                 }
             }
         }
+        // Receiving goes on until the next tick is due, for at most half a tick, and for at
+        // least an eighth of one even when a tick is overdue (a node busy sending must still
+        // hear its peers: their heartbeats wait behind its own looped-back datagrams).
+        let start = Instant::now();
+        more = !node.receive(next.max(start + cfg.tick / 8).min(start + cfg.tick / 2));
         let now = Instant::now();
-        node.receive(now);
         if !syncs.is_empty() || now >= next {
             node.tick(now, !syncs.is_empty());
             if now >= next {
@@ -690,7 +805,7 @@ fn run(
         }
         if stop {
             if let Some(c) = node.cluster.as_mut() {
-                c.proto.goodbye();
+                c.proto.goodbye(Instant::now());
             }
             node.flush();
             break;
@@ -712,13 +827,21 @@ struct Node {
 }
 
 impl Node {
-    fn receive(&mut self, now: Instant) {
-        if let Some(c) = self.cluster.as_mut() {
-            let proto = &mut c.proto;
-            c.net.recv_all(|from, bytes| {
-                proto.on_datagram(now, from, bytes);
-            });
-        }
+    /// Handles the datagrams waiting, until `deadline` at most; false if some may be left.
+    fn receive(&mut self, deadline: Instant) -> bool {
+        let Some(c) = self.cluster.as_mut() else {
+            return true;
+        };
+        let proto = &mut c.proto;
+        let mut now = Instant::now();
+        let mut n = 0u32;
+        c.net.recv_all(deadline, |from, bytes| {
+            n += 1;
+            if n.is_multiple_of(64) {
+                now = Instant::now();
+            }
+            proto.on_datagram(now, from, bytes);
+        })
     }
 
     fn flush(&mut self) {
@@ -741,6 +864,7 @@ impl Node {
         let start = Instant::now();
         let inner = self.inner.clone();
         let pool = &inner.pool;
+        let work_budget = inner.tick / 4;
         let mut rep: TickReport = self.reducer.sum(&pool.hot, &pool.topics, now, full);
         // Ids whose cluster count may have changed for another reason than a local change:
         // new ids, and topics whose peers' counts changed.
@@ -769,38 +893,67 @@ impl Node {
         if let Some(c) = self.cluster.as_mut() {
             for ch in &self.reducer.changes {
                 inner.view.local(ch.id).store(ch.count, Ordering::Relaxed);
-                let mut hash = self.id_hash[ch.id as usize];
+                if !std::mem::replace(&mut c.queued[ch.id as usize], true) {
+                    c.handoff.push_back(ch.id);
+                }
+                self.dirty.push(ch.id);
+            }
+            // Hand the changed counts to the protocol within the tick's work budget (a burst of a
+            // million new topics takes a few ticks, and every tick stays short). Each id's hash
+            // and count are read now, so a queued id always hands over its latest count.
+            let mut n = 0usize;
+            while let Some(&id) = c.handoff.front() {
+                if n.is_multiple_of(256) && n >= MIN_WORK_PER_TICK && start.elapsed() > work_budget {
+                    break;
+                }
+                n += 1;
+                c.handoff.pop_front();
+                c.queued[id as usize] = false;
+                let mut hash = self.id_hash[id as usize];
                 if hash == 0
-                    && let Some(n) = pool.topics.name(ch.id)
+                    && let Some(n) = pool.topics.name(id)
                 {
                     // Interned after this tick listed the new ids, and joined before the
                     // rings were drained: its hash is learned here (the next tick lists it).
                     hash = n.hash;
-                    self.id_hash[ch.id as usize] = hash;
-                    c.by_hash.insert(hash, ch.id);
+                    self.id_hash[id as usize] = hash;
+                    c.by_hash.insert(hash, id);
                 }
+                if hash == 0 {
+                    continue; // freed since it was queued, and not reused yet
+                }
+                let count = self.reducer.local(id).min(u64::from(u32::MAX)) as u32;
                 // The protocol keeps names it was told: look one up only for a topic it lacks.
-                let name = match c.proto.name(hash) {
-                    Some(_) => None,
-                    None => pool.topics.name(ch.id),
+                let name = match (count, c.proto.name(hash)) {
+                    (0, _) | (_, Some(_)) => None,
+                    _ => pool.topics.name(id),
                 };
-                let count = ch.count.min(u64::from(u32::MAX)) as u32;
                 c.proto
                     .set_local(hash, count, name.as_ref().map(|n| &n.name));
-                self.dirty.push(ch.id);
             }
             c.proto.on_tick(now);
             // Topics only peers have: intern their names so they can be counted and listed here.
-            for (h, name) in c.proto.take_learned_names() {
-                if c.by_hash.contains_key(&h) {
-                    continue;
+            let mut n = 0usize;
+            loop {
+                if n >= MIN_WORK_PER_TICK && start.elapsed() > work_budget * 2 {
+                    break;
                 }
-                if let Ok(t) = pool.topics.intern(&name, &pool.hot)
-                    && pool.topics.name(t.id()).is_some_and(|n| n.hash == h)
-                {
-                    self.id_hash[t.id() as usize] = h;
-                    c.by_hash.insert(h, t.id());
-                    self.dirty.push(t.id());
+                let learned = c.proto.take_learned_names(256);
+                if learned.is_empty() {
+                    break;
+                }
+                n += learned.len();
+                for (h, name) in learned {
+                    if c.by_hash.contains_key(&h) {
+                        continue;
+                    }
+                    if let Ok(t) = pool.topics.intern(&name, &pool.hot)
+                        && pool.topics.name(t.id()).is_some_and(|n| n.hash == h)
+                    {
+                        self.id_hash[t.id() as usize] = h;
+                        c.by_hash.insert(h, t.id());
+                        self.dirty.push(t.id());
+                    }
                 }
             }
             let (by_hash, dirty) = (&c.by_hash, &mut self.dirty);
@@ -854,6 +1007,11 @@ impl Node {
             let h = std::mem::take(&mut self.id_hash[id as usize]);
             if let Some(c) = self.cluster.as_mut() {
                 c.by_hash.remove(&h);
+                // A count still waiting to be handed over belongs to the old topic: hand it over
+                // now (it is zero: only topics at zero are freed), before the id is reused.
+                if c.queued[id as usize] && h != 0 {
+                    c.proto.set_local(h, 0, None);
+                }
             }
             inner.view.set(id, 0, 0);
         }
@@ -861,6 +1019,7 @@ impl Node {
             let mut v = inner.cluster_view.lock().unwrap_or_else(|e| e.into_inner());
             v.nodes = c.proto.nodes(now);
             v.stats = c.proto.stats();
+            v.handoff = c.handoff.len() as u64;
             v.send_errors = c.net.send_errors;
             v.recv_errors = c.net.recv_errors;
         }
@@ -1026,42 +1185,86 @@ impl Engine {
         self.inner().view.total_local.load(Ordering::Relaxed)
     }
 
-    /// The `k` topics with the largest counts, largest first, ties by name. Scans the topic
-    /// table: O(topics in use), for dashboards, not per request.
+    /// The `k` topics with the largest counts, largest first, ties by name.
+    ///
+    /// Computed at most once per tick (and again only for a larger `k`): later calls in the same
+    /// tick copy the cached list. Computing it scans the count of every topic in use and keeps a
+    /// heap of `k`: O(topics + m log k), where only the m topics that could enter the top `k` are
+    /// named (topics tied at the cut included), never sorted all together.
     pub fn top(&self, k: usize) -> Vec<(String, u64)> {
         if k == 0 {
             return Vec::new();
         }
         let inner = self.inner();
-        let hw = inner.pool.topics.high_water() as usize;
-        let counts = || (0..hw as u32).map(|id| inner.view.cluster(id));
-        // Pass one: the k-th largest count.
-        let mut heap = std::collections::BinaryHeap::with_capacity(k + 1);
-        for c in counts() {
-            let c = c.load(Ordering::Relaxed);
-            if c != 0 {
-                heap.push(std::cmp::Reverse(c));
-                if heap.len() > k {
-                    heap.pop();
-                }
+        let tick = inner.stats.ticks.load(StdOrdering::Acquire);
+        let mut cache = inner.top.lock().unwrap_or_else(|e| e.into_inner());
+        if !(cache.tick == tick && cache.valid && (cache.k >= k || cache.list.len() < cache.k)) {
+            cache.list = self.compute_top(k);
+            cache.k = k;
+            cache.tick = tick;
+            cache.valid = true;
+        }
+        cache
+            .list
+            .iter()
+            .take(k)
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect()
+    }
+
+    fn compute_top(&self, k: usize) -> Vec<(Arc<str>, u64)> {
+        use std::cmp::{Ordering as Cmp, Reverse};
+        use std::collections::BinaryHeap;
+        /// Ordered so that the heap's greatest is the worst kept: the smallest count, then the
+        /// greatest name.
+        struct Kept(u64, Arc<str>);
+        impl Kept {
+            fn key(&self) -> (Reverse<u64>, &str) {
+                (Reverse(self.0), &self.1)
             }
         }
-        let cut = if heap.len() < k {
-            1
-        } else {
-            heap.peek().map_or(1, |r| r.0)
-        };
-        // Pass two: everything at or above it, by name among equals.
-        let mut out: Vec<(String, u64)> = counts()
-            .enumerate()
-            .filter_map(|(id, c)| {
-                let c = c.load(Ordering::Relaxed);
-                (c >= cut).then_some((id as u32, c))
-            })
-            .filter_map(|(id, c)| inner.pool.topics.name(id).map(|n| (n.name.to_string(), c)))
-            .collect();
+        impl PartialEq for Kept {
+            fn eq(&self, o: &Self) -> bool {
+                self.key() == o.key()
+            }
+        }
+        impl Eq for Kept {}
+        impl PartialOrd for Kept {
+            fn partial_cmp(&self, o: &Self) -> Option<Cmp> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Kept {
+            fn cmp(&self, o: &Self) -> Cmp {
+                self.key().cmp(&o.key())
+            }
+        }
+        let inner = self.inner();
+        let topics = &inner.pool.topics;
+        let hw = topics.high_water();
+        let mut heap: BinaryHeap<Kept> = BinaryHeap::with_capacity(k.min(1 << 16) + 1);
+        for id in 0..hw {
+            let c = inner.view.cluster(id).load(Ordering::Relaxed);
+            if c == 0 {
+                continue;
+            }
+            if heap.len() >= k
+                && let Some(worst) = heap.peek()
+                && c < worst.0
+            {
+                continue; // cannot enter: not even named
+            }
+            let Some(n) = topics.name(id) else { continue };
+            let cand = Kept(c, n.name);
+            if heap.len() < k {
+                heap.push(cand);
+            } else if heap.peek().is_some_and(|worst| cand < *worst) {
+                heap.pop();
+                heap.push(cand);
+            }
+        }
+        let mut out: Vec<(Arc<str>, u64)> = heap.into_iter().map(|e| (e.1, e.0)).collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        out.truncate(k);
         out
     }
 
@@ -1118,6 +1321,8 @@ impl Engine {
             protocol: v.stats,
             peers_alive: v.nodes.iter().filter(|n| n.alive).count(),
             peers_converged: v.nodes.iter().filter(|n| n.alive && n.converged).count(),
+            peers_over_cap: v.nodes.iter().filter(|n| n.alive && n.over_cap).count(),
+            backlog: v.stats.backlog + v.handoff,
             send_errors: v.send_errors,
             recv_errors: v.recv_errors,
         })

@@ -59,7 +59,9 @@ mod view;
 
 pub use cluster::protocol::{NodeInfo, ProtoStats};
 pub use cluster::wire::Reject;
-pub use engine::{Builder, ClusterStats, DEFAULT_GROUP, Engine, Stats, TICK_BUCKETS, cpus};
+pub use engine::{
+    Builder, ClusterStats, DEFAULT_GROUP, Engine, Stats, TICK_BUCKETS, cpus, node_id_for,
+};
 pub use error::Error;
 pub use net::Transport;
 pub use shard::{Presence, Shard};

@@ -8,6 +8,7 @@
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Instant;
 
 use mio::net::UdpSocket;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -107,6 +108,8 @@ pub(crate) struct Net {
     group: Option<UdpSocket>,
     /// Sends everything; receives unicast.
     sock: UdpSocket,
+    /// `sock`'s address: where this node's datagrams come from.
+    local: Option<SocketAddr>,
     buf: Vec<u8>,
     pub(crate) send_errors: u64,
     pub(crate) recv_errors: u64,
@@ -174,7 +177,9 @@ impl Net {
                 (None, UdpSocket::from_std(s.into()))
             }
         };
+        let local = sock.local_addr().ok();
         Ok(Net {
+            local,
             transport: transport.clone(),
             group,
             sock,
@@ -186,7 +191,7 @@ impl Net {
 
     /// The address peers see this node at.
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        self.sock.local_addr().ok()
+        self.local
     }
 
     pub(crate) fn register(
@@ -219,13 +224,27 @@ impl Net {
         }
     }
 
-    /// Receives every datagram waiting on both sockets.
-    pub(crate) fn recv_all(&mut self, mut f: impl FnMut(SocketAddr, &[u8])) {
+    /// Receives the datagrams waiting on both sockets, until `deadline` (checked every 64
+    /// datagrams), so that a flood, or a peer's burst, cannot delay the engine's ticks.
+    /// Returns false if it stopped at the deadline with datagrams possibly left (the sockets are
+    /// edge-triggered: call again without waiting for readiness).
+    pub(crate) fn recv_all(
+        &mut self,
+        deadline: Instant,
+        mut f: impl FnMut(SocketAddr, &[u8]),
+    ) -> bool {
         let socks = [self.group.as_ref(), Some(&self.sock)];
+        let mut drained = true;
         for s in socks.into_iter().flatten() {
-            // Bounded, so a flood cannot starve the engine's ticks.
-            for _ in 0..4096 {
+            for i in 0..usize::MAX {
+                if i % 64 == 63 && Instant::now() >= deadline {
+                    drained = false;
+                    break;
+                }
                 match s.recv_from(&mut self.buf) {
+                    // Our own group datagrams, looped back: skipped before any other work (a
+                    // node that sends a burst reads all of it back).
+                    Ok((_, from)) if Some(from) == self.local => {}
                     Ok((n, from)) => f(from, &self.buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -236,5 +255,6 @@ impl Net {
                 }
             }
         }
+        drained
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use headcount::cluster::protocol::{Config, Protocol};
 use headcount::cluster::sim::{Faults, Sim, topic_hash};
-use headcount::cluster::wire::{Body, Encoder, FLAG_END, Kind, Seal};
+use headcount::cluster::wire::{Body, Encoder, FLAG_END, Kind, Seal, Stamp};
 use serde_json::{Value, json};
 
 /// The tick every simulated node runs.
@@ -232,8 +232,14 @@ pub fn wire_for(time: Duration) -> Value {
                 .collect()
         })
         .collect();
+    let stamp = |seq: u64| Stamp {
+        seq,
+        digest: seq,
+        topics: 0,
+        time: 1_800_000_000_000,
+    };
     let full = enc
-        .entries(&seal, Kind::Delta, 0, 1, 0, 0, None, &batches[0])
+        .entries(&seal, Kind::Delta, 0, &stamp(1), None, &batches[0])
         .len();
     let (mut n, mut seq, mut sink) = (0u64, 0u64, 0usize);
     let start = Instant::now();
@@ -244,9 +250,7 @@ pub fn wire_for(time: Duration) -> Value {
                 &seal,
                 Kind::Delta,
                 FLAG_END,
-                seq,
-                seq,
-                0,
+                &stamp(seq),
                 None,
                 black_box(b),
             );
@@ -262,7 +266,7 @@ pub fn wire_for(time: Duration) -> Value {
     let dgs: Vec<Vec<u8>> = batches
         .iter()
         .enumerate()
-        .map(|(i, b)| enc.entries(&seal, Kind::Delta, 0, i as u64 + 1, 0, 0, None, b))
+        .map(|(i, b)| enc.entries(&seal, Kind::Delta, 0, &stamp(i as u64 + 1), None, b))
         .collect();
     let (mut n, mut entries, mut sum) = (0u64, 0u64, 0u64);
     let start = Instant::now();

@@ -5,6 +5,55 @@
 //! datagrams to send from [`Protocol::poll_transmit`] and the changed peer sums from
 //! [`Protocol::take_remote_changes`]. `net.rs` runs it over real sockets; the simulation tests
 //! and `headcount-perf converge` run hundreds of them over a simulated network.
+//!
+//! # Admission: what each datagram must meet
+//!
+//! Every rule below is checked before a datagram changes anything; a datagram that fails one is
+//! dropped whole and counted by [`Reject`] reason. The tests in `tests/replay.rs` capture every
+//! kind from a real node and replay it (live sender, dead sender, restarted sender, foreign
+//! source address) against these rules.
+//!
+//! 1. **Rate**: at most [`Config::max_rate`] datagrams a second from one source address.
+//! 2. **Seal**: length, magic, version, the keyed MAC over the whole datagram, the cluster id,
+//!    the kind, and a body that matches its count. Without the key nothing else is reachable.
+//! 3. **Clock**: the sender's `time` is within [`Config::max_clock_skew`] of this node's clock.
+//!    A captured datagram is therefore useless to a replayer after that window, whatever else
+//!    this node remembers or forgot; a node whose clock is off by more is refused, loudly
+//!    (`Reject::Clock`), never silently miscounted.
+//! 4. **Identity**: a datagram with this node's own id is its own echo (multicast loops back) if
+//!    it carries this incarnation; a newer incarnation, or an older one sent after this process
+//!    started, is another process using the same id (`Reject::NodeId`: misconfiguration).
+//! 5. **Incarnation**: an incarnation older than the one known (or tombstoned) for that node is
+//!    refused; a newer one replaces the node's whole state at once (a restart). The incarnation a
+//!    node said goodbye with, or was replaced in, never comes back.
+//! 6. **Freshness**: per node and incarnation, group datagrams (delta, refresh, heartbeat, names,
+//!    goodbye) need a sequence number above the last one seen; replies (resync reply, names in
+//!    reply) one at least as high (they carry the sender's current number). A node dropped for
+//!    silence is kept as a tombstone (incarnation, last sequence number, last `time`, when it
+//!    was last heard) for longer than the clock window: it comes back only with a higher
+//!    sequence number *and* a `time` that moved on by as much as this node's clock did since it
+//!    was last heard (minus half of `dead_after`) — a healed partition, never a replay of what a
+//!    dead node sent before it died.
+//! 7. **Caps**: at most [`Config::max_peers`] peers and [`Config::max_observers`] observers,
+//!    [`Config::max_topics_per_peer`] topics per peer and [`Config::max_remote_topics`] over all
+//!    peers. A peer over a cap is flagged ([`NodeInfo::over_cap`]) and asked for its table with
+//!    exponential backoff, not in a loop.
+//! 8. **Resync requests** are answered only when they come from a live peer or observer, from
+//!    the address its group datagrams come from, for its current incarnation, with a request
+//!    number it has not used (`Reject::NotPeer`, `Reject::Stale`); at most once per
+//!    [`Config::resync_interval`] per requester (`Reject::Rate`); and only while the node's repair
+//!    budget ([`Config::max_repair_rate`] bytes a second over all requesters) is not spent
+//!    (`Reject::Budget`). Replies (the table, the names) go to that requester only. So no
+//!    unauthenticated, replayed or spoofed input makes this node send anything to an address
+//!    that has not proven it is a live member: an outsider's amplification factor is zero.
+//!
+//! # Work per tick
+//!
+//! A tick sends at most [`Config::max_tick_datagrams`] delta and names datagrams (plus its share
+//! of the rotating refresh); changes beyond that wait, deduplicated, for the next tick. The last
+//! datagram of a tick carries [`FLAG_END`] (the digest is final) only once nothing waits, so
+//! peers never mistake a backlog for divergence. A burst of a million new topics therefore takes
+//! a few ticks to send instead of one tick of seconds, and heartbeats keep flowing meanwhile.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -16,7 +65,10 @@ use std::time::{Duration, Instant};
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
-use super::wire::{self, Body, Encoder, FLAG_END, FLAG_NAMES, FLAG_STATE, Kind, Reject, Seal};
+use super::wire::{
+    self, Body, Encoder, FLAG_END, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Reject,
+    Seal, Stamp,
+};
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +88,38 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
+/// The wall clock as the protocol sees it: the Unix time read once, advanced by the monotonic
+/// `now` every call passes in (so it never jumps while the process runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// A monotonic instant…
+    pub base: Instant,
+    /// …and the Unix time at that instant, in milliseconds.
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// The system clock, read now.
+    pub fn system() -> Clock {
+        Clock {
+            base: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// The Unix time at `now`, in milliseconds.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.base) {
+            Some(d) => self.unix_ms.saturating_add(d.as_millis() as u64),
+            None => self
+                .unix_ms
+                .saturating_sub(self.base.duration_since(now).as_millis() as u64),
+        }
+    }
+}
+
 /// Protocol settings. See [`crate::Builder`] for the user-facing options.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -53,33 +137,79 @@ pub struct Config {
     pub refresh_cycle: u32,
     /// Most peers tracked.
     pub max_peers: usize,
+    /// Most observers tracked (they never count; they may ask for resyncs).
+    pub max_observers: usize,
     /// Most topics tracked per peer.
     pub max_topics_per_peer: usize,
+    /// Most topics tracked over all peers together.
+    pub max_remote_topics: usize,
     /// Most datagrams accepted per second from one source address.
     pub max_rate: u32,
     /// Least time between two resync requests to the same peer, and between two replies to the
     /// same requester.
     pub resync_interval: Duration,
-    /// A passive observer: sends nothing but resync requests, never counted by peers.
+    /// Bytes per second this node spends answering resync requests, over all requesters.
+    pub max_repair_rate: u64,
+    /// Most delta and names datagrams one tick sends; the rest waits for the next tick.
+    pub max_tick_datagrams: usize,
+    /// How far a datagram's `time` may be from this node's clock.
+    pub max_clock_skew: Duration,
+    /// This node's wall clock.
+    pub clock: Clock,
+    /// A passive observer: counts nothing, never counted or listed by peers.
     pub observer: bool,
 }
 
+/// Defaults of the cluster settings that the engine's builder also documents.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Largest datagram (fits a 1500-byte MTU with IP and UDP headers).
+    pub const BUDGET: usize = 1400;
+    /// Ticks per full rotating refresh.
+    pub const REFRESH_CYCLE: u32 = 10;
+    /// Allowed distance between a sender's clock and the receiver's.
+    pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+    /// Resync replies per second, in bytes: a tenth of a 1 Gbit/s link.
+    pub const MAX_REPAIR_RATE: u64 = 12_500_000;
+    /// Delta and names datagrams per tick (about 700 kB: what a receiver's socket buffer takes
+    /// while it is busy, many times over).
+    pub const MAX_TICK_DATAGRAMS: usize = 512;
+
+    /// `dead_after` for a tick: 3 s or 30 ticks, whichever is longer.
+    pub fn dead_after(tick: Duration) -> Duration {
+        (tick * 30).max(Duration::from_secs(3))
+    }
+}
+
 impl Config {
-    /// Defaults for a node with tick `tick`.
+    /// Defaults for a node with tick `tick`, on the system clock.
     pub fn new(node: u64, incarnation: u64, tick: Duration) -> Config {
         Config {
             node,
             incarnation,
             tick,
-            dead_after: (tick * 30).max(Duration::from_secs(3)),
-            budget: 1400,
-            refresh_cycle: 10,
+            dead_after: defaults::dead_after(tick),
+            budget: defaults::BUDGET,
+            refresh_cycle: defaults::REFRESH_CYCLE,
             max_peers: 1024,
+            max_observers: 64,
             max_topics_per_peer: 1 << 21,
+            max_remote_topics: 1 << 24,
             max_rate: 20_000,
             resync_interval: (tick / 4).max(Duration::from_millis(5)),
+            max_repair_rate: defaults::MAX_REPAIR_RATE,
+            max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
+            max_clock_skew: defaults::MAX_CLOCK_SKEW,
+            clock: Clock::system(),
             observer: false,
         }
+    }
+
+    /// How long a dropped node's tombstone is kept: past the clock window, so that when it is
+    /// forgotten every datagram the node sent before is already refused by the clock rule.
+    fn tomb_ttl(&self) -> Duration {
+        (self.dead_after * 10).max(self.max_clock_skew + self.dead_after * 2)
     }
 }
 
@@ -137,16 +267,43 @@ struct Peer {
     received: u64,
     lost: u64,
     rejected: u64,
+    /// When this node last asked it for a resync.
     last_request: Option<Instant>,
+    /// A passive observer: no table, never counted or listed.
+    observer: bool,
+    /// The latest `time` it sent.
+    time: u64,
+    /// The highest request number accepted from it.
+    requests_seen: u64,
+    /// When this node last answered its resync request.
+    last_reply: Option<Instant>,
+    /// Its table went over a cap here: what this node counts of it is incomplete.
+    over_cap: bool,
+    /// While over a cap: the wait before asking it for its table again (doubles each time).
+    backoff: Duration,
 }
 
 impl Peer {
     fn converged(&self) -> bool {
-        self.declared == Some((self.table.digest, self.table.len() as u32))
+        self.observer || self.declared == Some((self.table.digest, self.table.len() as u32))
     }
     fn total(&self) -> u64 {
         self.table.sum
     }
+}
+
+/// What is remembered of a dropped node.
+#[derive(Debug, Clone, Copy)]
+struct Tomb {
+    incarnation: u64,
+    /// This incarnation never comes back (it said goodbye, or a newer one replaced it).
+    barred: bool,
+    last_seq: u64,
+    requests_seen: u64,
+    /// The last `time` it sent, and when it was last heard here.
+    time: u64,
+    heard: Instant,
+    until: Instant,
 }
 
 /// A peer as [`crate::Engine::nodes`] lists it.
@@ -165,6 +322,9 @@ pub struct NodeInfo {
     pub alive: bool,
     /// This node's copy of the peer's table matches the digest the peer declared.
     pub converged: bool,
+    /// Its table is over this node's caps (`max_topics`): what this node counts of it is
+    /// incomplete, and its total here is too low.
+    pub over_cap: bool,
     /// Topics in its table.
     pub topics: usize,
     /// Sum of its counts.
@@ -188,19 +348,30 @@ pub struct ProtoStats {
     /// Datagrams accepted.
     pub received: u64,
     /// Datagrams rejected, per [`Reject`] (indexed as [`Reject::ALL`]).
-    pub rejected: [u64; 12],
+    pub rejected: [u64; Reject::COUNT],
     /// Resync requests sent.
     pub resync_requests: u64,
     /// Resync requests answered.
     pub resync_replies: u64,
+    /// Bytes sent answering resync requests.
+    pub repair_bytes: u64,
     /// Peers dropped as dead.
     pub peers_died: u64,
+    /// Live observers.
+    pub observers: u64,
+    /// Changed topics waiting for a later tick (the per-tick datagram budget was spent).
+    pub backlog: u64,
 }
 
 impl ProtoStats {
     /// All rejections.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.iter().sum()
+    }
+
+    /// Rejections for one reason.
+    pub fn rejected(&self, r: Reject) -> u64 {
+        self.rejected[r.index()]
     }
 }
 
@@ -222,6 +393,8 @@ struct Bucket {
 
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
+/// The longest wait before asking a peer that is over a cap for its table again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A datagram planned for this tick: kind, refresh range, entries.
 type Planned = (Kind, Option<(u64, u64)>, Vec<(u64, u32)>);
@@ -233,25 +406,35 @@ pub struct Protocol {
     enc: Encoder,
     seq: u64,
     table: Table,
-    changed: Vec<u64>,
+    /// Hashes whose count changed and was not sent yet, oldest first (each once: `queued`).
+    changed: VecDeque<u64>,
+    queued: HashSet<u64>,
     names: HashMap<u64, Arc<str>>,
-    new_names: Vec<u64>,
+    /// Hashes whose names go out with their next delta.
+    new_names: HashSet<u64>,
     cursor: u64,
     refresh_credit: f64,
     peers: HashMap<u64, Peer>,
+    /// Peers that are observers (counted apart from `max_peers`).
+    observers: usize,
     dead: HashMap<u64, (NodeInfo, Instant)>,
     /// Hashes some peer counts whose names this node does not know.
     unnamed: HashSet<u64>,
     /// Names received before any count of their topic.
     pending_names: HashMap<u64, Arc<str>>,
-    tombs: HashMap<u64, (u64, Instant)>,
+    tombs: HashMap<u64, Tomb>,
     remote: HashMap<u64, u64>,
     remote_total: u64,
+    /// Topics over all peers' tables.
+    remote_topics: usize,
     remote_changed: HashSet<u64>,
-    learned: Vec<(u64, Arc<str>)>,
+    learned: VecDeque<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
     rates: HashMap<SocketAddr, Bucket>,
-    replied: HashMap<SocketAddr, Instant>,
+    /// The repair budget: bytes that may still be sent in resync replies (negative: a debt).
+    repair: Bucket,
+    /// This node's resync requests so far (their request numbers).
+    requests: u64,
     names_asked: Option<Instant>,
     /// Topics that became unnamed since names were last asked for.
     newly_unnamed: usize,
@@ -280,29 +463,37 @@ impl Protocol {
             tick_ms,
             cfg.budget,
         );
+        let repair = Bucket {
+            tokens: cfg.max_repair_rate as f64,
+            at: cfg.clock.base,
+        };
         Protocol {
             cfg,
             seal,
             enc,
             seq: 0,
             table: Table::default(),
-            changed: Vec::new(),
+            changed: VecDeque::new(),
+            queued: HashSet::default(),
             names: HashMap::default(),
-            new_names: Vec::new(),
+            new_names: HashSet::default(),
             cursor: 0,
             refresh_credit: 0.0,
             peers: HashMap::default(),
+            observers: 0,
             dead: HashMap::default(),
             unnamed: HashSet::default(),
             pending_names: HashMap::default(),
             tombs: HashMap::default(),
             remote: HashMap::default(),
             remote_total: 0,
+            remote_topics: 0,
             remote_changed: HashSet::default(),
-            learned: Vec::new(),
+            learned: VecDeque::new(),
             out: VecDeque::new(),
             rates: HashMap::default(),
-            replied: HashMap::default(),
+            repair,
+            requests: 0,
             names_asked: None,
             newly_unnamed: 0,
             wake: None,
@@ -318,15 +509,22 @@ impl Protocol {
     /// Sets this node's count for a topic (0 removes it), with its name when known.
     pub fn set_local(&mut self, hash: u64, count: u32, name: Option<&Arc<str>>) {
         let old = self.table.set(hash, count);
-        if old != count {
-            self.changed.push(hash);
+        if old != count && self.queued.insert(hash) {
+            self.changed.push_back(hash);
         }
         if let Some(n) = name {
             self.names.entry(hash).or_insert_with(|| n.clone());
         }
-        // A topic (re)appearing here: announce its name, given now or known from before.
-        if old == 0 && count != 0 && self.names.contains_key(&hash) {
-            self.new_names.push(hash);
+        if count == 0 {
+            // Nobody counts it here any more: keep its name only while a peer counts it (the
+            // engine gives it again if it comes back), so names cannot pile up with churn.
+            self.new_names.remove(&hash);
+            if !self.remote.contains_key(&hash) {
+                self.names.remove(&hash);
+            }
+        } else if old == 0 && self.names.contains_key(&hash) {
+            // A topic (re)appearing here: announce its name with its count.
+            self.new_names.insert(hash);
         }
     }
 
@@ -352,9 +550,11 @@ impl Protocol {
         }
     }
 
-    /// Names learned from peers since the last call.
-    pub fn take_learned_names(&mut self) -> Vec<(u64, Arc<str>)> {
-        std::mem::take(&mut self.learned)
+    /// Up to `max` names learned from peers since the last call, oldest first (the rest wait
+    /// for the next call).
+    pub fn take_learned_names(&mut self, max: usize) -> Vec<(u64, Arc<str>)> {
+        let n = max.min(self.learned.len());
+        self.learned.drain(..n).collect()
     }
 
     /// The name of `hash`, if known.
@@ -383,14 +583,18 @@ impl Protocol {
 
     /// Counters.
     pub fn stats(&self) -> ProtoStats {
-        self.stats
+        let mut s = self.stats;
+        s.observers = self.observers as u64;
+        s.backlog = self.changed.len() as u64;
+        s
     }
 
-    /// Live peers and recently dead ones.
+    /// Live peers and recently dead ones (observers are not listed).
     pub fn nodes(&self, now: Instant) -> Vec<NodeInfo> {
         let mut v: Vec<NodeInfo> = self
             .peers
             .iter()
+            .filter(|(_, p)| !p.observer)
             .map(|(&node, p)| NodeInfo {
                 node,
                 addr: p.addr,
@@ -398,6 +602,7 @@ impl Protocol {
                 last_heard: now.saturating_duration_since(p.last_heard),
                 alive: true,
                 converged: p.converged(),
+                over_cap: p.over_cap,
                 topics: p.table.len(),
                 total: p.total(),
                 received: p.received,
@@ -411,10 +616,6 @@ impl Protocol {
         }));
         v.sort_by_key(|n| (!n.alive, n.node));
         v
-    }
-
-    fn tomb_ttl(&self) -> Duration {
-        self.cfg.dead_after * 10
     }
 
     /// Whether every live peer's copy is converged.
@@ -437,103 +638,155 @@ impl Protocol {
         self.table.len().min(u32::MAX as usize) as u32
     }
 
-    /// Queues names datagrams, to the group (names ride the group sequence numbers, and every
-    /// peer may use them), for those of `hashes` whose names this node knows.
-    fn send_names(&mut self, hashes: &[u64]) {
+    /// The header fields of a datagram sent now with sequence number `seq`.
+    fn stamp(&self, now: Instant, seq: u64) -> Stamp {
+        Stamp {
+            seq,
+            digest: self.table.digest,
+            topics: self.topics(),
+            time: self.cfg.clock.unix_ms(now),
+        }
+    }
+
+    /// Names datagrams for those of `hashes` whose names this node knows. To the group, each
+    /// with a sequence number of its own; or, in reply to a request (`to`), unicast with the
+    /// current sequence number and [`FLAG_REPLY`]. Returns how many datagrams it queued.
+    fn send_names(&mut self, now: Instant, hashes: &[u64], to: Option<SocketAddr>) -> usize {
         let list: Vec<(u64, Arc<str>)> = hashes
             .iter()
             .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
             .collect();
-        let (digest, topics) = (self.table.digest, self.topics());
+        if list.is_empty() {
+            return 0;
+        }
+        let st = self.stamp(now, self.seq);
         let mut seq = self.seq;
+        let reply = to.is_some();
         let mut next = || {
-            seq += 1;
+            if !reply {
+                seq += 1;
+            }
             seq
         };
+        let flags = if reply { FLAG_REPLY } else { 0 };
         let dgs = self.enc.names(
             &self.seal,
+            flags,
             &mut next,
-            digest,
-            topics,
+            &st,
             list.iter().map(|(h, n)| (*h, &**n)),
         );
         self.seq = seq;
+        let n = dgs.len();
+        let dest = to.map_or(Dest::Group, Dest::To);
         for d in dgs {
-            self.push(Dest::Group, d);
+            self.push(dest, d);
         }
+        n
     }
 
-    /// One tick: queues this tick's datagrams (names, deltas, refresh slices or a heartbeat; the
-    /// last one flagged [`FLAG_END`]) and drops dead peers.
+    /// One tick: queues this tick's datagrams (names and deltas of what changed, within the
+    /// per-tick budget; refresh slices; or a heartbeat) and drops dead peers. The last datagram
+    /// is flagged [`FLAG_END`] when no change waits for a later tick.
     pub fn on_tick(&mut self, now: Instant) {
         self.expire(now);
         if self.cfg.observer {
+            // Observers count nothing; a heartbeat makes them known, so their requests are
+            // answered.
             self.changed.clear();
+            self.queued.clear();
             self.new_names.clear();
+            let seq = self.next_seq();
+            let d = self.enc.bare(
+                &self.seal,
+                Kind::Heartbeat,
+                FLAG_END | FLAG_OBSERVER,
+                &self.stamp(now, seq),
+            );
+            self.push(Dest::Group, d);
             self.request_where_needed(now);
             return;
         }
-        let mut batch: Vec<Planned> = Vec::new();
+        let first = self.out.len();
+        let mut budget = self.cfg.max_tick_datagrams.max(1);
 
-        // Names of topics that appeared here this tick.
-        if !self.new_names.is_empty() {
-            let mut hs = std::mem::take(&mut self.new_names);
-            hs.sort_unstable();
-            hs.dedup();
-            self.send_names(&hs);
-        }
-
-        // Deltas: absolute counts of what changed.
-        let mut changed = std::mem::take(&mut self.changed);
-        changed.sort_unstable();
-        changed.dedup();
+        // What changed, oldest first: each topic's name (when new here), then its count.
         let per = self.enc.entries_per_datagram(Kind::Delta);
-        let entries: Vec<(u64, u32)> = changed
-            .iter()
-            .map(|h| (*h, self.table.map.get(h).copied().unwrap_or(0)))
-            .collect();
-        for chunk in entries.chunks(per) {
-            batch.push((Kind::Delta, None, chunk.to_vec()));
+        let room = self.enc.budget() - wire::HEADER_LEN - wire::TAG_LEN;
+        while budget > 0 && !self.changed.is_empty() {
+            let n = per.min(self.changed.len());
+            // The names this chunk announces must fit the budget with its delta (the first
+            // chunk of a tick always goes, so a tick always makes progress).
+            let name_bytes: usize = self
+                .changed
+                .range(..n)
+                .filter(|h| self.new_names.contains(h))
+                .filter_map(|h| self.names.get(h))
+                .map(|name| 9 + name.len())
+                .sum();
+            if name_bytes.div_ceil(room) + 1 > budget && budget < self.cfg.max_tick_datagrams {
+                break;
+            }
+            let hashes: Vec<u64> = self.changed.drain(..n).collect();
+            let mut announce = Vec::new();
+            let mut entries = Vec::with_capacity(n);
+            for h in hashes {
+                self.queued.remove(&h);
+                let c = self.table.map.get(&h).copied().unwrap_or(0);
+                if self.new_names.remove(&h) && c != 0 {
+                    announce.push(h);
+                }
+                entries.push((h, c));
+            }
+            budget = budget.saturating_sub(self.send_names(now, &announce, None));
+            let seq = self.next_seq();
+            let d = self.enc.entries(
+                &self.seal,
+                Kind::Delta,
+                0,
+                &self.stamp(now, seq),
+                None,
+                &entries,
+            );
+            self.push(Dest::Group, d);
+            budget = budget.saturating_sub(1);
         }
 
-        // The rotating refresh: the whole table every `refresh_cycle` ticks.
+        // The rotating refresh: the whole table every `refresh_cycle` ticks. Not while changes
+        // wait: a slice would list topics whose names peers have not been sent yet, and the
+        // backlog carries their counts anyway.
+        let mut batch: Vec<Planned> = Vec::new();
         let per_r = self.enc.entries_per_datagram(Kind::Refresh);
         let dgrams = self.table.len().div_ceil(per_r).max(1) as f64;
-        self.refresh_credit += dgrams / f64::from(self.cfg.refresh_cycle.max(1));
+        if self.changed.is_empty() {
+            self.refresh_credit += dgrams / f64::from(self.cfg.refresh_cycle.max(1));
+        }
         while self.refresh_credit >= 1.0 {
             self.refresh_credit -= 1.0;
             let (lo, hi, e) = self.slice(self.cursor, per_r);
             self.cursor = hi.wrapping_add(1);
             batch.push((Kind::Refresh, Some((lo, hi)), e));
         }
-
-        if batch.is_empty() {
+        for (kind, range, e) in batch {
             let seq = self.next_seq();
-            let d = self.enc.bare(
-                &self.seal,
-                Kind::Heartbeat,
-                FLAG_END,
-                seq,
-                self.table.digest,
-                self.topics(),
-            );
+            let d = self
+                .enc
+                .entries(&self.seal, kind, 0, &self.stamp(now, seq), range, &e);
             self.push(Dest::Group, d);
-        } else {
-            let last = batch.len() - 1;
-            for (i, (kind, range, e)) in batch.into_iter().enumerate() {
-                let flags = if i == last { FLAG_END } else { 0 };
-                let seq = self.next_seq();
-                let d = self.enc.entries(
-                    &self.seal,
-                    kind,
-                    flags,
-                    seq,
-                    self.table.digest,
-                    self.topics(),
-                    range,
-                    &e,
-                );
-                self.push(Dest::Group, d);
+        }
+
+        if self.out.len() == first {
+            let seq = self.next_seq();
+            let flags = if self.changed.is_empty() { FLAG_END } else { 0 };
+            let d = self
+                .enc
+                .bare(&self.seal, Kind::Heartbeat, flags, &self.stamp(now, seq));
+            self.push(Dest::Group, d);
+        } else if self.changed.is_empty() {
+            // The tick's last datagram says the digest is final. (All of them are ours and
+            // sealed just now: set the flag and seal again.)
+            if let Some(last) = self.out.back_mut() {
+                set_end(&self.seal, &mut last.bytes);
             }
         }
         self.request_where_needed(now);
@@ -568,50 +821,72 @@ impl Protocol {
             .map(|(n, _)| *n)
             .collect();
         for n in dead {
-            self.stats.peers_died += 1;
+            if self.peers.get(&n).is_some_and(|p| !p.observer) {
+                self.stats.peers_died += 1;
+            }
             self.drop_peer(n, now, false);
         }
-        self.tombs.retain(|_, (_, until)| *until > now);
+        self.tombs.retain(|_, t| t.until > now);
+        // Tombstones are made only by authenticated datagrams of peers that were admitted, so
+        // this bound is rarely reached; past it the oldest go first.
+        let cap = self.cfg.max_peers + self.cfg.max_observers;
+        if self.tombs.len() > cap {
+            let mut by_age: Vec<(Instant, u64)> =
+                self.tombs.iter().map(|(n, t)| (t.until, *n)).collect();
+            by_age.sort_unstable();
+            for (_, n) in by_age.iter().take(self.tombs.len() - cap) {
+                self.tombs.remove(n);
+            }
+        }
         let tombs = &self.tombs;
         self.dead.retain(|n, _| tombs.contains_key(n));
         if self.rates.len() > 4 * self.cfg.max_peers {
             self.rates.clear();
         }
-        let ri = self.cfg.resync_interval;
-        self.replied
-            .retain(|_, t| now.saturating_duration_since(*t) < ri);
     }
 
-    /// Removes a peer and its counts. `gone`: it said goodbye (its incarnation stays barred).
-    fn drop_peer(&mut self, node: u64, now: Instant, gone: bool) {
+    /// Removes a peer and its counts, keeping a tombstone. `barred`: its incarnation never comes
+    /// back (it said goodbye, or a newer incarnation replaced it).
+    fn drop_peer(&mut self, node: u64, now: Instant, barred: bool) {
         let Some(p) = self.peers.remove(&node) else {
             return;
         };
+        if p.observer {
+            self.observers -= 1;
+        }
+        self.remote_topics -= p.table.len();
         for (&h, &c) in &p.table.map {
             self.sub_remote(h, c);
         }
-        let info = NodeInfo {
+        if !p.observer {
+            let info = NodeInfo {
+                node,
+                addr: p.addr,
+                incarnation: p.incarnation,
+                last_heard: now.saturating_duration_since(p.last_heard),
+                alive: false,
+                converged: false,
+                over_cap: false,
+                topics: 0,
+                total: 0,
+                received: p.received,
+                lost: p.lost,
+                rejected: p.rejected,
+            };
+            self.dead.insert(node, (info, now));
+        }
+        self.tombs.insert(
             node,
-            addr: p.addr,
-            incarnation: p.incarnation,
-            last_heard: now.saturating_duration_since(p.last_heard),
-            alive: false,
-            converged: false,
-            topics: 0,
-            total: 0,
-            received: p.received,
-            lost: p.lost,
-            rejected: p.rejected,
-        };
-        self.dead.insert(node, (info, now));
-        // A silent node may come back with the same incarnation (a healed partition); only a
-        // goodbye bars its incarnation. Either way the entry shows the node as dead for a while.
-        let inc = if gone {
-            p.incarnation
-        } else {
-            p.incarnation.saturating_sub(1)
-        };
-        self.tombs.insert(node, (inc, now + self.tomb_ttl()));
+            Tomb {
+                incarnation: p.incarnation,
+                barred,
+                last_seq: p.last_seq,
+                requests_seen: p.requests_seen,
+                time: p.time,
+                heard: p.last_heard,
+                until: now + self.cfg.tomb_ttl(),
+            },
+        );
     }
 
     fn sub_remote(&mut self, h: u64, c: u32) {
@@ -641,7 +916,7 @@ impl Protocol {
             match self.pending_names.remove(&h) {
                 Some(n) => {
                     self.names.insert(h, n.clone());
-                    self.learned.push((h, n));
+                    self.learned.push_back((h, n));
                 }
                 None => {
                     if self.unnamed.insert(h) {
@@ -660,7 +935,10 @@ impl Protocol {
         let Some(p) = self.peers.get_mut(&node) else {
             return;
         };
+        let before = p.table.len();
         let old = p.table.set(h, c);
+        let after = p.table.len();
+        self.remote_topics = self.remote_topics + after - before;
         if old != c {
             self.sub_remote(h, old);
             self.add_remote(h, c);
@@ -669,7 +947,8 @@ impl Protocol {
 
     /// Asks for a resync every peer whose copy does not match what it declared, and, when some
     /// counted topic has no name here, every peer for its names: soon (one resync interval)
-    /// for topics that became unnamed since the last ask, rarely for the same ones again.
+    /// for topics that became unnamed since the last ask, rarely for the same ones again. A peer
+    /// over a cap is asked with exponential backoff (its table cannot converge here).
     fn request_where_needed(&mut self, now: Instant) {
         let every = self.cfg.resync_interval;
         let names_every = (every * 20).max(Duration::from_secs(5));
@@ -694,13 +973,13 @@ impl Protocol {
         let want: Vec<(u64, SocketAddr, u64, bool)> = self
             .peers
             .iter()
+            .filter(|(_, p)| !p.observer)
             .filter_map(|(&n, p)| {
                 let behind = p.declared.is_some() && !p.converged();
-                let due = p
-                    .last_request
-                    .is_none_or(|t| now.saturating_duration_since(t) >= every);
+                let wait = if p.over_cap { p.backoff } else { every };
+                let due = p.last_request.is_none_or(|t| since(t) >= wait);
                 if behind && !due {
-                    let at = p.last_request.map_or(now, |t| t + every);
+                    let at = p.last_request.map_or(now, |t| t + wait);
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
                 let state = behind && due;
@@ -716,17 +995,20 @@ impl Protocol {
         for (node, addr, inc, state) in want {
             if state && let Some(p) = self.peers.get_mut(&node) {
                 p.last_request = Some(now);
+                if p.over_cap {
+                    p.backoff = (p.backoff * 2).clamp(every, MAX_BACKOFF);
+                }
             }
             self.stats.resync_requests += 1;
+            self.requests += 1;
             let flags = if ask_names { FLAG_NAMES } else { 0 } | if state { FLAG_STATE } else { 0 };
             let d = self.enc.request(
                 &self.seal,
                 flags,
-                self.seq,
-                self.table.digest,
-                self.topics(),
+                &self.stamp(now, self.seq),
                 node,
                 inc,
+                self.requests,
             );
             self.push(Dest::To(addr), d);
         }
@@ -757,7 +1039,7 @@ impl Protocol {
         Outcome::Rejected(r)
     }
 
-    /// Handles one received datagram.
+    /// Handles one received datagram: admission (see the module docs), then its effect.
     pub fn on_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Outcome {
         if !self.rate_ok(from, now) {
             return self.reject(Reject::Rate, None);
@@ -767,113 +1049,208 @@ impl Protocol {
             Err(r) => return self.reject(r, None),
         };
         let h = d.header;
-        let (node, inc, seq) = (h.node.get(), h.incarnation.get(), h.seq.get());
+        let (node, inc, time) = (h.node.get(), h.incarnation.get(), h.time.get());
         if node == self.cfg.node {
-            return Outcome::Own;
-        }
-        if d.kind == Kind::ResyncRequest {
-            let Body::Target(t, ti) = d.body else {
-                return self.reject(Reject::Malformed, None);
+            return match inc.cmp(&self.cfg.incarnation) {
+                std::cmp::Ordering::Equal => Outcome::Own,
+                // Another process with this id: a newer one, or an older one still sending
+                // after this one started. (Before that: its leftovers, or a replay.)
+                std::cmp::Ordering::Greater => self.reject(Reject::NodeId, None),
+                std::cmp::Ordering::Less if time >= self.cfg.clock.unix_ms => {
+                    self.reject(Reject::NodeId, None)
+                }
+                std::cmp::Ordering::Less => self.reject(Reject::Incarnation, None),
             };
-            if t == self.cfg.node && ti == self.cfg.incarnation && !self.cfg.observer {
-                let f = h.flags.get();
-                self.serve_resync(now, from, f & FLAG_NAMES != 0, f & FLAG_STATE != 0);
-            }
-            self.stats.received += 1;
-            return Outcome::Applied;
         }
-        if let Some(&(dead_inc, _)) = self.tombs.get(&node) {
-            if inc <= dead_inc {
-                return self.reject(Reject::Incarnation, None);
+        let here = self.cfg.clock.unix_ms(now);
+        if here.abs_diff(time) > self.cfg.max_clock_skew.as_millis() as u64 {
+            return self.reject(Reject::Clock, Some(node));
+        }
+        if let Body::Target {
+            node: target,
+            incarnation: target_inc,
+            request,
+        } = d.body
+        {
+            return self.on_request(now, from, &d, target, target_inc, request);
+        }
+        if let Err(r) = self.admit(now, from, &d) {
+            return self.reject(r, Some(node));
+        }
+        self.apply(now, from, d)
+    }
+
+    /// Rules 5 to 7 for a datagram that is not a request: on success the sender is a peer (new,
+    /// revived from its tombstone, or replacing an older incarnation) and the datagram may be
+    /// applied whole.
+    fn admit(&mut self, now: Instant, from: SocketAddr, d: &wire::Datagram) -> Result<(), Reject> {
+        let h = d.header;
+        let (node, inc, seq, time) = (h.node.get(), h.incarnation.get(), h.seq.get(), h.time.get());
+        let reply = d.kind == Kind::ResyncReply
+            || (d.kind == Kind::Names && h.flags.get() & FLAG_REPLY != 0);
+        let observer = d.kind == Kind::Heartbeat && h.flags.get() & FLAG_OBSERVER != 0;
+        let mut revived = None;
+        if let Some(t) = self.tombs.get(&node).copied() {
+            if inc < t.incarnation || (inc == t.incarnation && t.barred) {
+                return Err(Reject::Incarnation);
             }
-            self.tombs.remove(&node);
-            self.dead.remove(&node);
+            if inc == t.incarnation {
+                // Dropped for silence: back only if this was sent after the drop, by the
+                // sender's clock as far as ours moved since we last heard it.
+                let moved = now.saturating_duration_since(t.heard).as_millis() as u64;
+                let slack = (self.cfg.dead_after / 2).as_millis() as u64;
+                if seq <= t.last_seq || time.saturating_add(slack) < t.time.saturating_add(moved) {
+                    return Err(Reject::Stale);
+                }
+                revived = Some(t);
+            }
         }
         match self.peers.get(&node) {
-            Some(p) if inc < p.incarnation => return self.reject(Reject::Incarnation, Some(node)),
+            Some(p) if inc < p.incarnation => return Err(Reject::Incarnation),
             Some(p) if inc > p.incarnation => {
-                // A restart: the old process's counts go, whole.
-                let old_inc = p.incarnation;
+                // A restart: the old process's counts go, whole, and its incarnation is barred.
                 self.drop_peer(node, now, true);
-                self.tombs.insert(node, (old_inc, now + self.tomb_ttl()));
                 self.dead.remove(&node);
             }
             Some(p) => {
-                let fresh = if d.kind == Kind::ResyncReply {
+                let fresh = if reply {
                     seq >= p.last_seq
                 } else {
                     seq > p.last_seq
                 };
                 if !fresh {
-                    return self.reject(Reject::Stale, Some(node));
+                    return Err(Reject::Stale);
                 }
+                if p.observer != observer && d.kind != Kind::Goodbye {
+                    return Err(Reject::Malformed);
+                }
+                return self.check_caps(node, d);
             }
             None => {}
         }
+        // A node this one does not know (any more): a tombstone of an older incarnation is
+        // superseded; one of this incarnation was checked above.
+        if let Some(t) = self.tombs.get(&node)
+            && (revived.is_some() || inc > t.incarnation)
+        {
+            self.tombs.remove(&node);
+            self.dead.remove(&node);
+        }
         if d.kind == Kind::Goodbye {
-            self.stats.received += 1;
+            return Ok(());
+        }
+        if observer {
+            if self.observers >= self.cfg.max_observers {
+                return Err(Reject::TooManyPeers);
+            }
+        } else if self.peers.len() - self.observers >= self.cfg.max_peers {
+            return Err(Reject::TooManyPeers);
+        }
+        let (last_seq, requests_seen) = match revived {
+            Some(t) => (t.last_seq, t.requests_seen),
+            None if reply => (seq, 0),
+            None => (seq.saturating_sub(1), 0),
+        };
+        self.peers.insert(
+            node,
+            Peer {
+                addr: from,
+                incarnation: inc,
+                last_seq,
+                last_heard: now,
+                tick: Duration::from_millis(u64::from(h.tick_ms.get())),
+                table: Table::default(),
+                declared: None,
+                received: 0,
+                lost: 0,
+                rejected: 0,
+                last_request: None,
+                observer,
+                time,
+                requests_seen,
+                last_reply: None,
+                over_cap: false,
+                backoff: Duration::ZERO,
+            },
+        );
+        if observer {
+            self.observers += 1;
+        }
+        self.check_caps(node, d)
+    }
+
+    /// Caps before any change: a datagram is applied whole or not at all. Counts only when the
+    /// datagram could reach a cap.
+    fn check_caps(&mut self, node: u64, d: &wire::Datagram) -> Result<(), Reject> {
+        let (cap, global) = (self.cfg.max_topics_per_peer, self.cfg.max_remote_topics);
+        let Some(p) = self.peers.get(&node) else {
+            return Ok(());
+        };
+        let over = match &d.body {
+            Body::Entries(e) | Body::Range(_, _, e)
+                if p.table.len() + e.len() > cap || self.remote_topics + e.len() > global =>
+            {
+                let new = e
+                    .iter()
+                    .filter(|e| e.count.get() != 0 && !p.table.map.contains_key(&e.hash.get()))
+                    .count();
+                p.table.len() + new > cap || self.remote_topics + new > global
+            }
+            _ => false,
+        };
+        if over {
+            let p = self.peers.get_mut(&node).expect("checked above");
+            if !p.over_cap {
+                p.over_cap = true;
+                p.backoff = self.cfg.resync_interval;
+            }
+            return Err(Reject::TooManyTopics);
+        }
+        Ok(())
+    }
+
+    /// Applies an admitted datagram.
+    fn apply(&mut self, now: Instant, from: SocketAddr, d: wire::Datagram) -> Outcome {
+        let h = d.header;
+        let (node, seq, time) = (h.node.get(), h.seq.get(), h.time.get());
+        self.stats.received += 1;
+        if d.kind == Kind::Goodbye {
             if self.peers.contains_key(&node) {
                 self.drop_peer(node, now, true);
             } else {
-                self.tombs.insert(node, (inc, now + self.tomb_ttl()));
+                self.tombs.insert(
+                    node,
+                    Tomb {
+                        incarnation: h.incarnation.get(),
+                        barred: true,
+                        last_seq: seq,
+                        requests_seen: 0,
+                        time,
+                        heard: now,
+                        until: now + self.cfg.tomb_ttl(),
+                    },
+                );
             }
             return Outcome::Applied;
         }
-        if !self.peers.contains_key(&node) {
-            if self.peers.len() >= self.cfg.max_peers {
-                return self.reject(Reject::TooManyPeers, None);
-            }
-            self.peers.insert(
-                node,
-                Peer {
-                    addr: from,
-                    incarnation: inc,
-                    last_seq: seq.saturating_sub(1),
-                    last_heard: now,
-                    tick: Duration::from_millis(u64::from(h.tick_ms.get())),
-                    table: Table::default(),
-                    declared: None,
-                    received: 0,
-                    lost: 0,
-                    rejected: 0,
-                    last_request: None,
-                },
-            );
-        }
-        // Caps before any change: a datagram is applied whole or not at all.
-        let cap = self.cfg.max_topics_per_peer;
-        let over = {
-            let p = &self.peers[&node];
-            match &d.body {
-                // Only when the datagram could reach the cap: count the topics it would add.
-                Body::Entries(e) | Body::Range(_, _, e) if p.table.len() + e.len() > cap => {
-                    let new = e
-                        .iter()
-                        .filter(|e| e.count.get() != 0 && !p.table.map.contains_key(&e.hash.get()))
-                        .count();
-                    p.table.len() + new > cap
-                }
-                _ => false,
-            }
-        };
-        if over {
-            return self.reject(Reject::TooManyTopics, Some(node));
-        }
-        let tick_ms = h.tick_ms.get();
+        let reply = d.kind == Kind::ResyncReply || h.flags.get() & FLAG_REPLY != 0;
         let declared = (h.digest.get(), h.topics.get());
         let end = h.flags.get() & FLAG_END != 0;
         {
-            let p = self.peers.get_mut(&node).expect("inserted above");
-            if d.kind != Kind::ResyncReply && seq > p.last_seq.saturating_add(1) {
+            let p = self.peers.get_mut(&node).expect("admitted");
+            if !reply && seq > p.last_seq.saturating_add(1) {
                 p.lost += seq - p.last_seq - 1;
             }
             p.last_seq = p.last_seq.max(seq);
             p.last_heard = now;
             p.addr = from;
-            p.tick = Duration::from_millis(u64::from(tick_ms));
+            p.time = p.time.max(time);
+            p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
             p.received += 1;
+            if p.observer {
+                return Outcome::Applied;
+            }
         }
-        self.stats.received += 1;
         match d.body {
             Body::Entries(e) => {
                 for e in e {
@@ -911,81 +1288,135 @@ impl Protocol {
                         let n: Arc<str> = n.into();
                         v.insert(n.clone());
                         self.unnamed.remove(&h);
-                        self.learned.push((h, n));
+                        self.learned.push_back((h, n));
                     }
                 }
             }
-            Body::Empty | Body::Target(..) => {}
+            Body::Empty | Body::Target { .. } => {}
         }
         if end || d.kind == Kind::Heartbeat {
-            let p = self.peers.get_mut(&node).expect("inserted above");
-            p.declared = Some(declared);
-            if !p.converged() {
+            let p = self.peers.get_mut(&node).expect("admitted");
+            if end {
+                p.declared = Some(declared);
+            }
+            if p.converged() {
+                p.over_cap = false;
+                p.backoff = Duration::ZERO;
+            } else if end {
                 self.request_where_needed(now);
             }
         }
         Outcome::Applied
     }
 
-    /// Sends the whole table and/or the names, as asked, to `to`, at most once per resync
-    /// interval.
-    fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
-        if self
-            .replied
-            .get(&to)
-            .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.resync_interval)
-        {
-            return;
+    /// Rule 8: a resync request is answered only for a live member at its own address, once per
+    /// request number, within the per-requester interval and the repair budget.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: &wire::Datagram,
+        target: u64,
+        target_inc: u64,
+        request: u64,
+    ) -> Outcome {
+        let h = d.header;
+        let requester = h.node.get();
+        if target != self.cfg.node || self.cfg.observer {
+            return self.reject(Reject::NotPeer, None);
         }
-        self.replied.insert(to, now);
+        if target_inc != self.cfg.incarnation {
+            return self.reject(Reject::Incarnation, None);
+        }
+        let every = self.cfg.resync_interval;
+        let Some(p) = self.peers.get_mut(&requester) else {
+            return self.reject(Reject::NotPeer, None);
+        };
+        if p.incarnation != h.incarnation.get() || p.addr != from {
+            return self.reject(Reject::NotPeer, Some(requester));
+        }
+        if request <= p.requests_seen {
+            return self.reject(Reject::Stale, Some(requester));
+        }
+        p.requests_seen = request;
+        if p.last_reply
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+        {
+            return self.reject(Reject::Rate, Some(requester));
+        }
+        if !self.repair_ok(now) {
+            return self.reject(Reject::Budget, Some(requester));
+        }
+        if let Some(p) = self.peers.get_mut(&requester) {
+            p.last_reply = Some(now);
+        }
+        self.stats.received += 1;
+        let f = h.flags.get();
+        self.serve_resync(now, from, f & FLAG_NAMES != 0, f & FLAG_STATE != 0);
+        Outcome::Applied
+    }
+
+    /// Whether the repair budget has anything left (it may then go into debt by one reply).
+    fn repair_ok(&mut self, now: Instant) -> bool {
+        let rate = self.cfg.max_repair_rate as f64;
+        let b = &mut self.repair;
+        let dt = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + dt * rate).min(rate);
+        b.at = now;
+        b.tokens > 0.0
+    }
+
+    /// Sends the whole table and/or the names, as asked, to `to` only.
+    fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
+        let before = (self.out.len(), self.stats.bytes_sent);
         self.stats.resync_replies += 1;
         if names {
             let hashes: Vec<u64> = self.table.map.keys().copied().collect();
-            self.send_names(&hashes);
+            self.send_names(now, &hashes, Some(to));
         }
-        if !state {
-            return;
-        }
-        let per = self.enc.entries_per_datagram(Kind::ResyncReply);
-        let mut lo = 0u64;
-        loop {
-            let (l, hi, e) = self.slice(lo, per);
-            let last = hi == u64::MAX;
-            let flags = if last { FLAG_END } else { 0 };
-            let d = self.enc.entries(
-                &self.seal,
-                Kind::ResyncReply,
-                flags,
-                self.seq,
-                self.table.digest,
-                self.topics(),
-                Some((l, hi)),
-                &e,
-            );
-            self.push(Dest::To(to), d);
-            if last {
-                break;
+        if state {
+            let per = self.enc.entries_per_datagram(Kind::ResyncReply);
+            let st = self.stamp(now, self.seq);
+            let mut lo = 0u64;
+            loop {
+                let (l, hi, e) = self.slice(lo, per);
+                let last = hi == u64::MAX;
+                let flags = if last { FLAG_END } else { 0 };
+                let d =
+                    self.enc
+                        .entries(&self.seal, Kind::ResyncReply, flags, &st, Some((l, hi)), &e);
+                self.push(Dest::To(to), d);
+                if last {
+                    break;
+                }
+                lo = hi + 1;
             }
-            lo = hi + 1;
         }
+        debug_assert!(self.out.len() >= before.0);
+        let bytes = self.stats.bytes_sent - before.1;
+        self.stats.repair_bytes += bytes;
+        self.repair.tokens -= bytes as f64;
     }
 
     /// Queues a goodbye: peers drop this node's counts at once.
-    pub fn goodbye(&mut self) {
-        if self.cfg.observer {
-            return;
-        }
+    pub fn goodbye(&mut self, now: Instant) {
         let seq = self.next_seq();
-        let d = self.enc.bare(
-            &self.seal,
-            Kind::Goodbye,
-            FLAG_END,
-            seq,
-            self.table.digest,
-            self.topics(),
-        );
+        let d = self
+            .enc
+            .bare(&self.seal, Kind::Goodbye, FLAG_END, &self.stamp(now, seq));
         self.push(Dest::Group, d);
     }
+}
+
+/// Sets [`FLAG_END`] on a datagram this node sealed, and seals it again.
+fn set_end(seal: &Seal, bytes: &mut Vec<u8>) {
+    use zerocopy::FromBytes;
+    let body = bytes.len() - wire::TAG_LEN;
+    bytes.truncate(body);
+    if let Ok((h, _)) = wire::Header::mut_from_prefix(&mut bytes[..]) {
+        h.flags.set(h.flags.get() | FLAG_END);
+    }
+    seal.seal(bytes);
 }
 
 /// Exposed so the wire module's constants are reachable from the protocol's users.
@@ -1001,6 +1432,31 @@ mod tests {
         c.budget = budget;
         c.refresh_cycle = 1;
         Protocol::new(c, Seal::new("p", b"k"))
+    }
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], i))
+    }
+
+    /// Everything `p` queued.
+    fn drain(p: &mut Protocol) -> Vec<Transmit> {
+        std::iter::from_fn(|| p.poll_transmit()).collect()
+    }
+
+    /// Delivers everything `from` queued (group datagrams, and unicast ones addressed to `to_addr`)
+    /// to `to`, as sent from `from_addr`; returns the outcomes.
+    fn deliver(
+        from: &mut Protocol,
+        from_addr: SocketAddr,
+        to: &mut Protocol,
+        to_addr: SocketAddr,
+        now: Instant,
+    ) -> Vec<Outcome> {
+        drain(from)
+            .into_iter()
+            .filter(|t| t.dest == Dest::Group || t.dest == Dest::To(to_addr))
+            .map(|t| to.on_datagram(now, from_addr, &t.bytes))
+            .collect()
     }
 
     proptest! {
@@ -1105,15 +1561,18 @@ mod tests {
         let seal = Seal::new("p", b"k");
         let enc = Encoder::new(seal.cluster(), 7, 1, 100, 1400);
         let mut b = proto(2, 1400);
-        let hb = enc.bare(&seal, Kind::Heartbeat, FLAG_END, u64::MAX, 0, 0);
+        let st = Stamp {
+            seq: u64::MAX,
+            time: b.config().clock.unix_ms(now),
+            ..Stamp::default()
+        };
+        let hb = enc.bare(&seal, Kind::Heartbeat, FLAG_END, &st);
         assert_eq!(b.on_datagram(now, from, &hb), Outcome::Applied);
         let r = enc.entries(
             &seal,
             Kind::ResyncReply,
             FLAG_END,
-            u64::MAX,
-            0,
-            0,
+            &st,
             Some((0, u64::MAX)),
             &[],
         );
@@ -1176,5 +1635,334 @@ mod tests {
         }
         assert_eq!(rate, 50_000 - 20_000);
         assert_eq!(b.stats().rejected_total(), 50_000);
+    }
+
+    /// Defect: a node dropped for silence came back, counts and all, when one of its captured
+    /// datagrams was replayed (its tombstone barred only `incarnation - 1`, and a re-created peer
+    /// started at `last_seq = seq - 1`).
+    #[test]
+    fn a_dropped_node_is_never_revived_by_a_replay() {
+        let t0 = Instant::now();
+        let (a_addr, b_addr) = (addr(1), addr(2));
+        let mut a = proto(1, 1400);
+        let mut b = proto(2, 1400);
+        for h in 0..500u64 {
+            a.set_local(h, 1, None);
+        }
+        // Two seconds of normal traffic; every datagram a sends is captured.
+        let mut captured = Vec::new();
+        let mut now = t0;
+        for _ in 0..20 {
+            a.on_tick(now);
+            b.on_tick(now);
+            for t in drain(&mut a) {
+                captured.push(t.bytes.clone());
+                if t.dest == Dest::Group || t.dest == Dest::To(b_addr) {
+                    b.on_datagram(now, a_addr, &t.bytes);
+                }
+            }
+            deliver(&mut b, b_addr, &mut a, a_addr, now);
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(b.remote_total(), 500);
+        // `a` dies (no goodbye). Some of its last datagrams never reached `b`: those are the
+        // dangerous ones (their sequence numbers are new to `b`).
+        for _ in 0..3 {
+            a.on_tick(now);
+            captured.extend(drain(&mut a).into_iter().map(|t| t.bytes));
+            now += Duration::from_millis(100);
+        }
+        let dead_after = b.config().dead_after;
+        now += dead_after;
+        b.on_tick(now);
+        assert_eq!(b.remote_total(), 0, "dropped after dead_after");
+        // Replays, one every 100 ms for 60 s: while the tombstone is kept, and after.
+        let ttl = b.config().tomb_ttl();
+        let mut applied = 0;
+        let mut i = 0;
+        while now < t0 + ttl + Duration::from_secs(60) {
+            now += Duration::from_millis(100);
+            b.on_tick(now);
+            let d = &captured[i % captured.len()];
+            i += 1;
+            if b.on_datagram(now, a_addr, d) == Outcome::Applied {
+                applied += 1;
+            }
+            assert_eq!(b.remote_total(), 0, "replay {i} brought counts back");
+        }
+        assert_eq!(applied, 0);
+        let s = b.stats();
+        assert!(
+            s.rejected(Reject::Stale) > 0 && s.rejected(Reject::Clock) > 0,
+            "{s:?}"
+        );
+        assert!(b.nodes(now).iter().all(|n| !n.alive));
+    }
+
+    /// A node dropped for silence that really is alive (a healed partition) comes back: its
+    /// clock moved on as much as ours.
+    #[test]
+    fn a_healed_partition_comes_back() {
+        let t0 = Instant::now();
+        let (a_addr, b_addr) = (addr(1), addr(2));
+        let mut a = proto(1, 1400);
+        let mut b = proto(2, 1400);
+        a.set_local(7, 3, None);
+        let mut now = t0;
+        for round in 0..80 {
+            a.on_tick(now);
+            b.on_tick(now);
+            let cut = (10..50).contains(&round);
+            if cut {
+                drain(&mut a);
+                drain(&mut b);
+            } else {
+                deliver(&mut a, a_addr, &mut b, b_addr, now);
+                deliver(&mut b, b_addr, &mut a, a_addr, now);
+            }
+            if round == 45 {
+                assert_eq!(b.remote(7), 0, "dropped during the partition");
+            }
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(b.remote(7), 3, "back after the partition healed");
+        assert!(b.converged());
+    }
+
+    /// Defect: one captured 88-byte resync request, re-sent from foreign addresses, brought back
+    /// the whole table to each (and all the names, multicast). Requests are answered only for a
+    /// live peer, at its own address, once per request number.
+    #[test]
+    fn resync_requests_are_answered_only_for_live_peers_at_their_address() {
+        let now = Instant::now();
+        let (a_addr, b_addr) = (addr(1), addr(2));
+        let mut a = proto(1, 1400);
+        let mut b = proto(2, 1400);
+        for h in 0..10_000u64 {
+            a.set_local(h, 1, Some(&Arc::from(format!("topic:{h}"))));
+        }
+        a.on_tick(now);
+        b.on_tick(now);
+        deliver(&mut b, b_addr, &mut a, a_addr, now); // a knows b now
+        drain(&mut a);
+        // b asks a for its table (as after a lost datagram).
+        b.on_datagram(now, a_addr, &{
+            let mut x = proto(1, 1400);
+            x.on_tick(now);
+            drain(&mut x).pop().unwrap().bytes
+        });
+        let mut req = None;
+        let later = now + Duration::from_millis(50);
+        b.set_local(99, 1, None);
+        for i in 0..3 {
+            let t = later + Duration::from_millis(30 * i);
+            b.requests += 1;
+            let d = b.enc.request(
+                &b.seal,
+                FLAG_STATE | FLAG_NAMES,
+                &b.stamp(t, b.seq),
+                1,
+                1,
+                b.requests,
+            );
+            req.get_or_insert(d);
+        }
+        let req = req.unwrap();
+        assert_eq!(a.on_datagram(later, b_addr, &req), Outcome::Applied);
+        let reply: usize = drain(&mut a)
+            .iter()
+            .inspect(|t| assert_eq!(t.dest, Dest::To(b_addr), "replies go to the requester only"))
+            .map(|t| t.bytes.len())
+            .sum();
+        assert!(reply > 100_000, "the table and its names: {reply} bytes");
+        // The same request again, from b's address: a request number already used.
+        let t = later + Duration::from_secs(1);
+        assert_eq!(
+            a.on_datagram(t, b_addr, &req),
+            Outcome::Rejected(Reject::Stale)
+        );
+        // From 20 foreign addresses: nothing sent anywhere.
+        for i in 0..20u16 {
+            assert_eq!(
+                a.on_datagram(t, addr(1000 + i), &req),
+                Outcome::Rejected(Reject::NotPeer)
+            );
+        }
+        assert!(
+            drain(&mut a).is_empty(),
+            "no reply to a replayed or spoofed request"
+        );
+        // After b is dropped, its own address gets nothing either.
+        let gone = t + a.config().dead_after * 2;
+        a.on_tick(gone);
+        drain(&mut a);
+        let mut fresh = req.clone();
+        let n = fresh.len() - wire::TAG_LEN;
+        fresh.truncate(n);
+        fresh[wire::HEADER_LEN + 16..wire::HEADER_LEN + 24].copy_from_slice(&1000u64.to_be_bytes());
+        b.seal.seal(&mut fresh);
+        assert_eq!(
+            a.on_datagram(gone, b_addr, &fresh),
+            Outcome::Rejected(Reject::NotPeer)
+        );
+        assert!(drain(&mut a).is_empty());
+    }
+
+    /// The repair budget holds over all requesters: many live peers asking at once get at most
+    /// about a second's budget (plus one reply) at once.
+    #[test]
+    fn the_repair_budget_bounds_replies_over_all_requesters() {
+        let now = Instant::now();
+        let mut c = Config::new(1, 1, Duration::from_millis(100));
+        c.max_repair_rate = 200_000;
+        let mut a = Protocol::new(c, Seal::new("p", b"k"));
+        for h in 0..10_000u64 {
+            a.set_local(h, 1, None);
+        }
+        a.on_tick(now);
+        drain(&mut a);
+        let mut peers: Vec<Protocol> = (2..12).map(|n| proto(n, 1400)).collect();
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.on_tick(now);
+            deliver(p, addr(100 + i as u16), &mut a, addr(1), now);
+        }
+        drain(&mut a);
+        let mut sent = 0usize;
+        let mut refused = 0;
+        for (i, p) in peers.iter_mut().enumerate() {
+            let d = p
+                .enc
+                .request(&p.seal, FLAG_STATE, &p.stamp(now, p.seq), 1, 1, 1);
+            match a.on_datagram(now, addr(100 + i as u16), &d) {
+                Outcome::Applied => {}
+                Outcome::Rejected(Reject::Budget) => refused += 1,
+                o => panic!("{o:?}"),
+            }
+            sent += drain(&mut a).iter().map(|t| t.bytes.len()).sum::<usize>();
+        }
+        // 10,000 topics are about 130 kB: the first reply fits the 200 kB budget, the second
+        // spends the rest (a reply may overdraw once), the others wait.
+        assert!(refused >= 8, "refused {refused}");
+        assert!(sent < 300_000, "{sent} bytes");
+        assert_eq!(a.stats().rejected(Reject::Budget), refused);
+    }
+
+    /// A burst of changes larger than a tick's budget goes out over several ticks; peers see no
+    /// final digest (and ask for nothing) until all of it went out, then converge.
+    #[test]
+    fn a_burst_is_spread_over_ticks_and_converges_without_resyncs() {
+        let t0 = Instant::now();
+        let mut c = Config::new(1, 1, Duration::from_millis(100));
+        c.max_tick_datagrams = 50;
+        let mut a = Protocol::new(c, Seal::new("p", b"k"));
+        let mut b = proto(2, 1400);
+        for h in 0..20_000u64 {
+            a.set_local(h, 2, Some(&Arc::from(format!("t{h}"))));
+        }
+        let mut now = t0;
+        let mut ticks = 0;
+        loop {
+            a.on_tick(now);
+            b.on_tick(now);
+            let out = drain(&mut a);
+            let deltas = out
+                .iter()
+                .filter(|t| t.dest == Dest::Group)
+                .filter(|t| {
+                    a.seal
+                        .open(&t.bytes)
+                        .is_ok_and(|d| matches!(d.kind, Kind::Delta | Kind::Names))
+                })
+                .count();
+            assert!(
+                deltas <= 50,
+                "tick {ticks}: {deltas} delta and names datagrams"
+            );
+            let ends = out
+                .iter()
+                .filter(|t| {
+                    a.seal
+                        .open(&t.bytes)
+                        .is_ok_and(|d| d.header.flags.get() & FLAG_END != 0)
+                })
+                .count();
+            assert_eq!(ends, usize::from(a.stats().backlog == 0), "tick {ticks}");
+            for t in out {
+                assert_eq!(b.on_datagram(now, addr(1), &t.bytes), Outcome::Applied);
+            }
+            deliver(&mut b, addr(2), &mut a, addr(1), now);
+            ticks += 1;
+            now += Duration::from_millis(100);
+            if a.stats().backlog == 0 {
+                break;
+            }
+        }
+        assert!(ticks >= 5, "spread over {ticks} ticks");
+        a.on_tick(now);
+        deliver(&mut a, addr(1), &mut b, addr(2), now);
+        assert_eq!(b.remote_total(), 40_000);
+        assert!(b.converged());
+        assert_eq!(b.stats().resync_requests, 0, "a backlog is not divergence");
+        assert_eq!(b.take_learned_names(usize::MAX).len(), 20_000);
+    }
+
+    /// Another process with this node's id, or a peer whose clock is far off, is refused and
+    /// counted, never merged.
+    #[test]
+    fn node_id_conflicts_and_clock_skew_are_refused() {
+        let now = Instant::now();
+        let mut a = proto(1, 1400);
+        let mut twin = Protocol::new(
+            Config::new(1, 2, Duration::from_millis(100)),
+            Seal::new("p", b"k"),
+        );
+        twin.set_local(5, 1, None);
+        twin.on_tick(now);
+        for t in drain(&mut twin) {
+            assert_eq!(
+                a.on_datagram(now, addr(9), &t.bytes),
+                Outcome::Rejected(Reject::NodeId)
+            );
+        }
+        let mut c = Config::new(3, 1, Duration::from_millis(100));
+        c.clock.unix_ms += 120_000; // two minutes ahead
+        let mut skewed = Protocol::new(c, Seal::new("p", b"k"));
+        skewed.set_local(6, 1, None);
+        skewed.on_tick(now);
+        for t in drain(&mut skewed) {
+            assert_eq!(
+                a.on_datagram(now, addr(3), &t.bytes),
+                Outcome::Rejected(Reject::Clock)
+            );
+        }
+        assert_eq!((a.remote(5), a.remote(6)), (0, 0));
+    }
+
+    /// A peer whose table is over this node's cap is flagged, and asked for its table with
+    /// exponential backoff instead of every resync interval forever.
+    #[test]
+    fn a_peer_over_the_cap_is_flagged_and_asked_with_backoff() {
+        let t0 = Instant::now();
+        let mut c = Config::new(2, 1, Duration::from_millis(100));
+        c.max_topics_per_peer = 1000;
+        let mut b = Protocol::new(c, Seal::new("p", b"k"));
+        let mut a = proto(1, 1400);
+        for h in 0..5000u64 {
+            a.set_local(h, 1, None);
+        }
+        let mut now = t0;
+        for _ in 0..600 {
+            a.on_tick(now);
+            b.on_tick(now);
+            deliver(&mut a, addr(1), &mut b, addr(2), now);
+            deliver(&mut b, addr(2), &mut a, addr(1), now);
+            now += Duration::from_millis(100);
+        }
+        let n = b.nodes(now);
+        assert!(n[0].over_cap && !n[0].converged, "{n:?}");
+        assert!(b.stats().rejected(Reject::TooManyTopics) > 0);
+        // 60 s at a 25 ms resync interval: 2,400 requests without backoff.
+        let asked = b.stats().resync_requests;
+        assert!(asked <= 20, "{asked} resync requests in 60 s");
     }
 }

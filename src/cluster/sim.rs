@@ -9,7 +9,10 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use super::protocol::{Config, Dest, Protocol};
+use super::protocol::{Clock, Config, Dest, Protocol};
+
+/// The Unix time (ms) at the start of every simulation: 2027-01-15.
+pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 use super::wire::Seal;
 
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
@@ -125,6 +128,11 @@ impl Sim {
 
     fn make(&self, i: usize, incarnation: u64) -> Protocol {
         let mut c = Config::new(i as u64 + 1, incarnation, self.tick);
+        // Every node's clock agrees (a test may skew one in `cfg`).
+        c.clock = Clock {
+            base: self.base,
+            unix_ms: SIM_EPOCH_MS,
+        };
         (self.cfg)(&mut c);
         Protocol::new(c, Seal::new("sim", b"sim key"))
     }
@@ -255,7 +263,7 @@ impl Sim {
     /// Node `i` shuts down gracefully: it sends a goodbye, then stops.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut p) = self.nodes[i].proto.take() {
-            p.goodbye();
+            p.goodbye(self.base + self.now);
             self.flush(i, &mut p);
         }
         self.nodes[i].local.clear();

@@ -1,20 +1,24 @@
 //! The datagram format: fixed zerocopy layouts in network byte order, and the keyed MAC.
 //!
 //! ```text
-//! datagram = header (56 bytes) · body · tag (16 bytes)
+//! datagram = header (64 bytes) · body · tag (16 bytes)
 //! header   = magic "HC" · version · kind · flags · count · tick_ms · cluster · node
-//!            · incarnation · seq · digest · topics
+//!            · incarnation · seq · digest · topics · time
 //! body     = delta:              count × entry
 //!            refresh, resync:    range · count × entry    (authoritative for [lo, hi])
 //!            heartbeat, goodbye: —
-//!            resync request:     target node · target incarnation
+//!            resync request:     target node · target incarnation · request number
 //!            names:              count × (hash · len · len bytes of UTF-8)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! tag      = keyed BLAKE3 of everything before it, first 16 bytes
 //! ```
 //!
 //! Every datagram stands alone: counts are absolute, a refresh or resync datagram says which hash
-//! range it covers, and nothing needs reassembly.
+//! range it covers, and nothing needs reassembly. `time` is the sender's clock (milliseconds since
+//! the Unix epoch) when it sealed the datagram: receivers use it to refuse replays (see the
+//! protocol module's admission rules), never to time anything.
+//!
+//! Version 2 added `time` to the header and the request number to resync requests.
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -22,7 +26,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// The first two bytes of every datagram.
 pub const MAGIC: [u8; 2] = *b"HC";
 /// The wire format version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the authentication tag at the end of every datagram.
 pub const TAG_LEN: usize = 16;
 /// Header flag: the last datagram the sender sent this tick (its digest is final).
@@ -31,6 +35,10 @@ pub const FLAG_END: u16 = 1;
 pub const FLAG_NAMES: u16 = 2;
 /// Resync request flag: send your whole table.
 pub const FLAG_STATE: u16 = 4;
+/// Heartbeat flag: the sender is a passive observer (counts nothing; may ask for resyncs).
+pub const FLAG_OBSERVER: u16 = 8;
+/// Names flag: sent in answer to a resync request (unicast, without a sequence number of its own).
+pub const FLAG_REPLY: u16 = 16;
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
 
@@ -97,9 +105,11 @@ pub struct Header {
     pub digest: U64,
     /// Topics in the sender's whole table.
     pub topics: U32,
+    /// The sender's clock when it sealed this datagram, in milliseconds since the Unix epoch.
+    pub time: U64,
 }
 /// Size of [`Header`].
-pub const HEADER_LEN: usize = 56;
+pub const HEADER_LEN: usize = 64;
 const _: () = assert!(size_of::<Header>() == HEADER_LEN);
 
 /// The hash range a refresh or resync reply is authoritative for (inclusive).
@@ -138,8 +148,13 @@ pub struct Target {
     pub node: U64,
     /// Its incarnation as the requester knows it.
     pub incarnation: U64,
+    /// The requester's request number: strictly increasing per requester incarnation, so that
+    /// a replayed request is refused.
+    pub request: U64,
 }
-const _: () = assert!(size_of::<Target>() == 16);
+/// Size of [`Target`].
+pub const TARGET_LEN: usize = 24;
+const _: () = assert!(size_of::<Target>() == TARGET_LEN);
 
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,11 +184,24 @@ pub enum Reject {
     TooManyTopics,
     /// The source sent faster than the per-source rate limit.
     Rate,
+    /// Sealed further from the receiver's clock than the allowed skew: a replay, or a node whose
+    /// clock is off.
+    Clock,
+    /// A resync request from a node that is not a live peer (or observer) at that address and
+    /// incarnation, or a request number already used: never answered.
+    NotPeer,
+    /// A resync request refused because the node's repair budget is spent for now.
+    Budget,
+    /// Another process uses this node's id (a newer incarnation of it): misconfiguration.
+    NodeId,
 }
 
 impl Reject {
+    /// How many reasons there are.
+    pub const COUNT: usize = 16;
+
     /// Every reason, for counters.
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; Reject::COUNT] = [
         Reject::Length,
         Reject::Magic,
         Reject::Version,
@@ -186,6 +214,10 @@ impl Reject {
         Reject::TooManyPeers,
         Reject::TooManyTopics,
         Reject::Rate,
+        Reject::Clock,
+        Reject::NotPeer,
+        Reject::Budget,
+        Reject::NodeId,
     ];
 
     /// A short snake_case name (for metrics labels).
@@ -203,6 +235,10 @@ impl Reject {
             Reject::TooManyPeers => "too_many_peers",
             Reject::TooManyTopics => "too_many_topics",
             Reject::Rate => "rate",
+            Reject::Clock => "clock",
+            Reject::NotPeer => "not_peer",
+            Reject::Budget => "budget",
+            Reject::NodeId => "node_id",
         }
     }
 
@@ -310,7 +346,14 @@ impl Seal {
             }
             Kind::ResyncRequest => {
                 let t = Target::ref_from_bytes(body).map_err(|_| Reject::Length)?;
-                Body::Target(t.node.get(), t.incarnation.get())
+                if count != 0 {
+                    return Err(Reject::Length);
+                }
+                Body::Target {
+                    node: t.node.get(),
+                    incarnation: t.incarnation.get(),
+                    request: t.request.get(),
+                }
             }
             Kind::Names => {
                 let mut rest = body;
@@ -363,8 +406,15 @@ pub enum Body<'a> {
     Entries(&'a [Entry]),
     /// Refresh / resync reply: `[lo, hi]` and the entries in it.
     Range(u64, u64, &'a [Entry]),
-    /// Resync request: the target node and incarnation.
-    Target(u64, u64),
+    /// Resync request: the target node and incarnation, and the requester's request number.
+    Target {
+        /// The node asked.
+        node: u64,
+        /// Its incarnation as the requester knows it.
+        incarnation: u64,
+        /// The requester's request number.
+        request: u64,
+    },
     /// Names.
     Names(Names<'a>),
 }
@@ -442,6 +492,7 @@ impl Encoder {
             seq: U64::new(0),
             digest: U64::new(0),
             topics: U32::new(0),
+            time: U64::new(0),
         };
         Encoder {
             template,
@@ -460,45 +511,32 @@ impl Encoder {
         self.budget
     }
 
-    fn header(
-        &self,
-        kind: Kind,
-        flags: u16,
-        count: usize,
-        seq: u64,
-        digest: u64,
-        topics: u32,
-    ) -> Header {
+    fn header(&self, kind: Kind, flags: u16, count: usize, st: &Stamp) -> Header {
         let mut h = self.template;
         h.kind = kind as u8;
         h.flags = U16::new(flags);
         h.count = U16::new(count as u16);
-        h.seq = U64::new(seq);
-        h.digest = U64::new(digest);
-        h.topics = U32::new(topics);
+        h.seq = U64::new(st.seq);
+        h.digest = U64::new(st.digest);
+        h.topics = U32::new(st.topics);
+        h.time = U64::new(st.time);
         h
     }
 
     /// A delta (`range: None`) or refresh / resync reply datagram.
-    #[allow(clippy::too_many_arguments)]
     pub fn entries(
         &self,
         seal: &Seal,
         kind: Kind,
         flags: u16,
-        seq: u64,
-        digest: u64,
-        topics: u32,
+        st: &Stamp,
         range: Option<(u64, u64)>,
         entries: &[(u64, u32)],
     ) -> Vec<u8> {
         debug_assert!(entries.len() <= self.entries_per_datagram(kind));
         let mut buf =
             Vec::with_capacity(HEADER_LEN + RANGE_LEN + entries.len() * ENTRY_LEN + TAG_LEN);
-        buf.extend_from_slice(
-            self.header(kind, flags, entries.len(), seq, digest, topics)
-                .as_bytes(),
-        );
+        buf.extend_from_slice(self.header(kind, flags, entries.len(), st).as_bytes());
         if let Some((lo, hi)) = range {
             buf.extend_from_slice(
                 Range {
@@ -522,42 +560,30 @@ impl Encoder {
     }
 
     /// A heartbeat or goodbye.
-    pub fn bare(
-        &self,
-        seal: &Seal,
-        kind: Kind,
-        flags: u16,
-        seq: u64,
-        digest: u64,
-        topics: u32,
-    ) -> Vec<u8> {
+    pub fn bare(&self, seal: &Seal, kind: Kind, flags: u16, st: &Stamp) -> Vec<u8> {
         let mut buf = Vec::with_capacity(HEADER_LEN + TAG_LEN);
-        buf.extend_from_slice(self.header(kind, flags, 0, seq, digest, topics).as_bytes());
+        buf.extend_from_slice(self.header(kind, flags, 0, st).as_bytes());
         seal.seal(&mut buf);
         buf
     }
 
-    /// A resync request to `node` (incarnation `incarnation`).
-    #[allow(clippy::too_many_arguments)]
+    /// A resync request to `node` (incarnation `incarnation`), the requester's `request`th.
     pub fn request(
         &self,
         seal: &Seal,
         flags: u16,
-        seq: u64,
-        digest: u64,
-        topics: u32,
+        st: &Stamp,
         node: u64,
-        inc: u64,
+        incarnation: u64,
+        request: u64,
     ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(HEADER_LEN + 16 + TAG_LEN);
-        buf.extend_from_slice(
-            self.header(Kind::ResyncRequest, flags, 0, seq, digest, topics)
-                .as_bytes(),
-        );
+        let mut buf = Vec::with_capacity(HEADER_LEN + TARGET_LEN + TAG_LEN);
+        buf.extend_from_slice(self.header(Kind::ResyncRequest, flags, 0, st).as_bytes());
         buf.extend_from_slice(
             Target {
                 node: U64::new(node),
-                incarnation: U64::new(inc),
+                incarnation: U64::new(incarnation),
+                request: U64::new(request),
             }
             .as_bytes(),
         );
@@ -567,13 +593,13 @@ impl Encoder {
 
     /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes,
     /// or too long for one datagram of this budget, are skipped: peers count such topics but
-    /// cannot list them by name).
+    /// cannot list them by name). `seq` gives each datagram's sequence number.
     pub fn names<'n>(
         &self,
         seal: &Seal,
+        flags: u16,
         seq: &mut dyn FnMut() -> u64,
-        digest: u64,
-        topics: u32,
+        st: &Stamp,
         names: impl IntoIterator<Item = (u64, &'n str)>,
     ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -585,10 +611,8 @@ impl Encoder {
                 return;
             }
             let mut buf = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
-            buf.extend_from_slice(
-                self.header(Kind::Names, 0, *count, seq(), digest, topics)
-                    .as_bytes(),
-            );
+            let st = Stamp { seq: seq(), ..*st };
+            buf.extend_from_slice(self.header(Kind::Names, flags, *count, &st).as_bytes());
             buf.extend_from_slice(body);
             seal.seal(&mut buf);
             out.push(buf);
@@ -613,6 +637,20 @@ impl Encoder {
     }
 }
 
+/// The per-datagram header fields: sequence number, the sender's table digest and size, and the
+/// sender's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Sequence number.
+    pub seq: u64,
+    /// Digest of the sender's whole table.
+    pub digest: u64,
+    /// Topics in the sender's whole table.
+    pub topics: u32,
+    /// The sender's clock, milliseconds since the Unix epoch.
+    pub time: u64,
+}
+
 #[cfg(all(test, not(loom), not(miri)))]
 mod tests {
     use super::*;
@@ -624,23 +662,30 @@ mod tests {
         (s, e)
     }
 
+    fn st(seq: u64, digest: u64, topics: u32) -> Stamp {
+        Stamp {
+            seq,
+            digest,
+            topics,
+            time: 1_800_000_000_000 + seq,
+        }
+    }
+
     #[test]
     fn sizes_within_targets() {
         let (s, e) = enc();
-        let hb = e.bare(&s, Kind::Heartbeat, FLAG_END, 1, 0, 0);
+        let hb = e.bare(&s, Kind::Heartbeat, FLAG_END, &st(1, 0, 0));
         assert!(hb.len() <= 128, "heartbeat is {} bytes", hb.len());
         let n = e.entries_per_datagram(Kind::Delta);
         assert_eq!(n, 110);
-        let d = e.entries(&s, Kind::Delta, 0, 1, 0, 0, None, &vec![(1, 1); n]);
+        let d = e.entries(&s, Kind::Delta, 0, &st(1, 0, 0), None, &vec![(1, 1); n]);
         assert!(d.len() <= 1400);
         assert!(d.len() as f64 / n as f64 <= 13.0);
         let r = e.entries(
             &s,
             Kind::Refresh,
             0,
-            1,
-            0,
-            0,
+            &st(1, 0, 0),
             Some((0, u64::MAX)),
             &vec![(1, 1); e.entries_per_datagram(Kind::Refresh)],
         );
@@ -650,7 +695,7 @@ mod tests {
     #[test]
     fn wrong_key_or_cluster_is_rejected() {
         let (s, e) = enc();
-        let d = e.bare(&s, Kind::Heartbeat, 0, 1, 0, 0);
+        let d = e.bare(&s, Kind::Heartbeat, 0, &st(1, 0, 0));
         assert!(s.open(&d).is_ok());
         assert_eq!(
             Seal::new("test", b"other").open(&d).unwrap_err(),
@@ -669,17 +714,18 @@ mod tests {
         fn round_trip(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..110),
                       seq in any::<u64>(), digest in any::<u64>(), lo in any::<u64>()) {
             let (s, e) = enc();
-            let d = e.entries(&s, Kind::Delta, FLAG_END, seq, digest, 9, None, &entries);
+            let d = e.entries(&s, Kind::Delta, FLAG_END, &st(seq, digest, 9), None, &entries);
             let g = s.open(&d).unwrap();
             prop_assert_eq!(g.kind, Kind::Delta);
             prop_assert_eq!(g.header.seq.get(), seq);
             prop_assert_eq!(g.header.digest.get(), digest);
             prop_assert_eq!(g.header.flags.get(), FLAG_END);
+            prop_assert_eq!(g.header.time.get(), st(seq, 0, 0).time);
             let Body::Entries(got) = g.body else { panic!("not entries") };
             let got: Vec<_> = got.iter().map(|e| (e.hash.get(), e.count.get())).collect();
             prop_assert_eq!(&got, &entries);
 
-            let r = e.entries(&s, Kind::Refresh, 0, seq, digest, 9, Some((lo, u64::MAX)), &entries[..entries.len().min(100)]);
+            let r = e.entries(&s, Kind::Refresh, 0, &st(seq, digest, 9), Some((lo, u64::MAX)), &entries[..entries.len().min(100)]);
             let Body::Range(l, h, got) = s.open(&r).unwrap().body else { panic!("not a range") };
             prop_assert_eq!((l, h, got.len()), (lo, u64::MAX, entries.len().min(100)));
         }
@@ -688,7 +734,7 @@ mod tests {
         fn names_round_trip(names in proptest::collection::vec((any::<u64>(), "[a-z:0-9]{0,40}"), 0..200)) {
             let (s, e) = enc();
             let mut seq = 0;
-            let dgs = e.names(&s, &mut || { seq += 1; seq }, 0, 0, names.iter().map(|(h, n)| (*h, n.as_str())));
+            let dgs = e.names(&s, 0, &mut || { seq += 1; seq }, &st(0, 0, 0), names.iter().map(|(h, n)| (*h, n.as_str())));
             let mut got = Vec::new();
             for d in &dgs {
                 prop_assert!(d.len() <= 1400);
@@ -702,10 +748,10 @@ mod tests {
         fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..4u8) {
             let (s, e) = enc();
             let d = match kind {
-                0 => e.entries(&s, Kind::Delta, 0, 5, 1, 2, None, &entries),
-                1 => e.entries(&s, Kind::Refresh, 0, 5, 1, 2, Some((3, 9)), &entries),
-                2 => e.request(&s, 0, 5, 1, 2, 11, 12),
-                _ => e.names(&s, &mut || 5, 1, 2, entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, 5, 1, 2)),
+                0 => e.entries(&s, Kind::Delta, 0, &st(5, 1, 2), None, &entries),
+                1 => e.entries(&s, Kind::Refresh, 0, &st(5, 1, 2), Some((3, 9)), &entries),
+                2 => e.request(&s, 0, &st(5, 1, 2), 11, 12, 13),
+                _ => e.names(&s, 0, &mut || 5, &st(5, 1, 2), entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, &st(5, 1, 2))),
             };
             prop_assert!(s.open(&d).is_ok());
             for len in 0..d.len() {
