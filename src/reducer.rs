@@ -18,16 +18,41 @@
 //!
 //! # Retirement
 //!
-//! A topic whose count stayed zero for `retire_after` is retired in two phases. Phase one (tick
-//! `t1`) bumps the id's generation: from then on, a join through a handle made earlier fails. A
-//! join that checked the generation just before the bump may still land; every core observes the
-//! epoch *before* it checks a generation, and publishes the epochs it sees, so once every bound
-//! core has published an epoch after `t1` (and unbound cores re-read the epoch with an RMW when
-//! they bind), all such stragglers are visible. Phase two then re-sums the topic: zero frees the
-//! id for reuse, anything else revives the topic. A claimed shard that stays idle holds up phase
-//! two (not the counts): ids are reused only once it joins or leaves again, or is dropped
-//! (for the implicit shard of `Engine::join`: once its thread calls `Engine::release_thread` or
-//! exits).
+//! A topic whose count stayed zero for `retire_after` is retired in two phases. Phase one (at the
+//! end of tick `t1`, after that tick's epoch store) bumps the id's generation: from then on, a join
+//! through a handle made earlier fails. A join that checked the generation just before the bump
+//! may still land: a *straggler*. Phase two, in a later tick `t2`, re-sums the topic: zero frees
+//! the id for reuse, anything else revives the topic. It runs once [`quiet`], read after `t2`'s
+//! epoch store, exceeds `t1`: when every core whose `joiner` is set is either
+//!
+//! - *moved on*: it published (`seen`, release) an epoch after `t1`. It loaded that epoch with
+//!   acquire, and the reducer stored it after the bump; a core observes the epoch *before* it
+//!   checks a generation, so its later joins fail. Its earlier joins are stored before `seen`, so
+//!   the re-sum (after our acquire load of `seen`) sees them. Or
+//! - *parked* ([`crate::Shard::park`]): our load of `parked` (SeqCst) reads `true`. The park's
+//!   store of it (SeqCst, so a release) comes after every join the core made, so the re-sum sees
+//!   them. Its next join or leave unparks first: it stores `parked = false` (SeqCst, `U`), loads
+//!   the epoch (SeqCst, `L`), and only then checks a generation. In the single total order `S` of
+//!   SeqCst operations, our epoch store `E` precedes our load `R` of `parked` (program order); `R`
+//!   read `true`, so `U` comes after `R` (or `R` would read `U`'s value or a later one); so
+//!   `E <S L`, and a SeqCst load cannot read a value older than a SeqCst store that precedes it in
+//!   `S`: `L` returns `t2` or later and, acquiring it, sees the bump. The straggler's join fails.
+//!
+//! Cores with `joiner` 0 are skipped: nothing can join through them, and one that gets a handle
+//! sets `joiner` (SeqCst) and then re-reads the epoch with an RMW, the same handshake with
+//! `joiner` in place of `parked`. The loom models `loom_parked_*` below check the parked case with
+//! the real [`quiet`], `Core::park` and `Core::observe`; weakening either side of the handshake
+//! makes them fail.
+//!
+//! Bound: phase two runs in the first tick after `t1` at which every core that can join has
+//! joined or left since `t1`'s epoch store, or is parked (a park before `t1` counts), or has no
+//! handle any more. A worker that parks before it blocks never holds it up: an id is free for
+//! reuse about `retire_after` plus three ticks after its topic's last leave. A worker that blocks
+//! without parking holds up phase two (not the counts) until it joins or leaves again, or drops
+//! its shard (the implicit shard of `Engine::join`: until its thread calls
+//! `Engine::release_thread` or exits). Parking does not change counting: to the collector a
+//! parked core is an idle one (see the staleness bound); the epoch a park publishes only lets it
+//! stop watching the core's older topics sooner.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -174,6 +199,28 @@ pub(crate) fn sum(hot: &Hot, id: u32) -> i64 {
     // Only the wrapped sum is meaningful; a negative one (more leaves than joins, which only
     // `Shard::add` misuse can cause) reads as zero.
     i64::from(s as i32).max(0)
+}
+
+/// The oldest epoch a core that may hold a straggling join has published (`u64::MAX` if none):
+/// phase two may run for a retirement whose phase one ran in an earlier tick. Call it after this
+/// tick's epoch store ([`Collector::collect`]); the argument is in the module docs, Retirement.
+///
+/// - A core nobody can join through (`joiner` 0) cannot hold a straggler; one that gets a handle
+///   later re-reads the epoch with an RMW when it binds.
+/// - A parked core holds none either: every join it made is ordered before its `parked` store,
+///   which our load reads (so the re-sum sees them), and its next join unparks and re-reads the
+///   epoch first (so it sees the new generation).
+pub(crate) fn quiet(hot: &Hot) -> u64 {
+    let mut quiet = u64::MAX;
+    for core in hot.cores.iter() {
+        let h = &core.hdr;
+        // All three sequentially consistent or acquire: see `shard::ShardPool::bind` (`joiner`)
+        // and `shard::Core::new_epoch` (`parked`) for the other side of each handshake.
+        if h.joiner.load(Ordering::SeqCst) != 0 && !h.parked.load(Ordering::SeqCst) {
+            quiet = quiet.min(h.seen.load(Ordering::Acquire));
+        }
+    }
+    quiet
 }
 
 /// One topic whose local count changed this tick.
@@ -324,16 +371,9 @@ impl Reducer {
         rep: &mut TickReport,
     ) {
         let tick = self.tick;
-        // Phase two for topics whose phase one every core that can join has moved past. A core
-        // nobody can join through (no handle bound to it) cannot hold a straggler; one that gets
-        // a handle later re-reads the epoch with an RMW when it binds (sequentially consistent
-        // with our epoch store and these loads, so one of the two sides sees the other).
-        let mut quiet = u64::MAX;
-        for core in hot.cores.iter() {
-            if core.hdr.joiner.load(Ordering::SeqCst) != 0 {
-                quiet = quiet.min(core.hdr.seen.load(Ordering::Acquire));
-            }
-        }
+        // Phase two for topics whose phase one every core that can join has moved past (or is
+        // parked): see the module docs, Retirement.
+        let quiet = quiet(hot);
         while let Some(&(id, generation, t1)) = self.dying.front() {
             if quiet <= t1 {
                 break;
@@ -428,14 +468,18 @@ mod loom_tests {
         }
     }
 
-    /// A worker's ops as `(topic, +1/-1)`; the owner's path exactly as `Shard::join` and
-    /// `Presence::drop` run it.
+    /// A worker's ops as `(topic, +1/-1)`, or `(_, 0)` for a park; the owner's path exactly as
+    /// `Shard::join`, `Presence::drop` and `Shard::park` run it.
     fn work(hot: &Hot, ops: &[(u32, i32)]) {
         let core = &hot.cores[0];
         // Bound like a shard's owner thread, and released at the end like a dropped shard.
         core.hdr.bound.store(1, Ordering::SeqCst);
         hot.epoch.fetch_add(0, Ordering::SeqCst);
         for &(id, d) in ops {
+            if d == 0 {
+                core.park(&hot.epoch);
+                continue;
+            }
             let e = core.observe(&hot.epoch);
             core.apply(e, id, d as u32, 0);
         }
@@ -502,5 +546,135 @@ mod loom_tests {
     fn loom_ring_overflow_rescans() {
         // A ring of 2 entries and 3 topics: the third push fails and asks for a rescan.
         check(2, &[(0, 1), (1, 1), (2, 1), (2, 1)], 1);
+    }
+
+    #[test]
+    fn loom_park_between_changes_loses_nothing() {
+        // A park publishes the core's epoch (the collector may then stop watching older topics)
+        // and the next change takes the unpark path, possibly in the same epoch.
+        check(4, &[(1, 1), (1, 0), (1, 1), (1, 0), (1, -1)], 2);
+    }
+
+    /// What the model's worker does before it parks.
+    #[derive(Clone, Copy)]
+    enum Before {
+        Nothing,
+        /// Joins T and leaves it again (its presence came and went).
+        JoinLeave,
+        /// Joins T and stays (T must never be freed).
+        Join,
+    }
+
+    /// The topic the model retires, and the handle a straggler holds: T's generation before
+    /// retirement.
+    const T: u32 = 1;
+
+    /// Binds core 0 to a worker before the model starts, as `ShardPool::bind` leaves it.
+    fn bound_hot() -> Arc<Hot> {
+        let hot = Arc::new(Hot::new(1, 2, 4));
+        // The epoch as the reducer leaves it: stored with SeqCst. (Loom treats an atomic's
+        // initial value as a non-SeqCst store that a SeqCst load may read even after later SeqCst
+        // stores; C++20 coherence forbids that, and in the engine the epoch has been stored by
+        // every tick long before any retirement.)
+        hot.epoch.store(1, Ordering::SeqCst);
+        let h = &hot.cores[0].hdr;
+        h.bound.store(1, Ordering::SeqCst);
+        h.joiner.store(1, Ordering::SeqCst);
+        hot
+    }
+
+    /// The worker: `before`, then park (its event loop blocks), then optionally wake up and join
+    /// T through its old handle, as `Shard::join` and `Presence::drop` run it. Returns whether
+    /// it still holds a presence from before the park, and whether the last join counted.
+    fn parking_worker(hot: &Hot, before: Before, wake: bool) -> (bool, bool) {
+        let old = crate::topic::Topic::from_parts(T, 0);
+        let core = &hot.cores[0];
+        let held = match before {
+            Before::Nothing => false,
+            Before::JoinLeave => {
+                if hot.join_owned(0, old) {
+                    let e = core.observe(&hot.epoch);
+                    core.apply(e, T, 1u32.wrapping_neg(), 1u64.wrapping_neg());
+                }
+                false
+            }
+            // Before the bump, or a straggler itself (the bump may not be visible yet).
+            Before::Join => hot.join_owned(0, old),
+        };
+        core.park(&hot.epoch);
+        (held, wake && hot.join_owned(0, old))
+    }
+
+    /// Safety of the park rule: the reducer retires T (phase one as `Topics::begin_retire` does it
+    /// on the hot side, phase two as `Reducer::retire`: `quiet`, then the re-sum) while the worker
+    /// parks and then wakes up with a stale handle. If phase two freed T, the straggler's join
+    /// must have failed, and a presence made before the park must have kept T alive.
+    fn parked_straggler(before: Before) {
+        loom::model(move || {
+            let hot = bound_hot();
+            let w = {
+                let hot = hot.clone();
+                loom::thread::spawn(move || parking_worker(&hot, before, true))
+            };
+            let mut r = Mini::new(&hot);
+            r.tick(&hot);
+            let t1 = r.tick;
+            hot.bump_generation(T);
+            let mut freed = false;
+            for _ in 0..2 {
+                r.tick(&hot);
+                if quiet(&hot) > t1 {
+                    freed = sum(&hot, T) == 0;
+                    break;
+                }
+            }
+            let (held, joined) = w.join().unwrap();
+            assert!(!(freed && joined), "a straggler counted into a freed id");
+            assert!(
+                !(freed && held),
+                "freed a topic with a presence made before the park"
+            );
+            r.tick(&hot);
+            assert_eq!(r.local[T as usize], i64::from(held) + i64::from(joined));
+        });
+    }
+
+    #[test]
+    fn loom_parked_straggler_never_counts_into_a_freed_id() {
+        parked_straggler(Before::Nothing);
+    }
+
+    #[test]
+    fn loom_parked_straggler_after_join_and_leave() {
+        parked_straggler(Before::JoinLeave);
+    }
+
+    #[test]
+    fn loom_parked_core_with_a_presence_keeps_its_topic() {
+        parked_straggler(Before::Join);
+    }
+
+    #[test]
+    fn loom_parked_idle_worker_does_not_hold_up_phase_two() {
+        // Liveness: the worker joins and leaves T, parks and blocks (no further activity). The
+        // ticks that follow must let phase two through, and the re-sum must read T's zero.
+        loom::model(|| {
+            let hot = bound_hot();
+            let w = {
+                let hot = hot.clone();
+                loom::thread::spawn(move || {
+                    parking_worker(&hot, Before::JoinLeave, false);
+                })
+            };
+            let mut r = Mini::new(&hot);
+            r.tick(&hot);
+            w.join().unwrap();
+            r.tick(&hot);
+            let t1 = r.tick;
+            hot.bump_generation(T);
+            r.tick(&hot);
+            assert!(quiet(&hot) > t1, "a parked worker held up phase two");
+            assert_eq!(sum(&hot, T), 0);
+        });
     }
 }

@@ -17,7 +17,18 @@
 //! drains the rings and keeps re-reading a drained topic until the core has published a later
 //! epoch than the one the topic was pushed in — at that point every store of that epoch is visible
 //! to it, and the next change pushes again. No change is ever lost for good: see
-//! `Collector` in `reducer.rs`, and `tests/loom.rs`, which model-checks it.
+//! `Collector` in `reducer.rs`, and its `loom_tests`, which model-check it.
+//!
+//! # Parking
+//!
+//! Topic retirement waits for every core that can join to publish an epoch newer than the
+//! retirement's phase one; a worker blocked in its event loop publishes nothing. So a worker parks
+//! its shard before it blocks ([`Shard::park`]), an extended quiescent state as in RCU: the core
+//! publishes its epoch, raises `parked` (sequentially consistent), and forgets its local epoch so
+//! that its next join or leave takes the cold path of [`Core::observe`], which lowers `parked`
+//! (sequentially consistent) and then re-reads the epoch with a sequentially consistent load
+//! before any generation check. The reducer skips parked cores when it decides whether phase two
+//! may run; `reducer.rs` (Retirement) has the argument and the loom model.
 //!
 //! # Threads
 //!
@@ -34,13 +45,16 @@ use crossbeam_utils::CachePadded;
 
 use crate::error::Error;
 use crate::ring::Ring;
-use crate::sync::{AtomicU32, AtomicU64, Ordering, zeroed_u32, zeroed_u64};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering, zeroed_u32, zeroed_u64};
 use crate::topic::{Topic, Topics};
 
 /// The core index a [`Presence`] uses when it counted through the shared core.
 pub(crate) const SHARED: u32 = u32::MAX;
 /// The core index of a [`Presence`] that counted nothing (its topic handle was stale).
 const INERT: u32 = u32::MAX - 1;
+/// `local_e` of a core that is parked or never observed an epoch (epochs start at 1): the next
+/// [`Core::observe`] takes its cold path and unparks.
+const PARKED: u64 = 0;
 
 // ---------------------------------------------------------------------------------------------
 // Thread identity
@@ -74,7 +88,7 @@ pub(crate) fn tid() -> u64 {
 pub(crate) struct Header {
     /// `tid()` of the thread that may write this core, 0 when unbound.
     pub(crate) bound: AtomicU64,
-    /// Owner-only: the last epoch this core observed.
+    /// Owner-only: the last epoch this core observed; [`PARKED`] after [`Core::park`].
     local_e: AtomicU64,
     /// The last epoch this core observed, published with release for the reducer.
     pub(crate) seen: AtomicU64,
@@ -86,6 +100,10 @@ pub(crate) struct Header {
     /// Bumped (release) whenever a ring push failed; the reducer then rescans every topic until
     /// this core has moved past the epoch.
     pub(crate) overflows: AtomicU64,
+    /// Set (sequentially consistent) by [`Core::park`], cleared by the owner's next
+    /// [`Core::observe`] before it checks any generation: while set, retirement does not wait for
+    /// this core. Written by the owner only; read by the reducer.
+    pub(crate) parked: AtomicBool,
 }
 
 pub(crate) struct Core {
@@ -104,6 +122,7 @@ impl Core {
     }
 
     /// Owner only: loads the global epoch and, when it moved, publishes that this core has seen it.
+    /// Returns the epoch to mark changes with (after a park: the one the handshake read).
     ///
     /// Acquire: whatever the reducer did before publishing the epoch (bumping topic generations)
     /// is visible to this core's later loads.
@@ -111,16 +130,43 @@ impl Core {
     pub(crate) fn observe(&self, epoch: &AtomicU64) -> u64 {
         let e = epoch.load(Ordering::Acquire);
         if e != self.hdr.local_e.load(Ordering::Relaxed) {
-            self.new_epoch(e);
+            return self.new_epoch(epoch, e);
         }
         e
     }
 
     #[cold]
-    fn new_epoch(&self, e: u64) {
+    #[inline(never)]
+    fn new_epoch(&self, epoch: &AtomicU64, mut e: u64) -> u64 {
+        if self.hdr.local_e.load(Ordering::Relaxed) == PARKED {
+            // Unpark: the handshake with `reducer::quiet`. Both sequentially consistent, so in
+            // their single total order either the reducer's load of `parked` comes after this
+            // store (it sees the core unparked and waits for `seen` as usual), or it comes before,
+            // and then so does its earlier store of the epoch: the load below returns that epoch
+            // or a later one and, acquiring it, every generation bumped before it. An acquire load
+            // would not do (it may return an older epoch); see the loom model in `reducer.rs`.
+            self.hdr.parked.store(false, Ordering::SeqCst);
+            e = epoch.load(Ordering::SeqCst);
+        }
         self.hdr.local_e.store(e, Ordering::Relaxed);
         // Release: every slot store made in earlier epochs is visible to a reducer that sees `e`.
         self.hdr.seen.store(e, Ordering::Release);
+        e
+    }
+
+    /// Owner only: marks the core quiescent until its next [`Core::observe`] (see the module docs,
+    /// Parking). A few stores, one of them sequentially consistent.
+    pub(crate) fn park(&self, epoch: &AtomicU64) {
+        let e = epoch.load(Ordering::Acquire);
+        // The next observe takes the cold path and unparks before it checks a generation.
+        self.hdr.local_e.store(PARKED, Ordering::Relaxed);
+        // Like `new_epoch`: this core has seen `e`, and its next change carries a newer mark than
+        // any made before (the unpark re-reads an epoch at least `e`), so the collector may drop
+        // what it watches for older epochs. Release: every slot store so far is visible with it.
+        self.hdr.seen.store(e, Ordering::Release);
+        // Sequentially consistent (a release too): a reducer that reads `true` sees every slot
+        // store made before it, and orders its own epoch store before the unpark's store above.
+        self.hdr.parked.store(true, Ordering::SeqCst);
     }
 
     /// Owner only: adds `delta` to topic `id` in epoch `e` (from [`Core::observe`]), pushes the
@@ -280,6 +326,19 @@ impl Hot {
         self.gens.len()
     }
 
+    /// Retirement, phase one, on the hot side: bumps `id`'s generation, so that every handle made
+    /// earlier is stale, in `gens` (read by the owner path after its epoch observation) and in
+    /// the shared core (checked inside its CAS). Returns the new generation. Caller: the reducer,
+    /// under the topic table's lock (see [`Topics::begin_retire`]).
+    pub(crate) fn bump_generation(&self, id: u32) -> u32 {
+        let g = self.gens[id as usize]
+            .load(Ordering::SeqCst)
+            .wrapping_add(1);
+        self.gens[id as usize].store(g, Ordering::SeqCst);
+        self.shared.set_generation(id, g);
+        g
+    }
+
     /// Presences created minus presences dropped, over every core (exact once writers are quiet).
     fn live(&self) -> u64 {
         let mut l = self.shared.live.load(Ordering::SeqCst);
@@ -300,9 +359,9 @@ impl Hot {
     }
 
     /// Joins `topic` through core `c`, which the calling thread is bound to.
-    #[inline]
     /// Returns false (and counts nothing) when the handle is stale.
-    fn join_owned(&self, c: usize, topic: Topic) -> bool {
+    #[inline]
+    pub(crate) fn join_owned(&self, c: usize, topic: Topic) -> bool {
         let core = &self.cores[c];
         // Observe the epoch *before* checking the generation: see `reducer::Retirement`.
         let e = core.observe(&self.epoch);
@@ -415,30 +474,34 @@ impl ShardPool {
         let me = tid();
         let hdr = &self.hot.cores[c as usize].hdr;
         let b = hdr.bound.load(Ordering::SeqCst);
-        if b == me {
-            hdr.joiner.store(me, Ordering::SeqCst);
-            return true;
-        }
-        // An unbound core is free to take. So is one bound to a thread that can no longer write
-        // it: we hold the only handle, and no presence made on it is alive (each one's last
-        // write is the release store of `live`), so that thread has nothing left to write.
-        let free = b == 0 || hdr.live.load(Ordering::Acquire) == 0;
-        let won = free
-            && hdr
-                .bound
-                .compare_exchange(b, me, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok();
-        if !won {
-            // Bound to another thread, which can no longer join through it (we hold the only
-            // handle): retirement need not wait for it.
-            hdr.joiner.store(0, Ordering::SeqCst);
-            return false;
+        if b != me {
+            // An unbound core is free to take. So is one bound to a thread that can no longer
+            // write it: we hold the only handle, and no presence made on it is alive (each one's
+            // last write is the release store of `live`), so that thread has nothing left to write.
+            let free = b == 0 || hdr.live.load(Ordering::Acquire) == 0;
+            let won = free
+                && hdr
+                    .bound
+                    .compare_exchange(b, me, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if !won {
+                // Bound to another thread, which can no longer join through it (we hold the only
+                // handle): retirement need not wait for it.
+                hdr.joiner.store(0, Ordering::SeqCst);
+                return false;
+            }
         }
         hdr.joiner.store(me, Ordering::SeqCst);
         // Read the newest epoch with an RMW (sequentially consistent, like the reducer's store of
         // the epoch and its loads of `joiner`): either the reducer sees `joiner` above, or this
         // thread's later loads see every retirement published before (see the `reducer` docs).
+        // Also when the core was still bound to this thread: `joiner` may have been 0 meanwhile
+        // (the shard was dropped on another thread), and the acquire load in `observe` alone
+        // could return an epoch older than a retirement that went ahead without us.
         self.hot.epoch.fetch_add(0, Ordering::SeqCst);
+        if b == me {
+            return true;
+        }
         BINDINGS.with(|bs| {
             let mut bs = bs.borrow_mut();
             // Forget bindings to engines that are gone.
@@ -650,6 +713,23 @@ impl Shard {
     pub fn join_by_name(&mut self, name: &str) -> Presence {
         let t = self.pool.topics.resolve(name, &self.pool.hot);
         self.join(t)
+    }
+
+    /// Tells the engine this shard's worker is about to go idle: call it before your event loop
+    /// blocks (right before `epoll_wait`, a channel receive, a condition variable wait).
+    ///
+    /// Retired topic ids are reused only once every shard that can join has either moved past
+    /// the retirement or parked; a shard that blocks without parking holds up the reuse of ids
+    /// (the counts are not affected) until it joins or leaves again. Parking costs a few stores;
+    /// the next join or leave on this thread unparks with one sequentially consistent handshake
+    /// and is otherwise as fast as ever. Joins and leaves are allowed at any time: parking is
+    /// never wrong, only skipping it delays retirement. Does nothing on a shard not yet used, or
+    /// used from a thread other than the one it is bound to.
+    pub fn park(&mut self) {
+        if self.owner == tid() {
+            let hot = &self.pool.hot;
+            hot.cores[self.core as usize].park(&hot.epoch);
+        }
     }
 }
 
@@ -888,5 +968,104 @@ mod tests {
         assert_eq!(core.hdr.overflows.load(Ordering::Acquire), before);
         drop(again);
         drop(keep);
+    }
+
+    fn parked(p: &ShardPool, c: usize) -> bool {
+        p.hot.cores[c].hdr.parked.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn park_then_join_and_leave_count_exactly() {
+        let p = pool(2, 64);
+        let t = Topic::from_parts(5, 0);
+        let mut s = Shard::claim(&p, 2).unwrap();
+        let c = s.index();
+        let a = s.join(t);
+        s.park();
+        assert!(parked(&p, c));
+        assert_eq!(
+            crate::reducer::quiet(&p.hot),
+            u64::MAX,
+            "a parked core holds up nothing"
+        );
+        p.hot.epoch.store(2, Ordering::SeqCst); // a tick while parked
+        let b = s.join(t);
+        assert!(!parked(&p, c), "a join unparks");
+        assert_eq!(p.hot.cores[c].hdr.seen.load(Ordering::Acquire), 2);
+        assert_eq!(crate::reducer::quiet(&p.hot), 2);
+        assert_eq!(sum(&p.hot, 5), 2);
+        s.park();
+        drop(a);
+        assert!(!parked(&p, c), "a leave on the owner thread unparks too");
+        assert_eq!(sum(&p.hot, 5), 1);
+        s.park();
+        s.park(); // twice is the same as once
+        assert!(parked(&p, c));
+        let again = s.join(t); // in the same epoch as the park
+        assert_eq!(sum(&p.hot, 5), 2);
+        drop((b, again));
+        assert_eq!(sum(&p.hot, 5), 0);
+        assert_eq!(p.hot.live(), 0);
+    }
+
+    #[test]
+    fn stale_handle_after_park_and_retirement_is_rejected() {
+        let p = pool(1, 64);
+        let t = Topic::from_parts(7, 0);
+        let mut s = Shard::claim(&p, 1).unwrap();
+        drop(s.join(t));
+        s.park();
+        // Phase one in tick 2, phase two's check in tick 3: the parked core does not hold it up.
+        p.hot.epoch.store(2, Ordering::SeqCst);
+        let g = p.hot.bump_generation(7);
+        p.hot.epoch.store(3, Ordering::SeqCst);
+        assert!(crate::reducer::quiet(&p.hot) > 2);
+        assert_eq!(sum(&p.hot, 7), 0);
+        // The worker wakes up with its old handle.
+        assert!(matches!(s.try_join(t), Err(Error::StaleTopic { id: 7 })));
+        assert!(!s.join(t).is_counted());
+        assert!(!parked(&p, 0));
+        assert_eq!(crate::reducer::quiet(&p.hot), 3);
+        assert_eq!(sum(&p.hot, 7), 0);
+        let fresh = s.join(Topic::from_parts(7, g));
+        assert!(fresh.is_counted());
+        assert_eq!(sum(&p.hot, 7), 1);
+    }
+
+    #[test]
+    fn park_on_an_unused_or_moved_shard_is_harmless() {
+        let p = pool(1, 64);
+        let t = Topic::from_parts(2, 0);
+        let mut s = Shard::claim(&p, 1).unwrap();
+        s.park(); // never used: bound to no thread
+        assert!(!parked(&p, 0));
+        let a = s.join(t);
+        assert_eq!(crate::reducer::quiet(&p.hot), 1);
+        // Moved to another thread while `a` lives: it counts through the shared core there, and
+        // parking there leaves the core bound here alone.
+        let s = std::thread::spawn(move || {
+            let mut s = s;
+            s.park();
+            drop(s.join(t));
+            s.park();
+            s
+        })
+        .join()
+        .unwrap();
+        assert!(!parked(&p, 0));
+        assert_eq!(sum(&p.hot, 2), 1);
+        // A parked shard given back: its core holds up nothing, and the next owner unparks on
+        // its first join.
+        let mut s = s;
+        s.park();
+        drop(s);
+        assert!(parked(&p, 0));
+        assert_eq!(crate::reducer::quiet(&p.hot), u64::MAX);
+        let mut s = Shard::claim(&p, 1).unwrap();
+        let b = s.join(t);
+        assert!(!parked(&p, 0));
+        assert_eq!(sum(&p.hot, 2), 2);
+        drop((a, b));
+        assert_eq!(sum(&p.hot, 2), 0);
     }
 }

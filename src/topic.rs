@@ -229,11 +229,9 @@ impl Topics {
         let map = self.by_name.pin();
         match map.get(&*rec.name) {
             Some(e) if e.id == id && !e.dying => {
-                let g = hot.gens[id as usize].load(Ordering::SeqCst).wrapping_add(1);
                 // The owner path reads `gens` (made safe by the epoch wait before phase two); the
                 // shared path checks the generation inside its own CAS.
-                hot.gens[id as usize].store(g, Ordering::SeqCst);
-                hot.shared.set_generation(id, g);
+                let g = hot.bump_generation(id);
                 let e = Entry {
                     id,
                     generation: g,
