@@ -48,6 +48,7 @@ struct ClusterOptions {
     max_clock_skew: Duration,
     max_repair_rate: u64,
     max_tick_datagrams: usize,
+    max_remote_topics: usize,
     observer: bool,
     /// A multicast option given without multicast: `(option, value)`.
     bad: Option<(&'static str, String)>,
@@ -68,6 +69,7 @@ impl Default for ClusterOptions {
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             max_repair_rate: defaults::MAX_REPAIR_RATE,
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
+            max_remote_topics: defaults::MAX_REMOTE_TOPICS,
             observer: false,
             bad: None,
         }
@@ -288,6 +290,14 @@ impl Builder {
         self
     }
 
+    /// Most topics tracked over all peers' tables together (default 2^24): with
+    /// [`Builder::max_topics`] per peer, this bounds the memory peers can make this node use
+    /// (about 30 bytes per peer entry, plus about 100 per distinct topic).
+    pub fn max_remote_topics(mut self, n: usize) -> Self {
+        self.cluster.max_remote_topics = n;
+        self
+    }
+
     /// Most delta and names datagrams one tick sends (default 512, about 700 kB); a burst of
     /// changes beyond that goes out over the next ticks.
     pub fn max_tick_datagrams(mut self, n: usize) -> Self {
@@ -396,6 +406,13 @@ impl Builder {
                 "must be at least 65536 bytes per second",
             ));
         }
+        if c.max_remote_topics < 1 {
+            return Err(bad(
+                "max_remote_topics",
+                c.max_remote_topics,
+                "must be at least 1",
+            ));
+        }
         if !(1..=1 << 20).contains(&c.max_tick_datagrams) {
             return Err(bad(
                 "max_tick_datagrams",
@@ -474,6 +491,7 @@ impl Builder {
                 pc.max_clock_skew = self.cluster.max_clock_skew;
                 pc.max_repair_rate = self.cluster.max_repair_rate;
                 pc.max_tick_datagrams = self.cluster.max_tick_datagrams;
+                pc.max_remote_topics = self.cluster.max_remote_topics;
                 pc.max_topics_per_peer = self.max_topics;
                 pc.observer = self.cluster.observer;
                 let proto = Protocol::new(pc, Seal::new(&self.cluster.name, &key));
@@ -903,7 +921,8 @@ impl Node {
             // and count are read now, so a queued id always hands over its latest count.
             let mut n = 0usize;
             while let Some(&id) = c.handoff.front() {
-                if n.is_multiple_of(256) && n >= MIN_WORK_PER_TICK && start.elapsed() > work_budget {
+                if n.is_multiple_of(256) && n >= MIN_WORK_PER_TICK && start.elapsed() > work_budget
+                {
                     break;
                 }
                 n += 1;

@@ -172,6 +172,8 @@ pub mod defaults {
     pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
     /// Resync replies per second, in bytes: a tenth of a 1 Gbit/s link.
     pub const MAX_REPAIR_RATE: u64 = 12_500_000;
+    /// Topics tracked over all peers' tables together.
+    pub const MAX_REMOTE_TOPICS: usize = 1 << 24;
     /// Delta and names datagrams per tick (about 700 kB: what a receiver's socket buffer takes
     /// while it is busy, many times over).
     pub const MAX_TICK_DATAGRAMS: usize = 512;
@@ -195,7 +197,7 @@ impl Config {
             max_peers: 1024,
             max_observers: 64,
             max_topics_per_peer: 1 << 21,
-            max_remote_topics: 1 << 24,
+            max_remote_topics: defaults::MAX_REMOTE_TOPICS,
             max_rate: 20_000,
             resync_interval: (tick / 4).max(Duration::from_millis(5)),
             max_repair_rate: defaults::MAX_REPAIR_RATE,
@@ -275,8 +277,9 @@ struct Peer {
     time: u64,
     /// The highest request number accepted from it.
     requests_seen: u64,
-    /// When this node last answered its resync request.
-    last_reply: Option<Instant>,
+    /// When this node last sent it its table, and its names, in answer to a request (each
+    /// at most once per resync interval: a names request does not hold up a table request).
+    last_reply: [Option<Instant>; 2],
     /// Its table went over a cap here: what this node counts of it is incomplete.
     over_cap: bool,
     /// While over a cap: the wait before asking it for its table again (doubles each time).
@@ -1168,7 +1171,7 @@ impl Protocol {
                 observer,
                 time,
                 requests_seen,
-                last_reply: None,
+                last_reply: [None, None],
                 over_cap: false,
                 backoff: Duration::ZERO,
             },
@@ -1339,20 +1342,27 @@ impl Protocol {
             return self.reject(Reject::Stale, Some(requester));
         }
         p.requests_seen = request;
-        if p.last_reply
-            .is_some_and(|t| now.saturating_duration_since(t) < every)
-        {
+        let f = h.flags.get();
+        let due =
+            |i: usize| p.last_reply[i].is_none_or(|t| now.saturating_duration_since(t) >= every);
+        let state = f & FLAG_STATE != 0 && due(0);
+        let names = f & FLAG_NAMES != 0 && due(1);
+        if !state && !names {
             return self.reject(Reject::Rate, Some(requester));
         }
         if !self.repair_ok(now) {
             return self.reject(Reject::Budget, Some(requester));
         }
         if let Some(p) = self.peers.get_mut(&requester) {
-            p.last_reply = Some(now);
+            if state {
+                p.last_reply[0] = Some(now);
+            }
+            if names {
+                p.last_reply[1] = Some(now);
+            }
         }
         self.stats.received += 1;
-        let f = h.flags.get();
-        self.serve_resync(now, from, f & FLAG_NAMES != 0, f & FLAG_STATE != 0);
+        self.serve_resync(now, from, names, state);
         Outcome::Applied
     }
 
@@ -1370,10 +1380,6 @@ impl Protocol {
     fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
         let before = (self.out.len(), self.stats.bytes_sent);
         self.stats.resync_replies += 1;
-        if names {
-            let hashes: Vec<u64> = self.table.map.keys().copied().collect();
-            self.send_names(now, &hashes, Some(to));
-        }
         if state {
             let per = self.enc.entries_per_datagram(Kind::ResyncReply);
             let st = self.stamp(now, self.seq);
@@ -1391,6 +1397,10 @@ impl Protocol {
                 }
                 lo = hi + 1;
             }
+        }
+        if names {
+            let hashes: Vec<u64> = self.table.map.keys().copied().collect();
+            self.send_names(now, &hashes, Some(to));
         }
         debug_assert!(self.out.len() >= before.0);
         let bytes = self.stats.bytes_sent - before.1;
