@@ -68,11 +68,17 @@ impl Server {
     /// Starts `serve --listen 127.0.0.1:0 --workers 2 --tick 50ms` plus `args`, and waits for
     /// it to listen.
     pub fn start(args: &[&str]) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"]);
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"];
         if !args.contains(&"--workers") {
-            cmd.args(["--workers", "2"]);
+            all.extend(["--workers", "2"]);
         }
+        all.extend(args);
+        Server::spawn(&all)
+    }
+
+    /// Starts `headcount` with exactly `args` (a `serve` command line) and waits for it to listen.
+    pub fn spawn(args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -274,5 +280,45 @@ impl Client {
             (self.cmd(&["COUNT", topic]).int() == want).then_some(())
         })
         .is_some()
+    }
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`…), in bytes.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A numeric field of an `INFO` reply (`key:value` lines).
+pub fn info_field(info: &str, key: &str) -> Option<i64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Client {
+    /// Another handle on this connection's socket (for writes with a timeout, say).
+    pub fn stream(&self) -> TcpStream {
+        self.w.try_clone().unwrap()
+    }
+
+    /// A numeric field of `INFO section` on this connection.
+    pub fn info(&mut self, section: &str, key: &str) -> i64 {
+        let info = self.cmd(&["INFO", section]).str();
+        info_field(&info, key).unwrap_or_else(|| panic!("{key} in {info}"))
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits at most `bound` for the exit status.
+    pub fn terminate_within(mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_for(bound, || self.child.try_wait().ok().flatten())
     }
 }

@@ -53,10 +53,12 @@ pub struct ClusterArgs {
     /// Cluster name: nodes of other clusters are ignored [default: headcount].
     #[arg(long, value_name = "NAME")]
     pub cluster: Option<String>,
-    /// File holding the cluster key (datagrams are authenticated with it).
+    /// File holding the cluster key (datagrams are authenticated with it) [default on loopback:
+    /// ~/.local/state/headcount/cluster.key, created on first start].
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
-    /// Allow a non-loopback network without a key or password.
+    /// Allow a non-loopback network without a key or password (and run a loopback cluster
+    /// without the default key).
     #[arg(long)]
     pub insecure: bool,
     /// Run alone: no cluster sockets at all.
@@ -90,8 +92,11 @@ pub struct FileConfig {
     pub max_args: Option<usize>,
     pub max_arg_len: Option<usize>,
     pub max_output: Option<usize>,
+    pub max_client_memory: Option<usize>,
     pub tcp_keepalive: Option<String>,
     pub max_topics: Option<usize>,
+    pub node_id: Option<String>,
+    pub retire_after: Option<String>,
 }
 
 impl FileConfig {
@@ -192,26 +197,48 @@ impl Cluster {
         })
     }
 
-    /// An engine builder with these cluster settings.
-    pub fn builder(&self) -> Builder {
+    /// An engine builder with these cluster settings. A loopback cluster with no key given (and
+    /// not `--insecure`) uses the user's default key file, created on first use (see
+    /// `identity`): other local users' processes cannot forge its counts.
+    pub fn builder(&self) -> Result<Builder, ConfigError> {
         let mut b = headcount::Engine::builder().tick(self.tick);
-        match &self.transport {
-            Transport::Standalone => return b,
+        let loopback = match &self.transport {
+            Transport::Standalone => return Ok(b),
             Transport::Multicast { group, interface } => {
                 b = b.multicast(*group).interface(*interface);
+                interface.is_loopback()
             }
             Transport::Unicast { bind, peers } => {
                 b = b.unicast(*bind, peers.iter().copied());
+                bind.ip().is_loopback() && peers.iter().all(|p| p.ip().is_loopback())
             }
-        }
+        };
         b = b.cluster_name(&self.name).insecure(self.insecure);
         if let Some(d) = self.dead_after {
             b = b.dead_after(d);
         }
-        if let Some(p) = &self.key_file {
-            b = b.cluster_key_file(p);
+        match &self.key_file {
+            Some(p) => b = b.cluster_key_file(p),
+            None if loopback && !self.insecure => {
+                let p = crate::identity::default_key_file().map_err(ConfigError)?;
+                b = b.cluster_key_file(p);
+            }
+            None => {}
         }
-        b
+        Ok(b)
+    }
+
+    /// The key file in use: the one given, or the default one for a loopback cluster.
+    pub fn key_description(&self) -> String {
+        match (&self.key_file, &self.transport) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Transport::Standalone) => "none".into(),
+            (None, _) if self.insecure => {
+                "none (--insecure: anyone who can send to it can forge counts)".into()
+            }
+            (None, _) => crate::identity::default_key_path()
+                .map_or_else(|| "none".into(), |p| format!("{} (default)", p.display())),
+        }
     }
 
     /// One line for the log: how this node finds its peers.

@@ -150,12 +150,16 @@ pub fn run(a: Args) -> Result<ExitCode, headcount::Error> {
         std::process::id(),
         rand_seed() & 0xffff_ffff
     );
+    // And a random key of its own, held only in this process: no other local process can
+    // forge or read its counts.
+    let key = format!("{:016x}{:016x}", rand_seed(), rand_seed().rotate_left(17));
     let start_node = |observer: bool| {
         Engine::builder()
             .shards(a.workers as usize)
             .tick(a.tick)
             .multicast(a.group)
             .cluster_name(&cluster)
+            .cluster_key(&key)
             .observer(observer)
             .start()
     };

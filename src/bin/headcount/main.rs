@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod config;
 mod demo;
+mod identity;
 mod logging;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -13,6 +14,7 @@ mod node;
 mod resp;
 mod serve;
 mod watch;
+mod watchdog;
 
 /// Exact, cluster-wide counts of connected users per topic.
 #[derive(Parser, Debug)]

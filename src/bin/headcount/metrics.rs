@@ -231,6 +231,36 @@ pub fn render(shared: &Shared, top: usize) -> String {
         w.rejected,
     );
     o.one(
+        "headcount_client_buffer_bytes",
+        "gauge",
+        "Bytes held now in client connections' buffers (partial requests and unsent replies).",
+        shared.client_memory(),
+    );
+    o.one(
+        "headcount_client_buffer_limit_bytes",
+        "gauge",
+        "max_client_memory: past it, clients with unsent replies are not read and the largest holders are closed.",
+        shared.limits.max_client_memory,
+    );
+    o.one(
+        "headcount_clients_paused_for_output",
+        "gauge",
+        "Client connections not read now because their unsent replies reached the pause.",
+        w.paused,
+    );
+    o.one(
+        "headcount_output_limit_closes_total",
+        "counter",
+        "Client connections closed for unsent replies past max_output (or the smaller cap before AUTH).",
+        w.output_limit_closes,
+    );
+    o.one(
+        "headcount_memory_limit_closes_total",
+        "counter",
+        "Client connections closed because all clients' buffers were over max_client_memory.",
+        w.memory_limit_closes,
+    );
+    o.one(
         "headcount_commands_total",
         "counter",
         "Commands answered.",
@@ -298,6 +328,24 @@ pub fn render(shared: &Shared, top: usize) -> String {
             "gauge",
             "1 when every live peer is converged.",
             u8::from(c.peers_alive == c.peers_converged),
+        );
+        o.one(
+            "headcount_peers_over_cap",
+            "gauge",
+            "Live peers whose tables are over this node's max-topics (counted incompletely).",
+            c.peers_over_cap,
+        );
+        o.one(
+            "headcount_cluster_backlog",
+            "gauge",
+            "Local count changes not sent to peers yet.",
+            c.backlog,
+        );
+        o.one(
+            "headcount_repair_bytes_sent_total",
+            "counter",
+            "Bytes sent answering peers' resync requests.",
+            p.repair_bytes,
         );
     }
     o.head(

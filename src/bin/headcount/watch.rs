@@ -206,7 +206,7 @@ pub fn run(a: Args) -> Result<ExitCode, ConfigError> {
             "--standalone: watch needs a cluster to watch".into(),
         ));
     }
-    let engine = cluster.builder().observer(true).shards(1).start()?;
+    let engine = cluster.builder()?.observer(true).shards(1).start()?;
     let tick = engine.tick_interval();
     let stop = stop_on_signal();
     let mut w = Watcher::default();

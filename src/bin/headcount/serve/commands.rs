@@ -13,6 +13,10 @@ use crate::resp::Reply;
 pub const MAX_TOPIC_LEN: usize = 255;
 /// Most entries `TOP` returns.
 pub const MAX_TOP: usize = 10_000;
+/// The work units of a command whose cost grows with the whole topic table or cluster (`TOP`,
+/// `INFO`, `NODES`, `CONFIG`): the worker looks at the clock after each. One unit is about one
+/// topic looked up, joined or left.
+pub const HEAVY: u32 = 64;
 
 /// One connection's state beyond its socket.
 #[derive(Default)]
@@ -64,38 +68,48 @@ fn wrong_args(r: &mut Reply, cmd: &[u8]) {
     ));
 }
 
-/// Runs one command. `args` is not empty.
-pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
+/// Runs one command. `args` is not empty. Returns its work units (1 for most; one per topic
+/// for `JOIN`, `LEAVE` and `COUNT`; [`HEAVY`] for those that scan the table or the cluster),
+/// which the worker counts against the connection's turn.
+pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) -> u32 {
     let cmd = args.get(0);
     let n = args.len();
     // Commands allowed before AUTH.
     if is(cmd, "AUTH") {
-        return auth(ctx, s, args, r);
+        auth(ctx, s, args, r);
+        return 1;
     }
     if is(cmd, "HELLO") {
-        return hello(ctx, s, args, r);
+        hello(ctx, s, args, r);
+        return 1;
     }
     if is(cmd, "QUIT") {
         s.closing = true;
-        return r.simple("OK");
+        r.simple("OK");
+        return 1;
     }
     if !s.authed {
-        return r.error("NOAUTH Authentication required.");
+        r.error("NOAUTH Authentication required.");
+        return 1;
     }
     let arity_ok = |min: usize, max: usize| (min..=max).contains(&n);
     macro_rules! need {
         ($min:expr, $max:expr) => {
             if !arity_ok($min, $max) {
-                return wrong_args(r, cmd);
+                wrong_args(r, cmd);
+                return 1;
             }
         };
     }
+    let per_topic = u32::try_from(n - 1).unwrap_or(u32::MAX).max(1);
     if is(cmd, "JOIN") {
         need!(2, usize::MAX);
         join(ctx, s, args, r);
+        return per_topic;
     } else if is(cmd, "LEAVE") {
         need!(2, usize::MAX);
         leave(ctx, s, args, r);
+        return per_topic;
     } else if is(cmd, "COUNT") {
         need!(2, usize::MAX);
         let engine = &ctx.shared.engine;
@@ -107,6 +121,7 @@ pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
                 r.uint(count(engine, t));
             }
         }
+        return per_topic;
     } else if is(cmd, "LCOUNT") {
         need!(2, 2);
         let engine = &ctx.shared.engine;
@@ -121,6 +136,7 @@ pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
     } else if is(cmd, "TOP") {
         need!(2, 2);
         top(ctx, args, r);
+        return HEAVY;
     } else if is(cmd, "PING") {
         need!(1, 2);
         if n == 2 {
@@ -134,14 +150,17 @@ pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
     } else if is(cmd, "NODES") {
         need!(1, 1);
         nodes(ctx, r);
+        return HEAVY;
     } else if is(cmd, "INFO") {
         r.text(&info(ctx.shared, args));
+        return HEAVY;
     } else if is(cmd, "CLIENT") {
         need!(2, usize::MAX);
         client(args, r);
     } else if is(cmd, "CONFIG") {
         need!(2, usize::MAX);
         config(ctx.shared, args, r);
+        return HEAVY;
     } else if is(cmd, "COMMAND") {
         // redis-cli asks for command docs at start: an empty answer is a valid one.
         r.array(0);
@@ -157,6 +176,7 @@ pub fn execute(ctx: &mut Ctx, s: &mut Session, args: &Args, r: &mut Reply) {
         let name: String = name.chars().take(64).collect();
         r.error(&format!("ERR unknown command '{name}'"));
     }
+    1
 }
 
 fn count(engine: &Engine, topic: &[u8]) -> u64 {
@@ -400,7 +420,7 @@ fn node_entry(r: &mut Reply, id: u64, addr: String, p: Result<&headcount::NodeIn
         Ok(p) => (false, Some(p), 0),
         Err(total) => (true, None, total),
     };
-    r.map(10);
+    r.map(11);
     r.bulk(b"id");
     r.bulk(format!("{id:016x}").as_bytes());
     r.bulk(b"addr");
@@ -411,6 +431,9 @@ fn node_entry(r: &mut Reply, id: u64, addr: String, p: Result<&headcount::NodeIn
     r.boolean(p.is_none_or(|p| p.alive));
     r.bulk(b"converged");
     r.boolean(p.is_none_or(|p| p.converged));
+    // Its table is over this node's --max-topics: counted here incompletely.
+    r.bulk(b"over_cap");
+    r.boolean(p.is_some_and(|p| p.over_cap));
     let nums = [
         (
             "last_heard_ms",
@@ -474,13 +497,18 @@ pub fn info(shared: &Shared, args: &Args) -> String {
     if show("clients") {
         let _ = write!(
             o,
-            "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nprotocol_errors:{}\r\noutput_limit_closes:{}\r\nmax_clients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\nprotocol_errors:{}\r\nmax_clients:{}\r\nclient_buffer_bytes:{}\r\nmax_client_memory:{}\r\nclients_paused_for_output:{}\r\noutput_limit_closes:{}\r\nmemory_limit_closes:{}\r\nmax_output:{}\r\n\r\n",
             w.connections,
             w.accepted,
             w.rejected,
             w.protocol_errors,
-            w.output_limit_closes,
             shared.limits.max_connections,
+            shared.client_memory(),
+            shared.limits.max_client_memory,
+            w.paused,
+            w.output_limit_closes,
+            w.memory_limit_closes,
+            shared.limits.max_output,
         );
     }
     if show("presence") {
@@ -528,6 +556,15 @@ pub fn info(shared: &Shared, args: &Args) -> String {
                     p.peers_died,
                     c.send_errors,
                     c.recv_errors,
+                );
+                let _ = write!(
+                    o,
+                    "peers_over_cap:{}\r\nobservers:{}\r\nbacklog:{}\r\nrepair_bytes_sent:{}\r\nnode_id:{:016x}\r\n",
+                    c.peers_over_cap,
+                    p.observers,
+                    c.backlog,
+                    p.repair_bytes,
+                    engine.node_id().unwrap_or(0),
                 );
                 for (i, reason) in Reject::ALL.iter().enumerate() {
                     let _ = write!(o, "rejected_{}:{}\r\n", reason.name(), p.rejected[i]);

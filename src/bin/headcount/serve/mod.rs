@@ -15,7 +15,7 @@ mod worker;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -60,10 +60,16 @@ pub struct Args {
     /// Longest argument, in bytes [default: 4096].
     #[arg(long, value_name = "BYTES")]
     max_arg_len: Option<usize>,
-    /// Unsent replies, in bytes, above which a client that does not read them is closed
-    /// [default: 67108864].
+    /// Unsent replies, in bytes, past which a client is closed. A client that stops reading is
+    /// paused (neither read nor answered) at 256 KiB of them, so only one reply that large
+    /// takes it past this [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     max_output: Option<usize>,
+    /// Bytes all clients' buffers (partial requests and unsent replies) may hold together:
+    /// past it, clients with unsent replies are not read and the largest holders are closed
+    /// [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    max_client_memory: Option<usize>,
     /// TCP keepalive idle time: a client whose machine vanished without closing is detected
     /// (and its presences leave) about this long plus 30 s later; `0s` turns it off
     /// [default: 60s].
@@ -76,6 +82,14 @@ pub struct Args {
     /// counting costs (`headcount-perf overhead`). Not for production.
     #[arg(long)]
     no_count: bool,
+    /// This node's id in the cluster: 16 hex digits, or any name (hashed). It must stay the same
+    /// across restarts and differ between servers [default: derived from the cluster name, the
+    /// host name and the listen address].
+    #[arg(long, value_name = "ID|NAME")]
+    node_id: Option<String>,
+    /// How long a topic's count must stay zero before its id is reused [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retire_after: Option<Duration>,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -87,6 +101,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_topics_per_connection: usize,
     pub max_output: usize,
+    /// Bytes all connections' buffers may hold together.
+    pub max_client_memory: usize,
     /// TCP keepalive idle time (`None`: off).
     pub keepalive: Option<Duration>,
 }
@@ -103,6 +119,10 @@ pub struct WorkerStats {
     pub presences: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub output_limit_closes: AtomicU64,
+    /// Connections closed because all clients' buffers were over `max_client_memory`.
+    pub memory_limit_closes: AtomicU64,
+    /// Connections paused now because their unsent replies reached the pause (a gauge).
+    pub paused: AtomicU64,
 }
 
 impl WorkerStats {
@@ -125,6 +145,8 @@ pub struct Totals {
     pub presences: u64,
     pub protocol_errors: u64,
     pub output_limit_closes: u64,
+    pub memory_limit_closes: u64,
+    pub paused: u64,
 }
 
 /// What every worker shares (read-mostly).
@@ -137,6 +159,9 @@ pub struct Shared {
     pub started: Instant,
     /// False with `--no-count`: commands are parsed and answered, nothing is counted.
     pub counting: bool,
+    /// Bytes held in all connections' buffers, over all workers. Each worker adds what its
+    /// connections' buffers gain or lose at the end of a turn that changed their size.
+    pub client_memory: CachePadded<AtomicUsize>,
     stats: Vec<Arc<CachePadded<WorkerStats>>>,
     stop: AtomicBool,
     settings: Vec<(&'static str, String)>,
@@ -145,6 +170,16 @@ pub struct Shared {
 impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in all connections' buffers now.
+    pub fn client_memory(&self) -> usize {
+        self.client_memory.load(Ordering::Relaxed)
+    }
+
+    /// All connections' buffers hold more than `max_client_memory`.
+    pub fn over_budget(&self) -> bool {
+        self.client_memory() > self.limits.max_client_memory
     }
 
     pub fn worker_totals(&self) -> Totals {
@@ -159,6 +194,8 @@ impl Shared {
             t.presences = t.presences.wrapping_add(r(&s.presences));
             t.protocol_errors += r(&s.protocol_errors);
             t.output_limit_closes += r(&s.output_limit_closes);
+            t.memory_limit_closes += r(&s.memory_limit_closes);
+            t.paused = t.paused.wrapping_add(r(&s.paused));
         }
         t
     }
@@ -177,6 +214,9 @@ impl Shared {
     }
 }
 
+/// The least `--max-client-memory`: a few clients' worth of buffers.
+const MIN_CLIENT_MEMORY: usize = 1 << 20;
+
 /// The merged settings of `serve`.
 #[derive(Debug)]
 struct Settings {
@@ -191,6 +231,9 @@ struct Settings {
     limits: Limits,
     max_topics: usize,
     counting: bool,
+    /// `--node-id` as given (`None`: derived once the listen address is known).
+    node_id: Option<u64>,
+    retire_after: Duration,
     cluster: Cluster,
 }
 
@@ -256,7 +299,13 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
             f.max_topics_per_connection,
             10_000,
         )?,
-        max_output: positive("max-output", a.max_output, f.max_output, 64 << 20)?,
+        // With pausing, only one reply can take a client past 256 KiB; the largest (TOP 10000
+        // of 255-byte names) is under 3 MiB, so 16 MiB closes no client that reads.
+        max_output: positive("max-output", a.max_output, f.max_output, 16 << 20)?,
+        max_client_memory: a
+            .max_client_memory
+            .or(f.max_client_memory)
+            .unwrap_or(1 << 30),
         keepalive: {
             let d = match a.tcp_keepalive {
                 Some(d) => d,
@@ -270,6 +319,13 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
             (!d.is_zero()).then_some(d)
         },
     };
+    if limits.max_client_memory < MIN_CLIENT_MEMORY {
+        return Err(ConfigError(format!(
+            "--max-client-memory {}: must be at least {MIN_CLIENT_MEMORY} (1 MiB): it is shared \
+             by every client's buffers",
+            limits.max_client_memory
+        )));
+    }
     if limits.request.max_args > 1 << 20 || limits.request.max_arg_len > 512 << 20 {
         return Err(ConfigError(format!(
             "--max-args {} / --max-arg-len {}: at most 1048576 arguments of 512 MiB",
@@ -287,6 +343,20 @@ fn settings(a: &Args) -> Result<Settings, ConfigError> {
         limits,
         max_topics: positive("max-topics", a.max_topics, f.max_topics, 1 << 20)?,
         counting: !a.no_count,
+        node_id: match a.node_id.as_ref().or(f.node_id.as_ref()) {
+            None => None,
+            Some(v) => Some(crate::identity::parse_node_id(v).ok_or_else(|| {
+                ConfigError(format!("--node-id {v:?}: give 16 hex digits or a name"))
+            })?),
+        },
+        retire_after: match a.retire_after {
+            Some(d) => d,
+            None => match &f.retire_after {
+                Some(v) => humantime::parse_duration(v)
+                    .map_err(|e| ConfigError(format!("config key `retire_after`: {v:?}: {e}")))?,
+                None => Duration::from_secs(30),
+            },
+        },
         cluster,
     })
 }
@@ -334,11 +404,18 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
     let listen = listeners[0]
         .local_addr()
         .map_err(|e| ConfigError(format!("--listen: {e}")))?;
+    // A stable identity: a restart replaces this node's old counts on every peer at once.
+    let (node_id, node_from) = match st.node_id {
+        Some(id) => (id, "--node-id".to_string()),
+        None => crate::identity::default_node_id(&st.cluster.name, listen),
+    };
     let engine = st
         .cluster
-        .builder()
+        .builder()?
+        .node_id(node_id)
         .shards(st.workers)
         .max_topics(st.max_topics)
+        .retire_after(st.retire_after)
         .pin(st.pin)
         .start()?;
     let stats: Vec<_> = (0..st.workers)
@@ -350,6 +427,7 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
         ("bind", listen.ip().to_string()),
         ("port", listen.port().to_string()),
         ("maxclients", st.limits.max_connections.to_string()),
+        ("maxmemory-clients", st.limits.max_client_memory.to_string()),
         ("workers", st.workers.to_string()),
         (
             "tick",
@@ -365,6 +443,7 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
         workers: st.workers,
         started: Instant::now(),
         counting: st.counting,
+        client_memory: CachePadded::new(AtomicUsize::new(0)),
         stats: stats.clone(),
         stop: AtomicBool::new(false),
         settings,
@@ -382,6 +461,7 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
         ));
     }
 
+    let signals = watch_signals();
     let cores = if st.pin { pin_targets() } else { Vec::new() };
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
@@ -414,16 +494,24 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
         workers = st.workers,
         cluster = %st.cluster.describe(),
         node = format!("{:016x}", engine.node_id().unwrap_or(0)),
+        node_id_from = %node_from,
+        key = %st.cluster.key_description(),
         auth = st.password.is_some(),
         "headcount serve: listening on {listen}"
     );
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let watchdog = crate::watchdog::spawn(engine.clone(), watchdog_stop.clone());
 
-    let signal = wait_for_signal();
+    let signal = wait_for_signal(signals);
     tracing::info!(
         signal,
         "stopping: closing listeners and connections, then saying goodbye"
     );
     shared.stop.store(true, Ordering::Relaxed);
+    watchdog_stop.store(true, Ordering::Relaxed);
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
     for w in &wakers {
         let _ = w.wake();
     }
@@ -438,20 +526,25 @@ fn run_with(st: Settings) -> Result<ExitCode, ConfigError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGTERM or SIGINT; returns its name.
-fn wait_for_signal() -> &'static str {
+/// Watches for SIGTERM and SIGINT from now on (before the "listening" line is logged, so that a
+/// supervisor that signals as soon as it sees it is never too early).
+fn watch_signals() -> Option<signal_hook::iterator::Signals> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(mut s) => match s.forever().next() {
-            Some(SIGINT) => "SIGINT",
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| tracing::error!(error = %e, "cannot watch for signals; serving until killed"))
+        .ok()
+}
+
+/// Blocks until SIGTERM or SIGINT; returns its name.
+fn wait_for_signal(signals: Option<signal_hook::iterator::Signals>) -> &'static str {
+    match signals {
+        Some(mut s) => match s.forever().next() {
+            Some(signal_hook::consts::SIGINT) => "SIGINT",
             _ => "SIGTERM",
         },
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch for signals; serving until killed");
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
-        }
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
     }
 }
 

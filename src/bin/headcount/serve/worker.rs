@@ -7,13 +7,33 @@
 //! another, and a connection only gets buffers of its own while it has a partial request or
 //! unsent replies.
 //!
-//! Fairness: one connection gets at most [`READS_PER_TURN`] reads per turn of the loop; a
-//! connection with more to read waits on a ready list for the next turn, after everyone else.
+//! **What one connection may hold.** A client that does not read its replies is *paused* once
+//! [`PAUSE_AT`] bytes of them are unsent: it is neither read nor answered until the socket takes
+//! them (a WRITABLE event), and the requests already read wait, unparsed, in its input. So a
+//! connection holds at most about `PAUSE_AT` + one read ([`READ_CHUNK`]) + one request + one
+//! command's reply; `max_output` closes a client whose single reply would take it past that
+//! (or, set below the pause, one that stops reading). Before AUTH nothing is paused: unsent
+//! replies past [`PRE_AUTH_MAX_OUTPUT`] close the connection (as Redis and Valkey do for a
+//! client that never authenticated, CVE-2025-21605).
+//!
+//! **What all of them may hold.** The bytes held in connection buffers are counted, per worker
+//! and in one shared counter, whenever a connection's buffers change size at the end of its turn
+//! (never for a connection without buffers). Over `max_client_memory`, a connection with unsent
+//! replies is not read, and a worker holding more than its share of the budget closes its
+//! largest holders first.
+//!
+//! **Fairness.** One connection gets one turn per pass of the loop, and a turn is bounded: at
+//! most [`READS_PER_TURN`] reads, [`COMMANDS_PER_TURN`] commands, [`REPLY_BYTES_PER_TURN`] bytes
+//! of replies and [`TURN_TIME`]. The clock is read only every [`commands::HEAVY`] units of
+//! work (a turn's start is its first reading), so a turn of cheap commands reads it rarely and
+//! a turn of heavy ones (`TOP` over a huge table) ends after its second. A connection with more
+//! to do goes to the back of the ready list, its unparsed input carried, and the loop looks at
+//! the stop flag between turns.
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 use headcount::Shard;
@@ -32,6 +52,23 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before the others have theirs.
 const READS_PER_TURN: usize = 8;
+/// Commands one connection gets answered per turn.
+const COMMANDS_PER_TURN: u32 = 4096;
+/// Bytes of replies one connection gets made per turn (one command may go past it).
+const REPLY_BYTES_PER_TURN: usize = 512 * 1024;
+/// Time one connection's turn may take, give or take one command.
+const TURN_TIME: Duration = Duration::from_millis(1);
+/// Connections accepted per pass of the loop; the rest wait for the next pass.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Unsent replies at which an authenticated client is paused: not read, not answered, until the
+/// socket takes some of them.
+const PAUSE_AT: usize = 256 * 1024;
+/// Before AUTH: unsent replies past this close the connection (a client that is not reading
+/// its error replies is not a client). Every reply before AUTH is short, so a client that
+/// reads them never comes near it.
+const PRE_AUTH_MAX_OUTPUT: usize = 16 * 1024;
+/// How often a worker holding buffers looks at the memory budget when nothing else wakes it.
+const BUDGET_CHECK: Duration = Duration::from_millis(100);
 /// Request limits before AUTH succeeds (as Redis: an unauthenticated client cannot make the
 /// server hold much).
 const PRE_AUTH: resp::Limits = resp::Limits {
@@ -45,16 +82,31 @@ struct Conn {
     session: Session,
     /// Buffers, only while there is something in them.
     bufs: Option<Box<Bufs>>,
+    /// On the ready list for a turn in the next pass.
+    queued: bool,
+    /// The peer shut down its side: read until EOF rather than trust a short read.
+    read_closed: bool,
 }
+
+// (mio adds a selector id to every socket in debug builds.)
+#[cfg(not(debug_assertions))]
+const _: () = assert!(size_of::<Conn>() <= 48);
 
 #[derive(Default)]
 struct Bufs {
-    /// A partial request carried over to the next read.
+    /// Requests carried over: a partial one, or whole ones left unanswered because the output
+    /// was full or the turn used up.
     input: Vec<u8>,
-    /// Parse `input` again only once it holds this many bytes.
+    /// Parse `input` again only once it holds this many bytes (0: it may hold whole requests).
     need: usize,
     /// Replies the socket would not take yet.
     output: Vec<u8>,
+    /// The bytes these buffers are counted as holding (0: not counted, not in `holders`).
+    held: usize,
+    /// This connection's index in the worker's `holders`.
+    slot: usize,
+    /// Counted in the paused-clients gauge.
+    paused: bool,
 }
 
 impl Conn {
@@ -66,15 +118,83 @@ impl Conn {
         self.bufs.get_or_insert_with(Box::default)
     }
 
-    /// Frees the buffers once they are empty.
-    fn trim(&mut self) {
-        if self
-            .bufs
+    /// Whole requests may be waiting in the carried input.
+    fn has_carried(&self) -> bool {
+        self.bufs
             .as_ref()
-            .is_some_and(|b| b.input.is_empty() && b.output.is_empty())
-        {
-            self.bufs = None;
+            .is_some_and(|b| !b.input.is_empty() && b.input.len() >= b.need)
+    }
+}
+
+/// Unsent replies at which this session is paused. Never before AUTH: closed instead.
+fn pause_at(s: &Session) -> usize {
+    if s.authed { PAUSE_AT } else { usize::MAX }
+}
+
+/// Unsent replies past which this session is closed.
+fn max_output(s: &Session, limit: usize) -> usize {
+    if s.authed {
+        limit
+    } else {
+        limit.min(PRE_AUTH_MAX_OUTPUT)
+    }
+}
+
+/// One connection's turn: what it has used of its budget.
+#[derive(Default)]
+struct Turn {
+    commands: u32,
+    bytes: usize,
+    /// Work units since the clock was last read.
+    work: u32,
+    /// When the clock was first read in this turn (a turn that never reaches
+    /// [`commands::HEAVY`] units never reads it).
+    started: Option<Instant>,
+    spent: bool,
+}
+
+impl Turn {
+    /// Counts one command of `units` work that made `bytes` of reply; true once the turn is
+    /// used up.
+    fn charge(&mut self, units: u32, bytes: usize) -> bool {
+        self.commands += 1;
+        self.bytes += bytes;
+        self.work = self.work.saturating_add(units);
+        if self.commands >= COMMANDS_PER_TURN || self.bytes >= REPLY_BYTES_PER_TURN {
+            self.spent = true;
+        } else if self.work >= commands::HEAVY {
+            self.work = 0;
+            let now = Instant::now();
+            match self.started {
+                None => self.started = Some(now),
+                Some(t) if now.duration_since(t) >= TURN_TIME => self.spent = true,
+                Some(_) => {}
+            }
         }
+        self.spent
+    }
+}
+
+/// A warning logged at most once a minute per worker, with the count of the ones left out.
+#[derive(Default)]
+struct Sparse {
+    last: Option<Instant>,
+    skipped: u64,
+}
+
+impl Sparse {
+    /// `Some(left out since the last one)` when this one may be logged.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
     }
 }
 
@@ -90,10 +210,18 @@ pub struct Worker {
     args: Vec<Range<usize>>,
     /// Unquoted inline arguments.
     scratch: Vec<u8>,
-    /// Connections that used their reads for this turn and have more.
+    /// Connections that used up their turn with more to do.
     ready: Vec<usize>,
+    /// Connections with buffers (each knows its index here), for the budget's evictions.
+    holders: Vec<usize>,
+    /// Bytes held in this worker's connection buffers (its part of `Shared::client_memory`).
+    buffered: usize,
     /// Accepting stopped because the process ran out of descriptors: retry on the next wakeup.
     accept_paused: bool,
+    /// Accepting stopped at this pass's share with more waiting: go on in the next pass.
+    accept_more: bool,
+    output_log: Sparse,
+    memory_log: Sparse,
 }
 
 enum Next {
@@ -123,7 +251,12 @@ impl Worker {
             args: Vec::new(),
             scratch: Vec::new(),
             ready: Vec::new(),
+            holders: Vec::new(),
+            buffered: 0,
             accept_paused: false,
+            accept_more: false,
+            output_log: Sparse::default(),
+            memory_log: Sparse::default(),
         })
     }
 
@@ -132,11 +265,20 @@ impl Worker {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         while !self.shared.stopping() {
-            let timeout = if !self.ready.is_empty() {
+            let timeout = if !self.ready.is_empty() || self.accept_more {
                 Some(Duration::ZERO)
+            } else if self.accept_paused || !self.holders.is_empty() {
+                // Out of descriptors: retry soon. Holding buffers: this worker may be the one
+                // to close its largest holders when all clients' buffers pass the budget.
+                Some(BUDGET_CHECK)
             } else {
-                self.accept_paused.then_some(Duration::from_millis(100))
+                None
             };
+            if timeout != Some(Duration::ZERO) {
+                // About to block: park the shard, so that this worker, idle, never holds up the
+                // reuse of retired topic ids (its next join or leave unparks it).
+                self.shard.park();
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -144,19 +286,40 @@ impl Worker {
                 tracing::error!(error = %e, "worker poll failed; worker stopping");
                 break;
             }
-            if self.accept_paused {
+            if self.accept_paused || self.accept_more {
                 self.accept();
             }
-            // Last turn's unfinished connections first, then the new events.
+            if !self.holders.is_empty() && self.shared.over_budget() {
+                self.evict();
+            }
+            // Last pass's unfinished connections first, then the new events; one turn each.
             let ready = std::mem::take(&mut self.ready);
             for key in ready {
+                if self.shared.stopping() {
+                    break;
+                }
+                match self.conns.get_mut(key) {
+                    Some(c) if c.queued => c.queued = false,
+                    _ => continue,
+                }
                 self.turn(key, false);
             }
             for ev in events.iter() {
+                if self.shared.stopping() {
+                    break;
+                }
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
-                    Token(key) => self.turn(key, ev.is_read_closed() || ev.is_error()),
+                    Token(key) => {
+                        let read_closed = ev.is_read_closed() || ev.is_error();
+                        match self.conns.get_mut(key) {
+                            // Its turn comes from the ready list, in the next pass.
+                            Some(c) if c.queued => c.read_closed |= read_closed,
+                            Some(_) => self.turn(key, read_closed),
+                            None => {}
+                        }
+                    }
                 }
             }
         }
@@ -167,9 +330,10 @@ impl Worker {
         }
     }
 
-    fn turn(&mut self, key: usize, peer_closed: bool) {
-        if let Next::Close = self.drive(key, peer_closed) {
-            self.close(key);
+    fn turn(&mut self, key: usize, read_closed: bool) {
+        match self.drive(key, read_closed) {
+            Next::Close => self.close(key),
+            Next::Keep => self.settle(key),
         }
     }
 
@@ -178,7 +342,8 @@ impl Worker {
             return;
         };
         self.accept_paused = false;
-        loop {
+        self.accept_more = false;
+        for _ in 0..ACCEPTS_PER_TURN {
             let (mut stream, _) = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -239,14 +404,22 @@ impl Worker {
                     authed: self.shared.password.is_none(),
                     ..Session::default()
                 },
+                queued: false,
+                read_closed: false,
             });
             self.stats.add(&self.stats.connections, 1);
         }
+        // This pass's share is used: the rest of the backlog in the next pass (the listener
+        // is edge-triggered, so no new event would say it is still there).
+        self.accept_more = true;
     }
 
     fn close(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            if let Some(b) = c.bufs.take() {
+                self.release(&b);
+            }
             // The monitor's DOWN: every presence the connection held leaves here.
             let held = c.session.presences.len() as i64;
             drop(c);
@@ -256,20 +429,135 @@ impl Worker {
         }
     }
 
-    /// Writes what is queued, then reads and answers until the socket would block (or this
-    /// turn's reads are used up). Edge-triggered: a read shorter than the buffer counts as
-    /// "drained", as the kernel raises a new edge for bytes that arrive after it — unless the
-    /// peer has shut down (`peer_closed`), when reading goes on until EOF.
-    fn drive(&mut self, key: usize, peer_closed: bool) -> Next {
+    /// Uncounts a connection's buffers that are going away.
+    fn release(&mut self, b: &Bufs) {
+        if b.paused {
+            self.stats.add(&self.stats.paused, u64::MAX);
+        }
+        if b.held > 0 {
+            self.holders.swap_remove(b.slot);
+            if let Some(&moved) = self.holders.get(b.slot)
+                && let Some(mb) = self.conns.get_mut(moved).and_then(|c| c.bufs.as_mut())
+            {
+                mb.slot = b.slot;
+            }
+            self.account(0, b.held);
+        }
+    }
+
+    /// Moves this worker's count (and the shared one) of bytes held in buffers from `was` to
+    /// `now`.
+    fn account(&mut self, now: usize, was: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = &self.shared.client_memory;
+        if now > was {
+            total.fetch_add(now - was, Relaxed);
+        } else {
+            total.fetch_sub(was - now, Relaxed);
+        }
+        self.buffered = self.buffered + now - was;
+    }
+
+    /// After a turn: gives back buffer memory no longer needed, counts what is held, updates
+    /// the paused gauge, and enforces the memory budget if this connection grew. Nothing at all
+    /// for a connection without buffers.
+    fn settle(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let pause = pause_at(&conn.session);
+        let Some(b) = conn.bufs.as_deref_mut() else {
+            return;
+        };
+        shrink(&mut b.input);
+        shrink(&mut b.output);
+        let paused = b.output.len() >= pause;
+        if paused != b.paused {
+            b.paused = paused;
+            self.stats
+                .add(&self.stats.paused, if paused { 1 } else { u64::MAX });
+        }
+        let capacity = b.input.capacity() + b.output.capacity();
+        if capacity == 0 {
+            if let Some(b) = conn.bufs.take() {
+                self.release(&b);
+            }
+            return;
+        }
+        let now = size_of::<Bufs>() + capacity;
+        let was = b.held;
+        if now == was {
+            return;
+        }
+        if was == 0 {
+            b.slot = self.holders.len();
+            self.holders.push(key);
+        }
+        b.held = now;
+        self.account(now, was);
+        if now > was && self.shared.over_budget() {
+            self.evict();
+        }
+    }
+
+    /// All clients' buffers are over the budget: if this worker holds more than its share,
+    /// closes its largest holders until it does not, or the total is under the budget again.
+    /// (When the total is over, some worker is over its share, so someone closes something.)
+    fn evict(&mut self) {
+        let limit = self.shared.limits.max_client_memory;
+        let share = limit / self.shared.workers;
+        let done = |w: &Worker| w.buffered <= share || !w.shared.over_budget();
+        if done(self) {
+            return;
+        }
+        let mut by_size: Vec<(usize, usize)> = self
+            .holders
+            .iter()
+            .filter_map(|&k| Some((self.conns.get(k)?.bufs.as_ref()?.held, k)))
+            .collect();
+        by_size.sort_unstable_by(|a, b| b.cmp(a));
+        let (mut closed, mut freed, mut largest) = (0u64, 0usize, 0usize);
+        for (held, key) in by_size {
+            if done(self) {
+                break;
+            }
+            largest = largest.max(held);
+            self.close(key);
+            closed += 1;
+            freed += held;
+        }
+        self.stats.add(&self.stats.memory_limit_closes, closed);
+        if closed > 0
+            && let Some(skipped) = self.memory_log.due()
+        {
+            tracing::warn!(
+                closed,
+                freed,
+                largest,
+                limit,
+                earlier_unlogged = skipped,
+                "closing the clients holding the most buffer memory: all clients' buffers \
+                 exceed max_client_memory"
+            );
+        }
+    }
+
+    /// A connection's turn: writes what is queued, answers requests carried from its last
+    /// turn, then reads and answers until the socket would block, the output is full, or the
+    /// turn is used up. Edge-triggered: a read shorter than the buffer counts as "drained", as
+    /// the kernel raises a new edge for bytes that arrive after it — unless the peer has shut
+    /// down its side (`read_closed`, remembered), when reading goes on until EOF. A connection
+    /// stopped by its output waits for WRITABLE (the socket was full, so that edge comes); one
+    /// stopped by its budget goes on the ready list.
+    fn drive(&mut self, key: usize, read_closed: bool) -> Next {
         let Some(conn) = self.conns.get_mut(key) else {
             return Next::Keep;
         };
-        if conn.output_len() > 0 {
-            let b = conn.bufs.get_or_insert_with(Box::default);
-            if flush(&mut conn.stream, &mut b.output).is_err() {
-                return Next::Close;
-            }
-            conn.trim();
+        conn.read_closed |= read_closed;
+        if let Some(b) = conn.bufs.as_mut().filter(|b| !b.output.is_empty())
+            && flush(&mut conn.stream, &mut b.output).is_err()
+        {
+            return Next::Close;
         }
         if conn.session.closing {
             return if conn.output_len() == 0 {
@@ -278,7 +566,22 @@ impl Worker {
                 Next::Keep
             };
         }
+        let mut turn = Turn::default();
+        if conn.has_carried() {
+            if self.stalled(key) {
+                return Next::Keep;
+            }
+            let b = self.conns[key].bufs();
+            let input = std::mem::take(&mut b.input);
+            let next = self.answer(key, input, &mut turn);
+            if let Some(done) = self.stop_after(key, next, &turn) {
+                return done;
+            }
+        }
         for _ in 0..READS_PER_TURN {
+            if self.stalled(key) {
+                return Next::Keep;
+            }
             let conn = &mut self.conns[key];
             let n = match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => return Next::Close,
@@ -295,39 +598,70 @@ impl Worker {
                         Next::Keep
                     } else {
                         let input = std::mem::take(&mut b.input);
-                        self.answer(key, input)
+                        self.answer(key, input, &mut turn)
                     }
                 }
                 None => {
                     let buf = std::mem::take(&mut self.read_buf);
-                    let next = self.answer_fresh(key, &buf[..n]);
+                    let next = self.answer_fresh(key, &buf[..n], &mut turn);
                     self.read_buf = buf;
                     next
                 }
             };
-            let conn = &self.conns[key];
-            if let Next::Close = next {
-                return Next::Close;
+            if let Some(done) = self.stop_after(key, next, &turn) {
+                return done;
             }
-            if conn.session.closing {
-                return if conn.output_len() == 0 {
-                    Next::Close
-                } else {
-                    Next::Keep
-                };
-            }
-            if n < READ_CHUNK && !peer_closed {
+            if n < READ_CHUNK && !self.conns[key].read_closed {
                 return Next::Keep;
             }
         }
-        // Turn used up with more to read: after everyone else.
-        self.ready.push(key);
+        // Reads used up with more to read: after everyone else.
+        self.requeue(key);
         Next::Keep
     }
 
-    /// Answers requests read into the worker's buffer; keeps a partial one.
-    fn answer_fresh(&mut self, key: usize, input: &[u8]) -> Next {
-        let (next, at, need) = self.answer_all(key, input);
+    /// After answering: whether the turn ends here, and how.
+    fn stop_after(&mut self, key: usize, next: Next, turn: &Turn) -> Option<Next> {
+        if let Next::Close = next {
+            return Some(Next::Close);
+        }
+        let conn = &self.conns[key];
+        if conn.session.closing {
+            return Some(if conn.output_len() == 0 {
+                Next::Close
+            } else {
+                Next::Keep
+            });
+        }
+        if self.stalled(key) {
+            return Some(Next::Keep);
+        }
+        if turn.spent {
+            self.requeue(key);
+            return Some(Next::Keep);
+        }
+        None
+    }
+
+    /// Not to be read or answered until the socket takes some of its replies: its unsent
+    /// replies reached the pause, or all clients' buffers are over the budget and it has some.
+    fn stalled(&self, key: usize) -> bool {
+        let conn = &self.conns[key];
+        let out = conn.output_len();
+        out > 0 && (out >= pause_at(&conn.session) || self.shared.over_budget())
+    }
+
+    fn requeue(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.queued {
+            conn.queued = true;
+            self.ready.push(key);
+        }
+    }
+
+    /// Answers requests read into the worker's buffer; keeps the rest.
+    fn answer_fresh(&mut self, key: usize, input: &[u8], turn: &mut Turn) -> Next {
+        let (next, at, need) = self.answer_all(key, input, turn);
         let conn = &mut self.conns[key];
         if at < input.len() && !conn.session.closing {
             let b = conn.bufs();
@@ -338,28 +672,25 @@ impl Worker {
     }
 
     /// Answers requests in a connection's carried input; keeps the rest in place.
-    fn answer(&mut self, key: usize, mut input: Vec<u8>) -> Next {
-        let (next, at, need) = self.answer_all(key, &input);
+    fn answer(&mut self, key: usize, mut input: Vec<u8>, turn: &mut Turn) -> Next {
+        let (next, at, need) = self.answer_all(key, &input, turn);
         let conn = &mut self.conns[key];
         if conn.session.closing {
-            input = Vec::new();
+            input.clear();
         } else {
             input.drain(..at);
         }
-        if input.is_empty() {
-            conn.trim();
-        } else {
-            let b = conn.bufs();
-            b.input = input;
-            b.need = need;
-        }
+        let b = conn.bufs();
+        b.input = input;
+        b.need = need;
         next
     }
 
-    /// Answers every whole request at the start of `input` and writes the replies. Returns
-    /// what to do with the connection, the bytes consumed, and the parser's hint for the rest
-    /// (the length the unconsumed part must reach before it can parse).
-    fn answer_all(&mut self, key: usize, input: &[u8]) -> (Next, usize, usize) {
+    /// Answers whole requests at the start of `input` and writes the replies, until the input
+    /// ends, the output reaches the pause, or the turn is used up. Returns what to do with the
+    /// connection, the bytes consumed, and when to parse the rest: the length it must reach
+    /// (the parser's hint), or 0 when answering stopped with whole requests left.
+    fn answer_all(&mut self, key: usize, input: &[u8], turn: &mut Turn) -> (Next, usize, usize) {
         let shared = self.shared.clone();
         let conn = &mut self.conns[key];
         let mut out = std::mem::take(&mut self.reply_buf);
@@ -402,6 +733,8 @@ impl Worker {
                 }
             };
             at += used;
+            let mut units = 1;
+            let made = out.len();
             if !self.args.is_empty() {
                 commands += 1;
                 let args = Args {
@@ -412,19 +745,30 @@ impl Worker {
                     out: &mut out,
                     resp3: conn.session.resp3,
                 };
-                commands::execute(&mut ctx, &mut conn.session, &args, &mut reply);
+                units = commands::execute(&mut ctx, &mut conn.session, &args, &mut reply);
             }
             if conn.session.closing {
                 break;
             }
-            if out.len() >= EMIT_AT {
+            let pause = pause_at(&conn.session);
+            let limit = max_output(&conn.session, shared.limits.max_output);
+            let pending = out.len() + conn.output_len();
+            if out.len() >= EMIT_AT || pending >= pause || pending > limit {
                 // Large replies go out (or into the connection's queue) as they are made.
                 if emit(conn, &mut out).is_err() {
                     next = Next::Close;
+                    break;
                 }
-                if conn.output_len() > shared.limits.max_output {
+                let queued = conn.output_len();
+                if queued > limit {
                     break; // closed below: the client is not reading its replies
                 }
+                if queued >= pause || (queued > 0 && shared.over_budget()) {
+                    break; // paused: the rest waits in the connection's input
+                }
+            }
+            if turn.charge(units, out.len().saturating_sub(made)) {
+                break;
             }
         }
         self.stats.add(&self.stats.commands, commands);
@@ -433,12 +777,18 @@ impl Worker {
         if emit(conn, &mut out).is_err() {
             next = Next::Close;
         }
-        if conn.output_len() > shared.limits.max_output {
-            tracing::warn!(
-                pending = conn.output_len(),
-                limit = shared.limits.max_output,
-                "closing a client whose unsent replies exceed max_output (it is not reading them)"
-            );
+        let limit = max_output(&conn.session, shared.limits.max_output);
+        if conn.output_len() > limit {
+            if let Some(skipped) = self.output_log.due() {
+                tracing::warn!(
+                    pending = conn.output_len(),
+                    limit,
+                    authed = conn.session.authed,
+                    earlier_unlogged = skipped,
+                    "closing a client whose unsent replies exceed max_output (it is not reading \
+                     them)"
+                );
+            }
             self.stats.add(&self.stats.output_limit_closes, 1);
             next = Next::Close;
         }
@@ -469,7 +819,11 @@ fn emit(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     if sent < out.len() {
-        conn.bufs().output.extend_from_slice(&out[sent..]);
+        // Exact: appends are few (the rest of a write the socket cut short, or what takes the
+        // queue to the pause), and a paused client should hold what it is owed, not twice that.
+        let queue = &mut conn.bufs().output;
+        queue.reserve_exact(out.len() - sent);
+        queue.extend_from_slice(&out[sent..]);
     }
     out.clear();
     Ok(())
@@ -488,8 +842,14 @@ fn flush(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     buf.drain(..sent);
+    Ok(())
+}
+
+/// Frees an empty buffer, and most of one that holds far less than it did.
+fn shrink(buf: &mut Vec<u8>) {
     if buf.is_empty() {
         *buf = Vec::new();
+    } else if buf.capacity() > 2 * READ_CHUNK && buf.len() < buf.capacity() / 4 {
+        buf.shrink_to(buf.len().max(READ_CHUNK));
     }
-    Ok(())
 }
