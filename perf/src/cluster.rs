@@ -333,9 +333,9 @@ mod tests {
         assert!(v["ms_to_exact_median"].as_f64().unwrap() <= ms as f64);
         // At least a heartbeat per node per tick.
         let idle = v["idle_bytes_per_node_per_tick"].as_f64().unwrap();
-        assert!(idle >= 72.0, "{v}");
+        assert!(idle >= 80.0, "{v}");
         assert!(
-            v["bytes_per_node_per_tick"].as_f64().unwrap() >= 72.0,
+            v["bytes_per_node_per_tick"].as_f64().unwrap() >= 80.0,
             "{v}"
         );
     }
@@ -345,7 +345,7 @@ mod tests {
         let v = wire_for(Duration::from_millis(20));
         assert_eq!(v["budget"], 1400);
         assert_eq!(v["entries_per_datagram"], 110);
-        assert_eq!(v["heartbeat_bytes"], 72, "{v}");
+        assert_eq!(v["heartbeat_bytes"], 80, "{v}");
         assert_eq!(v["delta_datagrams"], 91, "{v}");
         let b = v["bytes_per_changed_topic"].as_f64().unwrap();
         assert!((12.0..13.0).contains(&b), "{v}");
