@@ -36,7 +36,8 @@
 //! - **Bounded memory**: topics whose count stays zero for `retire_after` are retired and their
 //!   ids reused. A [`Topic`] handle to a retired topic is *stale*: joins through it return
 //!   [`Error::StaleTopic`] ([`Shard::try_join`]) or count nothing ([`Shard::join`]); it never
-//!   counts into another topic. Look the name up again.
+//!   counts into another topic. Look the name up again. A worker that blocks (an event loop
+//!   waiting for I/O) calls [`Shard::park`] first, so that it never holds up the reuse of ids.
 //!
 //! ## Features
 //!
