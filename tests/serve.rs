@@ -377,6 +377,56 @@ fn two_servers_count_each_others_users_and_goodbye_is_immediate() {
     drop(ca);
 }
 
+/// A node with a smaller `--max-topics` than a peer's table showed a total that was too low,
+/// silently, and asked that peer for its table 39 times a second forever. Now it says so (INFO,
+/// NODES, the log) and asks with backoff.
+#[test]
+fn a_peer_over_this_nodes_topic_cap_is_reported_and_asked_with_backoff() {
+    let cluster = unique_cluster("cap");
+    let big = Server::start(&["--cluster", &cluster]);
+    let mut small = Server::start(&["--cluster", &cluster, "--max-topics", "1000"]);
+    let mut clients = Vec::new();
+    for part in 0..3 {
+        let mut c = big.connect();
+        let names: Vec<String> = (0..1000).map(|i| format!("t-{part}-{i}")).collect();
+        let mut cmd = vec!["JOIN"];
+        cmd.extend(names.iter().map(String::as_str));
+        assert_eq!(c.cmd(&cmd).int(), 1000);
+        clients.push(c);
+    }
+    let mut c = small.connect();
+    assert!(
+        common::wait_for(Duration::from_secs(10), || {
+            (c.info("cluster", "peers_over_cap") == 1).then_some(())
+        })
+        .is_some(),
+        "{}",
+        c.cmd(&["INFO", "cluster"]).str()
+    );
+    // NODES: the peer's entry says over_cap 1.
+    let nodes = c.cmd(&["NODES"]);
+    let V::Array(entries) = &nodes else {
+        panic!("{nodes:?}")
+    };
+    let flagged = entries.iter().any(|e| match e {
+        V::Array(kv) => kv
+            .chunks(2)
+            .any(|p| p[0] == V::Bulk(b"over_cap".to_vec()) && p[1] == V::Int(1)),
+        _ => false,
+    });
+    assert!(flagged, "{nodes:?}");
+    // Over 3 s, with a 25 ms resync interval (50 ms ticks): at most a handful of requests.
+    let before = c.info("cluster", "resync_requests");
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = c.info("cluster", "resync_requests") - before;
+    assert!(asked <= 10, "{asked} resync requests in 3 s");
+    let warned = std::iter::from_fn(|| small.log.recv_timeout(Duration::from_secs(2)).ok())
+        .any(|l| l.contains("more topics than this node"));
+    assert!(warned, "the log says so");
+    drop(clients);
+    let _ = &mut small;
+}
+
 // --- outside tools ---
 
 fn redis_cli(addr: std::net::SocketAddr, args: &[&str]) -> String {
