@@ -46,7 +46,9 @@ fn a_million_new_topics_never_make_a_busy_node_look_dead() {
     }
     let mut shard = a.shard().unwrap();
     let start = Instant::now();
-    let held: Vec<_> = (0..n).map(|i| shard.join_by_name(&format!("t{i}"))).collect();
+    let held: Vec<_> = (0..n)
+        .map(|i| shard.join_by_name(&format!("t{i}")))
+        .collect();
     eprintln!("joined {n} topics in {:?}", start.elapsed());
     let start = Instant::now();
     loop {
