@@ -262,7 +262,8 @@ fn split_quoted(
         while i < line.len() && line[i].is_ascii_whitespace() {
             i += 1;
         }
-        if i == line.len() {
+        // A NUL ends the line, as in Redis (whose sdssplitargs reads a C string).
+        if i == line.len() || line[i] == 0 {
             return Ok(());
         }
         let start = scratch.len();
@@ -320,6 +321,7 @@ fn split_quoted(
                 scratch.push(c);
             } else {
                 match c {
+                    // A NUL ends the argument here, and the line at the next turn of the loop.
                     b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
                     b'"' => inq = true,
                     b'\'' => insq = true,
@@ -489,6 +491,12 @@ mod tests {
         assert_eq!(args_of(b"ECHO \"ab\r\n"), unbalanced);
         assert_eq!(args_of(b"ECHO \"a\"b\r\n"), unbalanced);
         assert_eq!(args_of(b"\r\n").unwrap(), (Parsed::Request(2), vec![]));
+        // A NUL ends a quoted inline line, as in Redis (found by the fuzzer: the parser emitted
+        // empty arguments at the NUL until the argument limit).
+        let (p, a) = args_of(b"ECHO \"a\" b\0c \"d\r\n").unwrap();
+        assert_eq!(p, Parsed::Unquoted(17));
+        assert_eq!(a, vec![b"ECHO".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(args_of(b"\0\"\n").unwrap(), (Parsed::Unquoted(3), vec![]));
         // Binary-safe bulk strings.
         let (_, a) = args_of(b"*1\r\n$4\r\na\r\nb\r\n").unwrap();
         assert_eq!(a, vec![b"a\r\nb".to_vec()]);
