@@ -258,7 +258,11 @@ impl Table {
 
 #[derive(Debug)]
 struct Peer {
+    /// Where its datagrams come from: pinned for the incarnation (see [`Peer::heard_from`]).
     addr: SocketAddr,
+    /// Fresh datagrams heard from `addr` (saturating), and when the last one was.
+    addr_seen: u32,
+    addr_heard: Instant,
     incarnation: u64,
     last_seq: u64,
     last_heard: Instant,
@@ -287,6 +291,28 @@ struct Peer {
 }
 
 impl Peer {
+    /// Notes a fresh, authentic datagram of this peer from `from`. The address stays pinned:
+    /// a copy of a fresh datagram that reaches this node first from elsewhere (a replay racing
+    /// the original, an interception) must not redirect what this node sends to the peer. Only
+    /// when the pinned address has been silent for `quiet` does the address move (a real
+    /// change of address within one incarnation, such as a NAT rebinding).
+    fn heard_from(&mut self, from: SocketAddr, now: Instant, quiet: Duration) {
+        if from == self.addr {
+            self.addr_seen = self.addr_seen.saturating_add(1);
+            self.addr_heard = now;
+        } else if now.saturating_duration_since(self.addr_heard) > quiet {
+            self.addr = from;
+            self.addr_seen = 1;
+            self.addr_heard = now;
+        }
+    }
+
+    /// Whether this node may send to the peer's address: it has heard the peer there at least
+    /// [`SETTLED`] times (a single replayed or intercepted datagram does not make an address).
+    fn settled(&self) -> bool {
+        self.addr_seen >= SETTLED
+    }
+
     fn converged(&self) -> bool {
         self.observer || self.declared == Some((self.table.digest, self.table.len() as u32))
     }
@@ -299,6 +325,8 @@ impl Peer {
 #[derive(Debug, Clone, Copy)]
 struct Tomb {
     incarnation: u64,
+    /// Its address: a revived node is pinned there again.
+    addr: SocketAddr,
     /// This incarnation never comes back (it said goodbye, or a newer one replaced it).
     barred: bool,
     last_seq: u64,
@@ -394,6 +422,9 @@ struct Bucket {
     at: Instant,
 }
 
+/// Fresh datagrams a peer must have sent from its address before this node sends it requests or
+/// answers its requests there.
+const SETTLED: u32 = 2;
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
 /// The longest wait before asking a peer that is over a cap for its table again.
@@ -882,6 +913,7 @@ impl Protocol {
             node,
             Tomb {
                 incarnation: p.incarnation,
+                addr: p.addr,
                 barred,
                 last_seq: p.last_seq,
                 requests_seen: p.requests_seen,
@@ -976,7 +1008,7 @@ impl Protocol {
         let want: Vec<(u64, SocketAddr, u64, bool)> = self
             .peers
             .iter()
-            .filter(|(_, p)| !p.observer)
+            .filter(|(_, p)| !p.observer && p.settled())
             .filter_map(|(&n, p)| {
                 let behind = p.declared.is_some() && !p.converged();
                 let wait = if p.over_cap { p.backoff } else { every };
@@ -1157,7 +1189,9 @@ impl Protocol {
         self.peers.insert(
             node,
             Peer {
-                addr: from,
+                addr: revived.map_or(from, |t| t.addr),
+                addr_seen: 0,
+                addr_heard: now,
                 incarnation: inc,
                 last_seq,
                 last_heard: now,
@@ -1225,6 +1259,7 @@ impl Protocol {
                     node,
                     Tomb {
                         incarnation: h.incarnation.get(),
+                        addr: from,
                         barred: true,
                         last_seq: seq,
                         requests_seen: 0,
@@ -1246,7 +1281,7 @@ impl Protocol {
             }
             p.last_seq = p.last_seq.max(seq);
             p.last_heard = now;
-            p.addr = from;
+            p.heard_from(from, now, self.cfg.dead_after / 2);
             p.time = p.time.max(time);
             p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
             p.received += 1;
@@ -1335,7 +1370,7 @@ impl Protocol {
         let Some(p) = self.peers.get_mut(&requester) else {
             return self.reject(Reject::NotPeer, None);
         };
-        if p.incarnation != h.incarnation.get() || p.addr != from {
+        if p.incarnation != h.incarnation.get() || p.addr != from || !p.settled() {
             return self.reject(Reject::NotPeer, Some(requester));
         }
         if request <= p.requests_seen {
@@ -1752,8 +1787,10 @@ mod tests {
             a.set_local(h, 1, Some(&Arc::from(format!("topic:{h}"))));
         }
         a.on_tick(now);
-        b.on_tick(now);
-        deliver(&mut b, b_addr, &mut a, a_addr, now); // a knows b now
+        for t in [now, now + Duration::from_millis(10)] {
+            b.on_tick(t);
+            deliver(&mut b, b_addr, &mut a, a_addr, t); // a knows b at its address now
+        }
         drain(&mut a);
         // b asks a for its table (as after a lost datagram).
         b.on_datagram(now, a_addr, &{
@@ -1833,8 +1870,10 @@ mod tests {
         drain(&mut a);
         let mut peers: Vec<Protocol> = (2..12).map(|n| proto(n, 1400)).collect();
         for (i, p) in peers.iter_mut().enumerate() {
-            p.on_tick(now);
-            deliver(p, addr(100 + i as u16), &mut a, addr(1), now);
+            for _ in 0..2 {
+                p.on_tick(now);
+                deliver(p, addr(100 + i as u16), &mut a, addr(1), now);
+            }
         }
         drain(&mut a);
         let mut sent = 0usize;
@@ -1974,5 +2013,65 @@ mod tests {
         // 60 s at a 25 ms resync interval: 2,400 requests without backoff.
         let asked = b.stats().resync_requests;
         assert!(asked <= 20, "{asked} resync requests in 60 s");
+    }
+
+    /// Found by the fuzzer: a copy of a fresh datagram that reached a node first from another
+    /// address (a replay racing the original, an interception) moved the peer there, and the
+    /// node then sent its requests, and answered requests with its whole table, to that address.
+    /// A peer's address is pinned for its incarnation, and only a settled address is sent to.
+    #[test]
+    fn a_copy_from_another_address_does_not_move_a_peer() {
+        let t0 = Instant::now();
+        let (a_addr, b_addr, evil) = (addr(1), addr(2), addr(666));
+        let mut a = proto(1, 1400);
+        let mut b = proto(2, 1400);
+        for h in 0..2000u64 {
+            a.set_local(h, 1, None);
+        }
+        let mut now = t0;
+        // First contact: b's first datagram arrives from the attacker's address first.
+        b.on_tick(now);
+        let first = drain(&mut b);
+        for t in &first {
+            assert_eq!(a.on_datagram(now, evil, &t.bytes), Outcome::Applied);
+            assert_eq!(
+                a.on_datagram(now, b_addr, &t.bytes),
+                Outcome::Rejected(Reject::Stale)
+            );
+        }
+        // The attacker also delivers a fresh request of b's before b's own copy arrives.
+        b.requests += 1;
+        let req = b.enc.request(
+            &b.seal,
+            FLAG_STATE | FLAG_NAMES,
+            &b.stamp(now, b.seq),
+            1,
+            1,
+            b.requests,
+        );
+        assert_eq!(
+            a.on_datagram(now, evil, &req),
+            Outcome::Rejected(Reject::NotPeer)
+        );
+        // Then b is heard normally, and every datagram a sends to b goes to b.
+        for _ in 0..20 {
+            now += Duration::from_millis(100);
+            a.on_tick(now);
+            b.on_tick(now);
+            for t in drain(&mut a) {
+                assert_ne!(t.dest, Dest::To(evil), "a sent to the attacker's address");
+                if t.dest == Dest::Group || t.dest == Dest::To(b_addr) {
+                    b.on_datagram(now, a_addr, &t.bytes);
+                }
+            }
+            deliver(&mut b, b_addr, &mut a, a_addr, now);
+        }
+        assert_eq!(
+            a.nodes(now)[0].addr,
+            b_addr,
+            "moved to b's real address once evil was silent"
+        );
+        assert_eq!(b.remote_total(), 2000);
+        assert!(b.converged());
     }
 }
