@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo install cargo-fuzz
-//! cd fuzz && cargo +nightly fuzz run decode -- -max_total_time=120
+//! cd fuzz && cargo +nightly fuzz run --sanitizer none decode -- -max_total_time=120
 //! ```
 //!
 //! Three ways in, all on the same input, none of which may panic:
@@ -23,9 +23,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use headcount::cluster::protocol::{Config, Protocol};
+use headcount::cluster::protocol::{Clock, Config, Protocol};
 use headcount::cluster::wire::{
-    Body, ENTRY_LEN, Encoder, HEADER_LEN, Header, Kind, RANGE_LEN, Seal,
+    Body, ENTRY_LEN, Encoder, FLAG_OBSERVER, FLAG_REPLY, HEADER_LEN, Header, Kind, RANGE_LEN, Seal,
+    Stamp,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -44,6 +45,14 @@ fn base() -> Instant {
     *BASE.get_or_init(Instant::now)
 }
 
+/// The protocol's wall clock at [`base`], in Unix milliseconds (fixed: runs replay exactly).
+const UNIX_MS: u64 = 1_800_000_000_000;
+
+/// The wall clock at `now`, as the protocol under test sees it.
+fn unix_ms(now: Instant) -> u64 {
+    UNIX_MS + now.saturating_duration_since(base()).as_millis() as u64
+}
+
 fn from(node: u64) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, node as u8), 7380))
 }
@@ -51,9 +60,16 @@ fn from(node: u64) -> SocketAddr {
 /// A protocol with a small local table (so resync replies and refreshes have something in them).
 fn protocol() -> Protocol {
     let mut cfg = Config::new(ME, MY_INC, TICK);
+    // The clock is passed in, never read.
+    cfg.clock = Clock {
+        base: base(),
+        unix_ms: UNIX_MS,
+    };
     // Small enough that a fuzz input can reach the caps.
     cfg.max_peers = 4;
+    cfg.max_observers = 2;
     cfg.max_topics_per_peer = 64;
+    cfg.max_remote_topics = 160;
     let mut p = Protocol::new(cfg, seal().clone());
     for i in 0..5u64 {
         let name: Arc<str> = format!("room:{i}").into();
@@ -87,7 +103,11 @@ fn consume(bytes: &[u8]) -> usize {
                 .iter()
                 .map(|e| (e.hash.get() ^ u64::from(e.count.get())) as usize & 1)
                 .sum(),
-            Body::Target(n, i) => (n ^ i) as usize & 1,
+            Body::Target {
+                node,
+                incarnation,
+                request,
+            } => (node ^ incarnation ^ request) as usize & 1,
             Body::Names(names) => {
                 let want = usize::from(d.header.count.get());
                 let mut got = 0;
@@ -162,11 +182,15 @@ fn seq_of(b: u8) -> u64 {
 /// (c): the input as records of six bytes and a body, each built into a datagram with a valid
 /// header and sealed:
 ///
-/// - `kind`: the datagram kind (mod 8; 7 is a resync request built by the encoder);
+/// - `kind`: the datagram kind (mod 8; 7 is a resync request built by the encoder); bits 4 and
+///   5 the OBSERVER and REPLY flags;
 /// - `fb`: bits 0-2 the header flags (END, NAMES, STATE), bit 3 a heartbeat whose count is `misc`,
-///   bit 6 a tick of this node after the datagram, bit 7 junk in the high flag byte;
+///   bits 4-5 the sender's clock (this node's, 20 s behind, 40 s ahead: outside the allowed
+///   skew, or `dead_after` behind), bit 6 a tick of this node after the datagram, bit 7 junk in
+///   the high flag byte;
 /// - `who`: the sender (node 1 + who % 6: node 1 is this node), its incarnation and tick;
-/// - `seq`: the sequence number (small, or near 2^32, or near u64::MAX);
+/// - `seq`: the sequence number (small, or near 2^32, or near u64::MAX), also a resync
+///   request's number;
 /// - `misc`: digest and table size declared, bit 6 a 4 s jump in time (with `len` 0), bit 7 a
 ///   resync request aimed at this node, or a count that disagrees with the body;
 /// - `len`: the body is the next `4 × len` bytes (time also moves on by `len & 127` ms).
@@ -175,14 +199,14 @@ fn structured(data: &[u8]) {
     let mut now = base();
     let mut r = Reader(data);
     let mut n = 0;
-    while let (Some(kind), Some(fb), Some(who), Some(seq), Some(misc), Some(len)) =
+    while let (Some(kind_byte), Some(fb), Some(who), Some(seq), Some(misc), Some(len)) =
         (r.byte(), r.byte(), r.byte(), r.byte(), r.byte(), r.byte())
     {
         n += 1;
         if n > 64 {
             break;
         }
-        let kind = match kind % 8 {
+        let kind = match kind_byte % 8 {
             0 => Kind::Delta,
             1 => Kind::Heartbeat,
             2 => Kind::Refresh,
@@ -207,6 +231,12 @@ fn structured(data: &[u8]) {
         let seq = seq_of(seq);
         // END, NAMES, STATE; now and then unknown flags in the high byte too.
         let flags = u16::from(fb & 0x07)
+            | if kind_byte & 0x10 != 0 {
+                FLAG_OBSERVER
+            } else {
+                0
+            }
+            | if kind_byte & 0x20 != 0 { FLAG_REPLY } else { 0 }
             | if fb & 0x80 != 0 {
                 u16::from(fb) << 8
             } else {
@@ -220,11 +250,23 @@ fn structured(data: &[u8]) {
             Duration::from_millis(u64::from(len & 0x7f))
         };
 
+        let time = match (fb >> 4) & 3 {
+            0 => unix_ms(now),
+            1 => unix_ms(now) - 20_000,
+            2 => unix_ms(now) + 40_000,
+            _ => unix_ms(now) - 3_000,
+        };
+        let st = Stamp {
+            seq,
+            digest,
+            topics,
+            time,
+        };
         let enc = Encoder::new(seal().cluster(), node, inc, tick_ms, 1400);
         let bytes = if aimed {
-            enc.request(seal(), flags, seq, digest, topics, ME, MY_INC)
+            enc.request(seal(), flags, &st, ME, MY_INC, seq)
         } else {
-            let mut b = enc.bare(seal(), kind, flags, seq, digest, topics);
+            let mut b = enc.bare(seal(), kind, flags, &st);
             b.truncate(HEADER_LEN);
             // The count the body holds, or (now and then) whatever the input says.
             let count = if kind == Kind::Heartbeat && fb & 0x08 != 0 {
@@ -267,13 +309,13 @@ fn structured(data: &[u8]) {
             drain(&mut p);
         }
         p.take_remote_changes(|_, _| {});
-        let _ = p.take_learned_names();
+        let _ = p.take_learned_names(usize::MAX);
         let _ = p.converged();
     }
     p.on_tick(now);
     drain(&mut p);
     check(&p, now);
-    p.goodbye();
+    p.goodbye(now);
     drain(&mut p);
 }
 
