@@ -25,7 +25,7 @@
 //! - `mod.rs`: the [`Protocol`] type and its public surface;
 //! - `admit.rs`: admission, the rules below: it decides, and changes only the bookkeeping the
 //!   rules need (rate buckets, the repair budget, request numbers, the peer entry of a sender it
-//!   lets in);
+//!   lets in, which for a restart drops the old incarnation's counts at once);
 //! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
 //!   dropping dead, restarted and departed peers;
 //! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
