@@ -392,7 +392,7 @@ impl Sim {
             }
             for &h in &TOPICS {
                 assert_eq!(
-                    mirror.get(&h).copied().unwrap_or(0),
+                    node.mirror.get(&h).copied().unwrap_or(0),
                     p.remote(h),
                     "node {}: the change feed missed a change of {h:#x}",
                     node.id
