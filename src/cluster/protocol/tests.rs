@@ -614,3 +614,60 @@ fn a_copy_from_another_address_does_not_move_a_peer() {
     assert_eq!(b.remote_total(), 2000);
     assert!(b.converged());
 }
+
+/// `poll_event` reports every changed peer sum first (once each, with the sum at the time of the
+/// report), then the learned names in order; a caller that stops early finds the rest later,
+/// behind the changes that came meanwhile.
+#[test]
+fn events_report_changed_sums_first_then_names_in_order() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    for h in 1..=3u64 {
+        a.set_local(h, h as u32, Some(&Arc::from(format!("t{h}"))));
+    }
+    a.handle_tick(now);
+    deliver(&mut a, addr(1), &mut b, addr(2), now);
+    let first: Vec<Event> = std::iter::from_fn(|| b.poll_event()).take(4).collect();
+    let mut sums: Vec<(u64, u64)> = first[..3]
+        .iter()
+        .map(|e| match e {
+            Event::RemoteChanged { hash, sum } => (*hash, *sum),
+            e => panic!("{e:?} before a changed sum"),
+        })
+        .collect();
+    sums.sort_unstable();
+    assert_eq!(sums, vec![(1, 1), (2, 2), (3, 3)]);
+    assert_eq!(
+        first[3],
+        Event::NameLearned {
+            hash: 1,
+            name: "t1".into()
+        }
+    );
+    // Stopped early; a change comes in meanwhile: it is reported before the remaining names.
+    a.set_local(2, 7, None);
+    a.handle_tick(now + Duration::from_millis(100));
+    deliver(
+        &mut a,
+        addr(1),
+        &mut b,
+        addr(2),
+        now + Duration::from_millis(100),
+    );
+    let rest: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+    assert_eq!(
+        rest,
+        vec![
+            Event::RemoteChanged { hash: 2, sum: 7 },
+            Event::NameLearned {
+                hash: 2,
+                name: "t2".into()
+            },
+            Event::NameLearned {
+                hash: 3,
+                name: "t3".into()
+            },
+        ]
+    );
+}
