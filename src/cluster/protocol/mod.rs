@@ -31,7 +31,9 @@
 //! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
 //!   and replies, the goodbye;
 //! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
-//!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`].
+//!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
+//! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
+//!   each against a defect it once had or could have).
 //!
 //! # Admission: what each datagram must meet
 //!
