@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::protocol::{self, NodeInfo, ProtoStats, Protocol, defaults};
+use crate::cluster::protocol::{self, Event, NodeInfo, ProtoStats, Protocol, defaults};
 use crate::cluster::wire::{MIN_BUDGET, Seal};
 use crate::error::Error;
 use crate::net::{Net, Transport};
@@ -858,7 +858,7 @@ impl Node {
             if n.is_multiple_of(64) {
                 now = Instant::now();
             }
-            proto.on_datagram(now, from, bytes);
+            proto.handle_datagram(now, from, bytes);
         })
     }
 
@@ -950,37 +950,39 @@ impl Node {
                 c.proto
                     .set_local(hash, count, name.as_ref().map(|n| &n.name));
             }
-            c.proto.on_tick(now);
-            // Topics only peers have: intern their names so they can be counted and listed here.
+            c.proto.handle_tick(now);
+            // The peer sums that changed (the protocol reports all of them first), then topics
+            // only peers have: intern their names so they can be counted and listed here.
             let mut n = 0usize;
             loop {
-                if n >= MIN_WORK_PER_TICK && start.elapsed() > work_budget * 2 {
+                if n.is_multiple_of(256)
+                    && n >= MIN_WORK_PER_TICK
+                    && start.elapsed() > work_budget * 2
+                {
                     break;
                 }
-                let learned = c.proto.take_learned_names(256);
-                if learned.is_empty() {
-                    break;
-                }
-                n += learned.len();
-                for (h, name) in learned {
-                    if c.by_hash.contains_key(&h) {
+                let (h, name) = match c.proto.poll_event() {
+                    Some(Event::RemoteChanged { hash, .. }) => {
+                        if let Some(&id) = c.by_hash.get(&hash) {
+                            self.dirty.push(id);
+                        }
                         continue;
                     }
-                    if let Ok(t) = pool.topics.intern(&name, &pool.hot)
-                        && pool.topics.name(t.id()).is_some_and(|n| n.hash == h)
-                    {
-                        self.id_hash[t.id() as usize] = h;
-                        c.by_hash.insert(h, t.id());
-                        self.dirty.push(t.id());
-                    }
+                    Some(Event::NameLearned { hash, name }) => (hash, name),
+                    None => break,
+                };
+                n += 1;
+                if c.by_hash.contains_key(&h) {
+                    continue;
+                }
+                if let Ok(t) = pool.topics.intern(&name, &pool.hot)
+                    && pool.topics.name(t.id()).is_some_and(|n| n.hash == h)
+                {
+                    self.id_hash[t.id() as usize] = h;
+                    c.by_hash.insert(h, t.id());
+                    self.dirty.push(t.id());
                 }
             }
-            let (by_hash, dirty) = (&c.by_hash, &mut self.dirty);
-            c.proto.take_remote_changes(|h, _| {
-                if let Some(&id) = by_hash.get(&h) {
-                    dirty.push(id);
-                }
-            });
         } else {
             // One pass over the changes: without peers the cluster count is the local count.
             for k in 0..self.reducer.changes.len() {

@@ -150,11 +150,11 @@ impl Spy {
                             bytes: buf[..n].to_vec(),
                         });
                     }
-                    self.proto.on_datagram(now, from, &buf[..n]);
+                    self.proto.handle_datagram(now, from, &buf[..n]);
                 }
             }
             if now >= self.next_tick {
-                self.proto.on_tick(now);
+                self.proto.handle_tick(now);
                 self.next_tick += TICK;
             }
             self.proto.handle_timeout(now);

@@ -10,7 +10,7 @@
 //! a. the raw bytes to [`Seal::open`] (almost always rejected by the MAC, but the checks before
 //!    it — length, magic, version — are exercised);
 //! b. the raw bytes, and the two halves of a split at an input-chosen byte, to
-//!    [`Protocol::on_datagram`], then `on_tick` and `poll_transmit` drained;
+//!    [`Protocol::handle_datagram`], then `handle_tick` and `poll_transmit` drained;
 //! c. the input as a list of records, each the header choices and the body of a datagram built
 //!    by the [`Encoder`] and sealed with the same [`Seal`]: the fuzzer gets past the MAC and
 //!    reaches the body parsers and the protocol's state changes (peers, incarnations, sequence
@@ -300,19 +300,18 @@ fn structured(data: &[u8]) {
             );
         }
         consume(&bytes);
-        let _ = p.on_datagram(now, from(node), &bytes);
+        let _ = p.handle_datagram(now, from(node), &bytes);
         check(&p, now);
         if fb & 0x40 != 0 {
-            p.on_tick(now);
+            p.handle_tick(now);
             drain(&mut p);
             p.handle_timeout(now + TICK);
             drain(&mut p);
         }
-        p.take_remote_changes(|_, _| {});
-        let _ = p.take_learned_names(usize::MAX);
+        while p.poll_event().is_some() {}
         let _ = p.converged();
     }
-    p.on_tick(now);
+    p.handle_tick(now);
     drain(&mut p);
     check(&p, now);
     p.goodbye(now);
@@ -331,13 +330,13 @@ fuzz_target!(|data: &[u8]| {
         .map_or(0, |&b| usize::from(b) % (data.len() + 1));
     let (x, y) = data.split_at(split);
     for (i, part) in [data, x, y].into_iter().enumerate() {
-        let _ = p.on_datagram(
+        let _ = p.handle_datagram(
             now + Duration::from_millis(i as u64),
             from(2 + i as u64),
             part,
         );
     }
-    p.on_tick(now + TICK);
+    p.handle_tick(now + TICK);
     drain(&mut p);
     check(&p, now + TICK);
 

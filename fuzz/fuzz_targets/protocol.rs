@@ -20,7 +20,7 @@
 //! - no panic;
 //! - `remote_total()` is the sum of the alive peers' totals in `nodes(now)`, and the sum of
 //!   `remote(h)` over every topic any node ever counts (nothing else can pass the MAC);
-//! - what `take_remote_changes` reported, applied to a mirror, equals `remote(h)`;
+//! - what `poll_event` reported (`Event::RemoteChanged`), applied to a mirror, equals `remote(h)`;
 //! - every datagram it sends opens with the shared seal, carries its own node id and
 //!   incarnation, and fits the configured budget;
 //! - amplification: the bytes it sends to an address that never sent it a genuine datagram (a
@@ -53,7 +53,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use headcount::cluster::protocol::{Clock, Config, Dest, Protocol};
+use headcount::cluster::protocol::{Clock, Config, Dest, Event, Protocol};
 use headcount::cluster::wire::{MIN_BUDGET, Seal, TAG_LEN};
 use libfuzzer_sys::fuzz_target;
 
@@ -212,7 +212,7 @@ struct Node {
     /// Per foreign address, the intercepted datagrams it delivered to this process before their
     /// originals (an on-path attacker winning the race).
     raced: HashMap<SocketAddr, u32>,
-    /// The peer sums as `take_remote_changes` reported them.
+    /// The peer sums as `poll_event` reported them.
     mirror: HashMap<u64, u64>,
 }
 
@@ -321,7 +321,7 @@ impl Sim {
         let node = &mut self.nodes[j];
         let Some(p) = node.p.as_mut() else { return };
         *node.received.entry(from).or_default() += bytes.len() as u64;
-        let o = p.on_datagram(now, from, bytes);
+        let o = p.handle_datagram(now, from, bytes);
         trace!("  {} <- {from} {} bytes: {o:?}", node.id, bytes.len());
         self.collect(j);
     }
@@ -354,7 +354,7 @@ impl Sim {
     fn tick(&mut self, i: usize) {
         let now = self.now;
         if let Some(p) = self.nodes[i].p.as_mut() {
-            p.on_tick(now);
+            p.handle_tick(now);
             p.handle_timeout(now);
         }
         self.collect(i);
@@ -385,19 +385,19 @@ impl Sim {
                 "node {}: remote total is not the sum over topics",
                 node.id
             );
-            let mirror = &mut node.mirror;
-            p.take_remote_changes(|h, s| {
-                mirror.insert(h, s);
-            });
+            while let Some(e) = p.poll_event() {
+                if let Event::RemoteChanged { hash, sum } = e {
+                    node.mirror.insert(hash, sum);
+                }
+            }
             for &h in &TOPICS {
                 assert_eq!(
-                    mirror.get(&h).copied().unwrap_or(0),
+                    node.mirror.get(&h).copied().unwrap_or(0),
                     p.remote(h),
                     "node {}: the change feed missed a change of {h:#x}",
                     node.id
                 );
             }
-            let _ = p.take_learned_names(usize::MAX);
             let _ = p.converged();
             if amp {
                 for (addr, &out) in &node.sent {

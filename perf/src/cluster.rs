@@ -184,7 +184,7 @@ pub fn wire() -> Value {
     wire_for(Duration::from_millis(500))
 }
 
-/// - `bytes_per_changed_topic`: a [`Protocol`] with 10,000 `set_local` changes and one `on_tick`;
+/// - `bytes_per_changed_topic`: a [`Protocol`] with 10,000 `set_local` changes and one `handle_tick`;
 ///   the bytes of its delta datagrams (headers and tags included) / 10,000. The same tick's
 ///   refresh slices are not counted (they are in `tick_bytes_per_changed_topic`).
 /// - `heartbeat_bytes`: the one datagram an empty node's first tick sends.
@@ -202,7 +202,7 @@ pub fn wire_for(time: Duration) -> Value {
     for i in 0..CHANGED {
         p.set_local(topic_hash(i), (i % 1000) as u32 + 1, None);
     }
-    p.on_tick(Instant::now());
+    p.handle_tick(Instant::now());
     let (mut delta_bytes, mut deltas, mut tick_bytes) = (0u64, 0u64, 0u64);
     while let Some(t) = p.poll_transmit() {
         tick_bytes += t.bytes.len() as u64;
@@ -214,7 +214,7 @@ pub fn wire_for(time: Duration) -> Value {
 
     // An idle tick: an empty node's heartbeat.
     let mut p = Protocol::new(cfg.clone(), seal.clone());
-    p.on_tick(Instant::now());
+    p.handle_tick(Instant::now());
     let mut heartbeat = 0usize;
     while let Some(t) = p.poll_transmit() {
         if seal.open(&t.bytes).is_ok_and(|d| d.kind == Kind::Heartbeat) {
@@ -292,7 +292,7 @@ pub fn wire_for(time: Duration) -> Value {
         "entries_per_datagram": per,
         "full_delta_bytes": full,
         "bytes_per_changed_topic": round(delta_bytes as f64 / CHANGED as f64, 3),
-        "bytes_per_changed_topic_method": "Protocol: 10000 set_local changes, one on_tick, bytes of the Delta datagrams (headers and tags included) / 10000",
+        "bytes_per_changed_topic_method": "Protocol: 10000 set_local changes, one handle_tick, bytes of the Delta datagrams (headers and tags included) / 10000",
         "delta_datagrams": deltas,
         "tick_bytes_per_changed_topic": round(tick_bytes as f64 / CHANGED as f64, 3),
         "heartbeat_bytes": heartbeat,

@@ -383,7 +383,7 @@ impl Sim {
             if tick_first {
                 let i = next_tick.map(|(_, i)| i).unwrap_or(0);
                 let mut p = self.nodes[i].proto.take().expect("running node");
-                p.on_tick(now);
+                p.handle_tick(now);
                 self.flush(i, &mut p);
                 self.nodes[i].proto = Some(p);
                 self.nodes[i].next_tick += self.tick;
@@ -391,7 +391,7 @@ impl Sim {
                 let bytes = self.payloads.remove(&id).unwrap_or_default();
                 if let Some(mut p) = self.nodes[to].proto.take() {
                     self.delivered += 1;
-                    p.on_datagram(now, addr(from), &bytes);
+                    p.handle_datagram(now, addr(from), &bytes);
                     self.flush(to, &mut p);
                     self.nodes[to].proto = Some(p);
                 }

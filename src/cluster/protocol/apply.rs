@@ -1,0 +1,252 @@
+//! Applying what was admitted: a datagram's effect on its sender's table, the cluster
+//! aggregate (`remote`), names and events; and dropping peers (dead, restarted, gone).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::peer::Tomb;
+use super::{HashSet, NodeInfo, Protocol};
+use crate::cluster::wire::{self, Body, FLAG_END, FLAG_REPLY, Kind};
+
+/// Most names kept for topics with no count yet.
+const PENDING_NAMES: usize = 1 << 16;
+
+impl Protocol {
+    /// Applies an admitted datagram (admission made its sender a peer, unless it is a goodbye):
+    /// the sender's sequence, address and clock, then its body; a final digest that does not
+    /// match asks for a resync.
+    pub(super) fn apply(&mut self, now: Instant, from: SocketAddr, d: wire::Datagram) {
+        let h = d.header;
+        let (node, seq, time) = (h.node.get(), h.seq.get(), h.time.get());
+        if d.kind == Kind::Goodbye {
+            if self.peers.contains_key(&node) {
+                self.drop_peer(node, now, true);
+            } else {
+                self.tombs.insert(
+                    node,
+                    Tomb {
+                        incarnation: h.incarnation.get(),
+                        addr: from,
+                        barred: true,
+                        last_seq: seq,
+                        requests_seen: 0,
+                        time,
+                        heard: now,
+                        until: now + self.cfg.tomb_ttl(),
+                    },
+                );
+            }
+            return;
+        }
+        let reply = d.kind == Kind::ResyncReply || h.flags.get() & FLAG_REPLY != 0;
+        let declared = (h.digest.get(), h.topics.get());
+        let end = h.flags.get() & FLAG_END != 0;
+        {
+            let p = self.peers.get_mut(&node).expect("admitted");
+            if !reply && seq > p.last_seq.saturating_add(1) {
+                p.lost += seq - p.last_seq - 1;
+            }
+            p.last_seq = p.last_seq.max(seq);
+            p.last_heard = now;
+            p.heard_from(from, now, self.cfg.dead_after / 2);
+            p.time = p.time.max(time);
+            p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
+            p.received += 1;
+            if p.observer {
+                return;
+            }
+        }
+        match d.body {
+            Body::Entries(e) => {
+                for e in e {
+                    self.peer_set(node, e.hash.get(), e.count.get());
+                }
+            }
+            Body::Range(lo, hi, e) => {
+                let listed: HashSet<u64> = e.iter().map(|e| e.hash.get()).collect();
+                let gone: Vec<u64> = self.peers[&node]
+                    .table
+                    .map
+                    .range(lo..=hi)
+                    .filter(|(h, _)| !listed.contains(h))
+                    .map(|(h, _)| *h)
+                    .collect();
+                for h in gone {
+                    self.peer_set(node, h, 0);
+                }
+                for e in e {
+                    self.peer_set(node, e.hash.get(), e.count.get());
+                }
+            }
+            Body::Names(names) => {
+                for (h, n) in names {
+                    // Names of topics not counted yet (the counts may be in flight) wait in a
+                    // bounded side table, so that names alone cannot grow memory.
+                    if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                        if self.pending_names.len() >= PENDING_NAMES {
+                            self.pending_names.clear();
+                        }
+                        self.pending_names.insert(h, n.into());
+                        continue;
+                    }
+                    if let std::collections::hash_map::Entry::Vacant(v) = self.names.entry(h) {
+                        let n: Arc<str> = n.into();
+                        v.insert(n.clone());
+                        self.unnamed.remove(&h);
+                        self.learned.push_back((h, n));
+                    }
+                }
+            }
+            Body::Empty | Body::Target { .. } => {}
+        }
+        if end || d.kind == Kind::Heartbeat {
+            let p = self.peers.get_mut(&node).expect("admitted");
+            if end {
+                p.declared = Some(declared);
+            }
+            if p.converged() {
+                p.over_cap = false;
+                p.backoff = Duration::ZERO;
+            } else if end {
+                self.request_where_needed(now);
+            }
+        }
+    }
+
+    /// Drops the peers not heard from for too long, and forgets old tombstones.
+    pub(super) fn expire(&mut self, now: Instant) {
+        let dead: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                now.saturating_duration_since(p.last_heard) > self.cfg.dead_after.max(p.tick * 3)
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        for n in dead {
+            if self.peers.get(&n).is_some_and(|p| !p.observer) {
+                self.stats.peers_died += 1;
+            }
+            self.drop_peer(n, now, false);
+        }
+        self.tombs.retain(|_, t| t.until > now);
+        // Tombstones are made only by authenticated datagrams of peers that were admitted, so
+        // this bound is rarely reached; past it the oldest go first.
+        let cap = self.cfg.max_peers + self.cfg.max_observers;
+        if self.tombs.len() > cap {
+            let mut by_age: Vec<(Instant, u64)> =
+                self.tombs.iter().map(|(n, t)| (t.until, *n)).collect();
+            by_age.sort_unstable();
+            for (_, n) in by_age.iter().take(self.tombs.len() - cap) {
+                self.tombs.remove(n);
+            }
+        }
+        let tombs = &self.tombs;
+        self.dead.retain(|n, _| tombs.contains_key(n));
+        if self.rates.len() > 4 * self.cfg.max_peers {
+            self.rates.clear();
+        }
+    }
+
+    /// Removes a peer and its counts, keeping a tombstone. `barred`: its incarnation never comes
+    /// back (it said goodbye, or a newer incarnation replaced it).
+    pub(super) fn drop_peer(&mut self, node: u64, now: Instant, barred: bool) {
+        let Some(p) = self.peers.remove(&node) else {
+            return;
+        };
+        if p.observer {
+            self.observers -= 1;
+        }
+        self.remote_topics -= p.table.len();
+        for (&h, &c) in &p.table.map {
+            self.sub_remote(h, c);
+        }
+        if !p.observer {
+            let info = NodeInfo {
+                node,
+                addr: p.addr,
+                incarnation: p.incarnation,
+                last_heard: now.saturating_duration_since(p.last_heard),
+                alive: false,
+                converged: false,
+                over_cap: false,
+                topics: 0,
+                total: 0,
+                received: p.received,
+                lost: p.lost,
+                rejected: p.rejected,
+            };
+            self.dead.insert(node, (info, now));
+        }
+        self.tombs.insert(
+            node,
+            Tomb {
+                incarnation: p.incarnation,
+                addr: p.addr,
+                barred,
+                last_seq: p.last_seq,
+                requests_seen: p.requests_seen,
+                time: p.time,
+                heard: p.last_heard,
+                until: now + self.cfg.tomb_ttl(),
+            },
+        );
+    }
+
+    fn sub_remote(&mut self, h: u64, c: u32) {
+        if c == 0 {
+            return;
+        }
+        if let Some(s) = self.remote.get_mut(&h) {
+            *s -= u64::from(c);
+            self.remote_total -= u64::from(c);
+            if *s == 0 {
+                self.remote.remove(&h);
+                self.unnamed.remove(&h);
+                if !self.table.map.contains_key(&h) {
+                    self.names.remove(&h);
+                }
+            }
+        }
+        self.remote_changed.insert(h);
+    }
+
+    fn add_remote(&mut self, h: u64, c: u32) {
+        if c == 0 {
+            return;
+        }
+        let s = self.remote.entry(h).or_insert(0);
+        if *s == 0 && !self.names.contains_key(&h) {
+            match self.pending_names.remove(&h) {
+                Some(n) => {
+                    self.names.insert(h, n.clone());
+                    self.learned.push_back((h, n));
+                }
+                None => {
+                    if self.unnamed.insert(h) {
+                        self.newly_unnamed += 1;
+                    }
+                }
+            }
+        }
+        *s += u64::from(c);
+        self.remote_total += u64::from(c);
+        self.remote_changed.insert(h);
+    }
+
+    /// Sets peer `node`'s count of `h`.
+    fn peer_set(&mut self, node: u64, h: u64, c: u32) {
+        let Some(p) = self.peers.get_mut(&node) else {
+            return;
+        };
+        let before = p.table.len();
+        let old = p.table.set(h, c);
+        let after = p.table.len();
+        self.remote_topics = self.remote_topics + after - before;
+        if old != c {
+            self.sub_remote(h, old);
+            self.add_remote(h, c);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The protocol's settings ([`Config`]), its wall clock ([`Clock`]) and every default of the
+//! cluster settings ([`defaults`]: the engine's builder takes its defaults from there too).
+
+use std::time::{Duration, Instant};
+
+/// The wall clock as the protocol sees it: the Unix time read once, advanced by the monotonic
+/// `now` every call passes in (so it never jumps while the process runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// A monotonic instant…
+    pub base: Instant,
+    /// …and the Unix time at that instant, in milliseconds.
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// The system clock, read now.
+    pub fn system() -> Clock {
+        Clock {
+            base: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+
+    /// The Unix time at `now`, in milliseconds.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        match now.checked_duration_since(self.base) {
+            Some(d) => self.unix_ms.saturating_add(d.as_millis() as u64),
+            None => self
+                .unix_ms
+                .saturating_sub(self.base.duration_since(now).as_millis() as u64),
+        }
+    }
+}
+
+/// Protocol settings. See [`crate::Builder`] for the user-facing options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub node: u64,
+    /// This node's incarnation (boot epoch).
+    pub incarnation: u64,
+    /// This node's tick.
+    pub tick: Duration,
+    /// A peer not heard from for this long (or 3 of its own ticks, if longer) is dropped.
+    pub dead_after: Duration,
+    /// Largest datagram.
+    pub budget: usize,
+    /// Ticks over which the rotating refresh covers the whole table.
+    pub refresh_cycle: u32,
+    /// Most peers tracked.
+    pub max_peers: usize,
+    /// Most observers tracked (they never count; they may ask for resyncs).
+    pub max_observers: usize,
+    /// Most topics tracked per peer.
+    pub max_topics_per_peer: usize,
+    /// Most topics tracked over all peers together.
+    pub max_remote_topics: usize,
+    /// Most datagrams accepted per second from one source address.
+    pub max_rate: u32,
+    /// Least time between two resync requests to the same peer, and between two replies to the
+    /// same requester.
+    pub resync_interval: Duration,
+    /// Bytes per second this node spends answering resync requests, over all requesters.
+    pub max_repair_rate: u64,
+    /// Most delta and names datagrams one tick sends; the rest waits for the next tick.
+    pub max_tick_datagrams: usize,
+    /// How far a datagram's `time` may be from this node's clock.
+    pub max_clock_skew: Duration,
+    /// This node's wall clock.
+    pub clock: Clock,
+    /// A passive observer: counts nothing, never counted or listed by peers.
+    pub observer: bool,
+}
+
+/// Every default of the protocol's settings, written once: [`Config::new`] and the engine's
+/// builder both take them from here.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Largest datagram (fits a 1500-byte MTU with IP and UDP headers).
+    pub const BUDGET: usize = 1400;
+    /// Ticks per full rotating refresh.
+    pub const REFRESH_CYCLE: u32 = 10;
+    /// Allowed distance between a sender's clock and the receiver's.
+    pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
+    /// Resync replies per second, in bytes: a tenth of a 1 Gbit/s link.
+    pub const MAX_REPAIR_RATE: u64 = 12_500_000;
+    /// Topics tracked over all peers' tables together.
+    pub const MAX_REMOTE_TOPICS: usize = 1 << 24;
+    /// Delta and names datagrams per tick (about 700 kB: what a receiver's socket buffer takes
+    /// while it is busy, many times over).
+    pub const MAX_TICK_DATAGRAMS: usize = 512;
+
+    /// Peers tracked.
+    pub const MAX_PEERS: usize = 1024;
+    /// Observers tracked (apart from the peers).
+    pub const MAX_OBSERVERS: usize = 64;
+    /// Topics tracked per peer.
+    pub const MAX_TOPICS_PER_PEER: usize = 1 << 21;
+    /// Datagrams accepted per second from one source address.
+    pub const MAX_RATE: u32 = 20_000;
+
+    /// `dead_after` for a tick: 3 s or 30 ticks, whichever is longer.
+    pub fn dead_after(tick: Duration) -> Duration {
+        (tick * 30).max(Duration::from_secs(3))
+    }
+
+    /// `resync_interval` for a tick: a quarter of it, at least 5 ms.
+    pub fn resync_interval(tick: Duration) -> Duration {
+        (tick / 4).max(Duration::from_millis(5))
+    }
+}
+
+impl Config {
+    /// Defaults for a node with tick `tick`, on the system clock.
+    pub fn new(node: u64, incarnation: u64, tick: Duration) -> Config {
+        Config {
+            node,
+            incarnation,
+            tick,
+            dead_after: defaults::dead_after(tick),
+            budget: defaults::BUDGET,
+            refresh_cycle: defaults::REFRESH_CYCLE,
+            max_peers: defaults::MAX_PEERS,
+            max_observers: defaults::MAX_OBSERVERS,
+            max_topics_per_peer: defaults::MAX_TOPICS_PER_PEER,
+            max_remote_topics: defaults::MAX_REMOTE_TOPICS,
+            max_rate: defaults::MAX_RATE,
+            resync_interval: defaults::resync_interval(tick),
+            max_repair_rate: defaults::MAX_REPAIR_RATE,
+            max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
+            max_clock_skew: defaults::MAX_CLOCK_SKEW,
+            clock: Clock::system(),
+            observer: false,
+        }
+    }
+
+    /// How long a dropped node's tombstone is kept: past the clock window, so that when it is
+    /// forgotten every datagram the node sent before is already refused by the clock rule.
+    pub(super) fn tomb_ttl(&self) -> Duration {
+        (self.dead_after * 10).max(self.max_clock_skew + self.dead_after * 2)
+    }
+}

@@ -1,0 +1,433 @@
+//! The cluster protocol as a sans-IO state machine: no sockets, no clock reads.
+//!
+//! Its surface has the shape of quinn-proto's `Connection`: input goes in through `handle_*`
+//! (and [`Protocol::set_local`]), output comes out through `poll_*`, and every call that
+//! depends on time is given `now`.
+//!
+//! | call | what it does |
+//! |---|---|
+//! | [`Protocol::set_local`] | this node's count of a topic changed (with its name, when new) |
+//! | [`Protocol::handle_tick`] | a tick: drop silent peers, queue this tick's datagrams |
+//! | [`Protocol::handle_datagram`] | a datagram arrived: admission, then its effect ([`Outcome`]) |
+//! | [`Protocol::handle_timeout`] | the time [`Protocol::poll_timeout`] asked for has come |
+//! | [`Protocol::goodbye`] | queue a goodbye before stopping |
+//! | [`Protocol::poll_transmit`] | the next datagram to send ([`Transmit`]) |
+//! | [`Protocol::poll_event`] | the next [`Event`]: a changed peer sum, a name learned |
+//! | [`Protocol::poll_timeout`] | when to call `handle_timeout` next |
+//!
+//! The engine's thread drives it over real sockets (it feeds it the reducer's changes, ticks it,
+//! hands it what `net.rs` received and gives `net.rs` what it queued); the simulation
+//! ([`crate::cluster::sim`]), the protocol tests and fuzz target, and `headcount-perf converge`
+//! drive it, hundreds of nodes at a time, over a simulated network.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: the [`Protocol`] type and its public surface;
+//! - `admit.rs`: admission, the rules below: it decides, and changes only the bookkeeping the
+//!   rules need (rate buckets, the repair budget, request numbers, the peer entry of a sender it
+//!   lets in, which for a restart drops the old incarnation's counts at once);
+//! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
+//!   dropping dead, restarted and departed peers;
+//! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
+//!   and replies, the goodbye;
+//! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
+//!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
+//! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
+//!   each against a defect it once had or could have).
+//!
+//! # Admission: what each datagram must meet
+//!
+//! Every rule below is checked before a datagram changes anything; a datagram that fails one is
+//! dropped whole and counted by [`Reject`] reason. The tests in `tests/replay.rs` capture every
+//! kind from a real node and replay it (live sender, dead sender, restarted sender, foreign
+//! source address) against these rules.
+//!
+//! 1. **Rate**: at most [`Config::max_rate`] datagrams a second from one source address.
+//! 2. **Seal**: length, magic, version, the keyed MAC over the whole datagram, the cluster id,
+//!    the kind, and a body that matches its count. Without the key nothing else is reachable.
+//! 3. **Clock**: the sender's `time` is within [`Config::max_clock_skew`] of this node's clock.
+//!    A captured datagram is therefore useless to a replayer after that window, whatever else
+//!    this node remembers or forgot; a node whose clock is off by more is refused, loudly
+//!    (`Reject::Clock`), never silently miscounted.
+//! 4. **Identity**: a datagram with this node's own id is its own echo (multicast loops back) if
+//!    it carries this incarnation; a newer incarnation, or an older one sent after this process
+//!    started, is another process using the same id (`Reject::NodeId`: misconfiguration).
+//! 5. **Incarnation**: an incarnation older than the one known (or tombstoned) for that node is
+//!    refused; a newer one replaces the node's whole state at once (a restart). The incarnation a
+//!    node said goodbye with, or was replaced in, never comes back.
+//! 6. **Freshness**: per node and incarnation, group datagrams (delta, refresh, heartbeat, names,
+//!    goodbye) need a sequence number above the last one seen; replies (resync reply, names in
+//!    reply) one at least as high (they carry the sender's current number). A node dropped for
+//!    silence is kept as a tombstone (incarnation, last sequence number, last `time`, when it
+//!    was last heard) for longer than the clock window: it comes back only with a higher
+//!    sequence number *and* a `time` that moved on by as much as this node's clock did since it
+//!    was last heard (minus half of `dead_after`) — a healed partition, never a replay of what a
+//!    dead node sent before it died.
+//! 7. **Caps**: at most [`Config::max_peers`] peers and [`Config::max_observers`] observers,
+//!    [`Config::max_topics_per_peer`] topics per peer and [`Config::max_remote_topics`] over all
+//!    peers. A peer over a cap is flagged ([`NodeInfo::over_cap`]) and asked for its table with
+//!    exponential backoff, not in a loop.
+//! 8. **Resync requests** are answered only when they come from a live peer or observer, from
+//!    the address its group datagrams come from, for its current incarnation, with a request
+//!    number it has not used (`Reject::NotPeer`, `Reject::Stale`); at most once per
+//!    [`Config::resync_interval`] per requester (`Reject::Rate`); and only while the node's repair
+//!    budget ([`Config::max_repair_rate`] bytes a second over all requesters) is not spent
+//!    (`Reject::Budget`). Replies (the table, the names) go to that requester only. So no
+//!    unauthenticated, replayed or spoofed input makes this node send anything to an address
+//!    that has not proven it is a live member: an outsider's amplification factor is zero.
+//!
+//! # Work per tick
+//!
+//! A tick sends at most [`Config::max_tick_datagrams`] delta and names datagrams (plus its share
+//! of the rotating refresh); changes beyond that wait, deduplicated, for the next tick. The last
+//! datagram of a tick carries [`FLAG_END`] (the digest is final) only once nothing waits, so
+//! peers never mistake a backlog for divergence. A burst of a million new topics therefore takes
+//! a few ticks to send instead of one tick of seconds, and heartbeats keep flowing meanwhile.
+//!
+//! [`FLAG_END`]: crate::cluster::wire::FLAG_END
+
+mod admit;
+mod apply;
+mod config;
+mod peer;
+mod send;
+mod stats;
+#[cfg(all(test, not(loom), not(miri)))]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::{Clock, Config, defaults};
+pub use peer::mix;
+pub use stats::{NodeInfo, ProtoStats};
+
+use super::wire::{Encoder, Reject, Seal};
+use admit::{Admitted, Bucket};
+use peer::{Peer, Table, Tomb};
+
+/// Maps with a fixed hasher: iteration order depends only on what was inserted, so a seeded
+/// simulation replays exactly. (Keys are node ids and keyed topic hashes: not attacker-chosen.)
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// Every peer: the multicast group, or each configured unicast peer.
+    Group,
+    /// One address (resync requests and replies).
+    To(SocketAddr),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    /// Where.
+    pub dest: Dest,
+    /// The sealed datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// What [`Protocol::handle_datagram`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Applied,
+    /// Our own (multicast loops back): ignored.
+    Own,
+    /// Dropped.
+    Rejected(Reject),
+}
+
+/// What [`Protocol::poll_event`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The sum of every live peer's count of a topic changed (reported once per topic however
+    /// often it changed since the last report, with the sum at the time of the report).
+    RemoteChanged {
+        /// The topic's wire hash.
+        hash: u64,
+        /// The sum now (what [`Protocol::remote`] returns).
+        sum: u64,
+    },
+    /// A peer told this node the name of a topic it counts.
+    NameLearned {
+        /// The topic's wire hash.
+        hash: u64,
+        /// Its name.
+        name: Arc<str>,
+    },
+}
+
+/// The cluster protocol state machine of one node.
+pub struct Protocol {
+    cfg: Config,
+    seal: Seal,
+    enc: Encoder,
+    seq: u64,
+    table: Table,
+    /// Hashes whose count changed and was not sent yet, oldest first (each once: `queued`).
+    changed: VecDeque<u64>,
+    queued: HashSet<u64>,
+    names: HashMap<u64, Arc<str>>,
+    /// Hashes whose names go out with their next delta.
+    new_names: HashSet<u64>,
+    cursor: u64,
+    refresh_credit: f64,
+    peers: HashMap<u64, Peer>,
+    /// Peers that are observers (counted apart from `max_peers`).
+    observers: usize,
+    dead: HashMap<u64, (NodeInfo, Instant)>,
+    /// Hashes some peer counts whose names this node does not know.
+    unnamed: HashSet<u64>,
+    /// Names received before any count of their topic.
+    pending_names: HashMap<u64, Arc<str>>,
+    tombs: HashMap<u64, Tomb>,
+    remote: HashMap<u64, u64>,
+    remote_total: u64,
+    /// Topics over all peers' tables.
+    remote_topics: usize,
+    /// Hashes whose peer sum changed and that were not reported yet.
+    remote_changed: HashSet<u64>,
+    /// Hashes taken from `remote_changed` and being reported, the next one last.
+    reporting: Vec<u64>,
+    /// Names learned from peers and not reported yet, oldest first.
+    learned: VecDeque<(u64, Arc<str>)>,
+    out: VecDeque<Transmit>,
+    rates: HashMap<SocketAddr, Bucket>,
+    /// The repair budget: bytes that may still be sent in resync replies (negative: a debt).
+    repair: Bucket,
+    /// This node's resync requests so far (their request numbers).
+    requests: u64,
+    names_asked: Option<Instant>,
+    /// Topics that became unnamed since names were last asked for.
+    newly_unnamed: usize,
+    /// When a rate-limited resync request becomes due.
+    wake: Option<Instant>,
+    stats: ProtoStats,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocol")
+            .field("node", &self.cfg.node)
+            .field("peers", &self.peers.len())
+            .finish()
+    }
+}
+
+impl Protocol {
+    /// A node's protocol state.
+    pub fn new(cfg: Config, seal: Seal) -> Protocol {
+        let tick_ms = cfg.tick.as_millis().min(u128::from(u32::MAX)) as u32;
+        let enc = Encoder::new(
+            seal.cluster(),
+            cfg.node,
+            cfg.incarnation,
+            tick_ms,
+            cfg.budget,
+        );
+        let repair = Bucket {
+            tokens: cfg.max_repair_rate as f64,
+            at: cfg.clock.base,
+        };
+        Protocol {
+            cfg,
+            seal,
+            enc,
+            seq: 0,
+            table: Table::default(),
+            changed: VecDeque::new(),
+            queued: HashSet::default(),
+            names: HashMap::default(),
+            new_names: HashSet::default(),
+            cursor: 0,
+            refresh_credit: 0.0,
+            peers: HashMap::default(),
+            observers: 0,
+            dead: HashMap::default(),
+            unnamed: HashSet::default(),
+            pending_names: HashMap::default(),
+            tombs: HashMap::default(),
+            remote: HashMap::default(),
+            remote_total: 0,
+            remote_topics: 0,
+            remote_changed: HashSet::default(),
+            reporting: Vec::new(),
+            learned: VecDeque::new(),
+            out: VecDeque::new(),
+            rates: HashMap::default(),
+            repair,
+            requests: 0,
+            names_asked: None,
+            newly_unnamed: 0,
+            wake: None,
+            stats: ProtoStats::default(),
+        }
+    }
+
+    // ---- Input ------------------------------------------------------------------------------
+
+    /// Sets this node's count for a topic (0 removes it), with its name when known.
+    pub fn set_local(&mut self, hash: u64, count: u32, name: Option<&Arc<str>>) {
+        let old = self.table.set(hash, count);
+        if old != count && self.queued.insert(hash) {
+            self.changed.push_back(hash);
+        }
+        if let Some(n) = name {
+            self.names.entry(hash).or_insert_with(|| n.clone());
+        }
+        if count == 0 {
+            // Nobody counts it here any more: keep its name only while a peer counts it (the
+            // engine gives it again if it comes back), so names cannot pile up with churn.
+            self.new_names.remove(&hash);
+            if !self.remote.contains_key(&hash) {
+                self.names.remove(&hash);
+            }
+        } else if old == 0 && self.names.contains_key(&hash) {
+            // A topic (re)appearing here: announce its name with its count.
+            self.new_names.insert(hash);
+        }
+    }
+
+    /// One tick: drops the peers that went silent, then queues this tick's datagrams (names and
+    /// deltas of what changed, within the per-tick budget; refresh slices; or a heartbeat) and
+    /// the resync requests that are due. The last datagram is flagged
+    /// [`FLAG_END`](crate::cluster::wire::FLAG_END) when no change waits for a later tick.
+    pub fn handle_tick(&mut self, now: Instant) {
+        self.expire(now);
+        self.send_tick(now);
+    }
+
+    /// One received datagram: admission (see the module docs), then its effect: counts applied
+    /// to its sender's table, or a resync request answered (queued for its sender only).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Outcome {
+        match self.admit(now, from, bytes) {
+            Ok(Admitted::Own) => Outcome::Own,
+            Ok(Admitted::Update(d)) => {
+                self.stats.received += 1;
+                self.apply(now, from, d);
+                Outcome::Applied
+            }
+            Ok(Admitted::Request { names, state }) => {
+                self.stats.received += 1;
+                self.serve_resync(now, from, names, state);
+                Outcome::Applied
+            }
+            Err(r) => Outcome::Rejected(r),
+        }
+    }
+
+    /// Sends the resync requests that became due (see [`Protocol::poll_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.wake.is_some_and(|w| w <= now) {
+            self.wake = None;
+            self.request_where_needed(now);
+        }
+    }
+
+    /// Queues a goodbye: peers drop this node's counts at once. The last call before stopping.
+    pub fn goodbye(&mut self, now: Instant) {
+        self.send_goodbye(now);
+    }
+
+    // ---- Output -----------------------------------------------------------------------------
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// The next event: first every topic whose peer sum changed since the last report, then the
+    /// names learned from peers, oldest first. A caller with a budget for names may stop
+    /// polling once it is spent: the rest wait, in order, for the next call (and the changes
+    /// that come meanwhile are reported before them).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.reporting.is_empty() && !self.remote_changed.is_empty() {
+            self.reporting.extend(self.remote_changed.drain());
+            self.reporting.reverse();
+        }
+        if let Some(hash) = self.reporting.pop() {
+            return Some(Event::RemoteChanged {
+                hash,
+                sum: self.remote(hash),
+            });
+        }
+        let (hash, name) = self.learned.pop_front()?;
+        Some(Event::NameLearned { hash, name })
+    }
+
+    /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request
+    /// becomes due), if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    // ---- State ------------------------------------------------------------------------------
+
+    /// This node's settings.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The sum of every live peer's count for `hash`.
+    pub fn remote(&self, hash: u64) -> u64 {
+        self.remote.get(&hash).copied().unwrap_or(0)
+    }
+
+    /// The sum of every live peer's counts.
+    pub fn remote_total(&self) -> u64 {
+        self.remote_total
+    }
+
+    /// The name of `hash`, if known.
+    pub fn name(&self, hash: u64) -> Option<&Arc<str>> {
+        self.names.get(&hash)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ProtoStats {
+        let mut s = self.stats;
+        s.observers = self.observers as u64;
+        s.backlog = self.changed.len() as u64;
+        s
+    }
+
+    /// Live peers and recently dead ones (observers are not listed).
+    pub fn nodes(&self, now: Instant) -> Vec<NodeInfo> {
+        let mut v: Vec<NodeInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.observer)
+            .map(|(&node, p)| NodeInfo {
+                node,
+                addr: p.addr,
+                incarnation: p.incarnation,
+                last_heard: now.saturating_duration_since(p.last_heard),
+                alive: true,
+                converged: p.converged(),
+                over_cap: p.over_cap,
+                topics: p.table.len(),
+                total: p.total(),
+                received: p.received,
+                lost: p.lost,
+                rejected: p.rejected,
+            })
+            .collect();
+        v.extend(self.dead.values().map(|(d, at)| NodeInfo {
+            last_heard: d.last_heard + now.saturating_duration_since(*at),
+            ..d.clone()
+        }));
+        v.sort_by_key(|n| (!n.alive, n.node));
+        v
+    }
+
+    /// Whether every live peer's copy is converged.
+    pub fn converged(&self) -> bool {
+        self.peers.values().all(Peer::converged)
+    }
+}

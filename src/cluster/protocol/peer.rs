@@ -1,0 +1,134 @@
+//! What this node keeps of each peer: its table of counts with their digest ([`Table`]), its
+//! sequence, address and repair state ([`Peer`]), and what is remembered of a dropped one
+//! ([`Tomb`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The order-independent digest term of one `(hash, count)` entry (splitmix64 finalizer).
+#[inline]
+pub fn mix(hash: u64, count: u32) -> u64 {
+    let mut z = hash ^ u64::from(count).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fresh datagrams a peer must have sent from its address before this node sends it requests or
+/// answers its requests there.
+pub(super) const SETTLED: u32 = 2;
+
+/// A table of absolute counts by topic hash with its running digest.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Table {
+    pub(super) map: BTreeMap<u64, u32>,
+    pub(super) digest: u64,
+    /// The sum of the counts (kept as the table changes: a peer's total is read every tick).
+    pub(super) sum: u64,
+}
+
+impl Table {
+    /// Sets `hash` to `count` (0 removes); returns the old count.
+    pub(super) fn set(&mut self, hash: u64, count: u32) -> u32 {
+        let old = if count == 0 {
+            self.map.remove(&hash)
+        } else {
+            self.map.insert(hash, count)
+        };
+        let old = old.unwrap_or(0);
+        if old != 0 {
+            self.digest = self.digest.wrapping_sub(mix(hash, old));
+        }
+        if count != 0 {
+            self.digest = self.digest.wrapping_add(mix(hash, count));
+        }
+        self.sum = self.sum - u64::from(old) + u64::from(count);
+        old
+    }
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Peer {
+    /// Where its datagrams come from: pinned for the incarnation (see [`Peer::heard_from`]).
+    pub(super) addr: SocketAddr,
+    /// Fresh datagrams heard from `addr` (saturating), and when the last one was.
+    pub(super) addr_seen: u32,
+    pub(super) addr_heard: Instant,
+    pub(super) incarnation: u64,
+    pub(super) last_seq: u64,
+    pub(super) last_heard: Instant,
+    pub(super) tick: Duration,
+    pub(super) table: Table,
+    /// The digest and size the peer last declared final (a
+    /// [`FLAG_END`](crate::cluster::wire::FLAG_END) datagram).
+    pub(super) declared: Option<(u64, u32)>,
+    pub(super) received: u64,
+    pub(super) lost: u64,
+    pub(super) rejected: u64,
+    /// When this node last asked it for a resync.
+    pub(super) last_request: Option<Instant>,
+    /// A passive observer: no table, never counted or listed.
+    pub(super) observer: bool,
+    /// The latest `time` it sent.
+    pub(super) time: u64,
+    /// The highest request number accepted from it.
+    pub(super) requests_seen: u64,
+    /// When this node last sent it its table, and its names, in answer to a request (each
+    /// at most once per resync interval: a names request does not hold up a table request).
+    pub(super) last_reply: [Option<Instant>; 2],
+    /// Its table went over a cap here: what this node counts of it is incomplete.
+    pub(super) over_cap: bool,
+    /// While over a cap: the wait before asking it for its table again (doubles each time).
+    pub(super) backoff: Duration,
+}
+
+impl Peer {
+    /// Notes a fresh, authentic datagram of this peer from `from`. The address stays pinned:
+    /// a copy of a fresh datagram that reaches this node first from elsewhere (a replay racing
+    /// the original, an interception) must not redirect what this node sends to the peer. Only
+    /// when the pinned address has been silent for `quiet` does the address move (a real
+    /// change of address within one incarnation, such as a NAT rebinding).
+    pub(super) fn heard_from(&mut self, from: SocketAddr, now: Instant, quiet: Duration) {
+        if from == self.addr {
+            self.addr_seen = self.addr_seen.saturating_add(1);
+            self.addr_heard = now;
+        } else if now.saturating_duration_since(self.addr_heard) > quiet {
+            self.addr = from;
+            self.addr_seen = 1;
+            self.addr_heard = now;
+        }
+    }
+
+    /// Whether this node may send to the peer's address: it has heard the peer there at least
+    /// [`SETTLED`] times (a single replayed or intercepted datagram does not make an address).
+    pub(super) fn settled(&self) -> bool {
+        self.addr_seen >= SETTLED
+    }
+
+    pub(super) fn converged(&self) -> bool {
+        self.observer || self.declared == Some((self.table.digest, self.table.len() as u32))
+    }
+    pub(super) fn total(&self) -> u64 {
+        self.table.sum
+    }
+}
+
+/// What is remembered of a dropped node.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tomb {
+    pub(super) incarnation: u64,
+    /// Its address: a revived node is pinned there again.
+    pub(super) addr: SocketAddr,
+    /// This incarnation never comes back (it said goodbye, or a newer one replaced it).
+    pub(super) barred: bool,
+    pub(super) last_seq: u64,
+    pub(super) requests_seen: u64,
+    /// The last `time` it sent, and when it was last heard here.
+    pub(super) time: u64,
+    pub(super) heard: Instant,
+    pub(super) until: Instant,
+}

@@ -1,0 +1,331 @@
+//! Everything this node sends: each tick's deltas (with the names of new topics), refresh slices
+//! and heartbeats; resync requests; resync replies (the table, the names); the goodbye.
+//! Datagrams are queued here and taken by [`Protocol::poll_transmit`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Dest, Protocol, Transmit};
+use crate::cluster::wire::{
+    self, FLAG_END, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Seal, Stamp,
+};
+
+/// The longest wait before asking a peer that is over a cap for its table again.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A datagram planned for this tick: kind, refresh range, entries.
+type Planned = (Kind, Option<(u64, u64)>, Vec<(u64, u32)>);
+
+impl Protocol {
+    /// Queues a datagram.
+    fn push(&mut self, dest: Dest, bytes: Vec<u8>) {
+        self.stats.sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.out.push_back(Transmit { dest, bytes });
+    }
+
+    /// The sequence number of the next group datagram.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The size of this node's table, as a header carries it.
+    fn topics(&self) -> u32 {
+        self.table.len().min(u32::MAX as usize) as u32
+    }
+
+    /// The header fields of a datagram sent now with sequence number `seq`.
+    pub(super) fn stamp(&self, now: Instant, seq: u64) -> Stamp {
+        Stamp {
+            seq,
+            digest: self.table.digest,
+            topics: self.topics(),
+            time: self.cfg.clock.unix_ms(now),
+        }
+    }
+
+    /// Names datagrams for those of `hashes` whose names this node knows. To the group, each
+    /// with a sequence number of its own; or, in reply to a request (`to`), unicast with the
+    /// current sequence number and [`FLAG_REPLY`]. Returns how many datagrams it queued.
+    fn send_names(&mut self, now: Instant, hashes: &[u64], to: Option<SocketAddr>) -> usize {
+        let list: Vec<(u64, Arc<str>)> = hashes
+            .iter()
+            .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
+            .collect();
+        if list.is_empty() {
+            return 0;
+        }
+        let st = self.stamp(now, self.seq);
+        let mut seq = self.seq;
+        let reply = to.is_some();
+        let mut next = || {
+            if !reply {
+                seq += 1;
+            }
+            seq
+        };
+        let flags = if reply { FLAG_REPLY } else { 0 };
+        let dgs = self.enc.names(
+            &self.seal,
+            flags,
+            &mut next,
+            &st,
+            list.iter().map(|(h, n)| (*h, &**n)),
+        );
+        self.seq = seq;
+        let n = dgs.len();
+        let dest = to.map_or(Dest::Group, Dest::To);
+        for d in dgs {
+            self.push(dest, d);
+        }
+        n
+    }
+
+    /// A tick's datagrams: names and deltas of what changed (within the per-tick budget),
+    /// refresh slices, or a heartbeat; then the resync requests that are due. The last datagram
+    /// is flagged [`FLAG_END`] when no change waits for a later tick.
+    pub(super) fn send_tick(&mut self, now: Instant) {
+        if self.cfg.observer {
+            // Observers count nothing; a heartbeat makes them known, so their requests are
+            // answered.
+            self.changed.clear();
+            self.queued.clear();
+            self.new_names.clear();
+            let seq = self.next_seq();
+            let d = self.enc.bare(
+                &self.seal,
+                Kind::Heartbeat,
+                FLAG_END | FLAG_OBSERVER,
+                &self.stamp(now, seq),
+            );
+            self.push(Dest::Group, d);
+            self.request_where_needed(now);
+            return;
+        }
+        let first = self.out.len();
+        let mut budget = self.cfg.max_tick_datagrams.max(1);
+
+        // What changed, oldest first: each topic's name (when new here), then its count.
+        let per = self.enc.entries_per_datagram(Kind::Delta);
+        let room = self.enc.budget() - wire::HEADER_LEN - wire::TAG_LEN;
+        while budget > 0 && !self.changed.is_empty() {
+            let n = per.min(self.changed.len());
+            // The names this chunk announces must fit the budget with its delta (the first
+            // chunk of a tick always goes, so a tick always makes progress).
+            let name_bytes: usize = self
+                .changed
+                .range(..n)
+                .filter(|h| self.new_names.contains(h))
+                .filter_map(|h| self.names.get(h))
+                .map(|name| 9 + name.len())
+                .sum();
+            if name_bytes.div_ceil(room) + 1 > budget && budget < self.cfg.max_tick_datagrams {
+                break;
+            }
+            let hashes: Vec<u64> = self.changed.drain(..n).collect();
+            let mut announce = Vec::new();
+            let mut entries = Vec::with_capacity(n);
+            for h in hashes {
+                self.queued.remove(&h);
+                let c = self.table.map.get(&h).copied().unwrap_or(0);
+                if self.new_names.remove(&h) && c != 0 {
+                    announce.push(h);
+                }
+                entries.push((h, c));
+            }
+            budget = budget.saturating_sub(self.send_names(now, &announce, None));
+            let seq = self.next_seq();
+            let d = self.enc.entries(
+                &self.seal,
+                Kind::Delta,
+                0,
+                &self.stamp(now, seq),
+                None,
+                &entries,
+            );
+            self.push(Dest::Group, d);
+            budget = budget.saturating_sub(1);
+        }
+
+        // The rotating refresh: the whole table every `refresh_cycle` ticks. Not while changes
+        // wait: a slice would list topics whose names peers have not been sent yet, and the
+        // backlog carries their counts anyway.
+        let mut batch: Vec<Planned> = Vec::new();
+        let per_r = self.enc.entries_per_datagram(Kind::Refresh);
+        let dgrams = self.table.len().div_ceil(per_r).max(1) as f64;
+        if self.changed.is_empty() {
+            self.refresh_credit += dgrams / f64::from(self.cfg.refresh_cycle.max(1));
+        }
+        while self.refresh_credit >= 1.0 {
+            self.refresh_credit -= 1.0;
+            let (lo, hi, e) = self.slice(self.cursor, per_r);
+            self.cursor = hi.wrapping_add(1);
+            batch.push((Kind::Refresh, Some((lo, hi)), e));
+        }
+        for (kind, range, e) in batch {
+            let seq = self.next_seq();
+            let d = self
+                .enc
+                .entries(&self.seal, kind, 0, &self.stamp(now, seq), range, &e);
+            self.push(Dest::Group, d);
+        }
+
+        if self.out.len() == first {
+            let seq = self.next_seq();
+            let flags = if self.changed.is_empty() { FLAG_END } else { 0 };
+            let d = self
+                .enc
+                .bare(&self.seal, Kind::Heartbeat, flags, &self.stamp(now, seq));
+            self.push(Dest::Group, d);
+        } else if self.changed.is_empty() {
+            // The tick's last datagram says the digest is final. (All of them are ours and
+            // sealed just now: set the flag and seal again.)
+            if let Some(last) = self.out.back_mut() {
+                set_end(&self.seal, &mut last.bytes);
+            }
+        }
+        self.request_where_needed(now);
+    }
+
+    /// The slice of the local table starting at `lo`: up to `n` entries and the range they
+    /// cover (to the end of the hash space if the table ends first).
+    fn slice(&self, lo: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
+        let e: Vec<(u64, u32)> = self
+            .table
+            .map
+            .range(lo..)
+            .take(n + 1)
+            .map(|(h, c)| (*h, *c))
+            .collect();
+        if e.len() > n {
+            // Stop just before the first entry that did not fit.
+            let hi = e[n].0 - 1;
+            (lo, hi, e[..n].to_vec())
+        } else {
+            (lo, u64::MAX, e)
+        }
+    }
+
+    /// Asks for a resync every peer whose copy does not match what it declared, and, when some
+    /// counted topic has no name here, every peer for its names: soon (one resync interval)
+    /// for topics that became unnamed since the last ask, rarely for the same ones again. A peer
+    /// over a cap is asked with exponential backoff (its table cannot converge here).
+    pub(super) fn request_where_needed(&mut self, now: Instant) {
+        let every = self.cfg.resync_interval;
+        let names_every = (every * 20).max(Duration::from_secs(5));
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let ask_names = !self.unnamed.is_empty()
+            && self.names_asked.is_none_or(|t| {
+                since(t) >= names_every || (self.newly_unnamed > 0 && since(t) >= every)
+            });
+        let mut wake: Option<Instant> = None;
+        if ask_names {
+            self.names_asked = Some(now);
+            self.newly_unnamed = 0;
+        } else if self.unnamed.is_empty() {
+            self.newly_unnamed = 0;
+        } else if self.newly_unnamed > 0
+            && let Some(t) = self.names_asked
+        {
+            // Come back when the new names may be asked for (in the future: had that time
+            // passed, they would have been asked for just now).
+            wake = Some(t + every);
+        }
+        let want: Vec<(u64, SocketAddr, u64, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.observer && p.settled())
+            .filter_map(|(&n, p)| {
+                let behind = p.declared.is_some() && !p.converged();
+                let wait = if p.over_cap { p.backoff } else { every };
+                let due = p.last_request.is_none_or(|t| since(t) >= wait);
+                if behind && !due {
+                    let at = p.last_request.map_or(now, |t| t + wait);
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
+                let state = behind && due;
+                (ask_names || state).then_some((n, p.addr, p.incarnation, state))
+            })
+            .collect();
+        // A request or its reply may be lost: look again after one interval.
+        if want.iter().any(|w| w.3) {
+            let at = now + every;
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        self.wake = wake;
+        for (node, addr, inc, state) in want {
+            if state && let Some(p) = self.peers.get_mut(&node) {
+                p.last_request = Some(now);
+                if p.over_cap {
+                    p.backoff = (p.backoff * 2).clamp(every, MAX_BACKOFF);
+                }
+            }
+            self.stats.resync_requests += 1;
+            self.requests += 1;
+            let flags = if ask_names { FLAG_NAMES } else { 0 } | if state { FLAG_STATE } else { 0 };
+            let d = self.enc.request(
+                &self.seal,
+                flags,
+                &self.stamp(now, self.seq),
+                node,
+                inc,
+                self.requests,
+            );
+            self.push(Dest::To(addr), d);
+        }
+    }
+
+    /// Sends the whole table and/or the names, as asked, to `to` only.
+    pub(super) fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
+        let before = (self.out.len(), self.stats.bytes_sent);
+        self.stats.resync_replies += 1;
+        if state {
+            let per = self.enc.entries_per_datagram(Kind::ResyncReply);
+            let st = self.stamp(now, self.seq);
+            let mut lo = 0u64;
+            loop {
+                let (l, hi, e) = self.slice(lo, per);
+                let last = hi == u64::MAX;
+                let flags = if last { FLAG_END } else { 0 };
+                let d =
+                    self.enc
+                        .entries(&self.seal, Kind::ResyncReply, flags, &st, Some((l, hi)), &e);
+                self.push(Dest::To(to), d);
+                if last {
+                    break;
+                }
+                lo = hi + 1;
+            }
+        }
+        if names {
+            let hashes: Vec<u64> = self.table.map.keys().copied().collect();
+            self.send_names(now, &hashes, Some(to));
+        }
+        debug_assert!(self.out.len() >= before.0);
+        let bytes = self.stats.bytes_sent - before.1;
+        self.stats.repair_bytes += bytes;
+        self.repair.tokens -= bytes as f64;
+    }
+
+    /// A goodbye: peers drop this node's counts at once.
+    pub(super) fn send_goodbye(&mut self, now: Instant) {
+        let seq = self.next_seq();
+        let d = self
+            .enc
+            .bare(&self.seal, Kind::Goodbye, FLAG_END, &self.stamp(now, seq));
+        self.push(Dest::Group, d);
+    }
+}
+
+/// Sets [`FLAG_END`] on a datagram this node sealed, and seals it again.
+fn set_end(seal: &Seal, bytes: &mut Vec<u8>) {
+    use zerocopy::FromBytes;
+    let body = bytes.len() - wire::TAG_LEN;
+    bytes.truncate(body);
+    if let Ok((h, _)) = wire::Header::mut_from_prefix(&mut bytes[..]) {
+        h.flags.set(h.flags.get() | FLAG_END);
+    }
+    seal.seal(bytes);
+}
