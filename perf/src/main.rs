@@ -12,73 +12,17 @@
 mod cluster;
 mod conns;
 mod load;
-mod rig;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use headcount_perf::counting::{self, Counting, count_allocs};
+use headcount_perf::rig::{self, Hotpath, ReducerRig, Team, no_hook};
 use serde_json::{Map, Value, json};
 
-use rig::{Hotpath, ReducerRig, Team, median, no_hook};
-
-// ---------------------------------------------------------------------------------------------
-// Allocation counting
-
-/// The system allocator, counting the allocations made by threads that asked for it.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations are counted. Const-initialized and without a
-    /// destructor, so reading it never allocates.
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-#[inline]
-fn note_alloc() {
-    if COUNTING.try_with(Cell::get).unwrap_or(false) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every method forwards to `System` with the same arguments; counting touches only an
-// atomic and a thread-local `Cell`, neither of which allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts the allocations of the threads that ask (`hotpath`'s `allocs_per_op`).
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// The [`rig::Hook`] of the headcount one-thread loop: count this thread's allocations.
-fn count_allocs(on: bool) {
-    COUNTING.with(|c| c.set(on));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Command line
@@ -386,6 +330,21 @@ fn done(json: bool, r: Result<serde_json::Value, String>) {
     }
 }
 
+/// The median of `v` (the mean of the two middle values for an even length; 0 when empty).
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
 fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (x * p).round() / p
@@ -516,7 +475,7 @@ fn hotpath(a: &HotpathArgs) {
             let sleeps = n > 1 && c.key.starts_with("mutex_ns_");
             let mut tries = 0;
             let (run, before) = loop {
-                let before = ALLOCS.load(Ordering::Relaxed);
+                let before = counting::allocs();
                 let run = team.run_detailed(c.iters);
                 let disturbed = run.oncpu.is_some_and(|f| f < a.min_oncpu);
                 if !disturbed || sleeps || tries == a.retries {
@@ -530,7 +489,7 @@ fn hotpath(a: &HotpathArgs) {
             let ns = d.as_nanos() as f64 / (c.iters * c.ops_per_iter) as f64;
             c.cpu_ns.extend(run.oncpu.map(|f| ns * f.min(1.0)));
             if c.key == "headcount_ns_1t" {
-                allocs += ALLOCS.load(Ordering::Relaxed) - before;
+                allocs += counting::allocs() - before;
                 alloc_ops += c.iters * c.ops_per_iter;
             }
             c.samples
@@ -743,31 +702,4 @@ fn reducer(a: &ReducerArgs) {
         println!("{key:<34} {shards:>6} {changed:>9} {m:>11.1} {min:>11.1} {max:>11.1}");
     }
     println!("elapsed_s {}", out["elapsed_s"]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs under Miri in CI (`.ci/run`): the counting allocator forwards every call intact.
-    #[test]
-    fn counting_allocator_counts_and_forwards() {
-        count_allocs(true);
-        let before = ALLOCS.load(Ordering::Relaxed);
-        let mut v: Vec<u64> = (0..100).collect();
-        v.extend(0..1000u64); // realloc
-        let z = vec![0u8; 4096]; // alloc_zeroed
-        let counted = ALLOCS.load(Ordering::Relaxed) - before;
-        count_allocs(false);
-        assert!(counted >= 3, "counted {counted}");
-        assert_eq!(v.iter().sum::<u64>(), 4950 + 499_500);
-        assert!(z.iter().all(|&b| b == 0));
-        let before = ALLOCS.load(Ordering::Relaxed);
-        drop(vec![1u8; 10]);
-        assert_eq!(
-            ALLOCS.load(Ordering::Relaxed),
-            before,
-            "not counting when off"
-        );
-    }
 }

@@ -26,6 +26,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 
+use headcount_perf::rng::Rng;
+
 use super::Target;
 
 /// A long-tailed topic picker: Zipf with exponent 1 over `n` topics.
@@ -49,24 +51,6 @@ impl Zipf {
     pub fn pick(&self, rng: &mut Rng) -> u32 {
         let u = rng.unit();
         self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1) as u32
-    }
-}
-
-/// xorshift64*.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -278,7 +262,7 @@ pub fn run(cfg: Client, rx: mpsc::Receiver<Phase>, tx: mpsc::Sender<Report>) {
             })
             .collect(),
         zipf: Zipf::new(cfg.topics),
-        rng: Rng(cfg.seed | 1),
+        rng: Rng::new(cfg.seed),
         ledger: vec![0; cfg.topics],
         joins: 0,
         leaves: 0,
@@ -649,7 +633,7 @@ impl Thread {
     /// One churn operation on connection `i`; returns the joins it will make.
     fn churn_op(&mut self, i: usize) -> usize {
         let target = self.cfg.target;
-        if self.conns[i].held.is_empty() || self.rng.next() & 1 == 0 {
+        if self.conns[i].held.is_empty() || self.rng.below(2) == 0 {
             // Reconnect: leave everything by closing, then a new connection joins 1–3 topics.
             let held = std::mem::take(&mut self.conns[i].held);
             match target {
@@ -694,7 +678,7 @@ impl Thread {
             let new = self.fresh_topic(&held);
             let c = &mut self.conns[i];
             c.held = held;
-            let k = (self.rng.next() % c.held.len() as u64) as usize;
+            let k = self.rng.below(c.held.len());
             let old = c.held.swap_remove(k);
             let member = self.member(i);
             let (o, n) = (topic_name(old), topic_name(new));
