@@ -12,6 +12,8 @@
 mod cluster;
 mod conns;
 mod load;
+mod proc;
+mod resp;
 
 use std::time::{Duration, Instant};
 

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use headcount_perf::rng::Rng;
 
 use super::Target;
+use crate::resp::{Reply, encode_request, parse_reply};
 
 /// A long-tailed topic picker: Zipf with exponent 1 over `n` topics.
 pub struct Zipf {
@@ -196,7 +197,7 @@ struct Conn {
     sent: Instant,
     /// This connection's incarnation (the member name in the set variant).
     generation: u32,
-    /// A partial reply line.
+    /// Reply bytes not parsed yet.
     partial: Vec<u8>,
 }
 
@@ -208,15 +209,6 @@ pub struct Client {
     pub topics: usize,
     pub conns: usize,
     pub seed: u64,
-}
-
-fn resp(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 fn topic_name(t: u32) -> Vec<u8> {
@@ -405,7 +397,7 @@ impl Thread {
                 let names: Vec<Vec<u8>> = topics.iter().map(|&t| topic_name(t)).collect();
                 let mut args: Vec<&[u8]> = vec![b"JOIN"];
                 args.extend(names.iter().map(|n| n.as_slice()));
-                resp(&mut out, &args);
+                encode_request(&mut out, &args);
                 // One reply for the whole JOIN; it confirms every topic.
                 for (k, &t) in topics.iter().enumerate() {
                     c.expect.push_back((if k == 0 { 2 } else { 3 }, t));
@@ -415,9 +407,9 @@ impl Thread {
                 for &t in &topics {
                     let name = topic_name(t);
                     if target == Target::RedisIncr {
-                        resp(&mut out, &[b"INCR", &name]);
+                        encode_request(&mut out, &[b"INCR", &name]);
                     } else {
-                        resp(&mut out, &[b"SADD", &name, &member]);
+                        encode_request(&mut out, &[b"SADD", &name, &member]);
                     }
                     c.expect.push_back((1, t));
                 }
@@ -522,14 +514,25 @@ impl Thread {
         }
     }
 
-    /// Consumes whole reply lines (every reply here is one line: `:n`, `+OK`, `-ERR …`).
+    /// Consumes every whole reply received (here each is one line: `:n`, `+OK`, `-ERR …`).
     fn replies(&mut self, i: usize) {
         let c = &mut self.conns[i];
         let mut at = 0;
-        while let Some(nl) = c.partial[at..].iter().position(|&b| b == b'\n') {
-            let line = &c.partial[at..at + nl];
-            at += nl + 1;
-            if line.first() == Some(&b'-') {
+        loop {
+            let ok = match parse_reply(&c.partial[at..]) {
+                Ok(Some((reply, used))) => {
+                    at += used;
+                    !matches!(reply, Reply::Error(_))
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    // Not a reply: an error of this run; the connection is closed.
+                    self.errors += 1;
+                    self.drop_conn(i);
+                    return;
+                }
+            };
+            if !ok {
                 self.errors += 1;
             }
             // A headcount JOIN of k topics answers once: its expectations are one 2 then 3s.
@@ -537,7 +540,6 @@ impl Thread {
                 self.errors += 1;
                 continue;
             };
-            let ok = line.first() != Some(&b'-');
             let mut confirm = |kind: i8, t: u32, c: &mut Conn| match kind {
                 1..=3 if ok => {
                     self.ledger[t as usize] += 1;
@@ -656,9 +658,9 @@ impl Thread {
                         for &t in &held {
                             let name = topic_name(t);
                             if target == Target::RedisIncr {
-                                resp(&mut out, &[b"DECR", &name]);
+                                encode_request(&mut out, &[b"DECR", &name]);
                             } else {
-                                resp(&mut out, &[b"SREM", &name, &member]);
+                                encode_request(&mut out, &[b"SREM", &name, &member]);
                             }
                             c.expect.push_back((-1, t));
                         }
@@ -686,16 +688,16 @@ impl Thread {
             out.clear();
             match target {
                 Target::Headcount => {
-                    resp(&mut out, &[b"LEAVE", &o]);
-                    resp(&mut out, &[b"JOIN", &n]);
+                    encode_request(&mut out, &[b"LEAVE", &o]);
+                    encode_request(&mut out, &[b"JOIN", &n]);
                 }
                 Target::RedisIncr => {
-                    resp(&mut out, &[b"DECR", &o]);
-                    resp(&mut out, &[b"INCR", &n]);
+                    encode_request(&mut out, &[b"DECR", &o]);
+                    encode_request(&mut out, &[b"INCR", &n]);
                 }
                 Target::RedisSet => {
-                    resp(&mut out, &[b"SREM", &o, &member]);
-                    resp(&mut out, &[b"SADD", &n, &member]);
+                    encode_request(&mut out, &[b"SREM", &o, &member]);
+                    encode_request(&mut out, &[b"SADD", &n, &member]);
                 }
             }
             let c = &mut self.conns[i];

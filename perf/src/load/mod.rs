@@ -18,6 +18,9 @@ use client::{Client, Phase, Report};
 use servers::Checker;
 pub use servers::Servers;
 
+use crate::proc::{self, raise_nofile};
+use crate::resp::Reply;
+
 /// What the clients talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -53,20 +56,6 @@ pub struct Workload {
     /// Client processes (at least one per [`PER_CLIENT_PROC`] connections).
     pub threads: usize,
     pub seed: u64,
-}
-
-/// Raises this process's open-file limit (children inherit it): root may raise the hard limit.
-pub fn raise_nofile(want: u64) -> Result<u64, String> {
-    use rlimit::Resource;
-    let (soft, hard) = Resource::NOFILE.get().map_err(|e| e.to_string())?;
-    if soft >= want {
-        return Ok(soft);
-    }
-    if Resource::NOFILE.set(want, want.max(hard)).is_ok() {
-        return Ok(want);
-    }
-    let _ = Resource::NOFILE.set(hard, hard);
-    Ok(hard)
 }
 
 /// One churn step's figures.
@@ -135,15 +124,7 @@ impl Drop for Rig {
             let _ = c.stdin.flush();
         }
         for c in &mut self.clients {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.child.kill();
-            let _ = c.child.wait();
+            proc::reap(&mut c.child, Instant::now() + Duration::from_secs(10));
         }
     }
 }
@@ -351,18 +332,18 @@ impl Rig {
                     for (n, c) in checkers.iter_mut().enumerate() {
                         let info = c.cmd(&["INFO", "presence"])?;
                         eprintln!("node {n}: {info:?}");
-                        if let servers::Reply::Array(v) = c.cmd(&["TOP", "10000"])? {
+                        if let Reply::Array(v) = c.cmd(&["TOP", "10000"])? {
                             let sum: i64 = v
                                 .chunks(2)
                                 .filter_map(|p| match &p[1] {
-                                    servers::Reply::Int(i) => Some(*i),
+                                    Reply::Int(i) => Some(*i),
                                     _ => None,
                                 })
                                 .sum();
                             let odd: Vec<String> = v
                                 .chunks(2)
                                 .filter_map(|p| match &p[0] {
-                                    servers::Reply::Bulk(Some(b)) if !b.starts_with(b"t") => {
+                                    Reply::Bulk(Some(b)) if !b.starts_with(b"t") => {
                                         Some(String::from_utf8_lossy(b).into_owned())
                                     }
                                     _ => None,
