@@ -7,7 +7,8 @@
 //! - [`counting`]: the counting global allocator behind `hotpath`'s `allocs_per_op` (the crate's
 //!   only unsafe code).
 //!
-//! Everything else lives in the binary (`src/main.rs`).
+//! Everything else (one file per subcommand, spawning servers, the RESP client, the load
+//! harness) lives in the binary: see `src/main.rs`.
 
 #![deny(missing_docs)]
 

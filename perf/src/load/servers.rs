@@ -6,9 +6,35 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Target;
 use crate::proc;
 use crate::resp::{Reply, encode_request, read_reply};
+
+/// What the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `headcount serve`: JOIN/LEAVE; closing a connection leaves.
+    Headcount,
+    /// `redis-server`, INCR/DECR per topic; the client DECRs what it held before closing.
+    RedisIncr,
+    /// `redis-server`, SADD/SREM of a member per topic, SCARD to count.
+    RedisSet,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        [Target::Headcount, Target::RedisIncr, Target::RedisSet]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Headcount => "headcount",
+            Target::RedisIncr => "redis-incr",
+            Target::RedisSet => "redis-set",
+        }
+    }
+}
 
 /// Server processes of one [`Target`], stopped on drop.
 pub struct Servers {

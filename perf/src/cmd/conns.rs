@@ -8,10 +8,34 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
-use crate::load::{Servers, Target};
+use crate::load::servers::{Servers, Target};
+use crate::report::print;
 use crate::resp::{Reply, encode_request, read_reply};
+
+// `conns`'s flags (no doc comment: clap would take it for the subcommand's help).
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Client connections to open (mind `ulimit -n`).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+}
+
+/// Measures and prints, or prints the error (exit status 1).
+pub fn run(a: &Args) {
+    match measure_both(a.connections.max(1), a.json) {
+        Ok(v) => print(a.json, &v),
+        Err(e) => {
+            eprintln!("headcount-perf conns: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Sends the request `req(i)` on every connection `i`, then reads one reply from each.
 fn round(conns: &mut [TcpStream], req: impl Fn(usize, &mut Vec<u8>)) -> Result<(), String> {
@@ -61,7 +85,7 @@ fn measure(
 
 /// headcount, then redis-server when installed: bytes per connection, idle and holding one
 /// presence (one key).
-pub fn run(connections: usize, json_out: bool) -> Result<Value, String> {
+fn measure_both(connections: usize, json_out: bool) -> Result<Value, String> {
     let hc = Servers::headcount_standalone(2)?;
     let topic = |i: usize| format!("room:{}", i % 1000);
     let (hc_idle, hc_joined) = measure(&hc, connections, &|i, out| {
