@@ -38,17 +38,17 @@ pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, 
     let rate = o.rate.unwrap_or(10_000.0);
     raise_nofile(PER_CLIENT_PROC as u64 + 1000)?;
     let servers = Servers::headcount(o.nodes, o.workers, &o.tick, true)?;
-    let mut rig = Harness::open(servers, o.workload())?;
+    let mut harness = Harness::open(servers, o.workload())?;
     let start = Instant::now();
     let slice = Duration::from_secs(1).min(o.duration);
-    let mut samples: Vec<(f64, u64)> = vec![(0.0, rig.servers.rss())];
+    let mut samples: Vec<(f64, u64)> = vec![(0.0, harness.servers.rss())];
     let mut steps = Vec::new();
     while start.elapsed() < o.duration {
-        let s = rig.churn(rate, slice)?;
-        samples.push((start.elapsed().as_secs_f64(), rig.servers.rss()));
+        let s = harness.churn(rate, slice)?;
+        samples.push((start.elapsed().as_secs_f64(), harness.servers.rss()));
         steps.push(s);
     }
-    let exact_ms = rig.wait_exact(Duration::from_secs(10))?;
+    let exact_ms = harness.wait_exact(Duration::from_secs(10))?;
     // Flat after warm-up: the last fifth's RSS against the second fifth's.
     let n = samples.len();
     let warm = samples[(n / 5).max(1).min(n - 1)..(2 * n / 5).max(2).min(n)]
@@ -69,7 +69,7 @@ pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, 
     if let Some(p) = plot_path {
         plot::rss_over_time(p, &samples)?;
     }
-    let errors: u64 = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
+    let errors: u64 = harness.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
     let p99 = steps.iter().map(|s| s.p99_ms).fold(0.0, f64::max);
     let mean = |f: fn(&Step) -> f64| steps.iter().map(f).sum::<f64>() / steps.len().max(1) as f64;
     let med = |f: fn(&Step) -> f64| {
@@ -93,7 +93,7 @@ pub fn soak(o: &LoadOpts, plot_path: Option<&std::path::Path>) -> Result<Value, 
         "exact": exact_ms.is_some(),
         "time_to_exact_ms": exact_ms,
         "errors": errors,
-        "rss_bytes": rig.servers.rss(),
+        "rss_bytes": harness.servers.rss(),
         "rss_after_warmup_bytes": warm,
         "rss_at_end_bytes": end,
         "rss_growth_after_warmup": (growth * 10000.0).round() / 10000.0,

@@ -151,7 +151,7 @@ impl Harness {
                 stdout,
             });
         }
-        let mut rig = Harness {
+        let mut harness = Harness {
             servers,
             ledger: vec![0; w.topics],
             w,
@@ -160,10 +160,10 @@ impl Harness {
             setup_secs: 0.0,
         };
         let start = Instant::now();
-        let reports = rig.phase(&Phase::Open)?;
-        rig.setup_secs = start.elapsed().as_secs_f64();
-        rig.setup_errors = reports.iter().map(|r| r.errors).sum();
-        Ok(rig)
+        let reports = harness.phase(&Phase::Open)?;
+        harness.setup_secs = start.elapsed().as_secs_f64();
+        harness.setup_errors = reports.iter().map(|r| r.errors).sum();
+        Ok(harness)
     }
 
     fn phase(&mut self, p: &Phase) -> Result<Vec<Report>, String> {

@@ -125,32 +125,32 @@ pub fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value,
         o.connections,
         servers.addrs.len()
     ));
-    let mut rig = Harness::open(servers, o.workload())?;
+    let mut harness = Harness::open(servers, o.workload())?;
     o.say(format!(
         "{}: {} connections open in {:.1}s ({} errors); {} presences",
         target.name(),
         o.connections,
-        rig.setup_secs,
-        rig.setup_errors,
-        rig.ledger.iter().sum::<i64>()
+        harness.setup_secs,
+        harness.setup_errors,
+        harness.ledger.iter().sum::<i64>()
     ));
     let mut steps = Vec::new();
     let mut best: Option<Step> = None;
     match o.rate {
         Some(r) => {
-            let s = rig.churn(r, o.duration)?;
+            let s = harness.churn(r, o.duration)?;
             o.say(format!("{}: {}", target.name(), s.json()));
             best = Some(s.clone());
             steps.push(s);
         }
         None => {
             for &r in &LADDER {
-                let mut s = rig.churn(r, o.duration)?;
+                let mut s = harness.churn(r, o.duration)?;
                 o.say(format!("{}: {}", target.name(), s.json()));
                 if !s.sustained() && s.errors == 0 {
                     // One retry at the same rate: a noisy neighbour should not end the climb.
                     steps.push(s);
-                    s = rig.churn(r, o.duration)?;
+                    s = harness.churn(r, o.duration)?;
                     o.say(format!("{} (retry): {}", target.name(), s.json()));
                 }
                 let ok = s.sustained();
@@ -163,22 +163,22 @@ pub fn run_target(o: &LoadOpts, target: Target, counting: bool) -> Result<Value,
         }
     }
     let exact_ms = if counting {
-        rig.wait_exact(Duration::from_secs(10))?
+        harness.wait_exact(Duration::from_secs(10))?
     } else {
         None
     };
-    let rss_each = rig.servers.rss_each();
+    let rss_each = harness.servers.rss_each();
     let rss: u64 = rss_each.iter().sum();
     let last = steps.last().cloned();
     let shown = best.clone().or(last).ok_or("no churn step ran")?;
-    let errors = rig.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
+    let errors = harness.setup_errors + steps.iter().map(|s| s.errors).sum::<u64>();
     let mut v = json!({
         "target": target.name(),
-        "servers": rig.servers.addrs.len(),
+        "servers": harness.servers.addrs.len(),
         "connections": o.connections,
         "topics": o.topics,
-        "presences": rig.ledger.iter().sum::<i64>(),
-        "setup_s": (rig.setup_secs * 10.0).round() / 10.0,
+        "presences": harness.ledger.iter().sum::<i64>(),
+        "setup_s": (harness.setup_secs * 10.0).round() / 10.0,
         "exact": exact_ms.is_some(),
         "time_to_exact_ms": exact_ms.map(|m| (m * 10.0).round() / 10.0),
         "errors": errors,

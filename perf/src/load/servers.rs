@@ -21,12 +21,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target [`Target::name`] calls `s`.
     pub fn parse(s: &str) -> Option<Target> {
         [Target::Headcount, Target::RedisIncr, Target::RedisSet]
             .into_iter()
             .find(|t| t.name() == s)
     }
 
+    /// Its name in reports and on the load-client command line.
     pub fn name(self) -> &'static str {
         match self {
             Target::Headcount => "headcount",
