@@ -1,12 +1,11 @@
-//! Workloads shared by `headcount-perf` and the criterion benches.
-//!
-//! `benches/hotpath.rs` and `benches/reducer.rs` include this file with `#[path]`, so the perf
-//! binary and the benches measure exactly the same loops.
+//! Workloads shared by `headcount-perf` (`hotpath`, `reducer`) and the criterion benches
+//! (`perf/benches/hotpath.rs`, `perf/benches/reducer.rs`), so that both measure exactly the same
+//! loops.
 //!
 //! - [`Hotpath`]: an engine with `topics` interned topics, and the baselines a user would
 //!   otherwise write (one shared `AtomicI64`, `Mutex<HashMap<String, i64>>`,
 //!   `DashMap<String, i64>`) holding the same names. Each thread visits the topics in its own
-//!   random order (a xorshift shuffle).
+//!   random order ([`crate::rng::shuffled`]).
 //! - [`Team`]: worker threads that start each measured run together on a barrier and time
 //!   themselves; a run's time is the slowest thread's.
 //! - [`ReducerRig`]: an engine that never ticks by itself, with every topic joined once, whose
@@ -22,39 +21,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use headcount::{Engine, Presence, Shard, Topic};
 
-/// xorshift64: deterministic, dependency-free randomness for topic orders.
-#[derive(Debug, Clone)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    pub fn new(seed: u64) -> XorShift {
-        XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `0..n` (multiply-shift; the bias is irrelevant here).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
-    }
-}
-
-/// `0..n` in a random order (Fisher-Yates with [`XorShift`]).
-pub fn shuffled(n: usize, seed: u64) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut r = XorShift::new(seed);
-    for i in (1..n).rev() {
-        v.swap(i, r.below(i + 1));
-    }
-    v
-}
+use crate::rng::shuffled;
 
 /// The name of topic `i` in every workload.
 pub fn topic_name(i: usize) -> String {
@@ -67,21 +34,6 @@ pub fn timed(f: impl FnOnce()) -> Duration {
     let t0 = Instant::now();
     f();
     t0.elapsed()
-}
-
-/// The median of `v` (the mean of the two middle values for an even length; 0 when empty).
-pub fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 /// Called with `true` just before and `false` just after a worker's measured loop (outside the
@@ -120,6 +72,8 @@ pub struct Team {
 }
 
 impl Team {
+    /// Starts `n` threads; thread `i` builds its worker with `make(i)`. Returns when every
+    /// worker is built.
     pub fn new<F>(n: usize, make: F) -> Team
     where
         F: Fn(usize) -> Worker + Send + Sync + 'static,
@@ -210,6 +164,7 @@ pub fn default_ring(topics: usize) -> usize {
 
 /// Topics joined and left in a hot-path measurement, with the baselines holding the same names.
 pub struct Hotpath {
+    /// The engine whose topics are joined and left.
     pub engine: Engine,
     /// Per thread: the topics' handles, in that thread's random order.
     handles: Vec<Arc<[Topic]>>,
@@ -449,6 +404,7 @@ impl Hotpath {
 /// An engine whose reducer ticks only on [`Engine::sync`], with `topics` topics each joined once
 /// (kept, so no topic is ever zero or retired), and every shard claimed by the calling thread.
 pub struct ReducerRig {
+    /// The engine whose ticks are measured.
     pub engine: Engine,
     shards: Vec<Shard>,
     topics: Vec<Topic>,
@@ -463,6 +419,8 @@ pub struct ReducerRig {
 }
 
 impl ReducerRig {
+    /// An engine with `shards` shards, all claimed by the calling thread, and `topics` topics
+    /// joined once each; two ticks have run.
     pub fn new(topics: usize, shards: usize) -> ReducerRig {
         let engine = Engine::builder()
             .shards(shards)

@@ -1,57 +1,56 @@
 //! The servers under load: `headcount serve` nodes or one `redis-server`, started as real
-//! processes on loopback; their CPU time, RSS and wire bytes from /proc and INFO; and a checker
-//! that reads every topic's count back.
+//! processes on loopback ([`Servers`]); their CPU time, RSS and wire bytes from /proc and INFO;
+//! and a [`Checker`] that reads every topic's count back.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Target;
-use crate::conns::{headcount_bin, rss};
+use crate::proc;
+use crate::resp::{Reply, encode_request, read_reply};
 
-pub struct Servers {
-    pub target: Target,
-    procs: Vec<Child>,
-    pub addrs: Vec<SocketAddr>,
-    clk_tck: f64,
+/// What the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `headcount serve`: JOIN/LEAVE; closing a connection leaves.
+    Headcount,
+    /// `redis-server`, INCR/DECR per topic; the client DECRs what it held before closing.
+    RedisIncr,
+    /// `redis-server`, SADD/SREM of a member per topic, SCARD to count.
+    RedisSet,
 }
 
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for p in &mut self.procs {
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = p.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = p.kill();
-            let _ = p.wait();
+impl Target {
+    /// The target [`Target::name`] calls `s`.
+    pub fn parse(s: &str) -> Option<Target> {
+        [Target::Headcount, Target::RedisIncr, Target::RedisSet]
+            .into_iter()
+            .find(|t| t.name() == s)
+    }
+
+    /// Its name in reports and on the load-client command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Headcount => "headcount",
+            Target::RedisIncr => "redis-incr",
+            Target::RedisSet => "redis-set",
         }
     }
 }
 
-fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+/// Server processes of one [`Target`], stopped on drop.
+pub struct Servers {
+    /// What they are.
+    pub target: Target,
+    procs: Vec<Child>,
+    /// Where they listen for clients, one per process.
+    pub addrs: Vec<SocketAddr>,
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
+impl Drop for Servers {
+    fn drop(&mut self) {
+        proc::stop(&mut self.procs);
+    }
 }
 
 impl Servers {
@@ -88,45 +87,15 @@ impl Servers {
 
     /// `n` × `headcount serve --listen 127.0.0.1:0 <args>`, each waited for until it listens.
     fn spawn_headcount(n: usize, args: &[&str]) -> Result<Servers, String> {
-        let bin = headcount_bin()?;
         let mut s = Servers {
             target: Target::Headcount,
             procs: Vec::new(),
             addrs: Vec::new(),
-            clk_tck: clk_tck(),
         };
         for _ in 0..n {
-            let mut child = Command::new(&bin)
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("{}: {e}", bin.display()))?;
-            let stderr = child.stderr.take().ok_or("no stderr")?;
-            // Owned by `s` from here: killed on drop if anything below fails.
+            // Owned by `s` once started: stopped on drop if a later one fails.
+            let (child, addr) = proc::spawn_serve(args)?;
             s.procs.push(child);
-            let mut lines = BufReader::new(stderr).lines();
-            let addr = loop {
-                let Some(Ok(line)) = lines.next() else {
-                    return Err("headcount serve exited before listening".into());
-                };
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    break rest
-                        .split_whitespace()
-                        .next()
-                        .and_then(|a| a.parse().ok())
-                        .ok_or("bad listen line")?;
-                }
-            };
-            std::thread::spawn(move || {
-                for l in lines.map_while(Result::ok) {
-                    if l.contains("WARN") || l.contains("ERROR") {
-                        eprintln!("serve: {l}");
-                    }
-                }
-            });
             s.addrs.push(addr);
         }
         Ok(s)
@@ -134,7 +103,7 @@ impl Servers {
 
     /// One `redis-server` on loopback, nothing persisted.
     pub fn redis(target: Target, max_clients: usize) -> Result<Servers, String> {
-        let port = free_port()?;
+        let port = proc::free_port()?;
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -163,7 +132,6 @@ impl Servers {
             target,
             procs: vec![child],
             addrs: vec![addr],
-            clk_tck: clk_tck(),
         };
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {
@@ -177,22 +145,7 @@ impl Servers {
 
     /// CPU seconds the servers have used, summed.
     pub fn cpu_seconds(&self) -> f64 {
-        self.procs
-            .iter()
-            .map(|p| {
-                std::fs::read_to_string(format!("/proc/{}/stat", p.id()))
-                    .ok()
-                    .and_then(|s| {
-                        // Fields after the parenthesised command name: utime is 14th, stime 15th.
-                        let rest = s.rsplit_once(')')?.1;
-                        let f: Vec<&str> = rest.split_whitespace().collect();
-                        let u: f64 = f.get(11)?.parse().ok()?;
-                        let st: f64 = f.get(12)?.parse().ok()?;
-                        Some((u + st) / self.clk_tck)
-                    })
-                    .unwrap_or(0.0)
-            })
-            .sum()
+        self.procs.iter().map(|p| proc::cpu_seconds(p.id())).sum()
     }
 
     /// Resident set size, summed over the servers.
@@ -202,7 +155,7 @@ impl Servers {
 
     /// Resident set size of each server.
     pub fn rss_each(&self) -> Vec<u64> {
-        self.procs.iter().map(|p| rss(p.id())).collect()
+        self.procs.iter().map(|p| proc::rss(p.id())).collect()
     }
 
     /// Cluster bytes sent, summed over the nodes (headcount only).
@@ -223,98 +176,44 @@ impl Servers {
     }
 }
 
-/// A reply, as the checker needs it.
-#[derive(Debug)]
-pub enum Reply {
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-    Status(String),
-    Error(String),
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        match self {
-            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-            Reply::Status(s) | Reply::Error(s) => s.clone(),
-            _ => String::new(),
-        }
-    }
-    /// A count: an integer, a number in a bulk string, or nil (0).
-    fn count(&self) -> Result<i64, String> {
-        match self {
-            Reply::Int(i) => Ok(*i),
-            Reply::Bulk(None) => Ok(0),
-            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b)
-                .parse()
-                .map_err(|e| format!("count {b:?}: {e}")),
-            other => Err(format!("expected a count, got {other:?}")),
-        }
-    }
-}
-
 /// A blocking connection that reads counts back.
 pub struct Checker {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
+    stream: TcpStream,
+    /// Replies read but not consumed yet.
+    buf: Vec<u8>,
+    out: Vec<u8>,
 }
 
 impl Checker {
+    /// Connects to `addr` (replies must come within 30 s).
     pub fn connect(addr: SocketAddr) -> Result<Checker, String> {
-        let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
+        let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
         Ok(Checker {
-            r: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
-            w: s,
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
         })
     }
 
     fn send(&mut self, args: &[&str]) -> Result<(), String> {
-        let mut b = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            b.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        self.w.write_all(&b).map_err(|e| e.to_string())
+        use std::io::Write;
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.out.clear();
+        encode_request(&mut self.out, &args);
+        self.stream.write_all(&self.out).map_err(|e| e.to_string())
     }
 
+    /// Sends one command and reads its reply.
     pub fn cmd(&mut self, args: &[&str]) -> Result<Reply, String> {
         self.send(args)?;
         self.read()
     }
 
     fn read(&mut self) -> Result<Reply, String> {
-        let mut l = String::new();
-        self.r.read_line(&mut l).map_err(|e| e.to_string())?;
-        let l = l.trim_end();
-        if l.is_empty() {
-            return Err("connection closed".into());
-        }
-        let (k, rest) = l.split_at(1);
-        let n = || rest.parse::<i64>().map_err(|e| format!("{l:?}: {e}"));
-        Ok(match k {
-            ":" => Reply::Int(n()?),
-            "+" => Reply::Status(rest.into()),
-            "-" => Reply::Error(rest.into()),
-            "$" => {
-                let len = n()?;
-                if len < 0 {
-                    Reply::Bulk(None)
-                } else {
-                    let mut b = vec![0; len as usize + 2];
-                    self.r.read_exact(&mut b).map_err(|e| e.to_string())?;
-                    b.truncate(len as usize);
-                    Reply::Bulk(Some(b))
-                }
-            }
-            "*" => Reply::Array(
-                (0..n()?.max(0))
-                    .map(|_| self.read())
-                    .collect::<Result<_, _>>()?,
-            ),
-            _ => return Err(format!("unexpected reply {l:?}")),
-        })
+        read_reply(&mut self.stream, &mut self.buf)
     }
 
     /// Every topic's count (`t0`…) and the total, as this server reports them.

@@ -15,7 +15,7 @@
 //!
 //! Two-thread runs use a persistent pair of threads that start each measurement together on a
 //! barrier and time themselves (`iter_custom`); a measurement takes as long as the slower one.
-//! The workloads live in `perf/src/rig.rs`, shared with `headcount-perf hotpath`.
+//! The workloads are `headcount_perf::rig` (`perf/src/rig.rs`), shared with `headcount-perf hotpath`.
 
 use std::time::Duration;
 
@@ -24,11 +24,7 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
 
-#[allow(dead_code)]
-#[path = "../perf/src/rig.rs"]
-mod rig;
-
-use rig::{Hotpath, Team, no_hook};
+use headcount_perf::rig::{Hotpath, Team, no_hook};
 
 /// `cargo test --benches` runs each benchmark once, unoptimized: a smaller "1m" keeps it quick.
 fn test_mode() -> bool {

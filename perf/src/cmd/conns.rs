@@ -4,68 +4,63 @@
 //!
 //! The kernel's socket buffers are not in a process's RSS, so this is the server's own cost.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
-use crate::load::{Servers, Target};
+use crate::load::servers::{Servers, Target};
+use crate::report::print;
+use crate::resp::{Reply, encode_request, read_reply};
 
-/// The `headcount` binary beside this one (both are built into the same target directory).
-pub fn headcount_bin() -> Result<std::path::PathBuf, String> {
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bin = me.with_file_name("headcount");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "{} not found: build it first (cargo build --release --bin headcount)",
-            bin.display()
-        ))
+// `conns`'s flags (no doc comment: clap would take it for the subcommand's help).
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Client connections to open (mind `ulimit -n`).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+}
+
+/// Measures and prints, or prints the error (exit status 1).
+pub fn run(a: &Args) {
+    match measure_both(a.connections.max(1), a.json) {
+        Ok(v) => print(a.json, &v),
+        Err(e) => {
+            eprintln!("headcount-perf conns: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-/// Resident set size of `pid`, in bytes.
-pub fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Sends `req` on every connection, then reads one reply line from each.
-fn round(conns: &mut [TcpStream], req: impl Fn(usize) -> Vec<u8>) -> Result<(), String> {
+/// Sends the request `req(i)` on every connection `i`, then reads one reply from each.
+fn round(conns: &mut [TcpStream], req: impl Fn(usize, &mut Vec<u8>)) -> Result<(), String> {
+    let mut out = Vec::new();
     for (i, c) in conns.iter_mut().enumerate() {
-        c.write_all(&req(i)).map_err(|e| e.to_string())?;
+        out.clear();
+        req(i, &mut out);
+        c.write_all(&out).map_err(|e| e.to_string())?;
     }
-    let mut b = [0u8; 64];
+    let mut buf = Vec::new();
     for c in conns.iter_mut() {
-        let n = c.read(&mut b).map_err(|e| e.to_string())?;
-        if n == 0 || b[0] == b'-' {
-            return Err(format!(
-                "unexpected reply {:?}",
-                String::from_utf8_lossy(&b[..n])
-            ));
+        buf.clear();
+        if let Reply::Error(e) = read_reply(c, &mut buf)? {
+            return Err(format!("unexpected reply {e:?}"));
         }
     }
     Ok(())
 }
 
-fn resp(args: &[&str]) -> Vec<u8> {
-    let mut b = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        b.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    b
-}
-
 /// Bytes per connection for one server: (idle, holding one presence / one key).
-fn measure(p: &Servers, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f64, f64), String> {
+fn measure(
+    p: &Servers,
+    n: usize,
+    join: &dyn Fn(usize, &mut Vec<u8>),
+) -> Result<(f64, f64), String> {
     std::thread::sleep(Duration::from_millis(500));
     let before = p.rss();
     let mut conns = Vec::with_capacity(n);
@@ -76,7 +71,7 @@ fn measure(p: &Servers, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f6
         conns.push(c);
     }
     // A PING each: every connection accepted, registered and answered once.
-    round(&mut conns, |_| resp(&["PING"]))?;
+    round(&mut conns, |_, out| encode_request(out, &[b"PING"]))?;
     std::thread::sleep(Duration::from_millis(500));
     let idle = p.rss();
     round(&mut conns, join)?;
@@ -88,14 +83,20 @@ fn measure(p: &Servers, n: usize, join: &dyn Fn(usize) -> Vec<u8>) -> Result<(f6
     ))
 }
 
-pub fn run(connections: usize, json_out: bool) -> Result<Value, String> {
+/// headcount, then redis-server when installed: bytes per connection, idle and holding one
+/// presence (one key).
+fn measure_both(connections: usize, json_out: bool) -> Result<Value, String> {
     let hc = Servers::headcount_standalone(2)?;
     let topic = |i: usize| format!("room:{}", i % 1000);
-    let (hc_idle, hc_joined) = measure(&hc, connections, &|i| resp(&["JOIN", &topic(i)]))?;
+    let (hc_idle, hc_joined) = measure(&hc, connections, &|i, out| {
+        encode_request(out, &[b"JOIN", topic(i).as_bytes()])
+    })?;
     drop(hc);
     let redis = match Servers::redis(Target::RedisIncr, 100_000.max(connections + 1000)) {
         Ok(r) => {
-            let (idle, joined) = measure(&r, connections, &|i| resp(&["INCR", &topic(i)]))?;
+            let (idle, joined) = measure(&r, connections, &|i, out| {
+                encode_request(out, &[b"INCR", topic(i).as_bytes()])
+            })?;
             json!({ "idle_bytes_per_conn": idle, "one_key_bytes_per_conn": joined })
         }
         Err(e) => {

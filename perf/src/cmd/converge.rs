@@ -1,17 +1,50 @@
-//! Cluster figures: convergence of a simulated cluster after a burst of joins ([`converge`]) and
-//! the datagram format's size and speed ([`wire`]).
-//!
-//! [`converge`] runs the seeded network simulator (`headcount::cluster::sim::Sim`, simulated
-//! time): its tick and millisecond figures are simulated time, not wall-clock time, and do not
-//! depend on the machine. [`wire`] times encoding and decoding on one core (wall clock).
+//! `headcount-perf converge`: a simulated cluster (seeded network simulator,
+//! `headcount::cluster::sim::Sim`) after a burst of joins: ticks and milliseconds until every
+//! node is exact, and bytes per node per tick. The tick and millisecond figures are simulated
+//! time, not wall-clock time, and do not depend on the machine.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use headcount::cluster::protocol::{Config, Protocol};
-use headcount::cluster::sim::{Faults, Sim, topic_hash};
-use headcount::cluster::wire::{Body, Encoder, FLAG_END, Kind, Seal, Stamp};
+use clap::Args as ClapArgs;
+use headcount::cluster::sim::{Faults, Sim};
 use serde_json::{Value, json};
+
+use crate::report::{median, print, round};
+
+// `converge`'s flags (no doc comment: clap would take it for the subcommand's help).
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Nodes in the simulated cluster.
+    #[arg(long, default_value_t = 16)]
+    nodes: usize,
+    /// Probability that a datagram is lost, per receiver (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
+    loss: f64,
+    /// Seeds to run (the worst and the median are reported).
+    #[arg(long, default_value_t = 10)]
+    seeds: u64,
+    /// Topics in the burst (long-tailed).
+    #[arg(long, default_value_t = 2000)]
+    topics: u64,
+    /// Joins in the burst, spread over the nodes.
+    #[arg(long, default_value_t = 100_000)]
+    joins: u64,
+}
+
+/// Checks the flags, runs [`converge`] and prints its figures.
+pub fn run(a: &Args) {
+    if !(0.0..1.0).contains(&a.loss) || a.nodes < 2 || a.nodes > 4096 {
+        eprintln!("headcount-perf converge: --loss must be in [0, 1) and --nodes in 2..=4096");
+        std::process::exit(2);
+    }
+    print(
+        a.json,
+        &converge(a.nodes, a.loss, a.seeds.max(1), a.topics, a.joins),
+    )
+}
 
 /// The tick every simulated node runs.
 const TICK: Duration = Duration::from_millis(100);
@@ -27,25 +60,6 @@ const IDLE_TICKS: u32 = 50;
 /// A burst of `joins` joins spread over the nodes and `topics` long-tailed topics.
 fn burst(sim: &mut Sim, seed: u64, joins: u64, topics: u64) {
     sim.burst(seed, joins, topics);
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let p = 10f64.powi(digits);
-    (x * p).round() / p
 }
 
 fn total_bytes(sim: &Sim) -> u64 {
@@ -74,7 +88,7 @@ struct Run {
     resyncs: u64,
 }
 
-fn run(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run {
+fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run {
     let mut sim = Sim::new(nodes, seed, TICK, |_| {});
     sim.faults = Faults {
         loss,
@@ -144,7 +158,7 @@ pub fn converge(nodes: usize, loss: f64, seeds: u64, topics: u64, joins: u64) ->
     let mut idle = Vec::new();
     let mut resyncs = Vec::new();
     for seed in 0..seeds {
-        let r = run(nodes, loss, seed, topics, joins);
+        let r = run_seed(nodes, loss, seed, topics, joins);
         let m = r.ms.unwrap_or_else(|| {
             not_exact += 1;
             u64::from(MAX_TICKS) * tick_ms
@@ -176,130 +190,6 @@ pub fn converge(nodes: usize, loss: f64, seeds: u64, topics: u64, joins: u64) ->
         "burst_bytes_per_node": round(mean(&burst_b), 1),
         "idle_bytes_per_node_per_tick": round(mean(&idle), 1),
         "resync_requests_median": median(&resyncs),
-    })
-}
-
-/// Datagram size and speed figures. See [`wire_for`].
-pub fn wire() -> Value {
-    wire_for(Duration::from_millis(500))
-}
-
-/// - `bytes_per_changed_topic`: a [`Protocol`] with 10,000 `set_local` changes and one `handle_tick`;
-///   the bytes of its delta datagrams (headers and tags included) / 10,000. The same tick's
-///   refresh slices are not counted (they are in `tick_bytes_per_changed_topic`).
-/// - `heartbeat_bytes`: the one datagram an empty node's first tick sends.
-/// - `encode_entries_per_s`: full delta datagrams built and sealed by the [`Encoder`], one core,
-///   for `time`.
-/// - `decode_entries_per_s`: [`Seal::open`] (MAC verified) and every entry read, same.
-pub fn wire_for(time: Duration) -> Value {
-    let seal = Seal::new("perf", b"perf key");
-    let cfg = Config::new(1, 1, TICK);
-    let budget = cfg.budget;
-
-    // Bytes per changed topic, through the protocol.
-    const CHANGED: u64 = 10_000;
-    let mut p = Protocol::new(cfg.clone(), seal.clone());
-    for i in 0..CHANGED {
-        p.set_local(topic_hash(i), (i % 1000) as u32 + 1, None);
-    }
-    p.handle_tick(Instant::now());
-    let (mut delta_bytes, mut deltas, mut tick_bytes) = (0u64, 0u64, 0u64);
-    while let Some(t) = p.poll_transmit() {
-        tick_bytes += t.bytes.len() as u64;
-        if seal.open(&t.bytes).is_ok_and(|d| d.kind == Kind::Delta) {
-            delta_bytes += t.bytes.len() as u64;
-            deltas += 1;
-        }
-    }
-
-    // An idle tick: an empty node's heartbeat.
-    let mut p = Protocol::new(cfg.clone(), seal.clone());
-    p.handle_tick(Instant::now());
-    let mut heartbeat = 0usize;
-    while let Some(t) = p.poll_transmit() {
-        if seal.open(&t.bytes).is_ok_and(|d| d.kind == Kind::Heartbeat) {
-            heartbeat = t.bytes.len();
-        }
-    }
-
-    // Encoding: full delta datagrams, sealed.
-    let enc = Encoder::new(seal.cluster(), 2, 1, TICK.as_millis() as u32, budget);
-    let per = enc.entries_per_datagram(Kind::Delta);
-    let batches: Vec<Vec<(u64, u32)>> = (0..64u64)
-        .map(|b| {
-            (0..per as u64)
-                .map(|i| (topic_hash(b * per as u64 + i), (i as u32 % 500) + 1))
-                .collect()
-        })
-        .collect();
-    let stamp = |seq: u64| Stamp {
-        seq,
-        digest: seq,
-        topics: 0,
-        time: 1_800_000_000_000,
-    };
-    let full = enc
-        .entries(&seal, Kind::Delta, 0, &stamp(1), None, &batches[0])
-        .len();
-    let (mut n, mut seq, mut sink) = (0u64, 0u64, 0usize);
-    let start = Instant::now();
-    while start.elapsed() < time || n == 0 {
-        for b in &batches {
-            seq += 1;
-            let d = enc.entries(
-                &seal,
-                Kind::Delta,
-                FLAG_END,
-                &stamp(seq),
-                None,
-                black_box(b),
-            );
-            sink = sink.wrapping_add(black_box(d).len());
-            n += 1;
-        }
-    }
-    let encode_s = start.elapsed().as_secs_f64();
-    let encode_rate = (n * per as u64) as f64 / encode_s;
-    black_box(sink);
-
-    // Decoding: verify the MAC and read every entry.
-    let dgs: Vec<Vec<u8>> = batches
-        .iter()
-        .enumerate()
-        .map(|(i, b)| enc.entries(&seal, Kind::Delta, 0, &stamp(i as u64 + 1), None, b))
-        .collect();
-    let (mut n, mut entries, mut sum) = (0u64, 0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < time || n == 0 {
-        for d in &dgs {
-            if let Ok(g) = seal.open(black_box(d))
-                && let Body::Entries(e) = g.body
-            {
-                for e in e {
-                    sum = sum.wrapping_add(e.hash.get() ^ u64::from(e.count.get()));
-                }
-                entries += e.len() as u64;
-            }
-            n += 1;
-        }
-    }
-    let decode_s = start.elapsed().as_secs_f64();
-    let decode_rate = entries as f64 / decode_s;
-    black_box(sum);
-
-    json!({
-        "budget": budget,
-        "entries_per_datagram": per,
-        "full_delta_bytes": full,
-        "bytes_per_changed_topic": round(delta_bytes as f64 / CHANGED as f64, 3),
-        "bytes_per_changed_topic_method": "Protocol: 10000 set_local changes, one handle_tick, bytes of the Delta datagrams (headers and tags included) / 10000",
-        "delta_datagrams": deltas,
-        "tick_bytes_per_changed_topic": round(tick_bytes as f64 / CHANGED as f64, 3),
-        "heartbeat_bytes": heartbeat,
-        "encode_entries_per_s": encode_rate.round(),
-        "decode_entries_per_s": decode_rate.round(),
-        "encode_datagrams_per_s": (encode_rate / per as f64).round(),
-        "decode_datagrams_per_s": (decode_rate / per as f64).round(),
     })
 }
 
@@ -338,18 +228,5 @@ mod tests {
             v["bytes_per_node_per_tick"].as_f64().unwrap() >= 80.0,
             "{v}"
         );
-    }
-
-    #[test]
-    fn wire_reports_sane_figures() {
-        let v = wire_for(Duration::from_millis(20));
-        assert_eq!(v["budget"], 1400);
-        assert_eq!(v["entries_per_datagram"], 110);
-        assert_eq!(v["heartbeat_bytes"], 80, "{v}");
-        assert_eq!(v["delta_datagrams"], 91, "{v}");
-        let b = v["bytes_per_changed_topic"].as_f64().unwrap();
-        assert!((12.0..13.0).contains(&b), "{v}");
-        assert!(v["encode_entries_per_s"].as_f64().unwrap() > 0.0);
-        assert!(v["decode_entries_per_s"].as_f64().unwrap() > 0.0);
     }
 }

@@ -7,18 +7,14 @@
 //! measurement's changes), then the given number of topics change by one each (a join, or the
 //! leave of an earlier join), spread over the shards, all claimed by the benchmark thread; then
 //! `engine.sync()` runs a tick, and the time measured is the engine's own `stats().last_tick`
-//! (`iter_custom`, summed over the iterations). The setup lives in `perf/src/rig.rs`, shared with
-//! `headcount-perf reducer`.
+//! (`iter_custom`, summed over the iterations). The setup is `headcount_perf::rig` (`perf/src/rig.rs`),
+//! shared with `headcount-perf reducer`.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 
-#[allow(dead_code)]
-#[path = "../perf/src/rig.rs"]
-mod rig;
-
-use rig::ReducerRig;
+use headcount_perf::rig::ReducerRig;
 
 /// `cargo test --benches` runs each benchmark once, unoptimized: fewer topics keep it quick.
 fn test_mode() -> bool {

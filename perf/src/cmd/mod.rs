@@ -1,0 +1,11 @@
+//! One module per subcommand: its flags (`Args`) and its `run`, which prints the result.
+
+pub mod baseline_redis;
+pub mod conns;
+pub mod converge;
+pub mod hotpath;
+pub mod load;
+pub mod overhead;
+pub mod reducer;
+pub mod soak;
+pub mod wire;

@@ -1,0 +1,96 @@
+//! A global allocator that counts the allocations of the threads that ask for it: how
+//! `headcount-perf hotpath` shows that the hot path allocates nothing (`allocs_per_op`).
+//!
+//! Only a binary installs it (`#[global_allocator] static A: Counting = Counting;`, as
+//! `headcount-perf` does); the criterion benches keep the system allocator. This is the crate's
+//! only unsafe code, and CI runs its test under Miri (`.ci/run`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The system allocator, counting the allocations (`alloc`, `alloc_zeroed`, `realloc`) made by
+/// threads that turned counting on with [`count_allocs`].
+#[derive(Debug)]
+pub struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations are counted. Const-initialized and without a
+    /// destructor, so reading it never allocates.
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+#[inline]
+fn note_alloc() {
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every method forwards to `System` with the same arguments; counting touches only an
+// atomic and a thread-local `Cell`, neither of which allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+/// Turns counting of this thread's allocations on or off. Also a [`crate::rig::Hook`]: the
+/// headcount one-thread hot-path loop counts its own allocations with it.
+pub fn count_allocs(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
+
+/// Allocations counted so far, all threads together (zero unless [`Counting`] is the global
+/// allocator).
+pub fn allocs() -> u64 {
+    ALLOCS.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs under Miri in CI (`.ci/run`): the counting allocator forwards every call intact.
+    #[test]
+    fn counting_allocator_counts_and_forwards() {
+        count_allocs(true);
+        let before = allocs();
+        let mut v: Vec<u64> = (0..100).collect();
+        v.extend(0..1000u64); // realloc
+        let z = vec![0u8; 4096]; // alloc_zeroed
+        let counted = allocs() - before;
+        count_allocs(false);
+        assert!(counted >= 3, "counted {counted}");
+        assert_eq!(v.iter().sum::<u64>(), 4950 + 499_500);
+        assert!(z.iter().all(|&b| b == 0));
+        let before = allocs();
+        drop(vec![1u8; 10]);
+        assert_eq!(allocs(), before, "not counting when off");
+    }
+}

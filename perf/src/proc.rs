@@ -1,0 +1,154 @@
+//! Processes: finding and spawning `headcount serve`, stopping children, and what /proc says
+//! about a process (resident set size, CPU time). Linux: the figures come from /proc.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `headcount` binary beside this one (both are built into the same target directory).
+pub fn headcount_bin() -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = me.with_file_name("headcount");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it first (cargo build --release --bin headcount)",
+            bin.display()
+        ))
+    }
+}
+
+/// Starts `headcount serve --listen 127.0.0.1:0 <args>` and waits until it logs the address it
+/// listens on. Its log's WARN and ERROR lines are copied to this process's standard error.
+pub fn spawn_serve(args: &[&str]) -> Result<(Child, SocketAddr), String> {
+    let bin = headcount_bin()?;
+    let mut child = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let Some(stderr) = child.stderr.take() else {
+        stop(&mut [child]);
+        return Err("no stderr".into());
+    };
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            stop(&mut [child]);
+            return Err("headcount serve exited before listening".into());
+        };
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            match rest.split_whitespace().next().and_then(|a| a.parse().ok()) {
+                Some(a) => break a,
+                None => {
+                    stop(&mut [child]);
+                    return Err("bad listen line".into());
+                }
+            }
+        }
+    };
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if l.contains("WARN") || l.contains("ERROR") {
+                eprintln!("serve: {l}");
+            }
+        }
+    });
+    Ok((child, addr))
+}
+
+/// Stops `procs`: SIGTERM to each, then up to 10 s for all of them to exit, then SIGKILL to
+/// those still running.
+pub fn stop(procs: &mut [Child]) {
+    for p in procs.iter() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &p.id().to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for p in procs.iter_mut() {
+        reap(p, deadline);
+    }
+}
+
+/// Waits until `deadline` for `p` to exit, then kills it (if still running) and reaps it.
+pub fn reap(p: &mut Child, deadline: Instant) {
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = p.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = p.kill();
+    let _ = p.wait();
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// Resident set size of `pid`, in bytes (0 if unknown).
+pub fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// CPU seconds (user + system) `pid` has used (0 if unknown).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name: utime is 14th, stime 15th.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((u + st) / clk_tck())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Clock ticks per second, the unit of /proc's CPU times (`getconf CLK_TCK`, asked once).
+fn clk_tck() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Raises this process's open-file limit to `want` if it can (children inherit it): root may
+/// raise the hard limit, anyone the soft limit up to the hard one. Returns the limit now.
+pub fn raise_nofile(want: u64) -> Result<u64, String> {
+    use rlimit::Resource;
+    let (soft, hard) = Resource::NOFILE.get().map_err(|e| e.to_string())?;
+    if soft >= want {
+        return Ok(soft);
+    }
+    if Resource::NOFILE.set(want, want.max(hard)).is_ok() {
+        return Ok(want);
+    }
+    let _ = Resource::NOFILE.set(hard, hard);
+    Ok(hard)
+}
