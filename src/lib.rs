@@ -39,6 +39,21 @@
 //!   counts into another topic. Look the name up again. A worker that blocks (an event loop
 //!   waiting for I/O) calls [`Shard::park`] first, so that it never holds up the reuse of ids.
 //!
+//! ## Layout
+//!
+//! A room for each concern, and the arrows point one way: the engine uses the core and the
+//! cluster; the cluster uses neither; the core uses nothing outside itself.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | `core` (`src/core/`) | the counting itself, with no IO and no threads: `hot` (the per-core slots, the shared core, generations, thread ids: all the hot path's unsafe code), `shard` ([`Shard`], [`Presence`]), `topic` ([`Topic`], interning, [`wire_hash`], retirement's table side), `reducer` (the per-tick sum, the staleness bound, retirement; its loom models), `ring` (a shard's dirty ring), `view` (published counts, [`ChangeFeed`]), `sync` (std or loom atomics) |
+//! | [`cluster`] (`src/cluster/`) | the datagram layouts and MAC (`wire`), the sans-IO protocol (`protocol`: peer table, cluster sums), a deterministic simulation (`sim`) |
+//! | `engine` (`src/engine/`) | the [`Engine`] handle and its read API, the [`Builder`] and its [`defaults`], the engine thread (`driver`: the only mio user, one tick in named steps), the sockets (`net`: [`Transport`]), the counters ([`Stats`], [`ClusterStats`]) |
+//! | `error` | [`Error`] |
+//!
+//! Every public item is re-exported here; the module paths above are internal (except
+//! [`cluster`], public for simulations, benchmarks and fuzzing).
+//!
 //! ## Features
 //!
 //! - `affinity` (default): count CPUs and pin the engine thread with `core_affinity`.
@@ -48,26 +63,20 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cluster;
+mod core;
 mod engine;
 mod error;
-mod net;
-mod reducer;
-mod ring;
-mod shard;
-mod sync;
-mod topic;
-mod view;
 
+pub use crate::core::shard::{Presence, Shard};
+pub use crate::core::topic::{OVERFLOW_NAME, Topic, wire_hash};
+pub use crate::core::view::{ChangeFeed, FeedEvent, TickChanges};
 pub use cluster::protocol::{NodeInfo, ProtoStats};
 pub use cluster::wire::Reject;
-pub use engine::{
-    Builder, ClusterStats, DEFAULT_GROUP, Engine, Stats, TICK_BUCKETS, cpus, node_id_for,
-};
+pub use engine::Engine;
+pub use engine::builder::{Builder, DEFAULT_GROUP, cpus, defaults, node_id_for};
+pub use engine::net::Transport;
+pub use engine::stats::{ClusterStats, Stats, TICK_BUCKETS};
 pub use error::Error;
-pub use net::Transport;
-pub use shard::{Presence, Shard};
-pub use topic::{OVERFLOW_NAME, Topic, wire_hash};
-pub use view::{ChangeFeed, FeedEvent, TickChanges};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 
-use crate::shard::Hot;
-use crate::sync::Ordering;
+use crate::core::hot::Hot;
+use crate::core::sync::Ordering;
 
 /// A handle to an interned topic: `Copy`, eight bytes, valid until the topic is retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
