@@ -188,7 +188,7 @@ impl Builder {
         self
     }
 
-    /// Ticks of changes kept for slow [`ChangeFeed`] readers (default 64).
+    /// Ticks of changes kept for slow [`ChangeFeed`](crate::ChangeFeed) readers (default 64).
     pub fn feed_capacity(mut self, n: usize) -> Self {
         self.feed_capacity = n;
         self

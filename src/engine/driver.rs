@@ -35,7 +35,8 @@ pub(crate) struct Settings {
     pub(crate) first_tick: Duration,
     pub(crate) retire_after: Duration,
     pub(crate) max_topics: usize,
-    /// Pin the engine thread to the last CPU.
+    /// Pin the engine thread to the last CPU (the builder refuses it without `affinity`).
+    #[cfg_attr(not(feature = "affinity"), allow(dead_code))]
     pub(crate) pin: bool,
 }
 
