@@ -41,18 +41,28 @@
 //!
 //! ## Layout
 //!
-//! A room for each concern, and the arrows point one way: the engine uses the core and the
-//! cluster; the cluster uses neither; the core uses nothing outside itself.
+//! Where each thing lives, from the worker's join to the datagram. The arrows point one way:
+//! `engine` uses `core` and `cluster`; `cluster` uses neither; `core` uses nothing but `error`.
 //!
-//! | module | what it owns |
-//! |---|---|
-//! | `core` (`src/core/`) | the counting itself, with no IO and no threads: `hot` (the per-core slots, the shared core, generations, thread ids: all the hot path's unsafe code), `shard` ([`Shard`], [`Presence`]), `topic` ([`Topic`], interning, [`wire_hash`], retirement's table side), `reducer` (the per-tick sum, the staleness bound, retirement; its loom models), `ring` (a shard's dirty ring), `view` (published counts, [`ChangeFeed`]), `sync` (std or loom atomics) |
-//! | [`cluster`] (`src/cluster/`) | the datagram layouts and MAC (`wire`), the sans-IO protocol (`protocol`: peer table, cluster sums), a deterministic simulation (`sim`) |
-//! | `engine` (`src/engine/`) | the [`Engine`] handle and its read API, the [`Builder`] and its [`defaults`], the engine thread (`driver`: the only mio user, one tick in named steps), the sockets (`net`: [`Transport`]), the counters ([`Stats`], [`ClusterStats`]) |
-//! | `error` | [`Error`] |
+//! - `src/core/`: the counting itself, with no sockets and no threads of its own.
+//!   - `hot.rs`: the per-core slots, the shared core, topic generations, thread ids: all the hot
+//!     path's unsafe code, addressed by `(id, generation)`.
+//!   - `shard.rs`: [`Shard`] and [`Presence`], the pool of shards and per-thread bindings.
+//!   - `topic.rs`: [`Topic`], name interning, [`wire_hash`], the table's side of retirement.
+//!   - `reducer.rs`: the per-tick sum of what changed, the staleness bound, two-phase retirement
+//!     (its loom models: `reducer/loom_tests.rs`).
+//!   - `ring.rs` (a shard's dirty ring), `view.rs` (published counts, [`ChangeFeed`]), `sync.rs`
+//!     (std's atomics, or loom's).
+//! - `src/cluster/` ([`cluster`]): the datagram layouts and MAC (`wire`), the sans-IO protocol
+//!   (`protocol`: the peer table and the cluster sums), a deterministic simulation (`sim`).
+//! - `src/engine/`: `mod.rs` ([`Engine`] and its read API), `builder.rs` ([`Builder`], every
+//!   default once: [`defaults`]), `driver.rs` (the engine thread, the only mio user: one tick as
+//!   named steps), `net.rs` (the sockets, [`Transport`]), `stats.rs` ([`Stats`],
+//!   [`ClusterStats`]).
+//! - `src/error.rs`: [`Error`].
 //!
-//! Every public item is re-exported here; the module paths above are internal (except
-//! [`cluster`], public for simulations, benchmarks and fuzzing).
+//! Every public item is re-exported here at the root; of the modules, only [`cluster`] is public
+//! (for simulations, benchmarks and fuzzing).
 //!
 //! ## Features
 //!

@@ -32,7 +32,7 @@
 //! that its next join or leave takes the cold path of [`Core::observe`], which lowers `parked`
 //! (sequentially consistent) and then re-reads the epoch with a sequentially consistent load
 //! before any generation check. The reducer skips parked cores when it decides whether phase two
-//! may run; `reducer.rs` (Retirement) has the argument and the loom model.
+//! may run; `reducer.rs` (Retirement) has the argument, `reducer/loom_tests.rs` the loom models.
 //!
 //! # Threads
 //!
@@ -145,7 +145,8 @@ impl Core {
             // store (it sees the core unparked and waits for `seen` as usual), or it comes before,
             // and then so does its earlier store of the epoch: the load below returns that epoch
             // or a later one and, acquiring it, every generation bumped before it. An acquire load
-            // would not do (it may return an older epoch); see the loom model in `reducer.rs`.
+            // would not do (it may return an older epoch): the loom models in
+            // `reducer/loom_tests.rs` fail with one.
             self.hdr.parked.store(false, Ordering::SeqCst);
             e = epoch.load(Ordering::SeqCst);
         }

@@ -41,8 +41,8 @@
 //! Cores with `joiner` 0 are skipped: nothing can join through them, and one that gets a handle
 //! sets `joiner` (SeqCst) and then re-reads the epoch with an RMW, the same handshake with
 //! `joiner` in place of `parked`. The loom models `loom_parked_*` (in `reducer/loom_tests.rs`)
-//! check the parked case with the real [`quiet`], `Core::park` and `Core::observe`; weakening either side of the handshake
-//! makes them fail.
+//! check the parked case with the real [`quiet`], `Core::park` and `Core::observe`; weakening
+//! either side of the handshake makes them fail.
 //!
 //! Bound: phase two runs in the first tick after `t1` at which every core that can join has
 //! joined or left since `t1`'s epoch store, or is parked (a park before `t1` counts), or has no
@@ -214,7 +214,8 @@ pub(crate) fn quiet(hot: &Hot) -> u64 {
     for core in hot.cores.iter() {
         let h = &core.hdr;
         // All three sequentially consistent or acquire: see `ShardPool::bind` in `shard.rs`
-        // (`joiner`) and `Core::new_epoch` in `hot.rs` (`parked`) for the other side of each handshake.
+        // (`joiner`) and `Core::new_epoch` in `hot.rs` (`parked`) for the other side of each
+        // handshake.
         if h.joiner.load(Ordering::SeqCst) != 0 && !h.parked.load(Ordering::SeqCst) {
             quiet = quiet.min(h.seen.load(Ordering::Acquire));
         }

@@ -1,6 +1,6 @@
-//! The engine: the [`Engine`] handle and its read API (this file), the [`Builder`](crate::Builder) and
-//! every default (`builder.rs`), the engine thread (`driver.rs`: the only user of mio), the
-//! sockets (`net.rs`) and the counters (`stats.rs`).
+//! The engine: the [`Engine`] handle and its read API (this file), the
+//! [`Builder`](crate::Builder) and every default (`builder.rs`), the engine thread (`driver.rs`:
+//! the only user of mio), the sockets (`net.rs`) and the counters (`stats.rs`).
 //!
 //! The arrows point one way: `builder` uses `driver`, `net`, `stats` and this file; `driver` uses
 //! `net`, `stats` and this file; this file uses `stats`; `net` and `stats` use none of them. All
