@@ -39,6 +39,31 @@
 //!   counts into another topic. Look the name up again. A worker that blocks (an event loop
 //!   waiting for I/O) calls [`Shard::park`] first, so that it never holds up the reuse of ids.
 //!
+//! ## Layout
+//!
+//! Where each thing lives, from the worker's join to the datagram. The arrows point one way:
+//! `engine` uses `core` and `cluster`; `cluster` uses neither; `core` uses nothing but `error`.
+//!
+//! - `src/core/`: the counting itself, with no sockets and no threads of its own.
+//!   - `hot.rs`: the per-core slots, the shared core, topic generations, thread ids: all the hot
+//!     path's unsafe code, addressed by `(id, generation)`.
+//!   - `shard.rs`: [`Shard`] and [`Presence`], the pool of shards and per-thread bindings.
+//!   - `topic.rs`: [`Topic`], name interning, [`wire_hash`], the table's side of retirement.
+//!   - `reducer.rs`: the per-tick sum of what changed, the staleness bound, two-phase retirement
+//!     (its loom models: `reducer/loom_tests.rs`).
+//!   - `ring.rs` (a shard's dirty ring), `view.rs` (published counts, [`ChangeFeed`]), `sync.rs`
+//!     (std's atomics, or loom's).
+//! - `src/cluster/` ([`cluster`]): the datagram layouts and MAC (`wire`), the sans-IO protocol
+//!   (`protocol`: the peer table and the cluster sums), a deterministic simulation (`sim`).
+//! - `src/engine/`: `mod.rs` ([`Engine`] and its read API), `builder.rs` ([`Builder`], every
+//!   default once: [`defaults`]), `driver.rs` (the engine thread, the only mio user: one tick as
+//!   named steps), `net.rs` (the sockets, [`Transport`]), `stats.rs` ([`Stats`],
+//!   [`ClusterStats`]).
+//! - `src/error.rs`: [`Error`].
+//!
+//! Every public item is re-exported here at the root; of the modules, only [`cluster`] is public
+//! (for simulations, benchmarks and fuzzing).
+//!
 //! ## Features
 //!
 //! - `affinity` (default): count CPUs and pin the engine thread with `core_affinity`.
@@ -48,26 +73,20 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod cluster;
+mod core;
 mod engine;
 mod error;
-mod net;
-mod reducer;
-mod ring;
-mod shard;
-mod sync;
-mod topic;
-mod view;
 
+pub use crate::core::shard::{Presence, Shard};
+pub use crate::core::topic::{OVERFLOW_NAME, Topic, wire_hash};
+pub use crate::core::view::{ChangeFeed, FeedEvent, TickChanges};
 pub use cluster::protocol::{NodeInfo, ProtoStats};
 pub use cluster::wire::Reject;
-pub use engine::{
-    Builder, ClusterStats, DEFAULT_GROUP, Engine, Stats, TICK_BUCKETS, cpus, node_id_for,
-};
+pub use engine::Engine;
+pub use engine::builder::{Builder, DEFAULT_GROUP, cpus, defaults, node_id_for};
+pub use engine::net::Transport;
+pub use engine::stats::{ClusterStats, Stats, TICK_BUCKETS};
 pub use error::Error;
-pub use net::Transport;
-pub use shard::{Presence, Shard};
-pub use topic::{OVERFLOW_NAME, Topic, wire_hash};
-pub use view::{ChangeFeed, FeedEvent, TickChanges};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -6,7 +6,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering, zeroed_u64};
+use crate::core::sync::{AtomicU64, AtomicUsize, Ordering, zeroed_u64};
 
 pub(crate) struct Ring {
     buf: Box<[AtomicU64]>,

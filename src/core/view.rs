@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::sync::{AtomicU64, Ordering, zeroed_u64};
+use crate::core::sync::{AtomicU64, Ordering, zeroed_u64};
 
 pub(crate) struct View {
     /// Per topic, side by side (one cache line for both): `[2 id]` local, `[2 id + 1]` cluster.

@@ -10,8 +10,9 @@ use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
 
-use crate::shard::Hot;
-use crate::sync::Ordering;
+use crate::core::hot::Hot;
+use crate::core::sync::Ordering;
+use crate::error::Error;
 
 /// A handle to an interned topic: `Copy`, eight bytes, valid until the topic is retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +145,7 @@ impl Topics {
     }
 
     /// The handle for `name`, interning it if new.
-    pub(crate) fn intern(&self, name: &str, hot: &Hot) -> Result<Topic, crate::Error> {
+    pub(crate) fn intern(&self, name: &str, hot: &Hot) -> Result<Topic, Error> {
         let mut a = self.lock();
         let map = self.by_name.pin();
         if let Some(e) = map.get(name) {
@@ -166,7 +167,7 @@ impl Topics {
                 a.next - 1
             }
             None => {
-                return Err(crate::Error::TopicsFull {
+                return Err(Error::TopicsFull {
                     capacity: self.capacity,
                 });
             }
@@ -347,7 +348,7 @@ mod tests {
         t.intern("b", &hot).unwrap();
         assert!(matches!(
             t.intern("c", &hot),
-            Err(crate::Error::TopicsFull { capacity: 3 })
+            Err(Error::TopicsFull { capacity: 3 })
         ));
         assert_eq!(t.resolve("c", &hot), Topic::OVERFLOW);
         assert!(
