@@ -1,4 +1,4 @@
-//! Logs through `tracing`: human-readable lines on standard error by default, one JSON object
+//! The `headcount` binary's logs, through `tracing`: human-readable lines on standard error by default, one JSON object
 //! per line with `--log-format json`.
 
 use std::io::IsTerminal;
