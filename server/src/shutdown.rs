@@ -14,7 +14,8 @@ pub struct Shutdown {
 #[derive(Default)]
 struct Inner {
     stop: AtomicBool,
-    /// Called once when triggered (the workers' wakers), and a condition to wait on.
+    /// Called when triggered (the workers' wakers; kept as long as the handle), and a
+    /// condition to wait on.
     wake: Mutex<Vec<Box<dyn Fn() + Send>>>,
     done: Condvar,
 }
@@ -36,17 +37,18 @@ impl Shutdown {
     /// Stops the server: the workers stop at their next turn boundary, close their listeners
     /// and connections (their presences leave), and the engine says goodbye to the cluster.
     pub fn trigger(&self) {
-        let wakers = {
-            let mut w = self
+        {
+            let w = self
                 .inner
                 .wake
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             self.inner.stop.store(true, Ordering::SeqCst);
-            std::mem::take(&mut *w)
-        };
-        for w in wakers {
-            w();
+            // Kept, not dropped: a worker's waker closed right after waking it could take the
+            // wakeup with it (closing an eventfd drops its pending event from the poll).
+            for wake in w.iter() {
+                wake();
+            }
         }
         self.inner.done.notify_all();
     }
@@ -64,11 +66,9 @@ impl Shutdown {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if self.inner.stop.load(Ordering::SeqCst) {
-            drop(w);
             wake();
-        } else {
-            w.push(Box::new(wake));
         }
+        w.push(Box::new(wake));
     }
 
     /// Blocks until triggered.

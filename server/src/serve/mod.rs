@@ -2,17 +2,21 @@
 //! triggered. `headcount serve` is a thin shell over it (flags, logging, signals); tests and
 //! programs that embed the server call it in-process.
 //!
-//! ```no_run
+//! ```
 //! use headcount_server::config::Settings;
+//! use headcount_server::resp::client::{Client, Value};
 //! use headcount_server::serve::{self, Shutdown};
 //!
-//! let (listen, settings) = Settings::from_args(["--standalone", "--workers", "2"])?;
+//! let (listen, settings) =
+//!     Settings::from_args(["--standalone", "--listen", "127.0.0.1:0", "--workers", "1"])?;
 //! let listeners = serve::bind(listen, settings.workers)?;
 //! let addr = listeners[0].local_addr()?;
 //! let shutdown = Shutdown::new();
 //! let stop = shutdown.clone();
 //! let server = std::thread::spawn(move || serve::run(listeners, settings, stop));
-//! // … talk RESP to `addr` …
+//!
+//! let mut c = Client::connect(addr)?;
+//! assert_eq!(c.cmd(&["JOIN", "room:1"])?, Value::Int(1));
 //! shutdown.trigger();
 //! server.join().unwrap()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
