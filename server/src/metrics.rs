@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::ConfigError;
 use crate::shared::Shared;
-use crate::stats::{self, Section, Stat, Value, Visitor};
+use crate::stats::{self, Metric, Section, Stat, Value, Visitor};
 
 /// The running endpoint; dropping it stops accepting (without waiting for a slow scraper).
 pub struct Endpoint {
@@ -156,18 +156,13 @@ struct Prometheus {
     family: &'static str,
 }
 
-impl Visitor for Prometheus {
-    fn section(&mut self, _: Section) -> bool {
-        true
-    }
-
-    fn stat(&mut self, s: Stat<'_>) {
-        let Some(m) = s.metric else { return };
-        let o = &mut self.out;
+impl Prometheus {
+    /// `HELP` and `TYPE`, once per family.
+    fn head(&mut self, m: &Metric<'_>) {
         if m.name != self.family {
             self.family = m.name;
             let _ = write!(
-                o,
+                self.out,
                 "# HELP {} {}\n# TYPE {} {}\n",
                 m.name,
                 m.help,
@@ -175,6 +170,22 @@ impl Visitor for Prometheus {
                 m.kind.name()
             );
         }
+    }
+}
+
+impl Visitor for Prometheus {
+    fn section(&mut self, _: Section) -> bool {
+        true
+    }
+
+    fn family(&mut self, m: &Metric<'_>) {
+        self.head(m);
+    }
+
+    fn stat(&mut self, s: Stat<'_>) {
+        let Some(m) = s.metric else { return };
+        self.head(&m);
+        let o = &mut self.out;
         let series = match m.label {
             Some((k, v)) => format!("{}{{{k}=\"{}\"}}", m.name, label(v)),
             None => m.name.to_string(),

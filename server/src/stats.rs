@@ -106,6 +106,8 @@ pub trait Visitor {
     /// A section starts; false skips it (nothing of it is even computed).
     fn section(&mut self, s: Section) -> bool;
     fn stat(&mut self, s: Stat<'_>);
+    /// A family of labelled series starts (told even when it has none).
+    fn family(&mut self, _: &Metric<'_>) {}
 }
 
 /// In `INFO` only.
@@ -426,14 +428,19 @@ pub fn visit(shared: &Shared, top: usize, v: &mut dyn Visitor) {
         }
     }
     if top > 0 && v.section(Section::Topics) {
+        let family = Metric {
+            name: "headcount_topic_presences",
+            kind: Gauge,
+            help: "Cluster-wide count of the busiest topics.",
+            label: None,
+        };
+        v.family(&family);
         for (name, c) in engine.top(top) {
             v.stat(Stat {
                 info: None,
                 metric: Some(Metric {
-                    name: "headcount_topic_presences",
-                    kind: Gauge,
-                    help: "Cluster-wide count of the busiest topics.",
                     label: Some(("topic", &name)),
+                    ..family
                 }),
                 value: Value::Int(c),
             });
