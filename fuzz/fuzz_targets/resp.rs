@@ -1,5 +1,5 @@
-//! Fuzzes `headcount serve`'s RESP request parser (`src/bin/headcount/resp.rs`, included here
-//! by path: it lives in the binary crate).
+//! Fuzzes `headcount serve`'s RESP request parser (`headcount_server::resp::parse`, in
+//! `server/src/resp/parse.rs`).
 //!
 //! ```text
 //! cd fuzz && mkdir -p corpus/resp
@@ -34,11 +34,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../src/bin/headcount/resp.rs"]
-mod resp;
-
-use resp::{Limits, MAX_INLINE, Parsed, ProtoError};
+use headcount_server::resp::{self, Limits, MAX_INLINE, Parsed, ProtoError};
 
 /// What parsing a stream produced, in order.
 #[derive(Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ pub fn headcount_bin() -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!(
-            "{} not found: build it first (cargo build --release --bin headcount)",
+            "{} not found: build it first (cargo build --release -p headcount-server)",
             bin.display()
         ))
     }

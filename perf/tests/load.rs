@@ -12,7 +12,7 @@ fn ensure_headcount_bin() {
         return;
     }
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "headcount", "--bin", "headcount"]);
+    cmd.args(["build", "-p", "headcount-server", "--bin", "headcount"]);
     if perf
         .parent()
         .and_then(|p| p.file_name())

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, unique_cluster};
+use common::{Client, Reply, Spawned, unique_cluster};
 use headcount::cluster::protocol::{Config, Protocol};
 use headcount::cluster::wire::{Encoder, FLAG_NAMES, FLAG_STATE, Kind, Seal, Stamp};
 use socket2::{Domain, Protocol as IpProto, SockAddr, Socket, Type};
@@ -42,8 +42,8 @@ fn free_port() -> u16 {
 }
 
 /// A `serve` node of the test cluster on `listen`.
-fn node(g: SocketAddrV4, cluster: &str, key: &Path, listen: &str) -> Server {
-    Server::spawn(&[
+fn node(g: SocketAddrV4, cluster: &str, key: &Path, listen: &str) -> Spawned {
+    Spawned::spawn(&[
         "serve",
         "--listen",
         listen,

@@ -1,6 +1,6 @@
-//! RESP for `serve`: a strict request parser and a reply writer.
+//! The request parser: strict, flat, allocation-free.
 //!
-//! **Requests.** A client sends either a RESP array of bulk strings (`*2\r\n$4\r\nJOIN\r\n$4\r\nroom\r\n`,
+//! A client sends either a RESP array of bulk strings (`*2\r\n$4\r\nJOIN\r\n$4\r\nroom\r\n`,
 //! what every Redis client library sends) or an inline command (`JOIN room\r\n`, what a person
 //! types into `telnet`). That is all Redis itself accepts as a request, so that is all this
 //! parser accepts; anything else is a protocol error, answered and followed by closing the
@@ -12,9 +12,6 @@
 //! It also builds a `Vec` per request. This parser is flat, allocates nothing (the caller's
 //! argument list is reused), and checks the limits before it buffers anything. The crate is the
 //! oracle in this module's property tests.
-//!
-//! **Replies** are written straight into an output buffer; RESP3 forms (maps, nulls, verbatim
-//! text) are used after a client asks for protocol 3 with `HELLO 3`.
 
 use std::ops::Range;
 
@@ -70,7 +67,10 @@ pub enum Parsed {
     Unquoted(usize),
     /// Not a whole request yet: nothing can parse before the buffer holds `need` bytes (so a
     /// large request sent in small pieces is not re-parsed on every read).
-    Incomplete { need: usize },
+    Incomplete {
+        /// The least length the buffer must reach before parsing again.
+        need: usize,
+    },
 }
 
 /// Finds the first `\r\n` at or after `from`; returns the index of the `\r`.
@@ -334,94 +334,6 @@ fn split_quoted(
     }
 }
 
-/// Writes replies into a buffer, in RESP2 or (after `HELLO 3`) RESP3.
-pub struct Reply<'a> {
-    pub out: &'a mut Vec<u8>,
-    pub resp3: bool,
-}
-
-impl Reply<'_> {
-    fn line(&mut self, prefix: u8, n: impl itoa::Integer) {
-        self.out.push(prefix);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    /// `+OK`-style status. `s` must not contain CR or LF.
-    pub fn simple(&mut self, s: &str) {
-        self.out.push(b'+');
-        self.out.extend_from_slice(s.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    /// An error; `msg` starts with its code (`ERR`, `NOAUTH`, …). CR and LF become spaces.
-    pub fn error(&mut self, msg: &str) {
-        self.out.push(b'-');
-        self.out.extend(
-            msg.bytes()
-                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-        );
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    pub fn int(&mut self, n: i64) {
-        self.line(b':', n);
-    }
-
-    pub fn uint(&mut self, n: u64) {
-        self.int(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
-    pub fn bulk(&mut self, b: &[u8]) {
-        self.line(b'$', b.len());
-        self.out.extend_from_slice(b);
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    pub fn null(&mut self) {
-        if self.resp3 {
-            self.out.extend_from_slice(b"_\r\n");
-        } else {
-            self.out.extend_from_slice(b"$-1\r\n");
-        }
-    }
-
-    pub fn array(&mut self, n: usize) {
-        self.line(b'*', n);
-    }
-
-    /// A map of `n` pairs (RESP3), or a flat array of `2n` items (RESP2).
-    pub fn map(&mut self, n: usize) {
-        if self.resp3 {
-            self.line(b'%', n);
-        } else {
-            self.line(b'*', 2 * n);
-        }
-    }
-
-    pub fn boolean(&mut self, b: bool) {
-        if self.resp3 {
-            self.out
-                .extend_from_slice(if b { b"#t\r\n" } else { b"#f\r\n" });
-        } else {
-            self.int(i64::from(b));
-        }
-    }
-
-    /// Human-readable text (`INFO`): a verbatim string in RESP3, a bulk string in RESP2.
-    pub fn text(&mut self, s: &str) {
-        if self.resp3 {
-            self.line(b'=', s.len() + 4);
-            self.out.extend_from_slice(b"txt:");
-            self.out.extend_from_slice(s.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
-        } else {
-            self.bulk(s.as_bytes());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,37 +477,6 @@ mod tests {
         // The nesting that overflows a recursive decoder is one error here.
         let deep = b"*1\r\n".repeat(200_000);
         assert_eq!(args_of(&deep), Err(ProtoError::Syntax("expected '$'")));
-    }
-
-    #[test]
-    fn reply_forms() {
-        let mut out = Vec::new();
-        let mut r = Reply {
-            out: &mut out,
-            resp3: false,
-        };
-        r.simple("OK");
-        r.error("ERR bad\r\nthing");
-        r.int(-3);
-        r.bulk(b"hi");
-        r.null();
-        r.map(1);
-        r.boolean(true);
-        r.text("a:1");
-        assert_eq!(
-            out,
-            b"+OK\r\n-ERR bad  thing\r\n:-3\r\n$2\r\nhi\r\n$-1\r\n*2\r\n:1\r\n$3\r\na:1\r\n"
-        );
-        let mut out = Vec::new();
-        let mut r = Reply {
-            out: &mut out,
-            resp3: true,
-        };
-        r.null();
-        r.map(1);
-        r.boolean(false);
-        r.text("a:1");
-        assert_eq!(out, b"_\r\n%1\r\n#f\r\n=7\r\ntxt:a:1\r\n");
     }
 
     proptest! {

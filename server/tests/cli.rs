@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Server, unique_cluster};
+use common::{BIN, Reply, Server, Spawned, unique_cluster};
 
 /// Runs the binary to its exit (killed after 60 s: a command that should fail at once must not
 /// hang the test).
@@ -64,9 +64,14 @@ fn help_for_every_subcommand() {
     let o = run(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for sub in ["serve", "watch", "demo", "node"] {
+    for sub in ["serve", "watch", "demo"] {
         assert!(t.contains(sub), "{sub} in {t}");
     }
+    // `node` (a building block of the multi-process tests) is hidden, not gone.
+    assert!(
+        !t.lines().any(|l| l.trim_start().starts_with("node ")),
+        "node is hidden: {t}"
+    );
     for (sub, flags) in [
         (
             "serve",
@@ -171,7 +176,7 @@ fn bad_config_files_are_clear_errors() {
         "good.toml",
         "listen = \"203.0.113.1:1\"\nstandalone = true\nworkers = 1\n",
     );
-    let s = Server::start(&["--config", &good]);
+    let s = Spawned::start(&["--config", &good]);
     let mut c = s.connect();
     assert_eq!(c.cmd(&["PING"]), common::V::Simple("PONG".into()));
 }

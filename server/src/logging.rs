@@ -1,5 +1,6 @@
-//! Logs through `tracing`: human-readable lines on standard error by default, one JSON object
-//! per line with `--log-format json`.
+//! The `headcount` binary's logs, through `tracing`: human-readable lines on standard error by
+//! default, one JSON object per line with `--log-format json`. (The library only emits events;
+//! installing a subscriber is the program's choice.)
 
 use std::io::IsTerminal;
 

@@ -4,11 +4,11 @@
 //! once per [`QUIET`] (with the count since), so a flood cannot flood the log.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headcount::{Engine, Reject};
+
+use crate::shutdown::Shutdown;
 
 /// Least time between two log lines about the same condition.
 const QUIET: Duration = Duration::from_secs(30);
@@ -36,8 +36,8 @@ fn advice(r: Reject) -> Option<&'static str> {
     })
 }
 
-/// Starts the watchdog thread; it stops soon after `stop` is set.
-pub fn spawn(engine: Engine, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+/// Starts the watchdog thread; it stops soon after `stop` is triggered.
+pub fn spawn(engine: Engine, stop: Shutdown) -> Option<std::thread::JoinHandle<()>> {
     engine.cluster_stats()?;
     std::thread::Builder::new()
         .name("headcount-watchdog".into())
@@ -45,7 +45,7 @@ pub fn spawn(engine: Engine, stop: Arc<AtomicBool>) -> Option<std::thread::JoinH
         .ok()
 }
 
-fn run(engine: &Engine, stop: &AtomicBool) {
+fn run(engine: &Engine, stop: &Shutdown) {
     let mut seen = [0u64; Reject::COUNT];
     let mut logged: HashMap<String, Instant> = HashMap::new();
     let mut due = |key: String| {
@@ -58,9 +58,9 @@ fn run(engine: &Engine, stop: &AtomicBool) {
             }
         }
     };
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_triggered() {
         for _ in 0..10 {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_triggered() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use headcount::Engine;
 use serde::Serialize;
 
-use crate::config::{Cluster, ClusterArgs, ConfigError, FileConfig};
+use headcount_server::config::{Cluster, ClusterOptions, ConfigError, Transport};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,7 +34,7 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     #[command(flatten)]
-    cluster: ClusterArgs,
+    cluster: ClusterOptions,
 }
 
 /// One topic line.
@@ -199,9 +199,8 @@ pub fn stop_on_signal() -> Arc<AtomicBool> {
 }
 
 pub fn run(a: Args) -> Result<ExitCode, ConfigError> {
-    let f = FileConfig::load(a.cluster.config.as_deref())?;
-    let cluster = Cluster::merge(&a.cluster, &f)?;
-    if matches!(cluster.transport, crate::config::Transport::Standalone) {
+    let cluster = Cluster::new(&a.cluster);
+    if matches!(cluster.transport, Transport::Standalone) {
         return Err(ConfigError(
             "--standalone: watch needs a cluster to watch".into(),
         ));

@@ -28,45 +28,30 @@
 //! work (a turn's start is its first reading), so a turn of cheap commands reads it rarely and
 //! a turn of heavy ones (`TOP` over a huge table) ends after its second. A connection with more
 //! to do goes to the back of the ready list, its unparsed input carried, and the loop looks at
-//! the stop flag between turns.
 
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use headcount::Shard;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::commands::{self, Args, Ctx, Session};
-use super::{Shared, WorkerStats};
+use super::conn::{Conn, EMIT_AT, READ_CHUNK, Sparse, Turn, emit, flush, max_output, pause_at};
+use crate::commands::{self, Args, Ctx, Session};
 use crate::resp::{self, Parsed, Reply};
+use crate::shared::{Shared, WorkerStats};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
 
-/// Bytes read per `read` call (into the worker-wide buffer).
-const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before the others have theirs.
 const READS_PER_TURN: usize = 8;
-/// Commands one connection gets answered per turn.
-const COMMANDS_PER_TURN: u32 = 4096;
-/// Bytes of replies one connection gets made per turn (one command may go past it).
-const REPLY_BYTES_PER_TURN: usize = 512 * 1024;
-/// Time one connection's turn may take, give or take one command.
-const TURN_TIME: Duration = Duration::from_millis(1);
 /// Connections accepted per pass of the loop; the rest wait for the next pass.
 const ACCEPTS_PER_TURN: usize = 256;
-/// Unsent replies at which an authenticated client is paused: not read, not answered, until the
-/// socket takes some of them.
-const PAUSE_AT: usize = 256 * 1024;
-/// Before AUTH: unsent replies past this close the connection (a client that is not reading
-/// its error replies is not a client). Every reply before AUTH is short, so a client that
-/// reads them never comes near it.
-const PRE_AUTH_MAX_OUTPUT: usize = 16 * 1024;
 /// How often a worker holding buffers looks at the memory budget when nothing else wakes it.
 const BUDGET_CHECK: Duration = Duration::from_millis(100);
 /// Request limits before AUTH succeeds (as Redis: an unauthenticated client cannot make the
@@ -76,135 +61,13 @@ const PRE_AUTH: resp::Limits = resp::Limits {
     max_arg_len: 16 * 1024,
 };
 
-/// One client connection: 48 bytes while it has nothing buffered (most of the time).
-struct Conn {
-    stream: TcpStream,
-    session: Session,
-    /// Buffers, only while there is something in them.
-    bufs: Option<Box<Bufs>>,
-    /// On the ready list for a turn in the next pass.
-    queued: bool,
-    /// The peer shut down its side: read until EOF rather than trust a short read.
-    read_closed: bool,
-}
-
-// (mio adds a selector id to every socket in debug builds.)
-#[cfg(not(debug_assertions))]
-const _: () = assert!(size_of::<Conn>() <= 48);
-
-#[derive(Default)]
-struct Bufs {
-    /// Requests carried over: a partial one, or whole ones left unanswered because the output
-    /// was full or the turn used up.
-    input: Vec<u8>,
-    /// Parse `input` again only once it holds this many bytes (0: it may hold whole requests).
-    need: usize,
-    /// Replies the socket would not take yet.
-    output: Vec<u8>,
-    /// The bytes these buffers are counted as holding (0: not counted, not in `holders`).
-    held: usize,
-    /// This connection's index in the worker's `holders`.
-    slot: usize,
-    /// Counted in the paused-clients gauge.
-    paused: bool,
-}
-
-impl Conn {
-    fn output_len(&self) -> usize {
-        self.bufs.as_ref().map_or(0, |b| b.output.len())
-    }
-
-    fn bufs(&mut self) -> &mut Bufs {
-        self.bufs.get_or_insert_with(Box::default)
-    }
-
-    /// Whole requests may be waiting in the carried input.
-    fn has_carried(&self) -> bool {
-        self.bufs
-            .as_ref()
-            .is_some_and(|b| !b.input.is_empty() && b.input.len() >= b.need)
-    }
-}
-
-/// Unsent replies at which this session is paused. Never before AUTH: closed instead.
-fn pause_at(s: &Session) -> usize {
-    if s.authed { PAUSE_AT } else { usize::MAX }
-}
-
-/// Unsent replies past which this session is closed.
-fn max_output(s: &Session, limit: usize) -> usize {
-    if s.authed {
-        limit
-    } else {
-        limit.min(PRE_AUTH_MAX_OUTPUT)
-    }
-}
-
-/// One connection's turn: what it has used of its budget.
-#[derive(Default)]
-struct Turn {
-    commands: u32,
-    bytes: usize,
-    /// Work units since the clock was last read.
-    work: u32,
-    /// When the clock was first read in this turn (a turn that never reaches
-    /// [`commands::HEAVY`] units never reads it).
-    started: Option<Instant>,
-    spent: bool,
-}
-
-impl Turn {
-    /// Counts one command of `units` work that made `bytes` of reply; true once the turn is
-    /// used up.
-    fn charge(&mut self, units: u32, bytes: usize) -> bool {
-        self.commands += 1;
-        self.bytes += bytes;
-        self.work = self.work.saturating_add(units);
-        if self.commands >= COMMANDS_PER_TURN || self.bytes >= REPLY_BYTES_PER_TURN {
-            self.spent = true;
-        } else if self.work >= commands::HEAVY {
-            self.work = 0;
-            let now = Instant::now();
-            match self.started {
-                None => self.started = Some(now),
-                Some(t) if now.duration_since(t) >= TURN_TIME => self.spent = true,
-                Some(_) => {}
-            }
-        }
-        self.spent
-    }
-}
-
-/// A warning logged at most once a minute per worker, with the count of the ones left out.
-#[derive(Default)]
-struct Sparse {
-    last: Option<Instant>,
-    skipped: u64,
-}
-
-impl Sparse {
-    /// `Some(left out since the last one)` when this one may be logged.
-    fn due(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
-        {
-            self.skipped += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.skipped))
-    }
-}
-
 pub struct Worker {
     pub poll: Poll,
     listener: Option<TcpListener>,
-    conns: Slab<Conn>,
+    pub(super) conns: Slab<Conn>,
     shard: Shard,
-    shared: Arc<Shared>,
-    stats: Arc<CachePadded<WorkerStats>>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) stats: Arc<CachePadded<WorkerStats>>,
     read_buf: Vec<u8>,
     reply_buf: Vec<u8>,
     args: Vec<Range<usize>>,
@@ -213,15 +76,15 @@ pub struct Worker {
     /// Connections that used up their turn with more to do.
     ready: Vec<usize>,
     /// Connections with buffers (each knows its index here), for the budget's evictions.
-    holders: Vec<usize>,
+    pub(super) holders: Vec<usize>,
     /// Bytes held in this worker's connection buffers (its part of `Shared::client_memory`).
-    buffered: usize,
+    pub(super) buffered: usize,
     /// Accepting stopped because the process ran out of descriptors: retry on the next wakeup.
     accept_paused: bool,
     /// Accepting stopped at this pass's share with more waiting: go on in the next pass.
     accept_more: bool,
     output_log: Sparse,
-    memory_log: Sparse,
+    pub(super) memory_log: Sparse,
 }
 
 enum Next {
@@ -414,7 +277,7 @@ impl Worker {
         self.accept_more = true;
     }
 
-    fn close(&mut self, key: usize) {
+    pub(super) fn close(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             if let Some(b) = c.bufs.take() {
@@ -426,119 +289,6 @@ impl Worker {
             self.stats
                 .add(&self.stats.presences, held.wrapping_neg() as u64);
             self.stats.add(&self.stats.connections, u64::MAX);
-        }
-    }
-
-    /// Uncounts a connection's buffers that are going away.
-    fn release(&mut self, b: &Bufs) {
-        if b.paused {
-            self.stats.add(&self.stats.paused, u64::MAX);
-        }
-        if b.held > 0 {
-            self.holders.swap_remove(b.slot);
-            if let Some(&moved) = self.holders.get(b.slot)
-                && let Some(mb) = self.conns.get_mut(moved).and_then(|c| c.bufs.as_mut())
-            {
-                mb.slot = b.slot;
-            }
-            self.account(0, b.held);
-        }
-    }
-
-    /// Moves this worker's count (and the shared one) of bytes held in buffers from `was` to
-    /// `now`.
-    fn account(&mut self, now: usize, was: usize) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let total = &self.shared.client_memory;
-        if now > was {
-            total.fetch_add(now - was, Relaxed);
-        } else {
-            total.fetch_sub(was - now, Relaxed);
-        }
-        self.buffered = self.buffered + now - was;
-    }
-
-    /// After a turn: gives back buffer memory no longer needed, counts what is held, updates
-    /// the paused gauge, and enforces the memory budget if this connection grew. Nothing at all
-    /// for a connection without buffers.
-    fn settle(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let pause = pause_at(&conn.session);
-        let Some(b) = conn.bufs.as_deref_mut() else {
-            return;
-        };
-        shrink(&mut b.input);
-        shrink(&mut b.output);
-        let paused = b.output.len() >= pause;
-        if paused != b.paused {
-            b.paused = paused;
-            self.stats
-                .add(&self.stats.paused, if paused { 1 } else { u64::MAX });
-        }
-        let capacity = b.input.capacity() + b.output.capacity();
-        if capacity == 0 {
-            if let Some(b) = conn.bufs.take() {
-                self.release(&b);
-            }
-            return;
-        }
-        let now = size_of::<Bufs>() + capacity;
-        let was = b.held;
-        if now == was {
-            return;
-        }
-        if was == 0 {
-            b.slot = self.holders.len();
-            self.holders.push(key);
-        }
-        b.held = now;
-        self.account(now, was);
-        if now > was && self.shared.over_budget() {
-            self.evict();
-        }
-    }
-
-    /// All clients' buffers are over the budget: if this worker holds more than its share,
-    /// closes its largest holders until it does not, or the total is under the budget again.
-    /// (When the total is over, some worker is over its share, so someone closes something.)
-    fn evict(&mut self) {
-        let limit = self.shared.limits.max_client_memory;
-        let share = limit / self.shared.workers;
-        let done = |w: &Worker| w.buffered <= share || !w.shared.over_budget();
-        if done(self) {
-            return;
-        }
-        let mut by_size: Vec<(usize, usize)> = self
-            .holders
-            .iter()
-            .filter_map(|&k| Some((self.conns.get(k)?.bufs.as_ref()?.held, k)))
-            .collect();
-        by_size.sort_unstable_by(|a, b| b.cmp(a));
-        let (mut closed, mut freed, mut largest) = (0u64, 0usize, 0usize);
-        for (held, key) in by_size {
-            if done(self) {
-                break;
-            }
-            largest = largest.max(held);
-            self.close(key);
-            closed += 1;
-            freed += held;
-        }
-        self.stats.add(&self.stats.memory_limit_closes, closed);
-        if closed > 0
-            && let Some(skipped) = self.memory_log.due()
-        {
-            tracing::warn!(
-                closed,
-                freed,
-                largest,
-                limit,
-                earlier_unlogged = skipped,
-                "closing the clients holding the most buffer memory: all clients' buffers \
-                 exceed max_client_memory"
-            );
         }
     }
 
@@ -797,59 +547,5 @@ impl Worker {
         }
         self.reply_buf = out;
         (next, at, need)
-    }
-}
-
-/// Replies are sent once this many bytes are waiting in the worker's buffer.
-const EMIT_AT: usize = 256 * 1024;
-
-/// Sends `out` (emptying it): straight to the socket when nothing is queued, the rest (or all,
-/// behind queued replies) into the connection's queue.
-fn emit(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
-    let mut sent = 0;
-    if conn.output_len() == 0 {
-        while sent < out.len() {
-            match conn.stream.write(&out[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if sent < out.len() {
-        // Exact: appends are few (the rest of a write the socket cut short, or what takes the
-        // queue to the pause), and a paused client should hold what it is owed, not twice that.
-        let queue = &mut conn.bufs().output;
-        queue.reserve_exact(out.len() - sent);
-        queue.extend_from_slice(&out[sent..]);
-    }
-    out.clear();
-    Ok(())
-}
-
-/// Writes as much of `buf` as the socket takes; keeps the rest.
-fn flush(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < buf.len() {
-        match stream.write(&buf[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.drain(..sent);
-    Ok(())
-}
-
-/// Frees an empty buffer, and most of one that holds far less than it did.
-fn shrink(buf: &mut Vec<u8>) {
-    if buf.is_empty() {
-        *buf = Vec::new();
-    } else if buf.capacity() > 2 * READ_CHUNK && buf.len() < buf.capacity() / 4 {
-        buf.shrink_to(buf.len().max(READ_CHUNK));
     }
 }

@@ -1,13 +1,23 @@
-//! Helpers for the tests that run the `headcount` binary: a `serve` process, a tiny RESP client,
-//! and the outside-tool check (skip with a reason, or fail under `HEADCOUNT_REQUIRE_TOOLS=1`).
+//! Helpers for the server's tests: a server run in-process through `serve::run` ([`Server`]), a
+//! `headcount` process for the tests that must signal, kill or restart one, or read its log
+//! ([`Spawned`]), a RESP client over the library's `resp::client` that panics on I/O errors
+//! ([`Client`]), and the outside-tool check (skip with a reason, or fail under
+//! `HEADCOUNT_REQUIRE_TOOLS=1`).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use headcount_server::config::Settings;
+use headcount_server::resp::client;
+use headcount_server::{ConfigError, Shutdown, serve};
+
+pub use headcount_server::resp::client::Value as V;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_headcount");
 
@@ -56,28 +66,97 @@ pub fn wait_for<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
     }
 }
 
-/// A running `headcount serve`; killed when dropped.
+/// `serve`'s flags for a test server: a free loopback port, a 50 ms tick and 2 workers unless
+/// `args` say otherwise, then `args`.
+fn test_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--tick", "50ms"];
+    if !args.contains(&"--workers") {
+        all.extend(["--workers", "2"]);
+    }
+    all.extend(args);
+    all
+}
+
+/// A server run in this process by `serve::run` on its own thread; stopped when dropped.
 pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<JoinHandle<Result<(), ConfigError>>>,
+}
+
+impl Server {
+    /// Runs `serve --listen 127.0.0.1:0 --workers 2 --tick 50ms` plus `args` (flags as on the
+    /// command line, `--config` included).
+    pub fn start(args: &[&str]) -> Server {
+        Server::try_start(args).unwrap_or_else(|e| panic!("serve {args:?}: {e}"))
+    }
+
+    /// As [`Server::start`], or the settings' error.
+    pub fn try_start(args: &[&str]) -> Result<Server, ConfigError> {
+        let (listen, settings) = Settings::from_args(test_args(args))?;
+        let listeners = serve::bind(listen, settings.workers)?;
+        let addr = listeners[0].local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("test-serve-{}", addr.port()))
+            .spawn(move || serve::run(listeners, settings, stop))
+            .unwrap();
+        // The listeners are listening: connections wait in their backlogs until the workers run.
+        Ok(Server {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Stops the server (what SIGTERM does in the binary) and waits for `run` to return.
+    pub fn stop(&mut self) -> Result<(), ConfigError> {
+        self.shutdown.trigger();
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        let done = wait_for(Duration::from_secs(20), || t.is_finished().then_some(()));
+        assert!(
+            done.is_some(),
+            "serve::run did not return within 20 s of shutdown"
+        );
+        t.join().expect("serve::run panicked")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running `headcount serve` process; killed when dropped.
+pub struct Spawned {
     pub child: Child,
     pub addr: SocketAddr,
     /// Standard error lines, as they come.
     pub log: mpsc::Receiver<String>,
 }
 
-impl Server {
+impl Spawned {
     /// Starts `serve --listen 127.0.0.1:0 --workers 2 --tick 50ms` plus `args`, and waits for
     /// it to listen.
-    pub fn start(args: &[&str]) -> Server {
-        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--tick", "50ms"];
-        if !args.contains(&"--workers") {
-            all.extend(["--workers", "2"]);
-        }
-        all.extend(args);
-        Server::spawn(&all)
+    pub fn start(args: &[&str]) -> Spawned {
+        let mut all = vec!["serve"];
+        all.extend(test_args(args));
+        Spawned::spawn(&all)
     }
 
     /// Starts `headcount` with exactly `args` (a `serve` command line) and waits for it to listen.
-    pub fn spawn(args: &[&str]) -> Server {
+    pub fn spawn(args: &[&str]) -> Spawned {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -101,7 +180,7 @@ impl Server {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                        return Server {
+                        return Spawned {
                             child,
                             addr,
                             log: rx,
@@ -136,74 +215,58 @@ impl Server {
         }
         status
     }
+
+    /// Sends SIGTERM and waits at most `bound` for the exit status.
+    pub fn terminate_within(mut self, bound: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_for(bound, || self.child.try_wait().ok().flatten())
+    }
 }
 
-impl Drop for Server {
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// A RESP value as a test reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum V {
-    Simple(String),
-    Err(String),
-    Int(i64),
-    Bulk(Vec<u8>),
-    Null,
-    Array(Vec<V>),
-    Map(Vec<(V, V)>),
-    Bool(bool),
-    Text(String),
+/// How a test reads a reply: panics where it is not what it expected.
+pub trait Reply {
+    fn int(&self) -> i64;
+    fn str(&self) -> String;
+    fn is_err(&self) -> bool;
 }
 
-impl V {
-    pub fn int(&self) -> i64 {
-        match self {
-            V::Int(i) => *i,
-            other => panic!("expected an integer, got {other:?}"),
-        }
+impl Reply for V {
+    fn int(&self) -> i64 {
+        self.as_int()
+            .unwrap_or_else(|| panic!("expected an integer, got {self:?}"))
     }
-    pub fn str(&self) -> String {
-        match self {
-            V::Simple(s) | V::Text(s) | V::Err(s) => s.clone(),
-            V::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
-            other => panic!("expected a string, got {other:?}"),
-        }
+    fn str(&self) -> String {
+        self.as_text()
+            .unwrap_or_else(|| panic!("expected a string, got {self:?}"))
     }
-    pub fn is_err(&self) -> bool {
-        matches!(self, V::Err(_))
+    fn is_err(&self) -> bool {
+        self.is_error()
     }
 }
 
-/// A blocking RESP client with a read timeout.
-pub struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
+/// The library's blocking RESP client (10 s read timeout), panicking on I/O errors.
+pub struct Client(client::Client);
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
+        Client(client::Client::connect(addr).expect("connect"))
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).unwrap();
+        self.0.send_raw(bytes).unwrap();
     }
 
     pub fn send(&mut self, args: &[&str]) {
-        let mut b = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            b.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        self.send_raw(&b);
+        self.0.send(args).unwrap();
     }
 
     pub fn cmd(&mut self, args: &[&str]) -> V {
@@ -211,54 +274,15 @@ impl Client {
         self.read()
     }
 
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).expect("read a reply line");
-        assert!(l.ends_with("\r\n"), "reply line {l:?}");
-        l.truncate(l.len() - 2);
-        l
-    }
-
     pub fn read(&mut self) -> V {
-        let l = self.line();
-        let (kind, rest) = l.split_at(1);
-        match kind {
-            "+" => V::Simple(rest.into()),
-            "-" => V::Err(rest.into()),
-            ":" => V::Int(rest.parse().unwrap()),
-            "_" => V::Null,
-            "#" => V::Bool(rest == "t"),
-            "$" | "=" => {
-                let n: i64 = rest.parse().unwrap();
-                if n < 0 {
-                    return V::Null;
-                }
-                let mut b = vec![0; n as usize + 2];
-                self.r.read_exact(&mut b).unwrap();
-                b.truncate(n as usize);
-                if kind == "=" {
-                    V::Text(String::from_utf8_lossy(&b[4..]).into_owned())
-                } else {
-                    V::Bulk(b)
-                }
-            }
-            "*" => {
-                let n: i64 = rest.parse().unwrap();
-                V::Array((0..n).map(|_| self.read()).collect())
-            }
-            "%" => {
-                let n: i64 = rest.parse().unwrap();
-                V::Map((0..n).map(|_| (self.read(), self.read())).collect())
-            }
-            _ => panic!("unexpected reply line {l:?}"),
-        }
+        self.0.read().expect("read a reply")
     }
 
     /// Whether the server closed the connection (reads EOF within the timeout).
     pub fn closed(&mut self) -> bool {
         let mut b = [0u8; 64];
         loop {
-            match self.r.read(&mut b) {
+            match self.0.reader().read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
                 // Closed with unread input in the server's buffer: a reset instead of a FIN.
@@ -266,14 +290,7 @@ impl Client {
             }
         }
     }
-}
 
-/// `COUNT topic` on a fresh connection, until it reads `want` (bounded).
-pub fn wait_count(addr: SocketAddr, topic: &str, want: i64) -> bool {
-    Client::connect(addr).wait_count(topic, want)
-}
-
-impl Client {
     /// `COUNT topic` on this connection, until it reads `want` (bounded).
     pub fn wait_count(&mut self, topic: &str, want: i64) -> bool {
         wait_for(Duration::from_secs(10), || {
@@ -281,6 +298,22 @@ impl Client {
         })
         .is_some()
     }
+
+    /// Another handle on this connection's socket (for writes with a timeout, say).
+    pub fn stream(&self) -> TcpStream {
+        self.0.stream().unwrap()
+    }
+
+    /// A numeric field of `INFO section` on this connection.
+    pub fn info(&mut self, section: &str, key: &str) -> i64 {
+        let info = self.cmd(&["INFO", section]).str();
+        info_field(&info, key).unwrap_or_else(|| panic!("{key} in {info}"))
+    }
+}
+
+/// `COUNT topic` on a fresh connection, until it reads `want` (bounded).
+pub fn wait_count(addr: SocketAddr, topic: &str, want: i64) -> bool {
+    Client::connect(addr).wait_count(topic, want)
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`…), in bytes.
@@ -298,27 +331,4 @@ pub fn info_field(info: &str, key: &str) -> Option<i64> {
     info.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
-}
-
-impl Client {
-    /// Another handle on this connection's socket (for writes with a timeout, say).
-    pub fn stream(&self) -> TcpStream {
-        self.w.try_clone().unwrap()
-    }
-
-    /// A numeric field of `INFO section` on this connection.
-    pub fn info(&mut self, section: &str, key: &str) -> i64 {
-        let info = self.cmd(&["INFO", section]).str();
-        info_field(&info, key).unwrap_or_else(|| panic!("{key} in {info}"))
-    }
-}
-
-impl Server {
-    /// Sends SIGTERM and waits at most `bound` for the exit status.
-    pub fn terminate_within(mut self, bound: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        wait_for(bound, || self.child.try_wait().ok().flatten())
-    }
 }

@@ -1,0 +1,601 @@
+//! Settings of `serve` and `watch`: every flag is declared once, with its type, default and help,
+//! in [`ServeOptions`] and [`ClusterOptions`] (clap derives). A TOML config file (`--config`)
+//! holds the same flags as keys, spelt with `_` for `-` (`max_client_memory = 2097152`,
+//! `standalone = true`, `peers = ["10.0.0.6:7380"]`): [`parse_args`] turns its keys into flags
+//! placed under the command line's, so a flag given on the command line wins over the file, and
+//! the file over the default — with no second list of keys to keep in step. Unknown keys are an
+//! error (a typo must not be ignored), and so is a bad value, naming the file and the key.
+//!
+//! [`Settings::new`] then checks the flags against each other and turns them into what
+//! `serve::run` takes.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use headcount::{Builder, DEFAULT_GROUP};
+
+use crate::resp;
+
+/// An error in the settings (or in starting the server with them), printed as
+/// `headcount: <message>` with exit status 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<headcount::Error> for ConfigError {
+    fn from(e: headcount::Error) -> Self {
+        ConfigError(e.to_string())
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// The cluster flags, shared by `serve` and `watch`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterOptions {
+    /// TOML config file: its keys are these flags, with `_` for `-`; flags given on the command
+    /// line win over its keys.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Reducer and gossip tick.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration)]
+    pub tick: Duration,
+    /// Drop a peer not heard from for this long [default: 3s, at least 3 of its ticks].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub dead_after: Option<Duration>,
+    /// Multicast group and port.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = DEFAULT_GROUP, conflicts_with = "peers")]
+    pub group: SocketAddrV4,
+    /// Interface address for multicast.
+    #[arg(long, value_name = "ADDR", default_value_t = Ipv4Addr::LOCALHOST)]
+    pub interface: Ipv4Addr,
+    /// Use unicast to these peers (comma-separated ADDR:PORT) instead of multicast.
+    #[arg(long, value_name = "ADDR,…", value_delimiter = ',')]
+    pub peers: Option<Vec<SocketAddr>>,
+    /// The UDP address to bind for unicast (with --peers).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_GROUP.port())),
+    )]
+    pub cluster_bind: SocketAddr,
+    /// Cluster name: nodes of other clusters are ignored.
+    #[arg(long, value_name = "NAME", default_value = "headcount")]
+    pub cluster: String,
+    /// File holding the cluster key (datagrams are authenticated with it) [default on loopback:
+    /// ~/.local/state/headcount/cluster.key, created on first start].
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Allow a non-loopback network without a key or password (and run a loopback cluster
+    /// without the default key).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Run alone: no cluster sockets at all.
+    #[arg(long)]
+    pub standalone: bool,
+}
+
+/// Log format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The flags of `serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to serve RESP on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7379")]
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own listener, event loop and shard [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Pin each worker (and the engine thread) to a CPU.
+    #[arg(long)]
+    pub pin: bool,
+    /// Password clients must give with AUTH (or HELLO … AUTH).
+    #[arg(long, value_name = "PASSWORD")]
+    pub requirepass: Option<String>,
+    /// Serve Prometheus metrics over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Topics listed with their counts in the metrics.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub metrics_top: usize,
+    /// Log format.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Most client connections at once.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub max_connections: usize,
+    /// Most presences one connection may hold.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_topics_per_connection: usize,
+    /// Most arguments in one command.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_args: usize,
+    /// Longest argument, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
+    pub max_arg_len: usize,
+    /// Unsent replies, in bytes, past which a client is closed. A client that stops reading is
+    /// paused (neither read nor answered) at 256 KiB of them, so only one reply that large
+    /// takes it past this. (With pausing, only one reply can take a client past 256 KiB; the
+    /// largest, TOP 10000 of 255-byte names, is under 3 MiB, so 16 MiB closes no client that
+    /// reads.)
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    pub max_output: usize,
+    /// Bytes all clients' buffers (partial requests and unsent replies) may hold together:
+    /// past it, clients with unsent replies are not read and the largest holders are closed.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_client_memory: usize,
+    /// TCP keepalive idle time: a client whose machine vanished without closing is detected
+    /// (and its presences leave) about this long plus 30 s later; `0s` turns it off.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub tcp_keepalive: Duration,
+    /// Topic table size: most topics known at once, local and remote.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_topics: usize,
+    /// Parse and answer JOIN and LEAVE but count nothing: a baseline for measuring what
+    /// counting costs (`headcount-perf overhead`). Not for production.
+    #[arg(long)]
+    pub no_count: bool,
+    /// This node's id in the cluster: 16 hex digits, or any name (hashed). It must stay the same
+    /// across restarts and differ between servers [default: derived from the cluster name, the
+    /// host name and the listen address].
+    #[arg(long, value_name = "ID|NAME")]
+    pub node_id: Option<String>,
+    /// How long a topic's count must stay zero before its id is reused.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub retire_after: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub cluster: ClusterOptions,
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
+}
+
+fn command<T: clap::Args>(name: &'static str) -> clap::Command {
+    T::augment_args(clap::Command::new(name).no_binary_name(true))
+}
+
+/// Reads a TOML config file.
+fn load_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    text.parse::<toml::Table>().map_err(|e| {
+        ConfigError(format!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().trim_end()
+        ))
+    })
+}
+
+/// A config value as a flag's value.
+fn flag_value(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Datetime(d) => Some(d.to_string()),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(flag_value)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        toml::Value::Table(_) => None,
+    }
+}
+
+/// Parses the flags of the subcommand `name` (`args` without the binary's and the subcommand's
+/// names), with the keys of the config file named by `--config` (if any) under them.
+///
+/// Every key must be one of `serve`'s flags (one file serves both `serve` and `watch`); the
+/// keys that are not flags of this subcommand are skipped.
+pub fn parse_args<T: clap::Args + clap::FromArgMatches>(
+    name: &'static str,
+    args: impl IntoIterator<Item = impl Into<OsString>>,
+) -> Result<T, ConfigError> {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = command::<T>(name);
+    let given = cmd
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(|e| ConfigError(clap_message(&e)))?;
+    let matches = match given.get_one::<PathBuf>("config") {
+        None => given,
+        Some(path) => {
+            let file = load_file(path)?;
+            let in_file =
+                |what: String| ConfigError(format!("config file {}: {what}", path.display()));
+            let serve = command::<ServeOptions>("serve");
+            let mut file_args: Vec<OsString> = Vec::new();
+            for (key, value) in &file {
+                let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key.as_str()) else {
+                    if serve.get_arguments().any(|a| a.get_id() == key.as_str()) {
+                        continue; // a `serve` key in a file `watch` reads too
+                    }
+                    return Err(in_file(format!(
+                        "unknown key `{key}` (the keys are the flags, with `_` for `-`)"
+                    )));
+                };
+                let long = arg.get_long().unwrap_or(key);
+                if key == "config" {
+                    return Err(in_file("a config file cannot name another".into()));
+                }
+                if given.value_source(key) == Some(ValueSource::CommandLine) {
+                    continue; // the flag wins
+                }
+                if !arg.get_action().takes_values() {
+                    match value {
+                        toml::Value::Boolean(true) => file_args.push(format!("--{long}").into()),
+                        toml::Value::Boolean(false) => {}
+                        _ => return Err(in_file(format!("key `{key}`: expected true or false"))),
+                    }
+                    continue;
+                }
+                let Some(v) = flag_value(value) else {
+                    return Err(in_file(format!(
+                        "key `{key}`: expected a value, not a table"
+                    )));
+                };
+                file_args.push(format!("--{long}={v}").into());
+            }
+            // The file alone first, so that its errors name it.
+            cmd.clone()
+                .try_get_matches_from(&file_args)
+                .map_err(|e| in_file(clap_message(&e)))?;
+            file_args.extend(args);
+            cmd.try_get_matches_from(&file_args)
+                .map_err(|e| in_file(clap_message(&e)))?
+        }
+    };
+    T::from_arg_matches(&matches).map_err(|e| ConfigError(clap_message(&e)))
+}
+
+/// How this node finds its peers.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// No cluster at all.
+    Standalone,
+    /// UDP multicast.
+    Multicast {
+        /// Group and port.
+        group: SocketAddrV4,
+        /// The interface to send and receive on.
+        interface: Ipv4Addr,
+    },
+    /// UDP unicast to a list of peers.
+    Unicast {
+        /// The local address.
+        bind: SocketAddr,
+        /// The peers' addresses.
+        peers: Vec<SocketAddr>,
+    },
+}
+
+/// The cluster half of the settings, checked.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Reducer and gossip tick.
+    pub tick: Duration,
+    /// Drop a silent peer after this long (`None`: the engine's default).
+    pub dead_after: Option<Duration>,
+    /// How peers are found.
+    pub transport: Transport,
+    /// Cluster name.
+    pub name: String,
+    /// The key file given (`None`: the default one on loopback, none elsewhere).
+    pub key_file: Option<PathBuf>,
+    /// Run without a key (and allow a non-loopback network without one).
+    pub insecure: bool,
+}
+
+impl Cluster {
+    /// The cluster settings of these flags.
+    pub fn new(o: &ClusterOptions) -> Cluster {
+        let transport = if o.standalone {
+            Transport::Standalone
+        } else if let Some(peers) = &o.peers {
+            Transport::Unicast {
+                bind: o.cluster_bind,
+                peers: peers.clone(),
+            }
+        } else {
+            Transport::Multicast {
+                group: o.group,
+                interface: o.interface,
+            }
+        };
+        Cluster {
+            tick: o.tick,
+            dead_after: o.dead_after,
+            transport,
+            name: o.cluster.clone(),
+            key_file: o.key_file.clone(),
+            insecure: o.insecure,
+        }
+    }
+
+    /// An engine builder with these cluster settings. A loopback cluster with no key given (and
+    /// not `--insecure`) uses the user's default key file, created on first use (see
+    /// `identity`): other local users' processes cannot forge its counts.
+    pub fn builder(&self) -> Result<Builder, ConfigError> {
+        let mut b = headcount::Engine::builder().tick(self.tick);
+        let loopback = match &self.transport {
+            Transport::Standalone => return Ok(b),
+            Transport::Multicast { group, interface } => {
+                b = b.multicast(*group).interface(*interface);
+                interface.is_loopback()
+            }
+            Transport::Unicast { bind, peers } => {
+                b = b.unicast(*bind, peers.iter().copied());
+                bind.ip().is_loopback() && peers.iter().all(|p| p.ip().is_loopback())
+            }
+        };
+        b = b.cluster_name(&self.name).insecure(self.insecure);
+        if let Some(d) = self.dead_after {
+            b = b.dead_after(d);
+        }
+        match &self.key_file {
+            Some(p) => b = b.cluster_key_file(p),
+            None if loopback && !self.insecure => {
+                let p = crate::identity::default_key_file().map_err(ConfigError)?;
+                b = b.cluster_key_file(p);
+            }
+            None => {}
+        }
+        Ok(b)
+    }
+
+    /// The key file in use: the one given, or the default one for a loopback cluster.
+    pub fn key_description(&self) -> String {
+        match (&self.key_file, &self.transport) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Transport::Standalone) => "none".into(),
+            (None, _) if self.insecure => {
+                "none (--insecure: anyone who can send to it can forge counts)".into()
+            }
+            (None, _) => crate::identity::default_key_path()
+                .map_or_else(|| "none".into(), |p| format!("{} (default)", p.display())),
+        }
+    }
+
+    /// One line for the log: how this node finds its peers.
+    pub fn describe(&self) -> String {
+        match &self.transport {
+            Transport::Standalone => "standalone (no cluster)".into(),
+            Transport::Multicast { group, interface } => format!(
+                "cluster {:?} on multicast {group} via {interface}",
+                self.name
+            ),
+            Transport::Unicast { bind, peers } => format!(
+                "cluster {:?} on unicast {bind} with {} peers",
+                self.name,
+                peers.len()
+            ),
+        }
+    }
+}
+
+/// Limits on what clients may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Limits on one request (after AUTH).
+    pub request: resp::Limits,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most presences one connection may hold.
+    pub max_topics_per_connection: usize,
+    /// Unsent replies past which a client is closed.
+    pub max_output: usize,
+    /// Bytes all connections' buffers may hold together.
+    pub max_client_memory: usize,
+    /// TCP keepalive idle time (`None`: off).
+    pub keepalive: Option<Duration>,
+}
+
+/// The least `--max-client-memory`: a few clients' worth of buffers.
+const MIN_CLIENT_MEMORY: usize = 1 << 20;
+
+/// What `serve::run` takes: the flags of `serve`, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Worker threads.
+    pub workers: usize,
+    /// Pin the workers and the engine thread.
+    pub pin: bool,
+    /// The password clients must give (`None`: no AUTH needed).
+    pub password: Option<String>,
+    /// The Prometheus endpoint's address.
+    pub metrics: Option<SocketAddr>,
+    /// Topics listed in the metrics.
+    pub metrics_top: usize,
+    /// Log as JSON (for the binary: `serve::run` only emits `tracing` events).
+    pub json_logs: bool,
+    /// Limits on clients.
+    pub limits: Limits,
+    /// Topic table size.
+    pub max_topics: usize,
+    /// False with `--no-count`: commands are answered, nothing is counted.
+    pub counting: bool,
+    /// `--node-id` as given (`None`: derived from the cluster, the host and the listen address).
+    pub node_id: Option<u64>,
+    /// How long a topic stays at zero before its id is reused.
+    pub retire_after: Duration,
+    /// The cluster.
+    pub cluster: Cluster,
+}
+
+impl Settings {
+    /// Checks `serve`'s flags and turns them into settings. `--listen` is checked here too
+    /// (a non-loopback address needs a password or `--insecure`) but not bound: see
+    /// `serve::bind`.
+    pub fn new(o: &ServeOptions) -> Result<Settings, ConfigError> {
+        let cluster = Cluster::new(&o.cluster);
+        let workers = o.workers.unwrap_or_else(headcount::cpus);
+        if !(1..=1024).contains(&workers) {
+            return Err(ConfigError(format!(
+                "--workers {workers}: must be between 1 and 1024"
+            )));
+        }
+        let password = o.requirepass.clone();
+        if password.as_deref() == Some("") {
+            return Err(ConfigError("--requirepass: the password is empty".into()));
+        }
+        if !o.listen.ip().is_loopback() && password.is_none() && !cluster.insecure {
+            return Err(ConfigError(format!(
+                "--listen {} is not a loopback address: set --requirepass, or --insecure to \
+                 let anyone who can reach it change the counts",
+                o.listen
+            )));
+        }
+        let positive = |name: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError(format!("--{name} 0: must be at least 1")))
+            } else {
+                Ok(v)
+            }
+        };
+        let limits = Limits {
+            request: resp::Limits {
+                max_args: positive("max-args", o.max_args)?,
+                max_arg_len: positive("max-arg-len", o.max_arg_len)?,
+            },
+            max_connections: positive("max-connections", o.max_connections)?,
+            max_topics_per_connection: positive(
+                "max-topics-per-connection",
+                o.max_topics_per_connection,
+            )?,
+            max_output: positive("max-output", o.max_output)?,
+            max_client_memory: o.max_client_memory,
+            keepalive: (!o.tcp_keepalive.is_zero()).then_some(o.tcp_keepalive),
+        };
+        if limits.max_client_memory < MIN_CLIENT_MEMORY {
+            return Err(ConfigError(format!(
+                "--max-client-memory {}: must be at least {MIN_CLIENT_MEMORY} (1 MiB): it is \
+                 shared by every client's buffers",
+                limits.max_client_memory
+            )));
+        }
+        if limits.request.max_args > 1 << 20 || limits.request.max_arg_len > 512 << 20 {
+            return Err(ConfigError(format!(
+                "--max-args {} / --max-arg-len {}: at most 1048576 arguments of 512 MiB",
+                limits.request.max_args, limits.request.max_arg_len
+            )));
+        }
+        Ok(Settings {
+            workers,
+            pin: o.pin,
+            password,
+            metrics: o.metrics,
+            metrics_top: o.metrics_top,
+            json_logs: o.log_format == LogFormat::Json,
+            limits,
+            max_topics: positive("max-topics", o.max_topics)?,
+            counting: !o.no_count,
+            node_id: match &o.node_id {
+                None => None,
+                Some(v) => Some(crate::identity::parse_node_id(v).ok_or_else(|| {
+                    ConfigError(format!("--node-id {v:?}: give 16 hex digits or a name"))
+                })?),
+            },
+            retire_after: o.retire_after,
+            cluster,
+        })
+    }
+
+    /// `serve`'s flags as they would be given on its command line (and a config file's, with
+    /// `--config`), checked: the listen address and the settings.
+    pub fn from_args(
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<(SocketAddr, Settings), ConfigError> {
+        let o: ServeOptions = parse_args("serve", args)?;
+        Ok((o.listen, Settings::new(&o)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeOptions, String> {
+        parse_args("serve", args).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let f = file(
+            "tick = \"250ms\"\ncluster = \"from-file\"\ngroup = \"239.1.2.3:9000\"\npin = true\n",
+        );
+        let o = serve(&["--config", f.to_str().unwrap(), "--cluster", "from-flag"]).unwrap();
+        let c = Cluster::new(&o.cluster);
+        assert_eq!(c.tick, Duration::from_millis(250));
+        assert_eq!(c.name, "from-flag");
+        assert!(o.pin);
+        assert!(matches!(
+            c.transport,
+            Transport::Multicast { group, .. } if group == "239.1.2.3:9000".parse().unwrap()
+        ));
+        // The defaults, where neither says anything.
+        assert_eq!(o.max_output, 16 << 20);
+        assert_eq!(o.cluster.interface, Ipv4Addr::LOCALHOST);
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let with = |text: &str| serve(&["--config", file(text).to_str().unwrap()]).unwrap_err();
+        let e = with("tikc = \"1s\"\n");
+        assert!(e.contains("unknown key `tikc`"), "{e}");
+        let e = with("workers = \"two\"\n");
+        assert!(e.contains("workers") && e.contains("two"), "{e}");
+        let e = with("tick = \"soon\"\n");
+        assert!(e.contains("tick") && e.contains("soon"), "{e}");
+        let e = with("standalone = 1\n");
+        assert!(e.contains("`standalone`"), "{e}");
+        let e = serve(&["--config", "/nonexistent/headcount.toml"]).unwrap_err();
+        assert!(e.contains("/nonexistent/headcount.toml"), "{e}");
+        // Multicast or unicast, not both.
+        assert!(
+            serve(&[
+                "--config",
+                file("peers = [\"127.0.0.1:1\"]\ngroup = \"239.1.2.3:9000\"\n")
+                    .to_str()
+                    .unwrap()
+            ])
+            .is_err()
+        );
+        assert!(serve(&["--peers", "127.0.0.1:1", "--group", "239.1.2.3:9000"]).is_err());
+        let f = file("group = \"239.1.2.3:9000\"\n");
+        assert!(serve(&["--config", f.to_str().unwrap(), "--peers", "127.0.0.1:1"]).is_err());
+    }
+}
