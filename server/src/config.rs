@@ -105,7 +105,7 @@ pub struct ServeOptions {
     /// Worker threads, each with its own listener, event loop and shard [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Pin each worker (and the engine thread) to a CPU.
+    /// Pin the engine thread to the last CPU and each worker to one of the others.
     #[arg(long)]
     pub pin: bool,
     /// Password clients must give with AUTH (or HELLO … AUTH).

@@ -2,6 +2,7 @@
 //! validation, and [`Builder::start`], which builds the core and the cluster node and hands them
 //! to the engine thread (`driver.rs`).
 
+use super::cpu::cpus;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -132,19 +133,6 @@ impl Default for Builder {
     }
 }
 
-/// The number of CPUs this process may run on (at least 1).
-pub fn cpus() -> usize {
-    #[cfg(feature = "affinity")]
-    if let Some(ids) = core_affinity::get_core_ids()
-        && !ids.is_empty()
-    {
-        return ids.len();
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 fn bad(option: &'static str, value: impl std::fmt::Debug, reason: &str) -> Error {
     Error::Config {
         option,
@@ -201,7 +189,8 @@ impl Builder {
         self
     }
 
-    /// Pin the engine thread to the last CPU (default off; needs the `affinity` feature).
+    /// Pin the engine thread to the last CPU this process may run on (default off; needs the
+    /// `affinity` feature). Workers pinned with [`pin_worker`](crate::pin_worker) keep off it.
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
         self

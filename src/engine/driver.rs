@@ -74,11 +74,8 @@ fn run(
     mut poll: mio::Poll,
     cluster: Option<ClusterNode>,
 ) {
-    #[cfg(feature = "affinity")]
-    if settings.pin
-        && let Some(last) = core_affinity::get_core_ids().and_then(|v| v.last().copied())
-    {
-        core_affinity::set_for_current(last);
+    if settings.pin {
+        super::cpu::pin_engine();
     }
     let tick = settings.tick;
     let mut node = Node {

@@ -7,6 +7,7 @@
 //! of them use `crate::core` and `crate::cluster`, which know nothing of the engine.
 
 pub(crate) mod builder;
+pub(crate) mod cpu;
 pub(crate) mod driver;
 pub(crate) mod net;
 pub(crate) mod stats;

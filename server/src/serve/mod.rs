@@ -151,7 +151,6 @@ pub fn run(
         None => None,
     };
 
-    let cores = if st.pin { pin_targets() } else { Vec::new() };
     let mut threads = Vec::new();
     let started = (|| {
         for (i, l) in listeners.into_iter().enumerate() {
@@ -169,11 +168,14 @@ pub fn run(
                 stats[i].clone(),
             )
             .map_err(failed)?;
-            let core = cores.get(i % cores.len().max(1)).copied();
+            let pin = st.pin;
             let t = std::thread::Builder::new()
                 .name(format!("headcount-worker-{i}"))
                 .spawn(move || {
-                    pin(core);
+                    // Off the engine's CPU (headcount's one pinning rule).
+                    if pin && !headcount::pin_worker(i) {
+                        tracing::warn!("--pin: could not pin worker {i}; running unpinned");
+                    }
                     w.run();
                 })
                 .map_err(failed)?;
@@ -215,24 +217,3 @@ pub fn run(
     tracing::info!("stopped");
     Ok(())
 }
-
-#[cfg(feature = "affinity")]
-fn pin_targets() -> Vec<core_affinity::CoreId> {
-    core_affinity::get_core_ids().unwrap_or_default()
-}
-
-#[cfg(not(feature = "affinity"))]
-fn pin_targets() -> Vec<()> {
-    tracing::warn!("--pin: this build has no affinity support; not pinning");
-    Vec::new()
-}
-
-#[cfg(feature = "affinity")]
-fn pin(core: Option<core_affinity::CoreId>) {
-    if let Some(c) = core {
-        core_affinity::set_for_current(c);
-    }
-}
-
-#[cfg(not(feature = "affinity"))]
-fn pin(_: Option<()>) {}
