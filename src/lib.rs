@@ -58,15 +58,25 @@
 //! - `src/engine/`: `mod.rs` ([`Engine`] and its read API), `builder.rs` ([`Builder`], every
 //!   default once: [`defaults`]), `driver.rs` (the engine thread, the only mio user: one tick as
 //!   named steps), `net.rs` (the sockets, [`Transport`]), `stats.rs` ([`Stats`],
-//!   [`ClusterStats`]).
+//!   [`ClusterStats`]), `cpu.rs` ([`cpus`], and the one pinning rule: the engine on the last
+//!   CPU, workers on the others, [`pin_worker`]).
 //! - `src/error.rs`: [`Error`].
+//!
+//! Beside this crate, in the same workspace: `server/` (crate `headcount-server`: the RESP
+//! codec and client, the commands, `serve::run`, INFO and metrics, and the `headcount` binary
+//! with `serve`, `watch` and `demo`), `perf/` (the perf harness and the criterion benches), and
+//! `fuzz/` (the cargo-fuzz targets). `scripts/check-layout.py` keeps every crate free of import
+//! cycles and of files over 600 lines.
 //!
 //! Every public item is re-exported here at the root; of the modules, only [`cluster`] is public
 //! (for simulations, benchmarks and fuzzing).
 //!
 //! ## Features
 //!
-//! - `affinity` (default): count CPUs and pin the engine thread with `core_affinity`.
+//! - `affinity` (default): count CPUs and pin threads with `core_affinity`.
+//!
+//! The bare library depends on no command-line, logging or serialization crate: those are the
+//! server crate's.
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
