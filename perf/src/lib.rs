@@ -7,8 +7,9 @@
 //! - [`counting`]: the counting global allocator behind `hotpath`'s `allocs_per_op` (the crate's
 //!   only unsafe code).
 //!
-//! Everything else (one file per subcommand, spawning servers, the RESP client, the load
-//! harness) lives in the binary: see `src/main.rs`.
+//! Everything else (one file per subcommand, spawning servers, the load harness) lives in the
+//! binary: see `src/main.rs`. The RESP client is the server crate's
+//! (`headcount_server::resp::client`).
 
 #![deny(missing_docs)]
 

@@ -24,17 +24,16 @@
 //!
 //! This file only parses the command line and dispatches. Each subcommand is one file in
 //! `cmd/` (its flags and its `run`). Beside them: `proc.rs` (spawning `headcount serve`, RSS and
-//! CPU time from /proc), `resp.rs` (the RESP request encoder and reply reader), `report.rs`
-//! (printing, rounding, the median), and `load/`, the load harness behind `load`,
-//! `baseline-redis`, `overhead` and `soak`. The workloads, the PRNG and the counting allocator
-//! are in the crate's library (`lib.rs`: `rig`, `rng`, `counting`), shared with the criterion
-//! benches in `perf/benches/`.
+//! CPU time from /proc), `report.rs` (printing, rounding, the median), and `load/`, the load
+//! harness behind `load`, `baseline-redis`, `overhead` and `soak`. The RESP request encoder
+//! and reply reader are the server crate's (`headcount_server::resp::client`). The workloads,
+//! the PRNG and the counting allocator are in the crate's library (`lib.rs`: `rig`, `rng`,
+//! `counting`), shared with the criterion benches in `perf/benches/`.
 
 mod cmd;
 mod load;
 mod proc;
 mod report;
-mod resp;
 
 use std::time::Duration;
 

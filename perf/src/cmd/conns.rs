@@ -4,16 +4,16 @@
 //!
 //! The kernel's socket buffers are not in a process's RSS, so this is the server's own cost.
 
-use std::io::Write;
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
+use headcount_server::resp::client::{self, encode_request, read_reply};
 use serde_json::{Value, json};
 
 use crate::load::servers::{Servers, Target};
 use crate::report::print;
-use crate::resp::{Reply, encode_request, read_reply};
 
 // `conns`'s flags (no doc comment: clap would take it for the subcommand's help).
 #[derive(ClapArgs)]
@@ -45,10 +45,10 @@ fn round(conns: &mut [TcpStream], req: impl Fn(usize, &mut Vec<u8>)) -> Result<(
         req(i, &mut out);
         c.write_all(&out).map_err(|e| e.to_string())?;
     }
-    let mut buf = Vec::new();
-    for c in conns.iter_mut() {
-        buf.clear();
-        if let Reply::Error(e) = read_reply(c, &mut buf)? {
+    for c in conns.iter() {
+        // One reply is outstanding and nothing follows it: the reader may go with it.
+        let reply = read_reply(&mut BufReader::new(c)).map_err(|e| e.to_string())?;
+        if let client::Value::Error(e) = reply {
             return Err(format!("unexpected reply {e:?}"));
         }
     }
@@ -89,13 +89,13 @@ fn measure_both(connections: usize, json_out: bool) -> Result<Value, String> {
     let hc = Servers::headcount_standalone(2)?;
     let topic = |i: usize| format!("room:{}", i % 1000);
     let (hc_idle, hc_joined) = measure(&hc, connections, &|i, out| {
-        encode_request(out, &[b"JOIN", topic(i).as_bytes()])
+        encode_request(out, &["JOIN", topic(i).as_str()])
     })?;
     drop(hc);
     let redis = match Servers::redis(Target::RedisIncr, 100_000.max(connections + 1000)) {
         Ok(r) => {
             let (idle, joined) = measure(&r, connections, &|i, out| {
-                encode_request(out, &[b"INCR", topic(i).as_bytes()])
+                encode_request(out, &["INCR", topic(i).as_str()])
             })?;
             json!({ "idle_bytes_per_conn": idle, "one_key_bytes_per_conn": joined })
         }

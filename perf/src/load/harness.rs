@@ -7,12 +7,12 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use headcount_server::resp::client;
 use serde_json::{Value, json};
 
 use super::phase::{Phase, Report};
 use super::servers::{Checker, Servers};
 use crate::proc;
-use crate::resp::Reply;
 
 /// Connections one client process holds at most (under this machine's open-file limit).
 pub const PER_CLIENT_PROC: usize = 15_000;
@@ -275,18 +275,18 @@ impl Harness {
                     for (n, c) in checkers.iter_mut().enumerate() {
                         let info = c.cmd(&["INFO", "presence"])?;
                         eprintln!("node {n}: {info:?}");
-                        if let Reply::Array(v) = c.cmd(&["TOP", "10000"])? {
+                        if let client::Value::Array(v) = c.cmd(&["TOP", "10000"])? {
                             let sum: i64 = v
                                 .chunks(2)
                                 .filter_map(|p| match &p[1] {
-                                    Reply::Int(i) => Some(*i),
+                                    client::Value::Int(i) => Some(*i),
                                     _ => None,
                                 })
                                 .sum();
                             let odd: Vec<String> = v
                                 .chunks(2)
                                 .filter_map(|p| match &p[0] {
-                                    Reply::Bulk(Some(b)) if !b.starts_with(b"t") => {
+                                    client::Value::Bulk(b) if !b.starts_with(b"t") => {
                                         Some(String::from_utf8_lossy(b).into_owned())
                                     }
                                     _ => None,

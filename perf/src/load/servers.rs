@@ -6,8 +6,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use headcount_server::resp::client::{Client, Value};
+
 use crate::proc;
-use crate::resp::{Reply, encode_request, read_reply};
 
 /// What the clients talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +168,7 @@ impl Servers {
             .iter()
             .filter_map(|&a| {
                 let mut c = Checker::connect(a).ok()?;
-                let info = c.cmd(&["INFO", "cluster"]).ok()?.text();
+                let info = c.cmd(&["INFO", "cluster"]).ok()?.as_text()?;
                 info.lines()
                     .find_map(|l| l.strip_prefix("bytes_sent:"))
                     .and_then(|v| v.trim().parse::<u64>().ok())
@@ -176,44 +177,31 @@ impl Servers {
     }
 }
 
-/// A blocking connection that reads counts back.
-pub struct Checker {
-    stream: TcpStream,
-    /// Replies read but not consumed yet.
-    buf: Vec<u8>,
-    out: Vec<u8>,
-}
+/// A blocking connection that reads counts back (the server crate's RESP [`Client`], with
+/// errors as text).
+pub struct Checker(Client);
 
 impl Checker {
     /// Connects to `addr` (replies must come within 30 s).
     pub fn connect(addr: SocketAddr) -> Result<Checker, String> {
-        let stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+        let c = Client::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        c.set_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
-        Ok(Checker {
-            stream,
-            buf: Vec::new(),
-            out: Vec::new(),
-        })
+        Ok(Checker(c))
     }
 
     fn send(&mut self, args: &[&str]) -> Result<(), String> {
-        use std::io::Write;
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        self.out.clear();
-        encode_request(&mut self.out, &args);
-        self.stream.write_all(&self.out).map_err(|e| e.to_string())
+        self.0.send(args).map_err(|e| e.to_string())
     }
 
     /// Sends one command and reads its reply.
-    pub fn cmd(&mut self, args: &[&str]) -> Result<Reply, String> {
+    pub fn cmd(&mut self, args: &[&str]) -> Result<Value, String> {
         self.send(args)?;
         self.read()
     }
 
-    fn read(&mut self) -> Result<Reply, String> {
-        read_reply(&mut self.stream, &mut self.buf)
+    fn read(&mut self) -> Result<Value, String> {
+        self.0.read().map_err(|e| e.to_string())
     }
 
     /// Every topic's count (`t0`…) and the total, as this server reports them.
@@ -230,13 +218,13 @@ impl Checker {
                     }];
                     args.extend(names.iter().map(String::as_str));
                     match self.cmd(&args)? {
-                        Reply::Array(v) => {
-                            for r in v {
-                                out.push(r.count()?);
+                        Value::Array(v) => {
+                            for r in &v {
+                                out.push(count(r)?);
                             }
                         }
                         // COUNT of a single topic answers an integer.
-                        r => out.push(r.count()?),
+                        r => out.push(count(&r)?),
                     }
                 }
                 Target::RedisSet => {
@@ -244,15 +232,43 @@ impl Checker {
                         self.send(&["SCARD", n])?;
                     }
                     for _ in &names {
-                        out.push(self.read()?.count()?);
+                        out.push(count(&self.read()?)?);
                     }
                 }
             }
         }
         let total = match target {
-            Target::Headcount => self.cmd(&["TOTAL"])?.count()?,
+            Target::Headcount => count(&self.cmd(&["TOTAL"])?)?,
             _ => out.iter().sum(),
         };
         Ok((out, total))
+    }
+}
+
+/// A count: an integer (COUNT, TOTAL, SCARD), a number in a bulk string (MGET of an INCR'd
+/// key), or nil (a key never INCR'd): 0.
+fn count(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::Null => Ok(0),
+        Value::Bulk(b) => String::from_utf8_lossy(b)
+            .parse()
+            .map_err(|e| format!("count {b:?}: {e}")),
+        other => Err(format!("expected a count, got {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_integers_numbers_and_nil() {
+        assert_eq!(count(&Value::Int(7)), Ok(7));
+        assert_eq!(count(&Value::Bulk(b"42".to_vec())), Ok(42));
+        assert_eq!(count(&Value::Null), Ok(0));
+        assert!(count(&Value::Bulk(b"4x".to_vec())).is_err());
+        assert!(count(&Value::Error("ERR no".into())).is_err());
+        assert!(count(&Value::Simple("OK".into())).is_err());
     }
 }

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use headcount_perf::rng::Rng;
+use headcount_server::resp::client::{decode_reply, encode_request};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::phase::Report;
 use super::servers::Target;
-use crate::resp::{Reply, encode_request, parse_reply};
 
 /// One client process's share of the workload.
 pub struct Config {
@@ -285,9 +285,9 @@ impl Users {
                 for &t in &topics {
                     let name = topic_name(t);
                     if target == Target::RedisIncr {
-                        encode_request(&mut out, &[b"INCR", &name]);
+                        encode_request(&mut out, &[&b"INCR"[..], &name]);
                     } else {
-                        encode_request(&mut out, &[b"SADD", &name, &member]);
+                        encode_request(&mut out, &[&b"SADD"[..], &name, &member]);
                     }
                     c.expect.push_back((1, t));
                 }
@@ -397,10 +397,10 @@ impl Users {
         let c = &mut self.conns[i];
         let mut at = 0;
         loop {
-            let ok = match parse_reply(&c.partial[at..]) {
+            let ok = match decode_reply(&c.partial[at..]) {
                 Ok(Some((reply, used))) => {
                     at += used;
-                    !matches!(reply, Reply::Error(_))
+                    !reply.is_error()
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -537,9 +537,9 @@ impl Users {
                         for &t in &held {
                             let name = topic_name(t);
                             if target == Target::RedisIncr {
-                                encode_request(&mut out, &[b"DECR", &name]);
+                                encode_request(&mut out, &[&b"DECR"[..], &name]);
                             } else {
-                                encode_request(&mut out, &[b"SREM", &name, &member]);
+                                encode_request(&mut out, &[&b"SREM"[..], &name, &member]);
                             }
                             c.expect.push_back((-1, t));
                         }
@@ -567,16 +567,16 @@ impl Users {
             out.clear();
             match target {
                 Target::Headcount => {
-                    encode_request(&mut out, &[b"LEAVE", &o]);
-                    encode_request(&mut out, &[b"JOIN", &n]);
+                    encode_request(&mut out, &[&b"LEAVE"[..], &o]);
+                    encode_request(&mut out, &[&b"JOIN"[..], &n]);
                 }
                 Target::RedisIncr => {
-                    encode_request(&mut out, &[b"DECR", &o]);
-                    encode_request(&mut out, &[b"INCR", &n]);
+                    encode_request(&mut out, &[&b"DECR"[..], &o]);
+                    encode_request(&mut out, &[&b"INCR"[..], &n]);
                 }
                 Target::RedisSet => {
-                    encode_request(&mut out, &[b"SREM", &o, &member]);
-                    encode_request(&mut out, &[b"SADD", &n, &member]);
+                    encode_request(&mut out, &[&b"SREM"[..], &o, &member]);
+                    encode_request(&mut out, &[&b"SADD"[..], &n, &member]);
                 }
             }
             let c = &mut self.conns[i];
