@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 
-use headcount_server::resp::{self, Limits, MAX_INLINE, Parsed, ProtoError};
+use headcount_server::resp::{self, RequestLimits, MAX_INLINE, Parsed, ProtoError};
 
 /// What parsing a stream produced, in order.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ struct Outcome {
 /// the event and the bytes it consumed, or the parser's `need` hint.
 fn parse_checked(
     buf: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     args: &mut Vec<Range<usize>>,
     scratch: &mut Vec<u8>,
 ) -> Result<(Event, usize), usize> {
@@ -143,7 +143,7 @@ fn parse_checked(
 }
 
 /// (f): the arguments, encoded the way every client library does, parse back the same.
-fn round_trip(got: &[Vec<u8>], limits: &Limits) {
+fn round_trip(got: &[Vec<u8>], limits: &RequestLimits) {
     let mut enc = format!("*{}\r\n", got.len()).into_bytes();
     for a in got {
         enc.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -168,7 +168,7 @@ fn round_trip(got: &[Vec<u8>], limits: &Limits) {
 /// nothing is left, when the turn ended with whole requests left, or after an error).
 fn answer_all(
     input: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     per_turn: usize,
     events: &mut Vec<Event>,
     closing: &mut bool,
@@ -199,7 +199,7 @@ fn answer_all(
 }
 
 /// The whole stream in one read.
-fn whole(stream: &[u8], limits: &Limits) -> Outcome {
+fn whole(stream: &[u8], limits: &RequestLimits) -> Outcome {
     let mut events = Vec::new();
     let mut closing = false;
     let (at, _) = answer_all(stream, limits, 0, &mut events, &mut closing);
@@ -215,7 +215,7 @@ fn whole(stream: &[u8], limits: &Limits) -> Outcome {
 
 /// A connection as serve's worker keeps it: what was answered, and the input carried.
 struct Conn<'l> {
-    limits: &'l Limits,
+    limits: &'l RequestLimits,
     per_turn: usize,
     events: Vec<Event>,
     closing: bool,
@@ -282,7 +282,7 @@ impl Conn<'_> {
 
 /// The stream in reads of the given sizes, at most `per_turn` requests answered a turn (0: no
 /// limit), carried between reads and turns like serve's worker does.
-fn pieces(stream: &[u8], limits: &Limits, sizes: &[usize], per_turn: usize) -> Outcome {
+fn pieces(stream: &[u8], limits: &RequestLimits, sizes: &[usize], per_turn: usize) -> Outcome {
     let mut conn = Conn {
         limits,
         per_turn,
@@ -343,7 +343,7 @@ fuzz_target!(|data: &[u8]| {
     // accepts (`--max-args` ≤ 2^20, `--max-arg-len` ≤ 512 MiB).
     let a = r.byte();
     let b = r.byte();
-    let limits = Limits {
+    let limits = RequestLimits {
         max_args: match a {
             0xff => 1 << 20,
             0xf0..=0xfe => 1 << (a & 0x0f),

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use headcount::{Builder, DEFAULT_GROUP};
+use headcount::{Builder, DEFAULT_GROUP, Transport, defaults};
 
 use crate::resp;
 
@@ -274,27 +274,6 @@ pub fn parse_args<T: clap::Args + clap::FromArgMatches>(
     T::from_arg_matches(&matches).map_err(|e| ConfigError(clap_message(&e)))
 }
 
-/// How this node finds its peers.
-#[derive(Debug, Clone)]
-pub enum Transport {
-    /// No cluster at all.
-    Standalone,
-    /// UDP multicast.
-    Multicast {
-        /// Group and port.
-        group: SocketAddrV4,
-        /// The interface to send and receive on.
-        interface: Ipv4Addr,
-    },
-    /// UDP unicast to a list of peers.
-    Unicast {
-        /// The local address.
-        bind: SocketAddr,
-        /// The peers' addresses.
-        peers: Vec<SocketAddr>,
-    },
-}
-
 /// The cluster half of the settings, checked.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -302,8 +281,8 @@ pub struct Cluster {
     pub tick: Duration,
     /// Drop a silent peer after this long (`None`: the engine's default).
     pub dead_after: Option<Duration>,
-    /// How peers are found.
-    pub transport: Transport,
+    /// How peers are found (`None`: standalone, no cluster).
+    pub transport: Option<Transport>,
     /// Cluster name.
     pub name: String,
     /// The key file given (`None`: the default one on loopback, none elsewhere).
@@ -316,17 +295,19 @@ impl Cluster {
     /// The cluster settings of these flags.
     pub fn new(o: &ClusterOptions) -> Cluster {
         let transport = if o.standalone {
-            Transport::Standalone
+            None
         } else if let Some(peers) = &o.peers {
-            Transport::Unicast {
+            Some(Transport::Unicast {
                 bind: o.cluster_bind,
                 peers: peers.clone(),
-            }
+            })
         } else {
-            Transport::Multicast {
+            Some(Transport::Multicast {
                 group: o.group,
                 interface: o.interface,
-            }
+                ttl: defaults::MULTICAST_TTL,
+                loopback: defaults::MULTICAST_LOOPBACK,
+            })
         };
         Cluster {
             tick: o.tick,
@@ -343,17 +324,23 @@ impl Cluster {
     /// `identity`): other local users' processes cannot forge its counts.
     pub fn builder(&self) -> Result<Builder, ConfigError> {
         let mut b = headcount::Engine::builder().tick(self.tick);
-        let loopback = match &self.transport {
-            Transport::Standalone => return Ok(b),
-            Transport::Multicast { group, interface } => {
-                b = b.multicast(*group).interface(*interface);
-                interface.is_loopback()
-            }
-            Transport::Unicast { bind, peers } => {
-                b = b.unicast(*bind, peers.iter().copied());
-                bind.ip().is_loopback() && peers.iter().all(|p| p.ip().is_loopback())
-            }
+        let Some(t) = &self.transport else {
+            return Ok(b);
         };
+        b = match t {
+            Transport::Multicast {
+                group,
+                interface,
+                ttl,
+                loopback,
+            } => b
+                .multicast(*group)
+                .interface(*interface)
+                .multicast_ttl(*ttl)
+                .multicast_loopback(*loopback),
+            Transport::Unicast { bind, peers } => b.unicast(*bind, peers.iter().copied()),
+        };
+        let loopback = t.is_loopback();
         b = b.cluster_name(&self.name).insecure(self.insecure);
         if let Some(d) = self.dead_after {
             b = b.dead_after(d);
@@ -373,7 +360,7 @@ impl Cluster {
     pub fn key_description(&self) -> String {
         match (&self.key_file, &self.transport) {
             (Some(p), _) => p.display().to_string(),
-            (None, Transport::Standalone) => "none".into(),
+            (None, None) => "none".into(),
             (None, _) if self.insecure => {
                 "none (--insecure: anyone who can send to it can forge counts)".into()
             }
@@ -385,12 +372,14 @@ impl Cluster {
     /// One line for the log: how this node finds its peers.
     pub fn describe(&self) -> String {
         match &self.transport {
-            Transport::Standalone => "standalone (no cluster)".into(),
-            Transport::Multicast { group, interface } => format!(
+            None => "standalone (no cluster)".into(),
+            Some(Transport::Multicast {
+                group, interface, ..
+            }) => format!(
                 "cluster {:?} on multicast {group} via {interface}",
                 self.name
             ),
-            Transport::Unicast { bind, peers } => format!(
+            Some(Transport::Unicast { bind, peers }) => format!(
                 "cluster {:?} on unicast {bind} with {} peers",
                 self.name,
                 peers.len()
@@ -401,9 +390,9 @@ impl Cluster {
 
 /// Limits on what clients may do.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct ClientLimits {
     /// Limits on one request (after AUTH).
-    pub request: resp::Limits,
+    pub request: resp::RequestLimits,
     /// Most client connections at once.
     pub max_connections: usize,
     /// Most presences one connection may hold.
@@ -435,7 +424,7 @@ pub struct Settings {
     /// Log as JSON (for the binary: `serve::run` only emits `tracing` events).
     pub json_logs: bool,
     /// Limits on clients.
-    pub limits: Limits,
+    pub limits: ClientLimits,
     /// Topic table size.
     pub max_topics: usize,
     /// False with `--no-count`: commands are answered, nothing is counted.
@@ -478,8 +467,8 @@ impl Settings {
                 Ok(v)
             }
         };
-        let limits = Limits {
-            request: resp::Limits {
+        let limits = ClientLimits {
+            request: resp::RequestLimits {
                 max_args: positive("max-args", o.max_args)?,
                 max_arg_len: positive("max-arg-len", o.max_arg_len)?,
             },
@@ -564,7 +553,7 @@ mod tests {
         assert!(o.pin);
         assert!(matches!(
             c.transport,
-            Transport::Multicast { group, .. } if group == "239.1.2.3:9000".parse().unwrap()
+            Some(Transport::Multicast { group, .. }) if group == "239.1.2.3:9000".parse().unwrap()
         ));
         // The defaults, where neither says anything.
         assert_eq!(o.max_output, 16 << 20);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use headcount::Engine;
 
-use crate::config::Limits;
+use crate::config::ClientLimits;
 use crate::shutdown::Shutdown;
 
 /// Counters one worker writes and everyone may read. One writer each, so updates are a plain
@@ -58,7 +58,7 @@ pub struct Totals {
 /// What every worker shares (read-mostly).
 pub struct Shared {
     pub engine: Engine,
-    pub limits: Limits,
+    pub limits: ClientLimits,
     pub password: Option<String>,
     pub listen: SocketAddr,
     pub workers: usize,

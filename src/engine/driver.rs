@@ -1,5 +1,5 @@
 //! The engine thread: the only user of mio. It waits for the next tick, a `sync` or a datagram,
-//! feeds received datagrams to the cluster protocol, runs each tick's steps ([`Node::tick`]) and
+//! feeds received datagrams to the cluster protocol, runs each tick's steps ([`Driver::tick`]) and
 //! sends what the protocol has to send. The sockets themselves are in `net.rs`.
 
 use std::collections::{HashMap, VecDeque};
@@ -48,7 +48,8 @@ pub(crate) fn spawn(
 ) -> Result<Engine, Error> {
     let poll = mio::Poll::new().map_err(Error::Spawn)?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(Error::Spawn)?);
-    let mut cluster = cluster.map(|(proto, net)| ClusterNode::new(proto, net, settings.max_topics));
+    let mut cluster =
+        cluster.map(|(proto, net)| ClusterState::new(proto, net, settings.max_topics));
     if let Some(c) = cluster.as_mut() {
         c.net
             .register(poll.registry(), GROUP, SOCK)
@@ -72,13 +73,13 @@ fn run(
     settings: Settings,
     rx: mpsc::Receiver<Cmd>,
     mut poll: mio::Poll,
-    cluster: Option<ClusterNode>,
+    cluster: Option<ClusterState>,
 ) {
     if settings.pin {
         super::cpu::pin_engine();
     }
     let tick = settings.tick;
-    let mut node = Node {
+    let mut driver = Driver {
         reducer: Reducer::new(&inner.pool.hot, settings.retire_after),
         dirty: Vec::new(),
         cluster,
@@ -91,7 +92,7 @@ fn run(
     loop {
         let now = Instant::now();
         let mut deadline = next;
-        if let Some(w) = node.cluster.as_ref().and_then(|c| c.proto.poll_timeout()) {
+        if let Some(w) = driver.cluster.as_ref().and_then(|c| c.proto.poll_timeout()) {
             deadline = deadline.min(w);
         }
         let wait = if more {
@@ -116,10 +117,10 @@ fn run(
         // least an eighth of one even when a tick is overdue (a node busy sending must still
         // hear its peers: their heartbeats wait behind its own looped-back datagrams).
         let start = Instant::now();
-        more = !node.receive(next.max(start + tick / 8).min(start + tick / 2));
+        more = !driver.receive(next.max(start + tick / 8).min(start + tick / 2));
         let now = Instant::now();
         if !syncs.is_empty() || now >= next {
-            node.tick(now, !syncs.is_empty());
+            driver.tick(now, !syncs.is_empty());
             if now >= next {
                 next += tick;
                 if next < now {
@@ -127,35 +128,35 @@ fn run(
                 }
             }
         }
-        if let Some(c) = node.cluster.as_mut() {
+        if let Some(c) = driver.cluster.as_mut() {
             c.proto.handle_timeout(now);
         }
-        node.flush();
+        driver.flush();
         for d in syncs {
             let _ = d.send(());
         }
         if stop {
-            if let Some(c) = node.cluster.as_mut() {
+            if let Some(c) = driver.cluster.as_mut() {
                 c.proto.goodbye(Instant::now());
             }
-            node.flush();
+            driver.flush();
             break;
         }
     }
-    node.inner.stats.stopped.store(true, StdOrdering::Release);
-    node.inner.feed.close();
+    driver.inner.stats.stopped.store(true, StdOrdering::Release);
+    driver.inner.feed.close();
 }
 
 /// The engine thread's state.
-struct Node {
+struct Driver {
     inner: Arc<Inner>,
     reducer: Reducer,
-    cluster: Option<ClusterNode>,
+    cluster: Option<ClusterState>,
     /// Scratch: ids whose cluster count may have changed this tick.
     dirty: Vec<u32>,
 }
 
-impl Node {
+impl Driver {
     /// Handles the datagrams waiting, until `deadline` at most; false if some may be left.
     fn receive(&mut self, deadline: Instant) -> bool {
         let Some(c) = self.cluster.as_mut() else {
@@ -329,7 +330,7 @@ impl Batch {
 }
 
 /// The cluster side of the engine thread.
-struct ClusterNode {
+struct ClusterState {
     proto: Protocol,
     net: Net,
     index: HashIndex,
@@ -339,9 +340,9 @@ struct ClusterNode {
     queued: Vec<bool>,
 }
 
-impl ClusterNode {
-    fn new(proto: Protocol, net: Net, max_topics: usize) -> ClusterNode {
-        ClusterNode {
+impl ClusterState {
+    fn new(proto: Protocol, net: Net, max_topics: usize) -> ClusterState {
+        ClusterState {
             proto,
             net,
             index: HashIndex::new(max_topics),

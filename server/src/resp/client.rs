@@ -274,14 +274,14 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::{Limits, Parsed, Reply, parse};
+    use crate::resp::{Parsed, Reply, RequestLimits, parse};
 
     #[test]
     fn requests_parse_back_and_replies_read_back() {
         let mut req = Vec::new();
         encode_request(&mut req, &["JOIN", "a b", ""]);
         encode_request(&mut req, &[b"PING".as_slice()]);
-        let limits = Limits {
+        let limits = RequestLimits {
             max_args: 8,
             max_arg_len: 64,
         };

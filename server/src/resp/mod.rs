@@ -8,5 +8,5 @@ pub mod client;
 mod parse;
 mod reply;
 
-pub use parse::{Limits, MAX_INLINE, Parsed, ProtoError, parse};
+pub use parse::{MAX_INLINE, Parsed, ProtoError, RequestLimits, parse};
 pub use reply::Reply;

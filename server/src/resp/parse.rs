@@ -15,9 +15,9 @@
 
 use std::ops::Range;
 
-/// Limits on one request.
+/// RequestLimits on one request.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RequestLimits {
     /// Arguments per command, the command name included.
     pub max_args: usize,
     /// Bytes per argument.
@@ -33,9 +33,9 @@ pub const MAX_INLINE: usize = 64 * 1024;
 pub enum ProtoError {
     /// Not RESP: the message says what was expected.
     Syntax(&'static str),
-    /// More arguments than [`Limits::max_args`].
+    /// More arguments than [`RequestLimits::max_args`].
     TooManyArgs(usize),
-    /// An argument longer than [`Limits::max_arg_len`].
+    /// An argument longer than [`RequestLimits::max_arg_len`].
     ArgTooLong(usize),
     /// A header or inline line longer than [`MAX_INLINE`].
     LineTooLong,
@@ -119,7 +119,7 @@ fn length(digits: &[u8], max: usize, err: &'static str) -> Result<Option<usize>,
 /// `scratch` for an inline request with quotes ([`Parsed::Unquoted`]).
 pub fn parse(
     buf: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     args: &mut Vec<Range<usize>>,
     scratch: &mut Vec<u8>,
 ) -> Result<Parsed, ProtoError> {
@@ -133,7 +133,7 @@ pub fn parse(
 
 fn parse_multibulk(
     buf: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     args: &mut Vec<Range<usize>>,
 ) -> Result<Parsed, ProtoError> {
     let more = Parsed::Incomplete {
@@ -189,7 +189,7 @@ fn parse_multibulk(
 
 fn parse_inline(
     buf: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     args: &mut Vec<Range<usize>>,
     scratch: &mut Vec<u8>,
 ) -> Result<Parsed, ProtoError> {
@@ -234,7 +234,7 @@ fn parse_inline(
 fn push_arg(
     args: &mut Vec<Range<usize>>,
     r: Range<usize>,
-    limits: &Limits,
+    limits: &RequestLimits,
 ) -> Result<(), ProtoError> {
     if args.len() == limits.max_args {
         return Err(ProtoError::TooManyArgs(limits.max_args));
@@ -251,7 +251,7 @@ fn push_arg(
 /// argument. The unquoted arguments go to `scratch`.
 fn split_quoted(
     line: &[u8],
-    limits: &Limits,
+    limits: &RequestLimits,
     args: &mut Vec<Range<usize>>,
     scratch: &mut Vec<u8>,
 ) -> Result<(), ProtoError> {
@@ -339,7 +339,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: RequestLimits = RequestLimits {
         max_args: 16,
         max_arg_len: 64,
     };

@@ -56,7 +56,7 @@ const ACCEPTS_PER_TURN: usize = 256;
 const BUDGET_CHECK: Duration = Duration::from_millis(100);
 /// Request limits before AUTH succeeds (as Redis: an unauthenticated client cannot make the
 /// server hold much).
-const PRE_AUTH: resp::Limits = resp::Limits {
+const PRE_AUTH: resp::RequestLimits = resp::RequestLimits {
     max_args: 10,
     max_arg_len: 16 * 1024,
 };

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use headcount::Engine;
 use serde::Serialize;
 
-use headcount_server::config::{Cluster, ClusterOptions, ConfigError, Transport};
+use headcount_server::config::{Cluster, ClusterOptions, ConfigError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -200,7 +200,7 @@ pub fn stop_on_signal() -> Arc<AtomicBool> {
 
 pub fn run(a: Args) -> Result<ExitCode, ConfigError> {
     let cluster = Cluster::new(&a.cluster);
-    if matches!(cluster.transport, Transport::Standalone) {
+    if cluster.transport.is_none() {
         return Err(ConfigError(
             "--standalone: watch needs a cluster to watch".into(),
         ));
