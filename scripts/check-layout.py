@@ -23,8 +23,6 @@ ALLOWED_LONG = {
     # One concern: the datagram layouts, the seal, the encoder and the decoder, with 113 lines of
     # tests; splitting it would scatter the format over files.
     "src/cluster/wire.rs": "the wire format, whole",
-    # The flags of serve, watch and demo, each declared once (flag, file key, default, help).
-    "server/src/config.rs": "every flag, once",
     # Nearly all one type: `Users`, the load client's mio loop (about 520 lines).
     "perf/src/load/users.rs": "one event loop",
 }

@@ -50,6 +50,7 @@ pub struct ClusterOptions {
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Reducer and gossip tick.
+    // The library's `defaults::TICK`, written as text for clap (a test checks they agree).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = duration)]
     pub tick: Duration,
     /// Drop a peer not heard from for this long [default: 3s, at least 3 of its ticks].
@@ -59,7 +60,7 @@ pub struct ClusterOptions {
     #[arg(long, value_name = "ADDR:PORT", default_value_t = DEFAULT_GROUP, conflicts_with = "peers")]
     pub group: SocketAddrV4,
     /// Interface address for multicast.
-    #[arg(long, value_name = "ADDR", default_value_t = Ipv4Addr::LOCALHOST)]
+    #[arg(long, value_name = "ADDR", default_value_t = defaults::INTERFACE)]
     pub interface: Ipv4Addr,
     /// Use unicast to these peers (comma-separated ADDR:PORT) instead of multicast.
     #[arg(long, value_name = "ADDR,…", value_delimiter = ',')]
@@ -72,7 +73,7 @@ pub struct ClusterOptions {
     )]
     pub cluster_bind: SocketAddr,
     /// Cluster name: nodes of other clusters are ignored.
-    #[arg(long, value_name = "NAME", default_value = "headcount")]
+    #[arg(long, value_name = "NAME", default_value = defaults::CLUSTER_NAME)]
     pub cluster: String,
     /// File holding the cluster key (datagrams are authenticated with it) [default on loopback:
     /// ~/.local/state/headcount/cluster.key, created on first start].
@@ -526,65 +527,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("hc-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(format!("{}.toml", text.len()));
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn serve(args: &[&str]) -> Result<ServeOptions, String> {
-        parse_args("serve", args).map_err(|e| e.0)
-    }
-
-    #[test]
-    fn flags_win_over_the_file() {
-        let f = file(
-            "tick = \"250ms\"\ncluster = \"from-file\"\ngroup = \"239.1.2.3:9000\"\npin = true\n",
-        );
-        let o = serve(&["--config", f.to_str().unwrap(), "--cluster", "from-flag"]).unwrap();
-        let c = Cluster::new(&o.cluster);
-        assert_eq!(c.tick, Duration::from_millis(250));
-        assert_eq!(c.name, "from-flag");
-        assert!(o.pin);
-        assert!(matches!(
-            c.transport,
-            Some(Transport::Multicast { group, .. }) if group == "239.1.2.3:9000".parse().unwrap()
-        ));
-        // The defaults, where neither says anything.
-        assert_eq!(o.max_output, 16 << 20);
-        assert_eq!(o.cluster.interface, Ipv4Addr::LOCALHOST);
-    }
-
-    #[test]
-    fn bad_files_name_the_problem() {
-        let with = |text: &str| serve(&["--config", file(text).to_str().unwrap()]).unwrap_err();
-        let e = with("tikc = \"1s\"\n");
-        assert!(e.contains("unknown key `tikc`"), "{e}");
-        let e = with("workers = \"two\"\n");
-        assert!(e.contains("workers") && e.contains("two"), "{e}");
-        let e = with("tick = \"soon\"\n");
-        assert!(e.contains("tick") && e.contains("soon"), "{e}");
-        let e = with("standalone = 1\n");
-        assert!(e.contains("`standalone`"), "{e}");
-        let e = serve(&["--config", "/nonexistent/headcount.toml"]).unwrap_err();
-        assert!(e.contains("/nonexistent/headcount.toml"), "{e}");
-        // Multicast or unicast, not both.
-        assert!(
-            serve(&[
-                "--config",
-                file("peers = [\"127.0.0.1:1\"]\ngroup = \"239.1.2.3:9000\"\n")
-                    .to_str()
-                    .unwrap()
-            ])
-            .is_err()
-        );
-        assert!(serve(&["--peers", "127.0.0.1:1", "--group", "239.1.2.3:9000"]).is_err());
-        let f = file("group = \"239.1.2.3:9000\"\n");
-        assert!(serve(&["--config", f.to_str().unwrap(), "--peers", "127.0.0.1:1"]).is_err());
-    }
-}
+mod tests;

@@ -1,0 +1,73 @@
+//! The settings: flags, file keys and defaults.
+
+use super::*;
+
+fn file(text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hc-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{}.toml", text.len()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn serve(args: &[&str]) -> Result<ServeOptions, String> {
+    parse_args("serve", args).map_err(|e| e.0)
+}
+
+#[test]
+fn the_cluster_defaults_are_the_librarys() {
+    let c = Cluster::new(&serve(&[]).unwrap().cluster);
+    assert_eq!(c.tick, defaults::TICK);
+    assert_eq!(c.name, defaults::CLUSTER_NAME);
+    assert!(matches!(
+        c.transport,
+        Some(Transport::Multicast { group, interface, .. })
+            if group == defaults::GROUP && interface == defaults::INTERFACE
+    ));
+}
+
+#[test]
+fn flags_win_over_the_file() {
+    let f =
+        file("tick = \"250ms\"\ncluster = \"from-file\"\ngroup = \"239.1.2.3:9000\"\npin = true\n");
+    let o = serve(&["--config", f.to_str().unwrap(), "--cluster", "from-flag"]).unwrap();
+    let c = Cluster::new(&o.cluster);
+    assert_eq!(c.tick, Duration::from_millis(250));
+    assert_eq!(c.name, "from-flag");
+    assert!(o.pin);
+    assert!(matches!(
+        c.transport,
+        Some(Transport::Multicast { group, .. }) if group == "239.1.2.3:9000".parse().unwrap()
+    ));
+    // The defaults, where neither says anything.
+    assert_eq!(o.max_output, 16 << 20);
+    assert_eq!(o.cluster.interface, Ipv4Addr::LOCALHOST);
+}
+
+#[test]
+fn bad_files_name_the_problem() {
+    let with = |text: &str| serve(&["--config", file(text).to_str().unwrap()]).unwrap_err();
+    let e = with("tikc = \"1s\"\n");
+    assert!(e.contains("unknown key `tikc`"), "{e}");
+    let e = with("workers = \"two\"\n");
+    assert!(e.contains("workers") && e.contains("two"), "{e}");
+    let e = with("tick = \"soon\"\n");
+    assert!(e.contains("tick") && e.contains("soon"), "{e}");
+    let e = with("standalone = 1\n");
+    assert!(e.contains("`standalone`"), "{e}");
+    let e = serve(&["--config", "/nonexistent/headcount.toml"]).unwrap_err();
+    assert!(e.contains("/nonexistent/headcount.toml"), "{e}");
+    // Multicast or unicast, not both.
+    assert!(
+        serve(&[
+            "--config",
+            file("peers = [\"127.0.0.1:1\"]\ngroup = \"239.1.2.3:9000\"\n")
+                .to_str()
+                .unwrap()
+        ])
+        .is_err()
+    );
+    assert!(serve(&["--peers", "127.0.0.1:1", "--group", "239.1.2.3:9000"]).is_err());
+    let f = file("group = \"239.1.2.3:9000\"\n");
+    assert!(serve(&["--config", f.to_str().unwrap(), "--peers", "127.0.0.1:1"]).is_err());
+}
