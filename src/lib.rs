@@ -87,6 +87,8 @@ mod core;
 mod engine;
 mod error;
 
+#[cfg(feature = "tokio")]
+pub use crate::core::async_feed::AsyncChangeFeed;
 pub use crate::core::shard::{Presence, Shard};
 pub use crate::core::topic::{OVERFLOW_NAME, Topic, wire_hash};
 pub use crate::core::view::{ChangeFeed, FeedEvent, TickChanges};

@@ -13,10 +13,13 @@
 //! - `hot`: the per-core slots, the shared core, generations, the memory's owner, thread ids:
 //!   every line of the hot path's unsafe code. Takes `(id, generation)`, never a topic handle.
 //!   Uses `ring`, `sync`.
+//! - `async_feed` (feature `tokio`): the change feed's async reader. Uses `view`.
 //! - `view`: the counts the engine publishes each tick and the change feed. Uses `sync`.
 //! - `ring`: the bounded SPSC ring a core reports dirty topics through. Uses `sync`.
 //! - `sync`: std's atomics, or loom's under `--cfg loom`.
 
+#[cfg(feature = "tokio")]
+pub(crate) mod async_feed;
 pub(crate) mod hot;
 pub(crate) mod reducer;
 pub(crate) mod ring;

@@ -75,6 +75,9 @@ pub(crate) struct Feed {
     q: Mutex<Queue>,
     cv: Condvar,
     capacity: usize,
+    /// Wakes async readers ([`crate::AsyncChangeFeed`]) after each publish and at close.
+    #[cfg(feature = "tokio")]
+    pub(crate) notify: tokio::sync::Notify,
 }
 
 impl Feed {
@@ -87,6 +90,8 @@ impl Feed {
             }),
             cv: Condvar::new(),
             capacity: capacity.max(1),
+            #[cfg(feature = "tokio")]
+            notify: tokio::sync::Notify::new(),
         })
     }
 
@@ -110,11 +115,20 @@ impl Feed {
         }
         drop(q);
         self.cv.notify_all();
+        self.wake_async();
     }
 
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.cv.notify_all();
+        self.wake_async();
+    }
+
+    /// Wakes every async reader waiting (after the queue's lock is released, like the condvar).
+    #[inline]
+    fn wake_async(&self) {
+        #[cfg(feature = "tokio")]
+        self.notify.notify_waiters();
     }
 
     pub(crate) fn subscribe(self: &Arc<Self>) -> ChangeFeed {
@@ -130,6 +144,9 @@ impl Feed {
 ///
 /// Bounded: the engine keeps the last `feed_capacity` ticks; a reader further behind gets
 /// [`FeedEvent::Lagged`] and resumes at the oldest kept tick. The engine never waits for readers.
+///
+/// Its methods block the calling thread. From async code, with the `tokio` feature, turn it into
+/// an `AsyncChangeFeed` (`ChangeFeed::into_async`): the same events and lag, awaited.
 pub struct ChangeFeed {
     feed: Arc<Feed>,
     next: u64,
@@ -154,6 +171,20 @@ impl ChangeFeed {
         let b = q.buf.get(i)?.clone();
         self.next += 1;
         Some(FeedEvent::Changes(b))
+    }
+
+    /// The next event if one is ready, and whether the feed is closed (the engine stopped).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn try_next(&mut self) -> (Option<FeedEvent>, bool) {
+        let feed = self.feed.clone();
+        let q = feed.lock();
+        (self.take(&q), q.closed)
+    }
+
+    /// The shared queue this reader reads (for the async reader's wake-ups).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// The next event if one is ready.
