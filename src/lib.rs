@@ -74,6 +74,49 @@
 //! ## Features
 //!
 //! - `affinity` (default): count CPUs and pin threads with `core_affinity`.
+//! - `tokio` (off by default): `AsyncChangeFeed`, the change feed for async code
+//!   (`engine.changes().into_async()`). It depends on tokio's `sync` feature only (no runtime,
+//!   any flavour works); without the feature nothing of tokio is built or run, and the engine
+//!   thread does not signal anything more than the blocking feed's condvar.
+//!
+//! The async reader has the blocking one's semantics: it sees every tick's changes in order,
+//! the engine keeps the last [`feed_capacity`](Builder::feed_capacity) ticks and never waits,
+//! and a reader further behind gets one [`FeedEvent::Lagged`] with the number of ticks lost,
+//! then resumes at the oldest kept tick. `recv` returns `None` once the engine stopped and all
+//! was read; it is cancel-safe (use `tokio::time::timeout` for a bounded wait).
+//!
+#![cfg_attr(
+    feature = "tokio",
+    doc = r#"
+```
+use std::time::Duration;
+use headcount::{Engine, FeedEvent};
+
+# tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+let engine = Engine::builder().shards(2).tick(Duration::from_millis(20)).start()?;
+let mut feed = engine.changes().into_async(); // from the next tick on
+let alice = engine.join_by_name("room:42");
+// Push "N online" to clients as counts change (here: until the first change).
+while let Some(ev) = feed.recv().await {
+    match ev {
+        FeedEvent::Changes(tick) => {
+            for (room, n) in &tick.changes {
+                println!("{room}: {n} online");
+            }
+            break;
+        }
+        // Fell more than `feed_capacity` ticks behind: re-read the counts of interest.
+        FeedEvent::Lagged { .. } => println!("room:42: {}", engine.count_by_name("room:42")),
+    }
+}
+drop(alice);
+drop(engine); // stops the engine: `recv` returns `None` once the rest is read
+while feed.recv().await.is_some() {}
+# Ok::<(), headcount::Error>(())
+# }).unwrap();
+```
+"#
+)]
 //!
 //! The bare library depends on no command-line, logging or serialization crate: those are the
 //! server crate's.
