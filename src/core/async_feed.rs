@@ -26,6 +26,9 @@ use crate::core::view::{ChangeFeed, Feed, FeedEvent};
 /// [`recv`](Self::recv) is cancel-safe: dropping it before it completes (in `tokio::select!`, or
 /// under `tokio::time::timeout`, the async form of [`ChangeFeed::recv_timeout`]) loses no
 /// event. It needs no particular runtime flavour: it is woken through a `tokio::sync::Notify`.
+///
+/// There is no `Stream` impl (it would add a dependency and a boxed future); for one, wrap it,
+/// e.g. `futures::stream::unfold(feed, |mut f| async move { f.recv().await.map(|e| (e, f)) })`.
 pub struct AsyncChangeFeed {
     feed: ChangeFeed,
     /// The queue `feed` reads, for its `Notify` (a separate field, so that waiting on it and
