@@ -20,6 +20,17 @@ pub enum Error {
         /// The table's capacity.
         capacity: usize,
     },
+    /// A topic name longer than [`crate::MAX_NAME_LEN`] bytes: the cluster wire could not name it
+    /// on peers, so it is never interned.
+    #[error(
+        "topic name is {len} bytes, over the limit of {max} (the longest name peers can be told)"
+    )]
+    NameTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit, [`crate::MAX_NAME_LEN`].
+        max: usize,
+    },
     /// A [`crate::Topic`] handle whose topic was retired (or that came from another engine).
     #[error(
         "topic handle #{id} is stale: its topic was retired after staying at zero; look the name up again with Engine::topic"

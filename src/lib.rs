@@ -35,9 +35,15 @@
 //!   precise bound. No change waits for its topic to change again.
 //! - **Bounded memory**: topics whose count stays zero for `retire_after` are retired and their
 //!   ids reused. A [`Topic`] handle to a retired topic is *stale*: joins through it return
-//!   [`Error::StaleTopic`] ([`Shard::try_join`]) or count nothing ([`Shard::join`]); it never
-//!   counts into another topic. Look the name up again. A worker that blocks (an event loop
-//!   waiting for I/O) calls [`Shard::park`] first, so that it never holds up the reuse of ids.
+//!   [`Error::StaleTopic`] ([`Shard::try_join`], [`Engine::try_join`]) or count nothing and add
+//!   one to [`Stats::stale_joins`] ([`Shard::join`], [`Engine::join`]); it never counts into
+//!   another topic. Look the name up again. A worker that blocks (an event loop waiting for I/O)
+//!   calls [`Shard::park`] first, so that it never holds up the reuse of ids.
+//! - **Nothing silent**: a stale handle, a name over [`MAX_NAME_LEN`] bytes and a full topic
+//!   table are each an [`Error`] from the `try_` forms; the infallible forms count them in
+//!   [`Stats`] (`stale_joins`, `long_names`, `full_table`), and count an over-long name or a new
+//!   name on a full table in [`Topic::OVERFLOW`] rather than nowhere
+//!   (the overflow topic is listed, and named on peers, as [`OVERFLOW_NAME`]).
 //!
 //! ## Layout
 //!
@@ -143,6 +149,16 @@ pub use engine::cpu::{cpus, pin_worker};
 pub use engine::net::Transport;
 pub use engine::stats::{ClusterStats, Stats, TICK_BUCKETS};
 pub use error::Error;
+
+/// The longest topic name, in bytes, that the engine interns: the longest a cluster datagram can
+/// carry ([`cluster::wire::MAX_WIRE_NAME`]), so that every interned topic is named on every peer.
+///
+/// A longer name is never interned: the `try_` forms ([`Engine::try_topic`],
+/// [`Engine::try_join_by_name`], [`Shard::try_join_by_name`]) return [`Error::NameTooLong`]; the
+/// infallible ones ([`Engine::topic`], [`Engine::join_by_name`], [`Shard::join_by_name`]) count
+/// it into [`Topic::OVERFLOW`] and add one to [`Stats::long_names`]; reads by name
+/// ([`Engine::lookup`], [`Engine::count_by_name`]) find nothing.
+pub const MAX_NAME_LEN: usize = cluster::wire::MAX_WIRE_NAME;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -233,3 +233,28 @@ fn bad_cluster_configuration_is_a_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("payload_budget"), "{e}");
 }
+
+/// The name limit's boundary on a real cluster: a name of exactly [`headcount::MAX_NAME_LEN`]
+/// bytes is named on the peer; a longer one is counted in the overflow topic, which the peer
+/// names too, so the peer's counts by name add up to its total.
+#[test]
+fn a_name_at_the_limit_is_named_on_the_peer() {
+    let g = group(6);
+    let a = node(Engine::builder().multicast(g).cluster_name("t6"));
+    let b = node(Engine::builder().multicast(g).cluster_name("t6"));
+    let edge = "n".repeat(headcount::MAX_NAME_LEN);
+    let long = "n".repeat(headcount::MAX_NAME_LEN + 1);
+    let mut shard = a.shard().unwrap();
+    let mut held: Vec<_> = (0..3).map(|_| shard.join_by_name(&edge)).collect();
+    held.extend((0..2).map(|_| shard.join_by_name(&long)));
+    assert_eq!(a.stats().long_names, 2);
+    eventually("the peer counts the 255-byte name by name", || {
+        b.total() == 5 && b.count_by_name(&edge) == 3
+    });
+    eventually("the peer names the overflow topic", || {
+        b.count_by_name(headcount::OVERFLOW_NAME) == 2
+    });
+    assert_eq!(b.count_by_name(&long), 0);
+    drop(held);
+    eventually("leaves reach the peer", || b.total() == 0);
+}

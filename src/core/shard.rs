@@ -190,6 +190,27 @@ impl ShardPool {
     }
 }
 
+/// Interns `name` and joins it with `join`, looking it up again (a few times) when its topic was
+/// retired in between.
+pub(crate) fn try_by_name(
+    pool: &ShardPool,
+    name: &str,
+    mut join: impl FnMut(Topic) -> Result<Presence, Error>,
+) -> Result<Presence, Error> {
+    let mut last = None;
+    for _ in 0..3 {
+        let t = match pool.topics.lookup(name) {
+            Some(t) => t,
+            None => pool.topics.intern(name, &pool.hot)?,
+        };
+        match join(t) {
+            Err(e @ Error::StaleTopic { .. }) => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or(Error::StaleTopic { id: 0 }))
+}
+
 /// Joins `topic` through the shared core; [`Error::StaleTopic`] when its handle is stale.
 fn join_shared(hot: &HotBox, topic: Topic) -> Result<u32, Error> {
     hot.join_shared(topic.id(), topic.generation())
@@ -327,9 +348,22 @@ impl Shard {
     }
 
     /// Looks `name` up (a lock-free read), interning it if new, then joins it.
+    ///
+    /// Never fails: a name over [`crate::MAX_NAME_LEN`] bytes, or a new name when the topic table
+    /// is full, is counted in [`crate::Topic::OVERFLOW`] (listed as `"(overflow)"`, named on
+    /// peers too) and adds one to [`crate::Stats::long_names`] or [`crate::Stats::full_table`].
+    /// [`Shard::try_join_by_name`] returns those as errors instead.
     pub fn join_by_name(&mut self, name: &str) -> Presence {
         let t = self.pool.topics.resolve(name, &self.pool.hot);
         self.join(t)
+    }
+
+    /// Looks `name` up, interning it if new, then joins it; [`Error::NameTooLong`] for a name
+    /// over [`crate::MAX_NAME_LEN`] bytes, [`Error::TopicsFull`] when the table has no free id.
+    /// A topic retired between the lookup and the join is looked up again.
+    pub fn try_join_by_name(&mut self, name: &str) -> Result<Presence, Error> {
+        let pool = self.pool.clone();
+        try_by_name(&pool, name, |t| self.try_join(t))
     }
 
     /// Tells the engine this shard's worker is about to go idle: call it before your event loop

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::hash::Hasher;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use crate::core::hot::Hot;
@@ -83,6 +84,12 @@ pub(crate) struct Topics {
     alloc: Mutex<Alloc>,
     capacity: usize,
     key: [u8; 16],
+    /// The longest name interned (the engine passes [`crate::MAX_NAME_LEN`]).
+    max_name: usize,
+    /// [`Topics::resolve`] calls that fell back to [`Topic::OVERFLOW`] for an over-long name.
+    pub(crate) long_names: AtomicU64,
+    /// [`Topics::resolve`] calls that fell back to [`Topic::OVERFLOW`] for a full table.
+    pub(crate) full: AtomicU64,
 }
 
 /// What phase two of a retirement did.
@@ -97,7 +104,7 @@ pub(crate) enum Retired {
 }
 
 impl Topics {
-    pub(crate) fn new(capacity: usize, key: u128) -> Topics {
+    pub(crate) fn new(capacity: usize, key: u128, max_name: usize) -> Topics {
         let key = key.to_le_bytes();
         let t = Topics {
             by_name: papaya::HashMap::builder()
@@ -113,6 +120,9 @@ impl Topics {
             }),
             capacity,
             key,
+            max_name,
+            long_names: AtomicU64::new(0),
+            full: AtomicU64::new(0),
         };
         t.by_id.pin().insert(
             0,
@@ -137,15 +147,33 @@ impl Topics {
         }
     }
 
-    /// The handle for `name`, interning it if new; [`Topic::OVERFLOW`] when the table is full.
+    /// The handle for `name`, interning it if new; [`Topic::OVERFLOW`] when the name is over
+    /// the length limit or the table is full (each counted: `long_names`, `full`).
     #[inline]
     pub(crate) fn resolve(&self, name: &str, hot: &Hot) -> Topic {
         self.lookup(name)
-            .unwrap_or_else(|| self.intern(name, hot).unwrap_or(Topic::OVERFLOW))
+            .unwrap_or_else(|| self.intern(name, hot).unwrap_or_else(|e| self.overflow(&e)))
     }
 
-    /// The handle for `name`, interning it if new.
+    #[cold]
+    fn overflow(&self, e: &Error) -> Topic {
+        let c = match e {
+            Error::NameTooLong { .. } => &self.long_names,
+            _ => &self.full,
+        };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Topic::OVERFLOW
+    }
+
+    /// The handle for `name`, interning it if new; [`Error::NameTooLong`] for a name over the
+    /// limit, [`Error::TopicsFull`] when no id is free.
     pub(crate) fn intern(&self, name: &str, hot: &Hot) -> Result<Topic, Error> {
+        if name.len() > self.max_name {
+            return Err(Error::NameTooLong {
+                len: name.len(),
+                max: self.max_name,
+            });
+        }
         let mut a = self.lock();
         let map = self.by_name.pin();
         if let Some(e) = map.get(name) {
@@ -296,7 +324,7 @@ mod tests {
     #[test]
     fn intern_retire_revive_and_reuse() {
         let hot = Hot::new(1, 8, 16);
-        let t = Topics::new(8, 0);
+        let t = Topics::new(8, 0, crate::MAX_NAME_LEN);
         let a = t.intern("a", &hot).unwrap();
         assert_eq!(a.id(), 1);
         assert_eq!(t.lookup("a"), Some(a));
@@ -333,7 +361,7 @@ mod tests {
     #[test]
     fn a_straggler_revives() {
         let hot = Hot::new(1, 8, 16);
-        let t = Topics::new(8, 0);
+        let t = Topics::new(8, 0, crate::MAX_NAME_LEN);
         t.intern("x", &hot).unwrap();
         let g = t.begin_retire(1, &hot).unwrap();
         assert_eq!(t.finish_retire(1, g, false), Retired::Revived);
@@ -343,7 +371,7 @@ mod tests {
     #[test]
     fn full_table_overflows() {
         let hot = Hot::new(1, 3, 16);
-        let t = Topics::new(3, 0);
+        let t = Topics::new(3, 0, crate::MAX_NAME_LEN);
         t.intern("a", &hot).unwrap();
         t.intern("b", &hot).unwrap();
         assert!(matches!(

@@ -506,7 +506,7 @@ impl Builder {
             None => None,
         };
         let hot = HotBox::new(Hot::new(shards, self.max_topics, self.ring_capacity));
-        let topics = Topics::new(self.max_topics, hash_key);
+        let topics = Topics::new(self.max_topics, hash_key, crate::MAX_NAME_LEN);
         let pool = Arc::new(ShardPool::new(hot, shards, topics));
         let inner = Arc::new(Inner {
             pool,

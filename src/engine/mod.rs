@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::cluster::protocol::NodeInfo;
-use crate::core::shard::{Presence, Shard, ShardPool};
+use crate::core::shard::{Presence, Shard, ShardPool, try_by_name};
 use crate::core::sync::Ordering;
 use crate::core::topic::Topic;
 use crate::core::view::{ChangeFeed, Feed, View};
@@ -127,14 +127,18 @@ impl Engine {
 
     /// The handle for `name`, interning it on first use (later calls: a lock-free read).
     ///
-    /// When the topic table is full this returns [`Topic::OVERFLOW`], whose joins are counted
-    /// under the name `"(overflow)"`; [`Engine::try_topic`] returns the error instead.
+    /// Names are at most [`crate::MAX_NAME_LEN`] (255) bytes, the longest the cluster wire can
+    /// name on peers. For a longer name, or a new name when the topic table is full, this returns
+    /// [`Topic::OVERFLOW`], whose joins are counted under the name `"(overflow)"` (on peers
+    /// too), and adds one to [`Stats::long_names`] or [`Stats::full_table`];
+    /// [`Engine::try_topic`] returns [`Error::NameTooLong`] or [`Error::TopicsFull`] instead.
     pub fn topic(&self, name: &str) -> Topic {
         let p = &self.inner().pool;
         p.topics.resolve(name, &p.hot)
     }
 
-    /// The handle for `name`, interning it on first use, or [`Error::TopicsFull`].
+    /// The handle for `name`, interning it on first use; [`Error::NameTooLong`] for a name over
+    /// [`crate::MAX_NAME_LEN`] bytes, [`Error::TopicsFull`] when the table has no free id.
     pub fn try_topic(&self, name: &str) -> Result<Topic, Error> {
         let p = &self.inner().pool;
         match p.topics.lookup(name) {
@@ -143,7 +147,8 @@ impl Engine {
         }
     }
 
-    /// The handle for `name` if it is interned now (never interns).
+    /// The handle for `name` if it is interned now (never interns; `None` for a name over
+    /// [`crate::MAX_NAME_LEN`] bytes, which is never interned).
     pub fn lookup(&self, name: &str) -> Option<Topic> {
         self.inner().pool.topics.lookup(name)
     }
@@ -168,8 +173,18 @@ impl Engine {
     /// Joins `topic` through a shard claimed for the calling thread on its first join (kept until
     /// the thread exits), or through the shared core when no shard is free. For code that does
     /// not manage workers; a worker that holds a [`Shard`] should use [`Shard::join`].
+    ///
+    /// A stale handle (its topic was retired) counts nothing: the presence is inert
+    /// ([`Presence::is_counted`] is false) and [`Stats::stale_joins`] goes up by one.
+    /// [`Engine::try_join`] returns [`Error::StaleTopic`] instead.
     pub fn join(&self, topic: Topic) -> Presence {
         Presence::join_here(&self.inner().pool, topic)
+    }
+
+    /// [`Engine::join`], or [`Error::StaleTopic`] when the handle's topic was retired (look the
+    /// name up again with [`Engine::topic`], or use [`Engine::try_join_by_name`]).
+    pub fn try_join(&self, topic: Topic) -> Result<Presence, Error> {
+        self.inner().pool.join_here(topic)
     }
 
     /// Gives back the shard [`Engine::join`] claimed for the calling thread, if any (it is
@@ -180,9 +195,22 @@ impl Engine {
         self.inner().pool.release_thread();
     }
 
-    /// [`Engine::join`] by name.
+    /// [`Engine::join`] by name: [`Engine::topic`], then the join.
+    ///
+    /// Never fails: a name over [`crate::MAX_NAME_LEN`] bytes, or a new name when the table is
+    /// full, is counted in [`Topic::OVERFLOW`] (see [`Engine::topic`]) and adds one to
+    /// [`Stats::long_names`] or [`Stats::full_table`]. [`Engine::try_join_by_name`] returns
+    /// those as errors instead.
     pub fn join_by_name(&self, name: &str) -> Presence {
         self.join(self.topic(name))
+    }
+
+    /// [`Engine::join`] by name; [`Error::NameTooLong`] for a name over [`crate::MAX_NAME_LEN`]
+    /// bytes, [`Error::TopicsFull`] when the table has no free id. A topic retired between the
+    /// lookup and the join is looked up again.
+    pub fn try_join_by_name(&self, name: &str) -> Result<Presence, Error> {
+        let pool = &self.inner().pool;
+        try_by_name(pool, name, |t| pool.join_here(t))
     }
 
     /// Runs a reducer tick now and waits for it. Everything that happened before this call (on
@@ -222,7 +250,8 @@ impl Engine {
         self.inner().view.local(topic.id()).load(Ordering::Relaxed)
     }
 
-    /// The cluster-wide count of the topic called `name` (0 if no such topic).
+    /// The cluster-wide count of the topic called `name` (0 if no such topic; always 0 for a
+    /// name over [`crate::MAX_NAME_LEN`] bytes, whose joins count in [`Topic::OVERFLOW`]).
     pub fn count_by_name(&self, name: &str) -> u64 {
         self.lookup(name).map_or(0, |t| self.count(t))
     }

@@ -50,8 +50,17 @@ pub struct Stats {
     pub topic_high_water: u32,
     /// The topic table's capacity.
     pub topic_capacity: usize,
-    /// Joins through a stale handle (counted nothing).
+    /// Joins through a stale handle (counted nothing): [`Engine::join`](crate::Engine::join)
+    /// and [`Shard::join`](crate::Shard::join) on a retired topic's handle.
     pub stale_joins: u64,
+    /// Names over [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes given to an infallible form
+    /// ([`Engine::topic`](crate::Engine::topic), `join_by_name`): each was resolved to the
+    /// overflow topic (and its joins counted there), one per call.
+    pub long_names: u64,
+    /// Names that found the topic table full in an infallible form
+    /// ([`Engine::topic`](crate::Engine::topic), `join_by_name`): each was resolved to the
+    /// overflow topic (and its joins counted there), one per call.
+    pub full_table: u64,
     /// Joins and leaves that went through the shared (slower) core.
     pub shared_ops: u64,
     /// Shards not claimed now.
@@ -147,6 +156,8 @@ impl RawStats {
             topic_high_water: topics.high_water(),
             topic_capacity: topics.capacity(),
             stale_joins: hot.stale_joins.load(Ordering::Relaxed),
+            long_names: topics.long_names.load(Ordering::Relaxed),
+            full_table: topics.full.load(Ordering::Relaxed),
             shared_ops: hot.shared.ops.load(Ordering::Relaxed),
             free_shards: pool.free_shards(),
             tick_time: Duration::from_nanos(self.tick_total_ns.load(Ordering::Relaxed)),

@@ -7,7 +7,7 @@ use super::context::{Args, Ctx, Session};
 use crate::resp::Reply;
 
 /// Longest topic name: what the cluster wire can name on every peer.
-pub const MAX_TOPIC_LEN: usize = 255;
+pub const MAX_TOPIC_LEN: usize = headcount::MAX_NAME_LEN;
 /// Most entries `TOP` returns.
 pub const MAX_TOP: usize = 10_000;
 

@@ -4,7 +4,11 @@ use crate::core::reducer::quiet;
 
 fn pool(cores: usize, cap: usize) -> Arc<ShardPool> {
     let hot = HotBox::new(Hot::new(cores, cap, 16));
-    Arc::new(ShardPool::new(hot, cores, Topics::new(cap, 0)))
+    Arc::new(ShardPool::new(
+        hot,
+        cores,
+        Topics::new(cap, 0, crate::MAX_NAME_LEN),
+    ))
 }
 
 fn sum(hot: &Hot, id: u32) -> i64 {
