@@ -129,13 +129,7 @@ fn both(
 ) -> Stat<'static> {
     Stat {
         info: Some(key),
-        metric: Some(Metric {
-            name,
-            kind,
-            help,
-            label: None,
-        }),
-        value: Value::Int(v),
+        ..metric(name, kind, help, v)
     }
 }
 
