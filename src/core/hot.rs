@@ -36,10 +36,33 @@
 //!
 //! # Threads
 //!
-//! A core binds to the first thread that writes through it (the binding itself is in `shard.rs`).
-//! A [`Hold`] dropped on that thread decrements the core directly; dropped anywhere else (or after
-//! its shard was returned) it decrements the shared core with atomic read-modify-writes: slower,
-//! still exact.
+//! A core binds to the first thread that writes through it (the binding itself is in `shard.rs`);
+//! only that thread writes it, and only that thread unbinds it again (with one exception, also in
+//! `shard.rs`: a core whose owner can provably no longer write it).
+//!
+//! A [`Hold`] dropped on the thread its core is bound to decrements that core. Dropped on another
+//! thread that has a *home* core in the same engine (the implicit thread shard of
+//! `Engine::join`, see [`set_home`]), it decrements the home core instead: a count is a sum over
+//! cores, so a presence need not leave where it joined. Anywhere else it decrements the shared
+//! core with atomic read-modify-writes: slower, still exact.
+//!
+//! What a leave on another core does to the invariants:
+//!
+//! - *Counts*: a core's slot may wrap below zero; only the sum over cores is read, as before
+//!   (the shared core's slots always could).
+//! - *Retirement*: phase two frees an id only if its re-sum is zero. Every join that counted
+//!   with the old generation is visible to that re-sum (`reducer.rs`, Retirement: its core moved
+//!   on or parked, or has no handle left). A leave is a `-1` ordered after its own join, so
+//!   whatever subset of leaves the re-sum sees, it reads at least the number of presences still
+//!   alive: a zero means none is. A leave on another core changes nothing in this argument,
+//!   which never asked where a leave happened.
+//! - *Live presences*: every core has two counters, `live` (presences made on it minus those of
+//!   them dropped on it) and `foreign` (minus the presences made elsewhere and dropped on it). The
+//!   engine's memory is freed when the sum of all of them and the shared core's is zero (see
+//!   [`HotBox`]); a core is handed over from a thread that can no longer join through it only
+//!   when its own `live` is zero, which then means no presence made on it is alive, so that
+//!   thread has nothing left to write there (a home core is never handed over: it is unbound
+//!   by its own thread before it is returned).
 
 use std::cell::Cell;
 use std::ptr::NonNull;
@@ -62,8 +85,14 @@ const PARKED: u64 = 0;
 
 static NEXT_TID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Numbers the [`Hot`]s of the process (never reused, never 0), so a thread's home survives no
+/// engine: an address could be reused, a serial cannot.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 thread_local! {
     static TID: Cell<u64> = const { Cell::new(0) };
+    /// The calling thread's home core: `(serial of its Hot, core index)`, `(0, 0)` for none.
+    static HOME: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
 }
 
 /// A number unique to the calling thread for the life of the process (never reused, never 0).
@@ -81,6 +110,33 @@ pub(crate) fn tid() -> u64 {
     })
 }
 
+/// Makes core `core` of `hot` the calling thread's home: presences of `hot` dropped on this
+/// thread leave there, and `Engine::join` joins there without a lookup. The thread must be bound
+/// to the core as its thread shard (`shard.rs`); [`home`] re-checks the binding at every use.
+pub(crate) fn set_home(hot: &Hot, core: u32) {
+    HOME.with(|h| h.set((hot.serial, core)));
+}
+
+/// Forgets the calling thread's home if it is in `hot`.
+pub(crate) fn clear_home(hot: &Hot) {
+    let _ = HOME.try_with(|h| {
+        if h.get().0 == hot.serial {
+            h.set((0, 0));
+        }
+    });
+}
+
+/// The calling thread's home core in `hot`, if it has one and is still bound to it.
+#[inline]
+pub(crate) fn home(hot: &Hot, me: u64) -> Option<usize> {
+    let (serial, core) = HOME.try_with(Cell::get).ok()?;
+    if serial != hot.serial {
+        return None;
+    }
+    let c = hot.cores.get(core as usize)?;
+    (c.hdr.bound.load(Ordering::Relaxed) == me).then_some(core as usize)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cores
 
@@ -93,8 +149,11 @@ pub(crate) struct Header {
     local_e: AtomicU64,
     /// The last epoch this core observed, published with release for the reducer.
     pub(crate) seen: AtomicU64,
-    /// Owner-only writes: presences created here minus presences dropped here (wrapping).
+    /// Owner-only writes: presences created here minus those of them dropped here (wrapping).
     pub(crate) live: AtomicU64,
+    /// Owner-only writes: minus the presences created on other cores and dropped here, as the
+    /// home core of the dropping thread (wrapping).
+    pub(crate) foreign: AtomicU64,
     /// `tid()` of the thread that may *join* through this core (a shard handle or an implicit
     /// thread shard bound there), 0 if none. Topic retirement waits only for these cores.
     pub(crate) joiner: AtomicU64,
@@ -175,6 +234,23 @@ impl Core {
     /// topic to the ring on its first change in `e`, and adds `live` to the live-presence count.
     #[inline]
     pub(crate) fn apply(&self, e: u64, id: u32, delta: u32, live: u64) {
+        self.apply_to(e, id, delta, live, &self.hdr.live);
+    }
+
+    /// Owner only: a leave (−1 to topic `id` in epoch `e`) of a presence made on another core.
+    #[inline]
+    pub(crate) fn leave_foreign(&self, e: u64, id: u32) {
+        self.apply_to(
+            e,
+            id,
+            1u32.wrapping_neg(),
+            1u64.wrapping_neg(),
+            &self.hdr.foreign,
+        );
+    }
+
+    #[inline]
+    fn apply_to(&self, e: u64, id: u32, delta: u32, live: u64, l: &AtomicU64) {
         let slot = &self.slots[id as usize];
         let v = slot.load(Ordering::Relaxed);
         let count = (v as u32).wrapping_add(delta) as u64;
@@ -184,7 +260,6 @@ impl Core {
         if old_mark != mark {
             self.report(id, e);
         }
-        let l = &self.hdr.live;
         // Release, and last: once the engine's teardown sees this, we no longer touch the core.
         l.store(
             l.load(Ordering::Relaxed).wrapping_add(live),
@@ -304,6 +379,8 @@ impl SharedCore {
 
 /// Everything the hot path touches. Owned by a [`HotBox`]; a [`Hold`] points into it.
 pub(crate) struct Hot {
+    /// Unique to this `Hot` in the process: what a thread's home refers to.
+    serial: u64,
     /// The reducer's tick number; see the module docs.
     pub(crate) epoch: CachePadded<AtomicU64>,
     /// The current generation of every topic id; a topic handle with another one is stale.
@@ -316,6 +393,7 @@ pub(crate) struct Hot {
 impl Hot {
     pub(crate) fn new(cores: usize, capacity: usize, ring: usize) -> Hot {
         Hot {
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             epoch: CachePadded::new(AtomicU64::new(1)),
             gens: zeroed_u32(capacity),
             cores: (0..cores).map(|_| Core::new(capacity, ring)).collect(),
@@ -346,6 +424,7 @@ impl Hot {
         let mut l = self.shared.live.load(Ordering::SeqCst);
         for c in self.cores.iter() {
             l = l.wrapping_add(c.hdr.live.load(Ordering::Acquire));
+            l = l.wrapping_add(c.hdr.foreign.load(Ordering::Acquire));
         }
         l
     }
@@ -429,9 +508,10 @@ impl Drop for HotBox {
 /// One unit counted in one topic of a [`Hot`]: the inside of a `Presence`. Dropping it takes the
 /// unit back (−1), on any thread.
 ///
-/// Dropped on the thread its core is bound to, the leave is as cheap as the join; anywhere else
-/// it goes through the shared core (atomic read-modify-write), and the sum stays exact either way.
-/// A hold may outlive its shard and even its engine (see [`HotBox`]).
+/// Dropped on the thread its core is bound to, or on a thread with a home core in the same
+/// engine, the leave is as cheap as the join; anywhere else it goes through the shared core
+/// (atomic read-modify-write), and the sum stays exact either way. A hold may outlive its shard
+/// and even its engine (see [`HotBox`]).
 pub(crate) struct Hold {
     hot: NonNull<Hot>,
     id: u32,
@@ -480,12 +560,18 @@ impl Hold {
         self.core != INERT
     }
 
-    /// Leaves through the shared core: dropped on a thread that does not own the hold's core,
-    /// or made on the shared core. Nothing for an inert hold.
-    #[cold]
+    /// Leaves on the dropping thread's home core, or through the shared core: dropped on a
+    /// thread that does not own the hold's core, or made on the shared core. Nothing for an
+    /// inert hold.
     #[inline(never)]
-    fn drop_slow(&self, hot: &Hot) {
+    fn drop_elsewhere(&self, hot: &Hot, me: u64) {
         if self.core == INERT {
+            return;
+        }
+        if let Some(c) = home(hot, me) {
+            let core = &hot.cores[c];
+            let e = core.observe(&hot.epoch);
+            core.leave_foreign(e, self.id);
             return;
         }
         hot.shared.add(self.id, 1u32.wrapping_neg());
@@ -499,14 +585,15 @@ impl Drop for Hold {
         // SAFETY: `Hot` is freed only once no hold is left (see `HotBox::drop`), and this hold
         // still counts until the release store at the end of `apply` / `fetch_sub`.
         let hot = unsafe { self.hot.as_ref() };
+        let me = tid();
         // `SHARED` and `INERT` are out of range: only a hold made on a core gets here.
         if let Some(core) = hot.cores.get(self.core as usize)
-            && core.hdr.bound.load(Ordering::Relaxed) == tid()
+            && core.hdr.bound.load(Ordering::Relaxed) == me
         {
             let e = core.observe(&hot.epoch);
             core.apply(e, self.id, 1u32.wrapping_neg(), 1u64.wrapping_neg());
             return;
         }
-        self.drop_slow(hot);
+        self.drop_elsewhere(hot, me);
     }
 }

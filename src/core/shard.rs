@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::core::hot::{Hold, HotBox, INERT, tid};
+use crate::core::hot::{Hold, HotBox, INERT, clear_home, home, set_home, tid};
 use crate::core::sync::Ordering;
 use crate::core::topic::{Topic, Topics};
 use crate::error::Error;
@@ -26,16 +26,24 @@ pub(crate) struct ShardPool {
     pub(crate) hot: HotBox,
     free: Mutex<Vec<u32>>,
     pub(crate) topics: Topics,
+    /// Whether [`ShardPool::join_here`] claims a shard for a thread that has none.
+    claim_on_join: std::sync::atomic::AtomicBool,
 }
 
 impl ShardPool {
-    pub(crate) fn new(hot: HotBox, claimable: usize, topics: Topics) -> ShardPool {
+    pub(crate) fn new(
+        hot: HotBox,
+        claimable: usize,
+        topics: Topics,
+        claim_on_join: bool,
+    ) -> ShardPool {
         // Pop order: core 0 first.
         let free = (0..claimable as u32).rev().collect();
         ShardPool {
             hot,
             free: Mutex::new(free),
             topics,
+            claim_on_join: std::sync::atomic::AtomicBool::new(claim_on_join),
         }
     }
 
@@ -75,8 +83,10 @@ impl ShardPool {
         let b = hdr.bound.load(Ordering::SeqCst);
         if b != me {
             // An unbound core is free to take. So is one bound to a thread that can no longer
-            // write it: we hold the only handle, and no presence made on it is alive (each one's
-            // last write is the release store of `live`), so that thread has nothing left to write.
+            // write it: we hold the only handle (so it cannot join), no presence made on it is
+            // alive (`live` counts them, and leaves elsewhere never lower it; each one's last
+            // write is the release store of `live`), and it is not that thread's home (a home is
+            // unbound by its thread before it is returned to the pool). See `hot.rs`, Threads.
             let free = b == 0 || hdr.live.load(Ordering::Acquire) == 0;
             let won = free
                 && hdr
@@ -133,6 +143,7 @@ impl ShardPool {
 
     /// Gives back the calling thread's implicit shard (see [`ShardPool::join_here`]), if any.
     pub(crate) fn release_thread(&self) {
+        clear_home(&self.hot);
         let me = tid();
         let found = BINDINGS.with(|bs| {
             let mut bs = bs.borrow_mut();
@@ -151,9 +162,14 @@ impl ShardPool {
         }
     }
 
-    /// Joins through the calling thread's own shard, claiming one on first use; through the
-    /// shared core when no shard is free.
-    pub(crate) fn join_here(self: &Arc<Self>, topic: Topic) -> Result<Presence, Error> {
+    /// The calling thread's implicit shard: its home, or one found in its bindings (made its
+    /// home again), or, with `claim`, one claimed and bound now. `None` when the thread has none
+    /// and none could be claimed.
+    fn thread_shard(self: &Arc<Self>, claim: bool) -> Option<u32> {
+        let me = tid();
+        if let Some(c) = home(&self.hot, me) {
+            return Some(c as u32);
+        }
         let found = BINDINGS.with(|bs| {
             bs.borrow()
                 .0
@@ -163,6 +179,7 @@ impl ShardPool {
         });
         let core = match found {
             Some(c) => Some(c),
+            None if !claim => None,
             None => match self.claim() {
                 Some(c) if self.bind(c, true) => Some(c),
                 Some(c) => {
@@ -171,6 +188,38 @@ impl ShardPool {
                 }
                 None => None,
             },
+        };
+        if let Some(c) = core {
+            set_home(&self.hot, c);
+        }
+        core
+    }
+
+    /// Claims a shard for the calling thread now, as its implicit shard; its index. The one it
+    /// has already, if any.
+    pub(crate) fn bind_thread(self: &Arc<Self>, shards: usize) -> Result<usize, Error> {
+        self.thread_shard(true)
+            .map(|c| c as usize)
+            .ok_or(Error::NoFreeShard { shards })
+    }
+
+    /// Parks the calling thread's implicit shard (see `Shard::park`), if it has one.
+    pub(crate) fn park_thread(&self) {
+        if let Some(c) = home(&self.hot, tid()) {
+            self.hot.cores[c].park(&self.hot.epoch);
+        }
+    }
+
+    /// Joins through the calling thread's own shard, claiming one on first use (unless claiming
+    /// on join is off); through the shared core when the thread has none.
+    #[inline]
+    pub(crate) fn join_here(self: &Arc<Self>, topic: Topic) -> Result<Presence, Error> {
+        let core = match home(&self.hot, tid()) {
+            Some(c) => Some(c as u32),
+            None => self.thread_shard(
+                self.claim_on_join
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         };
         match core {
             Some(c) => {
@@ -232,6 +281,7 @@ impl Drop for Bindings {
             if let Some(pool) = b.pool.upgrade() {
                 let hdr = &pool.hot.cores[b.core as usize].hdr;
                 if b.thread_shard {
+                    clear_home(&pool.hot);
                     hdr.joiner.store(0, Ordering::SeqCst);
                 }
                 if hdr.bound.load(Ordering::Relaxed) == tid() {

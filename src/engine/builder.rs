@@ -42,6 +42,8 @@ pub mod defaults {
     pub const RING_CAPACITY: usize = 1 << 14;
     /// [`Builder::feed_capacity`](crate::Builder::feed_capacity): ticks kept for slow readers.
     pub const FEED_CAPACITY: usize = 64;
+    /// [`Builder::claim_on_join`](crate::Builder::claim_on_join).
+    pub const CLAIM_ON_JOIN: bool = true;
     /// [`Builder::hash_key`](crate::Builder::hash_key) without a cluster.
     pub const HASH_KEY: u128 = 0;
     /// [`Builder::cluster_name`](crate::Builder::cluster_name).
@@ -68,6 +70,7 @@ pub struct Builder {
     feed_capacity: usize,
     hash_key: u128,
     pin: bool,
+    claim_on_join: bool,
     cluster: ClusterOptions,
 }
 
@@ -128,6 +131,7 @@ impl Default for Builder {
             feed_capacity: defaults::FEED_CAPACITY,
             hash_key: defaults::HASH_KEY,
             pin: false,
+            claim_on_join: defaults::CLAIM_ON_JOIN,
             cluster: ClusterOptions::default(),
         }
     }
@@ -146,6 +150,17 @@ impl Builder {
     /// and leaves; more shards cost reducer time per changed topic and memory per topic.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = Some(n);
+        self
+    }
+
+    /// Whether [`Engine::join`] claims a free shard for a thread on its first join (default
+    /// true). Turn it off when the threads that count are bound explicitly, with
+    /// [`Engine::bind_thread`] (for example from a tokio runtime's `on_thread_start`, see
+    /// `Engine::bind_runtime`): then a stray thread (a `#[tokio::main]` thread, a
+    /// `spawn_blocking` thread) never takes a shard a worker needs, and its joins go through the
+    /// shared core. See the crate docs, "Using headcount from async Rust".
+    pub fn claim_on_join(mut self, yes: bool) -> Self {
+        self.claim_on_join = yes;
         self
     }
 
@@ -507,7 +522,7 @@ impl Builder {
         };
         let hot = HotBox::new(Hot::new(shards, self.max_topics, self.ring_capacity));
         let topics = Topics::new(self.max_topics, hash_key, crate::MAX_NAME_LEN);
-        let pool = Arc::new(ShardPool::new(hot, shards, topics));
+        let pool = Arc::new(ShardPool::new(hot, shards, topics, self.claim_on_join));
         let inner = Arc::new(Inner {
             pool,
             view: View::new(self.max_topics),

@@ -10,6 +10,8 @@ pub(crate) mod builder;
 pub(crate) mod cpu;
 pub(crate) mod driver;
 pub(crate) mod net;
+#[cfg(feature = "tokio")]
+mod runtime;
 pub(crate) mod stats;
 
 use std::net::SocketAddr;
@@ -170,9 +172,12 @@ impl Engine {
         Shard::claim(&self.inner().pool, self.inner().shards)
     }
 
-    /// Joins `topic` through a shard claimed for the calling thread on its first join (kept until
-    /// the thread exits), or through the shared core when no shard is free. For code that does
-    /// not manage workers; a worker that holds a [`Shard`] should use [`Shard::join`].
+    /// Joins `topic` through the calling thread's shard: the one [`Engine::bind_thread`] claimed,
+    /// or one claimed on its first join (unless [`Builder::claim_on_join`] is off), kept until
+    /// the thread exits or calls [`Engine::release_thread`]; through the shared core when the
+    /// thread has none. The presence may be dropped on any thread: it leaves through that
+    /// thread's shard if it has one. For code that does not manage workers (async tasks, thread
+    /// pools); a worker that holds a [`Shard`] should use [`Shard::join`].
     ///
     /// A stale handle (its topic was retired) counts nothing: the presence is inert
     /// ([`Presence::is_counted`] is false) and [`Stats::stale_joins`] goes up by one.
@@ -187,12 +192,34 @@ impl Engine {
         self.inner().pool.join_here(topic)
     }
 
-    /// Gives back the shard [`Engine::join`] claimed for the calling thread, if any (it is
-    /// given back anyway when the thread exits). Call it from a thread that will not join for a
-    /// while: a claimed shard that stays idle holds up the reuse of retired topic ids. Presences
-    /// it made stay valid and count exactly.
+    /// Gives back the shard [`Engine::join`] or [`Engine::bind_thread`] claimed for the calling
+    /// thread, if any (it is given back anyway when the thread exits). Call it from a thread that
+    /// will not join for a while, or that should not keep a shard at all (a thread that joined
+    /// once, during start-up): a claimed shard that stays idle holds up the reuse of retired
+    /// topic ids, and a shard held by one thread is not available to another. Presences the
+    /// thread made stay valid and count exactly.
     pub fn release_thread(&self) {
         self.inner().pool.release_thread();
+    }
+
+    /// Claims a shard for the calling thread now, the one [`Engine::join`] then joins through
+    /// and presences dropped on this thread leave through; returns its index, or the index of
+    /// the one the thread has already. [`Error::NoFreeShard`] when every shard is claimed (the
+    /// thread's joins and leaves then go through the shared core: exact, slower).
+    ///
+    /// For runtimes whose worker threads should each own a shard: call it when a worker starts
+    /// (tokio: `on_thread_start`, which `Engine::bind_runtime` sets up), and
+    /// [`Engine::release_thread`] when it stops.
+    pub fn bind_thread(&self) -> Result<usize, Error> {
+        let inner = self.inner();
+        inner.pool.bind_thread(inner.shards)
+    }
+
+    /// Tells the engine the calling thread is about to go idle (see [`Shard::park`]): call it
+    /// before a worker thread blocks (tokio: `on_thread_park`). Does nothing on a thread
+    /// without a shard.
+    pub fn park_thread(&self) {
+        self.inner().pool.park_thread();
     }
 
     /// [`Engine::join`] by name: [`Engine::topic`], then the join.

@@ -8,6 +8,7 @@ fn pool(cores: usize, cap: usize) -> Arc<ShardPool> {
         hot,
         cores,
         Topics::new(cap, 0, crate::MAX_NAME_LEN),
+        true,
     ))
 }
 

@@ -1,0 +1,51 @@
+//! Binding a tokio runtime's worker threads to shards (feature `tokio`).
+
+use crate::engine::Engine;
+
+impl Engine {
+    /// Sets up a tokio runtime builder so that each of its worker threads owns a shard: the
+    /// shard is claimed when the thread starts ([`Engine::bind_thread`], and again when it wakes
+    /// up if it found none free at start), parked whenever the worker goes idle
+    /// ([`Engine::park_thread`]) and given back when it stops ([`Engine::release_thread`]).
+    /// Then [`Engine::join`] in a task joins on the worker's own shard, and a presence dropped
+    /// on any worker leaves on that worker's shard: the shared path is left to threads outside
+    /// the runtime.
+    ///
+    /// Give the engine one shard per worker (`.shards(n)` and `.worker_threads(n)`): a thread of
+    /// the runtime's blocking pool starts the same way and takes a free shard too.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let workers = 4;
+    /// let engine = headcount::Engine::builder().shards(workers).build()?;
+    /// let rt = engine
+    ///     .bind_runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(workers))
+    ///     .enable_all()
+    ///     .build()?;
+    /// rt.block_on(async {
+    ///     let room = engine.topic("room:1");
+    ///     let p = engine.join(room);
+    ///     tokio::task::yield_now().await;
+    ///     drop(p);
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn bind_runtime<'b>(
+        &self,
+        builder: &'b mut tokio::runtime::Builder,
+    ) -> &'b mut tokio::runtime::Builder {
+        let (start, wake, park, stop) = (self.clone(), self.clone(), self.clone(), self.clone());
+        builder
+            .on_thread_start(move || {
+                // None free: the thread counts through the shared core (exact) and tries again
+                // when it next wakes up.
+                let _ = start.bind_thread();
+            })
+            .on_thread_unpark(move || {
+                let _ = wake.bind_thread();
+            })
+            .on_thread_park(move || park.park_thread())
+            .on_thread_stop(move || stop.release_thread())
+    }
+}
