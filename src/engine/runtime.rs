@@ -17,7 +17,7 @@ impl Engine {
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let workers = 4;
-    /// let engine = headcount::Engine::builder().shards(workers).build()?;
+    /// let engine = headcount::Engine::builder().shards(workers).start()?;
     /// let rt = engine
     ///     .bind_runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(workers))
     ///     .enable_all()

@@ -241,3 +241,89 @@ fn loom_parked_idle_worker_does_not_hold_up_phase_two() {
         assert_eq!(sum(&hot, T), 0);
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Leaves on another core (a presence dropped on a thread whose home core is not the one it
+// joined on: see `hot.rs`, Threads)
+
+/// Binds cores 0 and 1 (two threads' homes) before the model starts.
+fn two_homes() -> Arc<Hot> {
+    let hot = Arc::new(Hot::new(2, 2, 4));
+    hot.epoch.store(1, Ordering::SeqCst);
+    for (i, c) in hot.cores.iter().enumerate() {
+        c.hdr.bound.store(i as u64 + 1, Ordering::SeqCst);
+        c.hdr.joiner.store(i as u64 + 1, Ordering::SeqCst);
+    }
+    hot
+}
+
+/// A leave of a presence made on core `from`, on core `to` (its dropping thread's home), as
+/// `Hold::drop` runs it there. The model's single worker plays both threads in turn: program
+/// order stands for the synchronization that moved the presence between them.
+fn leave_on(hot: &Hot, to: usize) {
+    let core = &hot.cores[to];
+    let e = core.observe(&hot.epoch);
+    core.leave_foreign(e, T);
+}
+
+#[test]
+fn loom_a_leave_on_another_core_is_never_lost() {
+    loom::model(|| {
+        let hot = two_homes();
+        let w = {
+            let hot = hot.clone();
+            loom::thread::spawn(move || {
+                assert!(hot.join_owned(0, T, OLD));
+                leave_on(&hot, 1);
+                assert!(hot.join_owned(0, T, OLD));
+                assert!(hot.join_owned(1, T, OLD));
+                leave_on(&hot, 0);
+            })
+        };
+        let mut r = Mini::new(&hot);
+        r.tick(&hot);
+        r.tick(&hot);
+        w.join().unwrap();
+        r.tick(&hot);
+        assert_eq!(r.local[T as usize], 1, "a change was missed");
+        assert_eq!(hot.live(), 1, "live presences over both cores");
+    });
+}
+
+#[test]
+fn loom_a_leave_on_another_core_never_frees_a_live_topic() {
+    // Two presences join on core 0 (either may be a straggler), one of them leaves on core 1,
+    // then both cores park. The reducer retires T meanwhile: if phase two freed it, the
+    // presence still held must not have counted.
+    loom::model(|| {
+        let hot = two_homes();
+        let w = {
+            let hot = hot.clone();
+            loom::thread::spawn(move || {
+                let held = hot.join_owned(0, T, OLD);
+                if hot.join_owned(0, T, OLD) {
+                    leave_on(&hot, 1);
+                }
+                hot.cores[0].park(&hot.epoch);
+                hot.cores[1].park(&hot.epoch);
+                held
+            })
+        };
+        let mut r = Mini::new(&hot);
+        r.tick(&hot);
+        let t1 = r.tick;
+        hot.bump_generation(T);
+        let mut freed = false;
+        for _ in 0..2 {
+            r.tick(&hot);
+            if quiet(&hot) > t1 {
+                freed = sum(&hot, T) == 0;
+                break;
+            }
+        }
+        let held = w.join().unwrap();
+        assert!(!(freed && held), "freed a topic whose presence is alive");
+        r.tick(&hot);
+        assert_eq!(r.local[T as usize], i64::from(held));
+    });
+}

@@ -221,3 +221,57 @@ fn park_on_an_unused_or_moved_shard_is_harmless() {
     drop((a, b));
     assert_eq!(sum(&p.hot, 2), 0);
 }
+
+#[test]
+fn leaves_on_a_home_core_never_lower_the_joining_cores_live_count() {
+    // A worker joins twice through its shard and hands the shard and both presences over; the
+    // shard is dropped here, so its core stays bound to the (living) worker.
+    let p = pool(2, 64);
+    let t = Topic::from_parts(5, 0);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let mut s = Shard::claim(&p, 2).unwrap();
+            let (a, b) = (s.join(t), s.join(t));
+            tx.send((s, a, b)).unwrap();
+            let _ = stop_rx.recv();
+        })
+    };
+    let (s, a, b) = rx.recv().unwrap();
+    assert_eq!(a.hold.core(), 0);
+    drop(s);
+    // Another thread drops one of them through its own (implicit, home) shard: core 1.
+    {
+        let p = p.clone();
+        std::thread::spawn(move || {
+            let other = p.join_here(Topic::from_parts(6, 0)).unwrap();
+            assert_eq!(other.hold.core(), 1);
+            drop(a);
+            drop(other);
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(sum(&p.hot, 5), 1);
+    assert_eq!(p.hot.live(), 1, "b is alive");
+    let h = &p.hot.cores[0].hdr;
+    assert_eq!(
+        h.live.load(Ordering::Relaxed),
+        2,
+        "core 0 still counts both of its presences: the leave on core 1 went to core 1's foreign"
+    );
+    // So core 0 cannot be handed over while its worker lives (b, made there, is alive and the
+    // worker could still drop it there): a new shard claimed on it counts through the shared core.
+    let _unbound = Shard::claim(&p, 2).unwrap(); // claims prefer unbound cores: core 1
+    let mut s = Shard::claim(&p, 2).unwrap();
+    assert_eq!(s.index(), 0);
+    let c = s.join(t);
+    assert_eq!(c.hold.core(), SHARED);
+    drop((b, c));
+    assert_eq!(sum(&p.hot, 5), 0);
+    assert_eq!(p.hot.live(), 0, "the memory can be freed");
+    stop_tx.send(()).unwrap();
+    worker.join().unwrap();
+}
