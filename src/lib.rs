@@ -45,6 +45,45 @@
 //!   name on a full table in [`Topic::OVERFLOW`] rather than nowhere
 //!   (the overflow topic is listed, and named on peers, as [`OVERFLOW_NAME`]).
 //!
+//! ## Using headcount from async Rust
+//!
+//! Which join path fits depends on where your code runs:
+//!
+//! - **Thread-per-core** (your own pinned threads each with an event loop; glommio, monoio):
+//!   claim a [`Shard`] per worker, join with [`Shard::join`], and call [`Shard::park`] before
+//!   the loop blocks. This is the fastest path (no thread-local lookup at all); see
+//!   `examples/thread_per_core.rs`.
+//! - **Work-stealing runtimes** (tokio's multi-thread runtime, and anything on it: axum, hyper,
+//!   tonic): a task moves between worker threads at any `.await`, so it cannot hold a `Shard`.
+//!   Call [`Engine::join`] (or [`Engine::try_join_by_name`]) in the task and keep the
+//!   [`Presence`] (it is `Send`) in the connection's state. Each worker thread owns a shard of
+//!   its own: build the runtime with `Engine::bind_runtime` (feature `tokio`; or call
+//!   [`Engine::bind_thread`], [`Engine::park_thread`] and [`Engine::release_thread`] from your
+//!   runtime's thread hooks). Then a join counts on the shard of the worker it runs on, and a
+//!   presence dropped after the task resumed elsewhere leaves on *that* worker's shard: a count
+//!   is a sum over shards, so a presence need not leave where it joined. See
+//!   `examples/axum_ws.rs`.
+//! - **Single-threaded runtimes** (tokio's current-thread runtime, a `LocalSet`): just
+//!   [`Engine::join`]; the thread claims a shard on its first join.
+//!
+//! **Shards and worker threads.** Give the engine one shard per thread that joins or leaves:
+//! `.shards(n)` with `.worker_threads(n)`. A thread without a shard (every shard taken, or
+//! claiming turned off) still counts exactly, through the *shared path*: atomic
+//! read-modify-writes on memory every such thread writes. That costs several times a shard's
+//! relaxed store, and more under contention (figures in `perf/RESULTS.md`, "Issue 11");
+//! [`Stats::shared_ops`] counts how often it was taken.
+//!
+//! **Threads that should not keep a shard.** [`Engine::join`] claims a free shard for a thread
+//! on its first join, and the thread keeps it until it exits. A thread that joined once and
+//! will not again (the `#[tokio::main]` thread during start-up, a `spawn_blocking` closure)
+//! should call [`Engine::release_thread`], or the shard a worker needed stays with it and
+//! holds up the reuse of retired topic ids. With [`Builder::claim_on_join`] off, only threads
+//! bound with [`Engine::bind_thread`] (or by `Engine::bind_runtime`) take shards at all.
+//!
+//! **Counts as a stream.** With the `tokio` feature, `engine.changes().into_async()` is an
+//! async [`ChangeFeed`]: push "N online" to clients once per tick from a task, no bridge thread
+//! (see Features).
+//!
 //! ## Layout
 //!
 //! Where each thing lives, from the worker's join to the datagram. The arrows point one way:
@@ -65,7 +104,8 @@
 //!   default once: [`defaults`]), `driver.rs` (the engine thread, the only mio user: one tick as
 //!   named steps), `net.rs` (the sockets, [`Transport`]), `stats.rs` ([`Stats`],
 //!   [`ClusterStats`]), `cpu.rs` ([`cpus`], and the one pinning rule: the engine on the last
-//!   CPU, workers on the others, [`pin_worker`]).
+//!   CPU, workers on the others, [`pin_worker`]), `runtime.rs` (`Engine::bind_runtime`,
+//!   feature `tokio`).
 //! - `src/error.rs`: [`Error`].
 //!
 //! Beside this crate, in the same workspace: `server/` (crate `headcount-server`: the RESP
@@ -81,9 +121,11 @@
 //!
 //! - `affinity` (default): count CPUs and pin threads with `core_affinity`.
 //! - `tokio` (off by default): `AsyncChangeFeed`, the change feed for async code
-//!   (`engine.changes().into_async()`). It depends on tokio's `sync` feature only (no runtime,
-//!   any flavour works); without the feature nothing of tokio is built or run, and the engine
-//!   thread does not signal anything more than the blocking feed's condvar.
+//!   (`engine.changes().into_async()`), and `Engine::bind_runtime`, which gives each worker of
+//!   a tokio runtime a shard. It depends on tokio's `sync` and `rt` features (headcount starts
+//!   no runtime; the feed works in any flavour); without the feature nothing of tokio is built
+//!   or run, and the engine thread does not signal anything more than the blocking feed's
+//!   condvar.
 //!
 //! The async reader has the blocking one's semantics: it sees every tick's changes in order,
 //! the engine keeps the last [`feed_capacity`](Builder::feed_capacity) ticks and never waits,

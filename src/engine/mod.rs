@@ -173,7 +173,7 @@ impl Engine {
     }
 
     /// Joins `topic` through the calling thread's shard: the one [`Engine::bind_thread`] claimed,
-    /// or one claimed on its first join (unless [`Builder::claim_on_join`] is off), kept until
+    /// or one claimed on its first join (unless [`crate::Builder::claim_on_join`] is off), kept until
     /// the thread exits or calls [`Engine::release_thread`]; through the shared core when the
     /// thread has none. The presence may be dropped on any thread: it leaves through that
     /// thread's shard if it has one. For code that does not manage workers (async tasks, thread
