@@ -12,6 +12,9 @@ use headcount::Engine;
 
 /// Set in the child: the `max_topics` to start an engine with.
 const CHILD_ENV: &str = "HEADCOUNT_IDLE_RSS_MAX_TOPICS";
+/// Set in the child (to anything): start the engine in a cluster (unicast on loopback, no
+/// peers), so the cluster's per-topic tables are measured too.
+const CLUSTER_ENV: &str = "HEADCOUNT_IDLE_RSS_CLUSTER";
 
 /// The 2^22-topic engine's resident growth must stay under this (measured: about 0.5 MB). Writing
 /// the reducer's per-topic state at start (24 bytes a topic, as before) took 101 MB at 2^22; any
@@ -50,7 +53,11 @@ fn idle_rss_child() {
     };
     let n: usize = n.parse().expect("max_topics");
     let before = rss().expect("statm");
-    let engine = Engine::builder().max_topics(n).start().expect("start");
+    let mut b = Engine::builder().max_topics(n);
+    if std::env::var_os(CLUSTER_ENV).is_some() {
+        b = b.unicast("127.0.0.1:0".parse().unwrap(), []);
+    }
+    let engine = b.start().expect("start");
     engine.sync(); // the engine thread has built its reducer and ticked
     engine.sync();
     let after = rss().expect("statm");
@@ -59,17 +66,19 @@ fn idle_rss_child() {
 }
 
 /// Runs [`idle_rss_child`] in a new process: `(rss before start, rss after)` in bytes.
-fn measure(max_topics: usize) -> (u64, u64) {
-    let out = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([
-            "--exact",
-            "idle_rss_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, max_topics.to_string())
-        .output()
-        .expect("run the child");
+fn measure(max_topics: usize, cluster: bool) -> (u64, u64) {
+    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+    cmd.args([
+        "--exact",
+        "idle_rss_child",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, max_topics.to_string());
+    if cluster {
+        cmd.env(CLUSTER_ENV, "1");
+    }
+    let out = cmd.output().expect("run the child");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed: {stdout}");
     let line = stdout
@@ -97,28 +106,33 @@ fn idle_engine_rss_does_not_grow_with_max_topics() {
         println!("skipped: /proc/self/statm (or the page size in /proc/self/auxv) is unavailable");
         return;
     }
-    let mut growth = Vec::new();
-    for n in [4096, 1 << 20, 1 << 22] {
-        let (before, after) = measure(n);
-        let g = after.saturating_sub(before);
+    for cluster in [false, true] {
+        let what = if cluster { "clustered engine" } else { "engine" };
+        let mut growth = Vec::new();
+        for n in [4096, 1 << 20, 1 << 22] {
+            let (before, after) = measure(n, cluster);
+            let g = after.saturating_sub(before);
+            println!(
+                "{what}, max_topics {n:>8}: process RSS {:6.1} MB after start ({:6.1} MB \
+                 before), engine {:6.1} MB",
+                mb(after),
+                mb(before),
+                mb(g)
+            );
+            growth.push(g);
+        }
+        let per_million =
+            (growth[2] as f64 - growth[0] as f64) / ((1 << 22) - 4096) as f64 * 1e6;
         println!(
-            "max_topics {n:>8}: process RSS {:6.1} MB after start ({:6.1} MB before), engine {:6.1} MB",
-            mb(after),
-            mb(before),
-            mb(g)
+            "idle {what}: {:.2} MB per 1M max_topics (2^22 vs 4096)",
+            per_million / 1e6
         );
-        growth.push(g);
+        assert!(
+            growth[2] < BOUND,
+            "a fresh {what} with max_topics 2^22 grew the RSS by {:.1} MB (bound {:.1} MB): a \
+             per-topic table is written at start",
+            mb(growth[2]),
+            mb(BOUND)
+        );
     }
-    let per_million = (growth[2] as f64 - growth[0] as f64) / ((1 << 22) - 4096) as f64 * 1e6;
-    println!(
-        "idle engine: {:.2} MB per 1M max_topics (2^22 vs 4096)",
-        per_million / 1e6
-    );
-    assert!(
-        growth[2] < BOUND,
-        "a fresh engine with max_topics 2^22 grew the RSS by {:.1} MB (bound {:.1} MB): a \
-         per-topic table is written at start",
-        mb(growth[2]),
-        mb(BOUND)
-    );
 }
