@@ -147,6 +147,13 @@ impl Feed {
 ///
 /// Its methods block the calling thread. From async code, with the `tokio` feature, turn it into
 /// an `AsyncChangeFeed` (`ChangeFeed::into_async`): the same events and lag, awaited.
+///
+/// Ordering with the read API: the engine stores a tick's counts before it publishes the tick
+/// to the feed, so once a reader has received a tick, [`crate::Engine::count`] returns those
+/// counts or newer ones. A reader that keeps its own copy of some counts (seeded from
+/// `Engine::count` and then updated from the feed) can thus fall behind the read API by the
+/// ticks it has not read yet, never the other way round; to never move a count backwards, take
+/// the feed as "these topics changed" and read their counts again.
 pub struct ChangeFeed {
     feed: Arc<Feed>,
     next: u64,

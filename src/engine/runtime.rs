@@ -11,8 +11,14 @@ impl Engine {
     /// on any worker leaves on that worker's shard: the shared path is left to threads outside
     /// the runtime.
     ///
-    /// Give the engine one shard per worker (`.shards(n)` and `.worker_threads(n)`): a thread of
-    /// the runtime's blocking pool starts the same way and takes a free shard too.
+    /// Give the engine one shard per worker (`.shards(n)` and `.worker_threads(n)`). tokio runs
+    /// `on_thread_start` on the threads of its blocking pool too (`spawn_blocking`, file and
+    /// stdin I/O), and gives no way to tell them from workers there: such a thread takes a free
+    /// shard like a worker and keeps it until it exits (after 10 s idle, by default). The
+    /// workers start while the runtime is built, so they normally bind first; one that finds
+    /// every shard taken counts through the shared path and tries again each time it wakes.
+    /// Spare shards (more shards than workers) are what blocking threads take. `shared_ops` in
+    /// [`crate::Stats`] shows whether it happens.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
