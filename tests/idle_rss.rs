@@ -107,7 +107,11 @@ fn idle_engine_rss_does_not_grow_with_max_topics() {
         return;
     }
     for cluster in [false, true] {
-        let what = if cluster { "clustered engine" } else { "engine" };
+        let what = if cluster {
+            "clustered engine"
+        } else {
+            "engine"
+        };
         let mut growth = Vec::new();
         for n in [4096, 1 << 20, 1 << 22] {
             let (before, after) = measure(n, cluster);
@@ -121,8 +125,7 @@ fn idle_engine_rss_does_not_grow_with_max_topics() {
             );
             growth.push(g);
         }
-        let per_million =
-            (growth[2] as f64 - growth[0] as f64) / ((1 << 22) - 4096) as f64 * 1e6;
+        let per_million = (growth[2] as f64 - growth[0] as f64) / ((1 << 22) - 4096) as f64 * 1e6;
         println!(
             "idle {what}: {:.2} MB per 1M max_topics (2^22 vs 4096)",
             per_million / 1e6
