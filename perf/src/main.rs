@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! headcount-perf hotpath [--json] [--topics N] [--threads N] [--ops N] [--reps N] [--tick-ms MS] …
+//! headcount-perf async [--json] [--threads N] [--tasks N] [--ops N] [--topics N] [--seed S] …
 //! headcount-perf reducer [--json] [--topics N] [--ticks N] [--shards 2,16] [--cases 0pct,1pct,…]
 //! headcount-perf converge [--json] [--nodes N] [--loss P] [--seeds N] [--topics N] [--joins N]
 //! headcount-perf wire [--json]
@@ -57,6 +58,10 @@ enum Cmd {
     /// Join + leave through a pre-resolved topic, and by name, against a shared AtomicI64,
     /// Mutex<HashMap<String, i64>> and DashMap<String, i64>.
     Hotpath(cmd::hotpath::Args),
+    /// Join + leave from tokio tasks (`engine.join`, a yield, the drop) on a runtime bound with
+    /// `bind_runtime`, on a plain one and with no shard at all, beside thread-per-core shards;
+    /// ns per pair per worker, the shared-path share, the share of presences that moved thread.
+    Async(cmd::async_rt::Args),
     /// Reducer tick time with 0 %, 1 % and 100 % of the topics changed, at 2 and 16 shards.
     Reducer(cmd::reducer::Args),
     /// A simulated cluster (seeded, simulated time) after a burst of joins: ticks and
@@ -94,6 +99,7 @@ fn main() {
     let _ = rig::CPU_CLOCK.set(thread_cpu_time);
     match Cli::parse().cmd {
         Cmd::Hotpath(a) => cmd::hotpath::run(&a),
+        Cmd::Async(a) => cmd::async_rt::run(&a),
         Cmd::Reducer(a) => cmd::reducer::run(&a),
         Cmd::Converge(a) => cmd::converge::run(&a),
         Cmd::Wire(a) => cmd::wire::run(&a),

@@ -162,6 +162,37 @@ pub fn default_ring(topics: usize) -> usize {
     (2 * topics).next_power_of_two().max(1 << 14)
 }
 
+/// The engine configuration of every hot-path workload ([`Hotpath`], `headcount-perf async`):
+/// `shards` shards, ticking every `tick`, room for `topics` topics, and a dirty ring of `ring`
+/// entries per shard (`None`: [`default_ring`]). Returned unstarted, so a caller can add options
+/// (`claim_on_join`) before [`headcount::Builder::start`].
+pub fn hot_engine(
+    topics: usize,
+    shards: usize,
+    tick: Duration,
+    ring: Option<usize>,
+) -> headcount::Builder {
+    Engine::builder()
+        .shards(shards)
+        .tick(tick)
+        .max_topics((topics + 2).next_power_of_two().max(1 << 10))
+        .ring_capacity(ring.unwrap_or_else(|| default_ring(topics)))
+}
+
+/// `orders` visiting orders of `topics` topics (`topic_name(0..topics)`, interned in `engine`),
+/// each shuffled from its own seed (`seed + i`), as [`Hotpath`] gives its threads.
+pub fn topic_orders(engine: &Engine, topics: usize, orders: usize, seed: u64) -> Vec<Arc<[Topic]>> {
+    let by_id: Vec<Topic> = (0..topics).map(|i| engine.topic(&topic_name(i))).collect();
+    (0..orders)
+        .map(|t| {
+            shuffled(topics, seed.wrapping_add(t as u64))
+                .iter()
+                .map(|&i| by_id[i as usize])
+                .collect()
+        })
+        .collect()
+}
+
 /// Topics joined and left in a hot-path measurement, with the baselines holding the same names.
 pub struct Hotpath {
     /// The engine whose topics are joined and left.
@@ -186,12 +217,20 @@ impl Hotpath {
         tick: Duration,
         ring: Option<usize>,
     ) -> Hotpath {
-        let ring = ring.unwrap_or_else(|| default_ring(topics));
-        let engine = Engine::builder()
-            .shards(shards)
-            .tick(tick)
-            .max_topics((topics + 2).next_power_of_two().max(1 << 10))
-            .ring_capacity(ring)
+        Hotpath::with_seed(topics, shards, orders, tick, ring, 0x5eed)
+    }
+
+    /// [`Hotpath::new`] with the visiting orders drawn from `seed` (thread `t`'s order from
+    /// `seed + t`; [`Hotpath::new`] uses `0x5eed`).
+    pub fn with_seed(
+        topics: usize,
+        shards: usize,
+        orders: usize,
+        tick: Duration,
+        ring: Option<usize>,
+        seed: u64,
+    ) -> Hotpath {
+        let engine = hot_engine(topics, shards, tick, ring)
             .start()
             .expect("start the engine");
         // Leaked once per setup: `&'static str` keys are what a caller that already holds the
@@ -203,7 +242,7 @@ impl Hotpath {
         let mut handles = Vec::with_capacity(orders);
         let mut keys = Vec::with_capacity(orders);
         for t in 0..orders {
-            let order = shuffled(topics, 0x5eed + t as u64);
+            let order = shuffled(topics, seed.wrapping_add(t as u64));
             handles.push(
                 order
                     .iter()

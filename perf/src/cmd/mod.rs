@@ -1,5 +1,6 @@
 //! One module per subcommand: its flags (`Args`) and its `run`, which prints the result.
 
+pub mod async_rt;
 pub mod baseline_redis;
 pub mod conns;
 pub mod converge;
