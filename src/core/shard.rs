@@ -475,7 +475,22 @@ impl Presence {
         Presence::new(hot, topic, INERT)
     }
 
+    /// [`Engine::join`](crate::Engine::join): on the thread's home shard, the guard built in
+    /// place (like [`Shard::join`]: a `Result` returned through memory costs a store-forwarding
+    /// stall, which doubled the cost of a join); anything else out of line.
+    #[inline]
     pub(crate) fn join_here(pool: &Arc<ShardPool>, topic: Topic) -> Presence {
+        if let Some(c) = home(&pool.hot, tid())
+            && pool.hot.join_owned(c, topic.id(), topic.generation())
+        {
+            return Presence::new(&pool.hot, topic, c as u32);
+        }
+        Presence::join_here_slow(pool, topic)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn join_here_slow(pool: &Arc<ShardPool>, topic: Topic) -> Presence {
         match pool.join_here(topic) {
             Ok(p) => p,
             Err(_) => {

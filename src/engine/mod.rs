@@ -182,6 +182,7 @@ impl Engine {
     /// A stale handle (its topic was retired) counts nothing: the presence is inert
     /// ([`Presence::is_counted`] is false) and [`Stats::stale_joins`] goes up by one.
     /// [`Engine::try_join`] returns [`Error::StaleTopic`] instead.
+    #[inline]
     pub fn join(&self, topic: Topic) -> Presence {
         Presence::join_here(&self.inner().pool, topic)
     }
