@@ -20,44 +20,7 @@ use crate::engine::stats::{ClusterView, RawStats};
 use crate::engine::{Engine, Inner, TopCache};
 use crate::error::Error;
 
-/// The defaults of every [`Builder`] option, each written once. The cluster's own defaults are
-/// those of the protocol (`cluster::protocol::defaults`), re-exported here under the builder's
-/// names.
-pub mod defaults {
-    use std::net::{Ipv4Addr, SocketAddrV4};
-    use std::time::Duration;
-
-    pub use crate::cluster::protocol::defaults::{
-        BUDGET as PAYLOAD_BUDGET, MAX_CLOCK_SKEW, MAX_REMOTE_TOPICS, MAX_REPAIR_RATE,
-        MAX_TICK_DATAGRAMS, REFRESH_CYCLE, dead_after,
-    };
-
-    /// [`Builder::tick`](crate::Builder::tick): the reducer period.
-    pub const TICK: Duration = Duration::from_millis(100);
-    /// [`Builder::max_topics`](crate::Builder::max_topics): the topic table's capacity.
-    pub const MAX_TOPICS: usize = 1 << 20;
-    /// [`Builder::retire_after`](crate::Builder::retire_after).
-    pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
-    /// [`Builder::ring_capacity`](crate::Builder::ring_capacity): entries per shard's dirty ring.
-    pub const RING_CAPACITY: usize = 1 << 14;
-    /// [`Builder::feed_capacity`](crate::Builder::feed_capacity): ticks kept for slow readers.
-    pub const FEED_CAPACITY: usize = 64;
-    /// [`Builder::claim_on_join`](crate::Builder::claim_on_join).
-    pub const CLAIM_ON_JOIN: bool = true;
-    /// [`Builder::hash_key`](crate::Builder::hash_key) without a cluster.
-    pub const HASH_KEY: u128 = 0;
-    /// [`Builder::cluster_name`](crate::Builder::cluster_name).
-    pub const CLUSTER_NAME: &str = "headcount";
-    /// The default multicast group: `headcount serve` and `demo` use it on loopback.
-    pub const GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 70, 77), 7380);
-    /// [`Builder::interface`](crate::Builder::interface) after
-    /// [`Builder::multicast`](crate::Builder::multicast).
-    pub const INTERFACE: Ipv4Addr = Ipv4Addr::LOCALHOST;
-    /// [`Builder::multicast_ttl`](crate::Builder::multicast_ttl): this subnet only.
-    pub const MULTICAST_TTL: u32 = 1;
-    /// [`Builder::multicast_loopback`](crate::Builder::multicast_loopback).
-    pub const MULTICAST_LOOPBACK: bool = true;
-}
+pub mod defaults;
 
 /// Configures and starts an [`Engine`]. Every option has a default; see each method.
 #[derive(Debug, Clone)]
