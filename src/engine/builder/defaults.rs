@@ -1,4 +1,4 @@
-//! The defaults of every [`Builder`] option, each written once. The cluster's own defaults are
+//! The defaults of every [`Builder`](crate::Builder) option, each written once. The cluster's own defaults are
 //! those of the protocol (`cluster::protocol::defaults`), re-exported here under the builder's
 //! names.
 
