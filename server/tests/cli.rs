@@ -64,7 +64,7 @@ fn help_for_every_subcommand() {
     let o = run(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for sub in ["serve", "watch", "demo"] {
+    for sub in ["serve", "watch", "demo", "ping"] {
         assert!(t.contains(sub), "{sub} in {t}");
     }
     // `node` (a building block of the multi-process tests) is hidden, not gone.
@@ -95,6 +95,10 @@ fn help_for_every_subcommand() {
         ),
         ("watch", &["--once", "--json", "--top", "--group"][..]),
         ("demo", &["--duration", "--nodes", "--topics"][..]),
+        (
+            "ping",
+            &["--addr", "--password", "--timeout", "--config"][..],
+        ),
         ("node", &["--group", "--join"][..]),
     ] {
         let o = run(&[sub, "--help"]);
@@ -318,4 +322,111 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(first.contains("listening on"), "{first}");
     assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+}
+
+/// `ping` exits 1 with one line saying why, and 0 on PONG (the probe of deploy/).
+fn ping_fails(args: &[&str], want: &[&str]) {
+    let mut all = vec!["ping"];
+    all.extend(args);
+    let o = run(&all);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{all:?} should fail with 1: {t}");
+    assert_eq!(t.lines().count(), 1, "one line: {t}");
+    for w in want {
+        assert!(t.contains(w), "{all:?}: expected {w:?} in: {t}");
+    }
+}
+
+fn ping_ok(args: &[&str]) {
+    let mut all = vec!["ping"];
+    all.extend(args);
+    let o = run(&all);
+    let t = text(&o);
+    assert!(o.status.success(), "{all:?}: {t}");
+    assert!(t.starts_with("PONG from 127.0.0.1:"), "{t}");
+}
+
+#[test]
+fn ping_answers_probes() {
+    let open = Server::start(&["--standalone"]);
+    let addr = open.addr.to_string();
+    ping_ok(&["--addr", &addr]);
+    let o = run(&["ping", "--addr", &addr, "--quiet"]);
+    assert!(o.status.success() && o.stdout.is_empty(), "{}", text(&o));
+
+    let locked = Server::start(&["--standalone", "--requirepass", "sesame"]);
+    let laddr = locked.addr.to_string();
+    ping_ok(&["--addr", &laddr, "--password", "sesame"]);
+    ping_ok(&["--addr", &laddr, "--requirepass", "sesame"]);
+    ping_fails(&["--addr", &laddr], &["NOAUTH", "--password"]);
+    ping_fails(
+        &["--addr", &laddr, "--password", "wrong"],
+        &["AUTH refused", "WRONGPASS"],
+    );
+    ping_fails(&["--addr", &addr, "--password", "x"], &["AUTH refused"]);
+
+    // The config file's listen (0.0.0.0 is pinged on loopback) and requirepass; flags win.
+    let dir = std::env::temp_dir().join(format!("hc-ping-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("headcount.toml");
+    let body = format!(
+        "listen = \"0.0.0.0:{}\"\nrequirepass = \"sesame\"\n",
+        locked.addr.port()
+    );
+    std::fs::write(&conf, body).unwrap();
+    let conf = conf.to_string_lossy().into_owned();
+    ping_ok(&["--config", &conf]);
+    ping_fails(&["--config", &conf, "--password", "wrong"], &["WRONGPASS"]);
+    fails(
+        &["ping", "--config", "/nonexistent/headcount.toml"],
+        &["/nonexistent/headcount.toml"],
+    );
+
+    // Nothing listening: refused at once.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    ping_fails(&["--addr", &closed], &["connection refused", &closed]);
+    ping_fails(&["--config", &conf, "--addr", &closed], &["refused"]);
+    // A listener that never answers: the timeout, bounded.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    ping_fails(
+        &["--addr", &silent_addr, "--timeout", "300ms"],
+        &["no reply to PING within 300ms"],
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    // Something else answering: the reply is shown.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    let answer = std::thread::spawn(move || {
+        let (mut s, _) = other.accept().unwrap();
+        let mut b = [0u8; 64];
+        let _ = std::io::Read::read(&mut s, &mut b);
+        let _ = std::io::Write::write_all(&mut s, b"+HELLO\r\n");
+    });
+    ping_fails(
+        &["--addr", &other_addr],
+        &["PING answered +HELLO, not PONG"],
+    );
+    answer.join().unwrap();
+    fails(&["ping", "--addr", "nowhere"], &["nowhere"]);
+    fails(&["ping", "--timeout", "soon"], &["--timeout", "soon"]);
+}
+
+/// deploy/systemd's sample config passes serve's own parser and checks (deploy/check.sh checks
+/// that the unit's LimitNOFILE follows its max_connections).
+#[test]
+fn deploy_sample_config_is_valid() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/headcount.toml"
+    );
+    let (listen, s) = headcount_server::config::Settings::from_args(["--config", path])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(listen.ip().is_loopback(), "{listen}");
+    assert_eq!(s.limits.max_connections, 100_000);
+    assert!(s.cluster.describe().contains("unicast"), "{s:?}");
 }

@@ -232,6 +232,20 @@ impl Client {
         })
     }
 
+    /// Connects to `addr`, giving up after `timeout`; reads and writes then time out after
+    /// `timeout` too (change the reads' with [`Client::set_timeout`]). For probes, where a
+    /// black-holed address must not hang for the system's connect timeout.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<Client> {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+            buf: Vec::new(),
+        })
+    }
+
     /// How long a read may wait (`None`: for ever).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.w.set_read_timeout(t)

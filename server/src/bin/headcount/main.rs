@@ -1,5 +1,5 @@
 //! The `headcount` command-line tool: a thin shell over the `headcount_server` library (flags,
-//! logging, signals), plus `watch` and `demo`.
+//! logging, signals), plus `watch`, `demo` and `ping`.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,7 @@ use headcount_server::{Shutdown, logging, serve};
 
 mod demo;
 mod node;
+mod ping;
 mod watch;
 
 /// Exact, cluster-wide counts of connected users per topic.
@@ -29,6 +30,9 @@ enum Cmd {
     /// Run a self-checking demo: worker threads join and leave a few hundred topics while the
     /// live counts print each tick; at the end every count is checked against the workers' ledger.
     Demo(demo::Args),
+    /// Send PING (after AUTH, with a password) to a running `serve`: exit 0 on PONG, 1 with
+    /// one line saying why not. For readiness and liveness probes and HEALTHCHECK.
+    Ping(ping::Args),
     /// Run one cluster node that holds N presences in a topic and prints what it counts each
     /// tick (for multi-process tests and experiments; `serve` is the server).
     #[command(hide = true)]
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
             .and_then(watch::run)
             .map_err(Into::into),
         Cmd::Demo(a) => demo::run(a).map_err(Into::into),
+        Cmd::Ping(a) => ping::run(a).map_err(Into::into),
         Cmd::Node(a) => node::run(a).map_err(Into::into),
     };
     match res {
