@@ -183,7 +183,7 @@ pub use crate::core::async_feed::AsyncChangeFeed;
 pub use crate::core::shard::{Presence, Shard};
 pub use crate::core::topic::{OVERFLOW_NAME, Topic, wire_hash};
 pub use crate::core::view::{ChangeFeed, FeedEvent, TickChanges};
-pub use cluster::protocol::{NodeInfo, ProtoStats};
+pub use cluster::protocol::{Found, NodeInfo, ProtoStats};
 pub use cluster::wire::Reject;
 pub use engine::Engine;
 pub use engine::builder::{Builder, DEFAULT_GROUP, defaults, node_id_for};

@@ -65,7 +65,23 @@ pub struct ClusterOptions {
     /// Use unicast to these peers (comma-separated ADDR:PORT) instead of multicast.
     #[arg(long, value_name = "ADDR,…", value_delimiter = ',')]
     pub peers: Option<Vec<SocketAddr>>,
-    /// The UDP address to bind for unicast (with --peers).
+    /// Find peers by DNS: every address NAME resolves to (A and AAAA records) is a peer; NAME
+    /// is resolved again every --dns-interval. Repeatable (or comma-separated). Unicast, like
+    /// --peers (with which it combines); for a Kubernetes headless Service or Fly.io's
+    /// `<app>.internal`.
+    #[arg(
+        long,
+        value_name = "NAME:PORT",
+        value_delimiter = ',',
+        conflicts_with = "group"
+    )]
+    pub peers_dns: Vec<String>,
+    /// How often --peers-dns names are resolved again.
+    // The library's `defaults::DNS_INTERVAL`, as text for clap (a test checks they agree).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub dns_interval: Duration,
+    /// The UDP address to bind for unicast (with --peers or --peers-dns; `[::]:PORT` for IPv6,
+    /// which reaches IPv4 peers too).
     #[arg(
         long,
         value_name = "ADDR:PORT",
@@ -290,6 +306,10 @@ pub struct Cluster {
     pub key_file: Option<PathBuf>,
     /// Run without a key (and allow a non-loopback network without one).
     pub insecure: bool,
+    /// Names resolved for peers (unicast).
+    pub peers_dns: Vec<String>,
+    /// How often they are resolved.
+    pub dns_interval: Duration,
 }
 
 impl Cluster {
@@ -297,10 +317,10 @@ impl Cluster {
     pub fn new(o: &ClusterOptions) -> Cluster {
         let transport = if o.standalone {
             None
-        } else if let Some(peers) = &o.peers {
+        } else if o.peers.is_some() || !o.peers_dns.is_empty() {
             Some(Transport::Unicast {
                 bind: o.cluster_bind,
-                peers: peers.clone(),
+                peers: o.peers.clone().unwrap_or_default(),
             })
         } else {
             Some(Transport::Multicast {
@@ -317,6 +337,8 @@ impl Cluster {
             name: o.cluster.clone(),
             key_file: o.key_file.clone(),
             insecure: o.insecure,
+            peers_dns: o.peers_dns.clone(),
+            dns_interval: o.dns_interval,
         }
     }
 
@@ -343,6 +365,10 @@ impl Cluster {
         };
         let loopback = t.is_loopback();
         b = b.cluster_name(&self.name).insecure(self.insecure);
+        for name in &self.peers_dns {
+            b = b.peers_dns(name);
+        }
+        b = b.dns_interval(self.dns_interval);
         if let Some(d) = self.dead_after {
             b = b.dead_after(d);
         }
@@ -380,10 +406,18 @@ impl Cluster {
                 "cluster {:?} on multicast {group} via {interface}",
                 self.name
             ),
-            Some(Transport::Unicast { bind, peers }) => format!(
+            Some(Transport::Unicast { bind, peers }) if self.peers_dns.is_empty() => format!(
                 "cluster {:?} on unicast {bind} with {} peers",
                 self.name,
                 peers.len()
+            ),
+            Some(Transport::Unicast { bind, peers }) => format!(
+                "cluster {:?} on unicast {bind} with {} peers and the peers DNS lists for {} \
+                 (every {})",
+                self.name,
+                peers.len(),
+                self.peers_dns.join(", "),
+                humantime::format_duration(self.dns_interval)
             ),
         }
     }

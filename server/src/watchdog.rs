@@ -47,6 +47,7 @@ pub fn spawn(engine: Engine, stop: Shutdown) -> Option<std::thread::JoinHandle<(
 
 fn run(engine: &Engine, stop: &Shutdown) {
     let mut seen = [0u64; Reject::COUNT];
+    let mut dns_failures_seen = 0u64;
     let mut logged: HashMap<String, Instant> = HashMap::new();
     let mut due = |key: String| {
         let now = Instant::now();
@@ -80,6 +81,15 @@ fn run(engine: &Engine, stop: &Shutdown) {
                 );
                 seen[i] = n;
             }
+        }
+        if cs.dns_failures > dns_failures_seen && due("dns".into()) {
+            tracing::warn!(
+                failures = cs.dns_failures - dns_failures_seen,
+                total = cs.dns_failures,
+                error = engine.dns_error().unwrap_or_default(),
+                "resolving --peers-dns failed: keeping the addresses resolved before"
+            );
+            dns_failures_seen = cs.dns_failures;
         }
         for p in engine.nodes() {
             if p.alive && p.over_cap && due(format!("over-cap-{:016x}", p.node)) {

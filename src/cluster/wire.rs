@@ -9,7 +9,9 @@
 //!            heartbeat, goodbye: —
 //!            resync request:     target node · target incarnation · request number
 //!            names:              count × (hash · len · len bytes of UTF-8)
+//!            members:            count × member
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
+//! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
 //! tag      = keyed BLAKE3 of everything before it, first 16 bytes
 //! ```
 //!
@@ -18,7 +20,9 @@
 //! the Unix epoch) when it sealed the datagram: receivers use it to refuse replays (see the
 //! protocol module's admission rules), never to time anything.
 //!
-//! Version 2 added `time` to the header and the request number to resync requests.
+//! Version 2 added `time` to the header and the request number to resync requests; the members
+//! kind came later in version 2 (a node without it rejects those datagrams as `kind`, and
+//! nothing else changes for it).
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -60,6 +64,8 @@ pub enum Kind {
     Goodbye = 6,
     /// Topic hash ↔ name.
     Names = 7,
+    /// The peers the sender hears, with their addresses (membership gossip, unicast).
+    Members = 8,
 }
 
 impl Kind {
@@ -72,6 +78,7 @@ impl Kind {
             5 => Kind::ResyncReply,
             6 => Kind::Goodbye,
             7 => Kind::Names,
+            8 => Kind::Members,
             _ => return None,
         })
     }
@@ -138,6 +145,44 @@ pub struct Entry {
 }
 /// Size of [`Entry`].
 pub const ENTRY_LEN: usize = 12;
+
+/// One member of the sender's cluster as it hears it: node id and address.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Member {
+    /// The member's node id.
+    pub node: U64,
+    /// Its IP address: IPv6, or IPv4 as an IPv4-mapped IPv6 address.
+    pub ip: [u8; 16],
+    /// Its port.
+    pub port: U16,
+}
+/// Size of [`Member`].
+pub const MEMBER_LEN: usize = 26;
+const _: () = assert!(size_of::<Member>() == MEMBER_LEN);
+
+impl Member {
+    /// `node` at `addr`.
+    pub fn new(node: u64, addr: std::net::SocketAddr) -> Member {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+            std::net::IpAddr::V6(a) => a,
+        };
+        Member {
+            node: U64::new(node),
+            ip: ip.octets(),
+            port: U16::new(addr.port()),
+        }
+    }
+
+    /// Its address (an IPv4-mapped address as IPv4).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let ip = std::net::Ipv6Addr::from(self.ip).to_canonical();
+        std::net::SocketAddr::new(ip, self.port.get())
+    }
+}
 const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
 
 /// The body of a resync request.
@@ -370,6 +415,10 @@ impl Seal {
                     left: count,
                 })
             }
+            Kind::Members => match <[Member]>::ref_from_bytes(body) {
+                Ok(m) if m.len() == count => Body::Members(m),
+                _ => return Err(Reject::Length),
+            },
         };
         Ok(Datagram {
             header: hdr,
@@ -417,6 +466,8 @@ pub enum Body<'a> {
     },
     /// Names.
     Names(Names<'a>),
+    /// Members.
+    Members(&'a [Member]),
 }
 
 /// The entries of a names datagram (already validated).
@@ -589,6 +640,29 @@ impl Encoder {
         );
         seal.seal(&mut buf);
         buf
+    }
+
+    /// Members datagrams listing `members` (each within the budget); `seq` gives each its
+    /// sequence number.
+    pub fn members(
+        &self,
+        seal: &Seal,
+        seq: &mut dyn FnMut() -> u64,
+        st: &Stamp,
+        members: &[Member],
+    ) -> Vec<Vec<u8>> {
+        let per = ((self.budget - HEADER_LEN - TAG_LEN) / MEMBER_LEN).max(1);
+        members
+            .chunks(per)
+            .map(|chunk| {
+                let mut buf = Vec::with_capacity(HEADER_LEN + chunk.len() * MEMBER_LEN + TAG_LEN);
+                let st = Stamp { seq: seq(), ..*st };
+                buf.extend_from_slice(self.header(Kind::Members, 0, chunk.len(), &st).as_bytes());
+                buf.extend_from_slice(chunk.as_bytes());
+                seal.seal(&mut buf);
+                buf
+            })
+            .collect()
     }
 
     /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes,

@@ -15,7 +15,7 @@ use crate::core::shard::ShardPool;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, View};
 use crate::engine::driver::{self, Settings};
-use crate::engine::net::{Net, Transport};
+use crate::engine::net::{Discovery, Net, Transport};
 use crate::engine::stats::{ClusterView, RawStats};
 use crate::engine::{Engine, Inner, TopCache};
 use crate::error::Error;
@@ -54,6 +54,9 @@ struct ClusterOptions {
     max_tick_datagrams: usize,
     max_remote_topics: usize,
     observer: bool,
+    /// `name:port`s resolved for peers (unicast).
+    dns: Vec<String>,
+    dns_interval: Duration,
     /// A multicast option given without multicast: `(option, value)`.
     bad: Option<(&'static str, String)>,
 }
@@ -75,6 +78,8 @@ impl Default for ClusterOptions {
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             max_remote_topics: defaults::MAX_REMOTE_TOPICS,
             observer: false,
+            dns: Vec::new(),
+            dns_interval: defaults::DNS_INTERVAL,
             bad: None,
         }
     }
@@ -232,6 +237,24 @@ impl Builder {
             bind,
             peers: peers.into_iter().collect(),
         });
+        self
+    }
+
+    /// Finds peers by DNS (with [`Builder::unicast`]; may be given several times): `name`
+    /// (`host:port`) is resolved every [`Builder::dns_interval`], A and AAAA records alike, and
+    /// every address it lists becomes a peer. An address gone from DNS is dropped once it is
+    /// also silent for `dead_after`; a failed resolution keeps the last known addresses
+    /// (counted in [`crate::ClusterStats::dns_failures`], the error in
+    /// [`crate::Engine::dns_error`]). For a Kubernetes headless Service
+    /// (`headcount.default.svc.cluster.local:7380`) or Fly.io (`my-app.internal:7380`).
+    pub fn peers_dns(mut self, name: &str) -> Self {
+        self.cluster.dns.push(name.to_string());
+        self
+    }
+
+    /// How often [`Builder::peers_dns`] names are resolved (default 5 s).
+    pub fn dns_interval(mut self, d: Duration) -> Self {
+        self.cluster.dns_interval = d;
         self
     }
 
@@ -515,7 +538,27 @@ impl Builder {
 
     /// Opens the cluster's sockets and sets up its protocol.
     fn cluster_node(&self, t: &Transport, key: &[u8]) -> Result<(Protocol, Net), Error> {
-        let net = Net::open(t)?;
+        if self.cluster.dns_interval.is_zero() {
+            return Err(bad(
+                "dns_interval",
+                self.cluster.dns_interval,
+                "must be more than zero",
+            ));
+        }
+        let unicast = matches!(t, Transport::Unicast { .. });
+        // Learning peers (from their datagrams, and from gossip) needs the key: without one,
+        // anyone could make this node send to any address.
+        let learn = unicast && !key.is_empty();
+        let disc = Discovery {
+            dns: self.cluster.dns.clone(),
+            dns_interval: self.cluster.dns_interval,
+            learn,
+            dead_after: self
+                .cluster
+                .dead_after
+                .unwrap_or_else(|| defaults::dead_after(self.tick)),
+        };
+        let net = Net::open(t, disc)?;
         let node = self.cluster.node.unwrap_or_else(random_u64);
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -532,6 +575,7 @@ impl Builder {
         pc.max_remote_topics = self.cluster.max_remote_topics;
         pc.max_topics_per_peer = self.max_topics;
         pc.observer = self.cluster.observer;
+        pc.gossip_members = learn;
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
         Ok((proto, net))
     }

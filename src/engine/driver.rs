@@ -8,12 +8,13 @@ use std::sync::atomic::Ordering as StdOrdering;
 use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
-use crate::cluster::protocol::{Event, Protocol};
+use crate::cluster::protocol::{Event, Outcome, Protocol};
 use crate::core::reducer::{Reducer, TickReport};
 use crate::core::shard::ShardPool;
 use crate::core::sync::Ordering;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, TickChanges};
+use crate::engine::members::Discovering;
 use crate::engine::net::Net;
 use crate::engine::{Cmd, Engine, Inner};
 use crate::error::Error;
@@ -54,6 +55,16 @@ pub(crate) fn spawn(
         c.net
             .register(poll.registry(), GROUP, SOCK)
             .map_err(Error::Spawn)?;
+        if !c.net.dns.is_empty() {
+            let w = waker.clone();
+            c.disc.resolver = Some(crate::engine::dns::spawn(
+                c.net.dns.clone(),
+                c.net.dns_interval,
+                Arc::new(move || {
+                    let _ = w.wake();
+                }),
+            )?);
+        }
     }
     let (tx, rx) = mpsc::channel();
     let thread = {
@@ -163,6 +174,7 @@ impl Driver {
             return true;
         };
         let proto = &mut c.proto;
+        let disc = &mut c.disc;
         let mut now = Instant::now();
         let mut n = 0u32;
         c.net.recv_all(deadline, |from, bytes| {
@@ -170,7 +182,9 @@ impl Driver {
             if n.is_multiple_of(64) {
                 now = Instant::now();
             }
-            proto.handle_datagram(now, from, bytes);
+            if proto.handle_datagram(now, from, bytes) == Outcome::Applied {
+                disc.note_heard(from);
+            }
         })
     }
 
@@ -198,6 +212,9 @@ impl Driver {
                 c.hand_off(&self.reducer, &pool.topics, start, work_budget);
                 c.proto.handle_tick(now);
                 c.poll_events(pool, &mut self.dirty, start, work_budget * 2);
+                if let Some(m) = c.net.members.as_mut() {
+                    c.disc.step(m, now);
+                }
             }
             None => self.publish_local(now, &mut batch),
         }
@@ -284,8 +301,13 @@ impl Driver {
             v.nodes = c.proto.nodes(now);
             v.stats = c.proto.stats();
             v.handoff = c.handoff.len() as u64;
+            for n in &mut v.nodes {
+                n.found = c.net.found(n.addr);
+            }
             v.send_errors = c.net.send_errors;
             v.recv_errors = c.net.recv_errors;
+            v.discovery = c.disc.stats.clone();
+            v.members = c.net.members.as_ref().map_or((0, 0, 0), |m| m.counts());
         }
     }
 }
@@ -333,6 +355,7 @@ impl Batch {
 struct ClusterState {
     proto: Protocol,
     net: Net,
+    disc: Discovering,
     index: HashIndex,
     /// Ids whose local count changed and was not handed to the protocol yet, oldest first
     /// (each once: `queued`).
@@ -345,6 +368,7 @@ impl ClusterState {
         ClusterState {
             proto,
             net,
+            disc: Discovering::default(),
             index: HashIndex::new(max_topics),
             handoff: VecDeque::new(),
             queued: vec![false; max_topics],
@@ -417,6 +441,12 @@ impl ClusterState {
                     continue;
                 }
                 Some(Event::NameLearned { hash, name }) => (hash, name),
+                Some(Event::MemberLearned { addr, .. }) => {
+                    if self.disc.gossiped.len() < 4096 {
+                        self.disc.gossiped.push(addr);
+                    }
+                    continue;
+                }
                 None => break,
             };
             n += 1;

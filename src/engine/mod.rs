@@ -8,7 +8,9 @@
 
 pub(crate) mod builder;
 pub(crate) mod cpu;
+pub(crate) mod dns;
 pub(crate) mod driver;
+pub(crate) mod members;
 pub(crate) mod net;
 #[cfg(feature = "tokio")]
 mod runtime;
@@ -407,6 +409,18 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         Some(v.cluster_stats())
+    }
+
+    /// The last error resolving a [`Builder::peers_dns`](crate::Builder::peers_dns) name, if
+    /// a resolution failed since the engine started (the last known addresses were kept).
+    pub fn dns_error(&self) -> Option<String> {
+        self.inner().node?;
+        let v = self
+            .inner()
+            .cluster_view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        v.discovery.last_error.clone()
     }
 
     /// This node's id in the cluster.

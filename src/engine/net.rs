@@ -13,7 +13,8 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::cluster::protocol::{Dest, Transmit};
+use crate::cluster::protocol::{Dest, Found, Transmit};
+use crate::engine::members::Members;
 use crate::error::Error;
 
 /// How the cluster's datagrams travel.
@@ -95,15 +96,43 @@ impl Transport {
                         "a peer must be a unicast address with a port",
                     ));
                 }
+                if bind.is_ipv4()
+                    && let Some(p) = peers.iter().find(|p| p.ip().to_canonical().is_ipv6())
+                {
+                    return Err(bad(
+                        "unicast peers",
+                        p.to_string(),
+                        "an IPv6 peer cannot be reached from an IPv4 bind address; bind an IPv6 \
+                         address (\"[::]:PORT\" reaches IPv4 peers too)",
+                    ));
+                }
             }
         }
         Ok(())
     }
 }
 
+/// What else the sockets need: discovery and learning (unicast only).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Discovery {
+    /// `name:port`s to resolve for peers.
+    pub(crate) dns: Vec<String>,
+    pub(crate) dns_interval: std::time::Duration,
+    /// Learn peers from authenticated datagrams and gossip (a cluster key is set).
+    pub(crate) learn: bool,
+    pub(crate) dead_after: std::time::Duration,
+}
+
 /// Open sockets.
 pub(crate) struct Net {
     transport: Transport,
+    /// Unicast: every address group datagrams go to (configured, resolved, learned).
+    pub(crate) members: Option<Members>,
+    /// Unicast: the names to resolve, and how often.
+    pub(crate) dns: Vec<String>,
+    pub(crate) dns_interval: std::time::Duration,
+    /// The sending socket is IPv6 (IPv4 destinations are sent to as IPv4-mapped addresses).
+    v6: bool,
     /// Multicast: the group socket (receive only).
     group: Option<UdpSocket>,
     /// Sends everything; receives unicast.
@@ -124,8 +153,18 @@ fn io_err(option: &'static str, value: impl std::fmt::Display, e: std::io::Error
 }
 
 impl Net {
-    pub(crate) fn open(transport: &Transport) -> Result<Net, Error> {
+    pub(crate) fn open(transport: &Transport, disc: Discovery) -> Result<Net, Error> {
         transport.validate()?;
+        for name in &disc.dns {
+            crate::engine::dns::validate(name)?;
+        }
+        if !disc.dns.is_empty() && !matches!(transport, Transport::Unicast { .. }) {
+            return Err(Error::Config {
+                option: "peers_dns",
+                value: format!("{:?}", disc.dns),
+                reason: "DNS discovery needs a unicast transport (unicast(bind, peers))".into(),
+            });
+        }
         let udp = || Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP));
         let (group, sock) = match transport {
             Transport::Multicast {
@@ -169,6 +208,10 @@ impl Net {
             Transport::Unicast { bind, .. } => {
                 let s = Socket::new(Domain::for_address(*bind), Type::DGRAM, Some(Protocol::UDP))
                     .map_err(|e| io_err("unicast bind", bind, e))?;
+                if bind.is_ipv6() {
+                    // Dual stack: an IPv6 socket reaches IPv4 peers too (as mapped addresses).
+                    let _ = s.set_only_v6(false);
+                }
                 s.bind(&SockAddr::from(*bind))
                     .map_err(|e| io_err("unicast bind", bind, e))?;
                 let _ = s.set_recv_buffer_size(4 << 20);
@@ -178,8 +221,26 @@ impl Net {
             }
         };
         let local = sock.local_addr().ok();
+        let v6 = local.is_some_and(|a| a.is_ipv6());
+        let members = match transport {
+            Transport::Unicast { peers, .. } => Some(
+                Members::new(
+                    peers,
+                    disc.dns.len(),
+                    disc.learn,
+                    disc.dead_after,
+                    Instant::now(),
+                )
+                .v4_only(!v6),
+            ),
+            Transport::Multicast { .. } => None,
+        };
         Ok(Net {
             local,
+            members,
+            dns: disc.dns,
+            dns_interval: disc.dns_interval,
+            v6,
             transport: transport.clone(),
             group,
             sock,
@@ -206,22 +267,40 @@ impl Net {
         reg.register(&mut self.sock, sock, mio::Interest::READABLE)
     }
 
+    /// How a peer at `addr` was found.
+    pub(crate) fn found(&self, addr: SocketAddr) -> Option<Found> {
+        match &self.members {
+            Some(m) => m.found(addr),
+            None => Some(Found::Multicast),
+        }
+    }
+
     /// Sends one datagram (errors are counted, not fatal: the protocol heals losses).
     pub(crate) fn send(&mut self, t: &Transmit) {
+        let (sock, v6) = (&self.sock, self.v6);
+        let mut errors = 0;
         let mut one = |to: SocketAddr| {
-            if self.sock.send_to(&t.bytes, to).is_err() {
-                self.send_errors += 1;
+            let to = match to {
+                SocketAddr::V4(a) if v6 => {
+                    SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port())
+                }
+                a => a,
+            };
+            if sock.send_to(&t.bytes, to).is_err() {
+                errors += 1;
             }
         };
-        match (&t.dest, &self.transport) {
-            (Dest::To(a), _) => one(*a),
-            (Dest::Group, Transport::Multicast { group, .. }) => one(SocketAddr::V4(*group)),
-            (Dest::Group, Transport::Unicast { peers, .. }) => {
-                for p in peers.clone() {
+        match (&t.dest, &self.transport, &self.members) {
+            (Dest::To(a), _, _) => one(*a),
+            (Dest::Group, Transport::Multicast { group, .. }, _) => one(SocketAddr::V4(*group)),
+            (Dest::Group, Transport::Unicast { .. }, Some(m)) => {
+                for p in m.targets() {
                     one(p);
                 }
             }
+            (Dest::Group, Transport::Unicast { .. }, None) => {}
         }
+        self.send_errors += errors;
     }
 
     /// Receives the datagrams waiting on both sockets, until `deadline` (checked every 64
@@ -245,7 +324,12 @@ impl Net {
                     // Our own group datagrams, looped back: skipped before any other work (a
                     // node that sends a burst reads all of it back).
                     Ok((_, from)) if Some(from) == self.local => {}
-                    Ok((n, from)) => f(from, &self.buf[..n]),
+                    // An IPv4 peer of a dual-stack socket arrives as a mapped address: the
+                    // protocol and the member list know it as IPv4.
+                    Ok((n, from)) => f(
+                        SocketAddr::new(from.ip().to_canonical(), from.port()),
+                        &self.buf[..n],
+                    ),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => {

@@ -90,6 +90,19 @@ pub struct ClusterStats {
     pub send_errors: u64,
     /// Receives the OS failed.
     pub recv_errors: u64,
+    /// Unicast: addresses group datagrams go to that were given at start.
+    pub members_configured: usize,
+    /// Unicast: addresses resolved from DNS (`peers_dns`).
+    pub members_dns: usize,
+    /// Unicast: addresses learned from authenticated datagrams and membership gossip.
+    pub members_learned: usize,
+    /// Unicast: addresses dropped (learned, or gone from DNS, and silent for `dead_after`).
+    pub members_dropped: u64,
+    /// DNS resolutions that succeeded (`peers_dns`).
+    pub dns_resolutions: u64,
+    /// DNS resolutions that failed (the last known addresses were kept); the last error is
+    /// [`crate::Engine::dns_error`].
+    pub dns_failures: u64,
 }
 
 /// The engine thread's counters: written by it alone (relaxed), read by [`RawStats::read`].
@@ -175,6 +188,9 @@ pub(crate) struct ClusterView {
     pub(crate) handoff: u64,
     pub(crate) send_errors: u64,
     pub(crate) recv_errors: u64,
+    pub(crate) discovery: crate::engine::members::DiscoveryStats,
+    /// Unicast destinations: configured, resolved, learned.
+    pub(crate) members: (usize, usize, usize),
 }
 
 impl ClusterView {
@@ -187,6 +203,12 @@ impl ClusterView {
             backlog: self.stats.backlog + self.handoff,
             send_errors: self.send_errors,
             recv_errors: self.recv_errors,
+            members_configured: self.members.0,
+            members_dns: self.members.1,
+            members_learned: self.members.2,
+            members_dropped: self.discovery.dropped,
+            dns_resolutions: self.discovery.resolutions,
+            dns_failures: self.discovery.failures,
         }
     }
 }

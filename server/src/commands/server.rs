@@ -159,11 +159,19 @@ fn node_entry(r: &mut Reply, id: u64, addr: String, p: Result<&headcount::NodeIn
         Ok(p) => (false, Some(p), 0),
         Err(total) => (true, None, total),
     };
-    r.map(11);
+    r.map(12);
     r.bulk(b"id");
     r.bulk(format!("{id:016x}").as_bytes());
     r.bulk(b"addr");
     r.bulk(addr.as_bytes());
+    // How this node found the peer: configured, dns, learned, multicast, custom ("self" for
+    // this node).
+    r.bulk(b"found");
+    let found = match p {
+        None => "self",
+        Some(p) => p.found.map_or("unknown", |f| f.as_str()),
+    };
+    r.bulk(found.as_bytes());
     r.bulk(b"self");
     r.boolean(me);
     r.bulk(b"alive");

@@ -18,6 +18,8 @@ fn serve(args: &[&str]) -> Result<ServeOptions, String> {
 fn the_cluster_defaults_are_the_librarys() {
     let c = Cluster::new(&serve(&[]).unwrap().cluster);
     assert_eq!(c.tick, defaults::TICK);
+    assert_eq!(c.dns_interval, defaults::DNS_INTERVAL);
+    assert!(c.peers_dns.is_empty());
     assert_eq!(c.name, defaults::CLUSTER_NAME);
     assert!(matches!(
         c.transport,
@@ -70,4 +72,34 @@ fn bad_files_name_the_problem() {
     assert!(serve(&["--peers", "127.0.0.1:1", "--group", "239.1.2.3:9000"]).is_err());
     let f = file("group = \"239.1.2.3:9000\"\n");
     assert!(serve(&["--config", f.to_str().unwrap(), "--peers", "127.0.0.1:1"]).is_err());
+}
+
+#[test]
+fn peers_dns_means_unicast_and_combines_with_peers() {
+    let c = Cluster::new(
+        &serve(&[
+            "--peers-dns",
+            "headcount.default.svc.cluster.local:7380",
+            "--peers-dns",
+            "seed.example:7380,other.example:7380",
+            "--dns-interval",
+            "2s",
+            "--cluster-bind",
+            "[::]:7380",
+        ])
+        .unwrap()
+        .cluster,
+    );
+    assert_eq!(c.peers_dns.len(), 3);
+    assert_eq!(c.dns_interval, std::time::Duration::from_secs(2));
+    assert!(matches!(
+        &c.transport,
+        Some(Transport::Unicast { bind, peers }) if bind.is_ipv6() && peers.is_empty()
+    ));
+    assert!(
+        c.describe()
+            .contains("headcount.default.svc.cluster.local:7380")
+    );
+    let e = serve(&["--peers-dns", "h:1", "--group", "239.1.2.3:7000"]).unwrap_err();
+    assert!(e.contains("--group") || e.contains("group"), "{e}");
 }

@@ -190,6 +190,8 @@ impl Protocol {
             None if reply => (seq, 0),
             None => (seq.saturating_sub(1), 0),
         };
+        // A new peer: tell every peer about it at the next tick (membership gossip).
+        self.members_due = 0;
         self.peers.insert(
             node,
             Peer {

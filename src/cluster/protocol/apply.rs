@@ -98,6 +98,19 @@ impl Protocol {
                     }
                 }
             }
+            Body::Members(m) => {
+                for m in m {
+                    let (n, addr) = (m.node.get(), m.addr());
+                    let known = self.peers.get(&n).is_some_and(|p| p.addr == addr);
+                    if n != self.cfg.node
+                        && !known
+                        && self.cfg.gossip_members
+                        && self.members_learned.len() < super::MAX_MEMBERS_LEARNED
+                    {
+                        self.members_learned.push_back((n, addr));
+                    }
+                }
+            }
             Body::Empty | Body::Target { .. } => {}
         }
         if end || d.kind == Kind::Heartbeat {
@@ -166,6 +179,7 @@ impl Protocol {
             let info = NodeInfo {
                 node,
                 addr: p.addr,
+                found: None,
                 incarnation: p.incarnation,
                 last_heard: now.saturating_duration_since(p.last_heard),
                 alive: false,

@@ -73,11 +73,17 @@ pub struct Config {
     pub clock: Clock,
     /// A passive observer: counts nothing, never counted or listed by peers.
     pub observer: bool,
+    /// Tell peers, every [`defaults::MEMBERS_EVERY`] ticks and when a new peer is heard, which
+    /// peers this node hears and at which addresses (membership gossip: a node given one seed
+    /// peer learns the rest). For unicast clusters with a key; multicast needs none.
+    pub gossip_members: bool,
 }
 
 /// Every default of the protocol's settings, written once: [`Config::new`] and the engine's
 /// builder both take them from here.
 pub mod defaults {
+    /// Ticks between two rounds of membership gossip ([`super::Config::gossip_members`]).
+    pub const MEMBERS_EVERY: u64 = 10;
     use std::time::Duration;
 
     /// Largest datagram (fits a 1500-byte MTU with IP and UDP headers).
@@ -135,6 +141,7 @@ impl Config {
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             clock: Clock::system(),
             observer: false,
+            gossip_members: false,
         }
     }
 

@@ -102,7 +102,7 @@ use std::time::Instant;
 
 pub use config::{Clock, Config, defaults};
 pub use peer::mix;
-pub use stats::{NodeInfo, ProtoStats};
+pub use stats::{Found, NodeInfo, ProtoStats};
 
 use super::wire::{Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
@@ -112,6 +112,9 @@ use peer::{Peer, Table, Tomb};
 /// simulation replays exactly. (Keys are node ids and keyed topic hashes: not attacker-chosen.)
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
+
+/// Most members heard of from peers and not polled yet ([`Event::MemberLearned`]).
+const MAX_MEMBERS_LEARNED: usize = 4096;
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +164,14 @@ pub enum Event {
         /// Its name.
         name: Arc<str>,
     },
+    /// A peer hears a node at an address this node does not hear it at (membership gossip,
+    /// [`Config::gossip_members`]): a transport with a peer list may add it.
+    MemberLearned {
+        /// The node's id.
+        node: u64,
+        /// Where the peer hears it.
+        addr: SocketAddr,
+    },
 }
 
 /// The cluster protocol state machine of one node.
@@ -208,6 +219,10 @@ pub struct Protocol {
     newly_unnamed: usize,
     /// When a rate-limited resync request becomes due.
     wake: Option<Instant>,
+    /// Ticks until the next membership gossip (0: at the next tick).
+    members_due: u64,
+    /// Members heard of from peers and not reported yet.
+    members_learned: VecDeque<(u64, SocketAddr)>,
     stats: ProtoStats,
 }
 
@@ -266,6 +281,8 @@ impl Protocol {
             names_asked: None,
             newly_unnamed: 0,
             wake: None,
+            members_due: 0,
+            members_learned: VecDeque::new(),
             stats: ProtoStats::default(),
         }
     }
@@ -357,8 +374,11 @@ impl Protocol {
                 sum: self.remote(hash),
             });
         }
-        let (hash, name) = self.learned.pop_front()?;
-        Some(Event::NameLearned { hash, name })
+        if let Some((hash, name)) = self.learned.pop_front() {
+            return Some(Event::NameLearned { hash, name });
+        }
+        let (node, addr) = self.members_learned.pop_front()?;
+        Some(Event::MemberLearned { node, addr })
     }
 
     /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request
@@ -406,6 +426,7 @@ impl Protocol {
             .map(|(&node, p)| NodeInfo {
                 node,
                 addr: p.addr,
+                found: None,
                 incarnation: p.incarnation,
                 last_heard: now.saturating_duration_since(p.last_heard),
                 alive: true,

@@ -104,6 +104,7 @@ impl Protocol {
             self.request_where_needed(now);
             return;
         }
+        self.send_members(now);
         let first = self.out.len();
         let mut budget = self.cfg.max_tick_datagrams.max(1);
 
@@ -187,6 +188,44 @@ impl Protocol {
             }
         }
         self.request_where_needed(now);
+    }
+
+    /// Membership gossip, when it is due: the live peers this node hears (not observers), with
+    /// their addresses, to the group.
+    fn send_members(&mut self, now: Instant) {
+        if !self.cfg.gossip_members {
+            return;
+        }
+        if self.members_due > 0 {
+            self.members_due -= 1;
+            return;
+        }
+        self.members_due = super::defaults::MEMBERS_EVERY - 1;
+        let mut list: Vec<wire::Member> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.observer)
+            .map(|(&n, p)| wire::Member::new(n, p.addr))
+            .collect();
+        if list.is_empty() {
+            return;
+        }
+        list.sort_unstable_by_key(|m| m.node.get());
+        let st = self.stamp(now, self.seq);
+        let mut seq = self.seq;
+        let ds = self.enc.members(
+            &self.seal,
+            &mut || {
+                seq += 1;
+                seq
+            },
+            &st,
+            &list,
+        );
+        self.seq = seq;
+        for d in ds {
+            self.push(Dest::Group, d);
+        }
     }
 
     /// The slice of the local table starting at `lo`: up to `n` entries and the range they

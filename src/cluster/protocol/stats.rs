@@ -5,6 +5,41 @@ use std::time::Duration;
 
 use crate::cluster::wire::Reject;
 
+/// How this node found a peer's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Found {
+    /// Given at start (`unicast(.., peers)`, `serve --peers`).
+    Configured,
+    /// Resolved from DNS (`peers_dns`, `serve --peers-dns`).
+    Dns,
+    /// Learned: it sent an authenticated datagram from an address not yet known, or a peer
+    /// told this node about it (membership gossip). Only with a cluster key.
+    Learned,
+    /// Heard on the multicast group.
+    Multicast,
+    /// Through an application-provided transport.
+    Custom,
+}
+
+impl Found {
+    /// Its name in `NODES` and the metrics: `configured`, `dns`, `learned`, `multicast`, `custom`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Found::Configured => "configured",
+            Found::Dns => "dns",
+            Found::Learned => "learned",
+            Found::Multicast => "multicast",
+            Found::Custom => "custom",
+        }
+    }
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A peer as [`crate::Engine::nodes`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -13,6 +48,8 @@ pub struct NodeInfo {
     pub node: u64,
     /// Where its datagrams come from.
     pub addr: SocketAddr,
+    /// How this node found that address (set by the engine; `None` from a bare protocol).
+    pub found: Option<Found>,
     /// Its incarnation.
     pub incarnation: u64,
     /// Time since it was last heard from.

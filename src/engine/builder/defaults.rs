@@ -20,6 +20,9 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(30);
 pub const RING_CAPACITY: usize = 1 << 14;
 /// [`Builder::feed_capacity`](crate::Builder::feed_capacity): ticks kept for slow readers.
 pub const FEED_CAPACITY: usize = 64;
+/// [`Builder::dns_interval`](crate::Builder::dns_interval): how often `peers_dns` names are
+/// resolved again.
+pub const DNS_INTERVAL: Duration = Duration::from_secs(5);
 /// [`Builder::claim_on_join`](crate::Builder::claim_on_join).
 pub const CLAIM_ON_JOIN: bool = true;
 /// [`Builder::hash_key`](crate::Builder::hash_key) without a cluster.

@@ -51,6 +51,8 @@ pub struct TopicLine {
 pub struct NodeLine {
     pub id: String,
     pub addr: String,
+    /// How this node found it: configured, dns, learned, multicast, custom.
+    pub found: String,
     pub alive: bool,
     pub converged: bool,
     pub last_heard_ms: u64,
@@ -101,6 +103,7 @@ impl Watcher {
             .map(|n| NodeLine {
                 id: format!("{:016x}", n.node),
                 addr: n.addr.to_string(),
+                found: n.found.map_or("unknown", |f| f.as_str()).to_string(),
                 alive: n.alive,
                 converged: n.converged,
                 last_heard_ms: n.last_heard.as_millis() as u64,
@@ -166,15 +169,16 @@ pub fn render(s: &Snapshot, title: &str) -> String {
     }
     let _ = writeln!(
         o,
-        "\n{:<16} {:<21} {:<6} {:<9} {:>10} {:>7} {:>10} {:>6}",
-        "NODE", "ADDR", "ALIVE", "CONVERGED", "LAST HEARD", "TOPICS", "TOTAL", "LOSS"
+        "\n{:<16} {:<21} {:<10} {:<6} {:<9} {:>10} {:>7} {:>10} {:>6}",
+        "NODE", "ADDR", "FOUND", "ALIVE", "CONVERGED", "LAST HEARD", "TOPICS", "TOTAL", "LOSS"
     );
     for n in &s.nodes {
         let _ = writeln!(
             o,
-            "{:<16} {:<21} {:<6} {:<9} {:>8}ms {:>7} {:>10} {:>5.1}%",
+            "{:<16} {:<21} {:<10} {:<6} {:<9} {:>8}ms {:>7} {:>10} {:>5.1}%",
             n.id,
             n.addr,
+            n.found,
             if n.alive { "yes" } else { "no" },
             if n.converged { "yes" } else { "no" },
             n.last_heard_ms,
