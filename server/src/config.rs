@@ -10,7 +10,7 @@
 //! `serve::run` takes.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,11 +57,12 @@ pub struct ClusterOptions {
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub dead_after: Option<Duration>,
     /// Multicast group and port.
-    #[arg(long, value_name = "ADDR:PORT", default_value_t = DEFAULT_GROUP, conflicts_with = "peers")]
-    pub group: SocketAddrV4,
-    /// Interface address for multicast.
-    #[arg(long, value_name = "ADDR", default_value_t = defaults::INTERFACE)]
-    pub interface: Ipv4Addr,
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::V4(DEFAULT_GROUP), conflicts_with = "peers")]
+    pub group: SocketAddr,
+    /// The interface for multicast: its IPv4 address for an IPv4 group; its index or name
+    /// (`eth0`) for an IPv6 group (`--group [ff12::4845:4144]:7380`).
+    #[arg(long, value_name = "ADDR|INDEX|NAME", default_value_t = defaults::INTERFACE.to_string())]
+    pub interface: String,
     /// Use unicast to these peers (comma-separated ADDR:PORT) instead of multicast.
     #[arg(long, value_name = "ADDR,…", value_delimiter = ',')]
     pub peers: Option<Vec<SocketAddr>>,
@@ -308,6 +309,8 @@ pub struct Cluster {
     pub insecure: bool,
     /// Names resolved for peers (unicast).
     pub peers_dns: Vec<String>,
+    /// A flag that could not be turned into a transport (reported by [`Cluster::builder`]).
+    pub error: Option<String>,
     /// How often they are resolved.
     pub dns_interval: Duration,
 }
@@ -315,6 +318,7 @@ pub struct Cluster {
 impl Cluster {
     /// The cluster settings of these flags.
     pub fn new(o: &ClusterOptions) -> Cluster {
+        let mut error = None;
         let transport = if o.standalone {
             None
         } else if o.peers.is_some() || !o.peers_dns.is_empty() {
@@ -323,12 +327,13 @@ impl Cluster {
                 peers: o.peers.clone().unwrap_or_default(),
             })
         } else {
-            Some(Transport::Multicast {
-                group: o.group,
-                interface: o.interface,
-                ttl: defaults::MULTICAST_TTL,
-                loopback: defaults::MULTICAST_LOOPBACK,
-            })
+            match transport::multicast(o.group, &o.interface) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            }
         };
         Cluster {
             tick: o.tick,
@@ -339,6 +344,7 @@ impl Cluster {
             insecure: o.insecure,
             peers_dns: o.peers_dns.clone(),
             dns_interval: o.dns_interval,
+            error,
         }
     }
 
@@ -346,6 +352,9 @@ impl Cluster {
     /// not `--insecure`) uses the user's default key file, created on first use (see
     /// `identity`): other local users' processes cannot forge its counts.
     pub fn builder(&self) -> Result<Builder, ConfigError> {
+        if let Some(e) = &self.error {
+            return Err(ConfigError(e.clone()));
+        }
         let mut b = headcount::Engine::builder().tick(self.tick);
         let Some(t) = &self.transport else {
             return Ok(b);
@@ -360,6 +369,15 @@ impl Cluster {
                 .multicast(*group)
                 .interface(*interface)
                 .multicast_ttl(*ttl)
+                .multicast_loopback(*loopback),
+            Transport::Multicast6 {
+                group,
+                interface,
+                hops,
+                loopback,
+            } => b
+                .multicast6(*group, *interface)
+                .multicast_ttl(*hops)
                 .multicast_loopback(*loopback),
             Transport::Unicast { bind, peers } => b.unicast(*bind, peers.iter().copied()),
         };
@@ -404,6 +422,12 @@ impl Cluster {
                 group, interface, ..
             }) => format!(
                 "cluster {:?} on multicast {group} via {interface}",
+                self.name
+            ),
+            Some(Transport::Multicast6 {
+                group, interface, ..
+            }) => format!(
+                "cluster {:?} on IPv6 multicast {group} via interface {interface}",
                 self.name
             ),
             Some(Transport::Unicast { bind, peers }) if self.peers_dns.is_empty() => format!(
@@ -559,6 +583,8 @@ impl Settings {
         Ok((o.listen, Settings::new(&o)?))
     }
 }
+
+mod transport;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 //! to the engine thread (`driver.rs`).
 
 use super::cpu::cpus;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +21,7 @@ use crate::engine::{Engine, Inner, TopCache};
 use crate::error::Error;
 
 pub mod defaults;
+mod transport;
 
 /// Configures and starts an [`Engine`]. Every option has a default; see each method.
 #[derive(Debug, Clone)]
@@ -176,85 +177,6 @@ impl Builder {
     /// `affinity` feature). Workers pinned with [`pin_worker`](crate::pin_worker) keep off it.
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
-        self
-    }
-
-    /// Joins a cluster over UDP multicast to `group` (an IPv4 multicast address and port), on
-    /// the loopback interface unless [`Builder::interface`] says otherwise. Every node of the
-    /// cluster counts every node's users.
-    pub fn multicast(mut self, group: SocketAddrV4) -> Self {
-        self.cluster.transport = Some(Transport::Multicast {
-            group,
-            interface: defaults::INTERFACE,
-            ttl: defaults::MULTICAST_TTL,
-            loopback: defaults::MULTICAST_LOOPBACK,
-        });
-        self
-    }
-
-    fn with_multicast(
-        mut self,
-        option: &'static str,
-        value: String,
-        f: impl FnOnce(&mut Ipv4Addr, &mut u32, &mut bool),
-    ) -> Self {
-        match self.cluster.transport.as_mut() {
-            Some(Transport::Multicast {
-                interface,
-                ttl,
-                loopback,
-                ..
-            }) => f(interface, ttl, loopback),
-            _ => self.cluster.bad = Some((option, value)),
-        }
-        self
-    }
-
-    /// The interface address to join the multicast group on and send from (default 127.0.0.1).
-    /// Without a cluster key, only a loopback interface is accepted unless [`Builder::insecure`].
-    pub fn interface(self, addr: Ipv4Addr) -> Self {
-        self.with_multicast("interface", addr.to_string(), |i, _, _| *i = addr)
-    }
-
-    /// Multicast TTL (default 1: the local subnet).
-    pub fn multicast_ttl(self, ttl: u32) -> Self {
-        self.with_multicast("multicast_ttl", ttl.to_string(), |_, t, _| *t = ttl)
-    }
-
-    /// Multicast loopback (default on; needed for several nodes on one host).
-    pub fn multicast_loopback(self, on: bool) -> Self {
-        self.with_multicast("multicast_loopback", on.to_string(), |_, _, l| *l = on)
-    }
-
-    /// Joins a cluster over UDP unicast instead: bind `bind`, send to every address in `peers`
-    /// (for networks without multicast, like most clouds).
-    pub fn unicast(
-        mut self,
-        bind: SocketAddr,
-        peers: impl IntoIterator<Item = SocketAddr>,
-    ) -> Self {
-        self.cluster.transport = Some(Transport::Unicast {
-            bind,
-            peers: peers.into_iter().collect(),
-        });
-        self
-    }
-
-    /// Finds peers by DNS (with [`Builder::unicast`]; may be given several times): `name`
-    /// (`host:port`) is resolved every [`Builder::dns_interval`], A and AAAA records alike, and
-    /// every address it lists becomes a peer. An address gone from DNS is dropped once it is
-    /// also silent for `dead_after`; a failed resolution keeps the last known addresses
-    /// (counted in [`crate::ClusterStats::dns_failures`], the error in
-    /// [`crate::Engine::dns_error`]). For a Kubernetes headless Service
-    /// (`headcount.default.svc.cluster.local:7380`) or Fly.io (`my-app.internal:7380`).
-    pub fn peers_dns(mut self, name: &str) -> Self {
-        self.cluster.dns.push(name.to_string());
-        self
-    }
-
-    /// How often [`Builder::peers_dns`] names are resolved (default 5 s).
-    pub fn dns_interval(mut self, d: Duration) -> Self {
-        self.cluster.dns_interval = d;
         self
     }
 

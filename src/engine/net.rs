@@ -7,7 +7,7 @@
 //! resync traffic addressed to it. Peers therefore see each node at a distinct address.
 
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use mio::net::UdpSocket;
@@ -32,6 +32,17 @@ pub enum Transport {
         /// nodes on one host).
         loopback: bool,
     },
+    /// UDP multicast over IPv6 to `group` on the interface with index `interface`.
+    Multicast6 {
+        /// The group address and port (an IPv6 multicast address, `ff00::/8`).
+        group: SocketAddrV6,
+        /// The index of the interface to join on and send from.
+        interface: u32,
+        /// Multicast hop limit (1: this link only).
+        hops: u32,
+        /// Deliver the group's datagrams to other sockets on this host too.
+        loopback: bool,
+    },
     /// UDP unicast to a fixed list of peers, for networks without multicast.
     Unicast {
         /// The address to bind.
@@ -46,6 +57,8 @@ impl Transport {
     pub fn is_loopback(&self) -> bool {
         match self {
             Transport::Multicast { interface, .. } => interface.is_loopback(),
+            // Interface-local scope (ff?1::): never leaves this host.
+            Transport::Multicast6 { group, .. } => group.ip().segments()[0] & 0x000f == 1,
             Transport::Unicast { bind, peers } => {
                 bind.ip().is_loopback() && peers.iter().all(|p| p.ip().is_loopback())
             }
@@ -74,6 +87,25 @@ impl Transport {
                     return Err(bad(
                         "multicast ttl",
                         ttl.to_string(),
+                        "must be between 1 and 255",
+                    ));
+                }
+            }
+            Transport::Multicast6 { group, hops, .. } => {
+                if !group.ip().is_multicast() {
+                    return Err(bad(
+                        "multicast group",
+                        group.to_string(),
+                        "not an IPv6 multicast address (ff00::/8)",
+                    ));
+                }
+                if group.port() == 0 {
+                    return Err(bad("multicast group", group.to_string(), "needs a port"));
+                }
+                if *hops == 0 || *hops > 255 {
+                    return Err(bad(
+                        "multicast ttl",
+                        hops.to_string(),
                         "must be between 1 and 255",
                     ));
                 }
@@ -121,6 +153,51 @@ pub(crate) struct Discovery {
     /// Learn peers from authenticated datagrams and gossip (a cluster key is set).
     pub(crate) learn: bool,
     pub(crate) dead_after: std::time::Duration,
+}
+
+/// The two sockets of an IPv6 multicast node, as for IPv4: one bound to the group (receive
+/// only), one bound to `[::]:0` on the interface that sends everything.
+fn open_multicast6(
+    group: SocketAddrV6,
+    interface: u32,
+    hops: u32,
+    loopback: bool,
+) -> Result<(Option<UdpSocket>, UdpSocket), Error> {
+    let udp = || Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP));
+    let gerr = |e| io_err("multicast group", group, e);
+    let ierr = |e| io_err("multicast interface", format!("index {interface}"), e);
+    let g = udp().map_err(gerr)?;
+    g.set_only_v6(true).map_err(gerr)?;
+    g.set_reuse_address(true).map_err(gerr)?;
+    g.set_reuse_port(true).map_err(gerr)?;
+    // A link-scoped group is bound with its interface as the scope.
+    let scoped = SocketAddrV6::new(*group.ip(), group.port(), 0, interface);
+    g.bind(&SockAddr::from(scoped)).map_err(gerr)?;
+    g.join_multicast_v6(group.ip(), interface).map_err(ierr)?;
+    let _ = g.set_multicast_all_v6(false);
+    let _ = g.set_recv_buffer_size(4 << 20);
+    g.set_nonblocking(true).map_err(gerr)?;
+
+    let s = udp().map_err(ierr)?;
+    s.set_only_v6(true).map_err(ierr)?;
+    s.bind(&SockAddr::from(SocketAddrV6::new(
+        std::net::Ipv6Addr::UNSPECIFIED,
+        0,
+        0,
+        0,
+    )))
+    .map_err(ierr)?;
+    s.set_multicast_if_v6(interface).map_err(ierr)?;
+    s.set_multicast_loop_v6(loopback)
+        .map_err(|e| io_err("multicast loopback", loopback, e))?;
+    s.set_multicast_hops_v6(hops)
+        .map_err(|e| io_err("multicast ttl", hops, e))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.set_nonblocking(true).map_err(ierr)?;
+    Ok((
+        Some(UdpSocket::from_std(g.into())),
+        UdpSocket::from_std(s.into()),
+    ))
 }
 
 /// Open sockets.
@@ -205,6 +282,12 @@ impl Net {
                     UdpSocket::from_std(s.into()),
                 )
             }
+            Transport::Multicast6 {
+                group,
+                interface,
+                hops,
+                loopback,
+            } => open_multicast6(*group, *interface, *hops, *loopback)?,
             Transport::Unicast { bind, .. } => {
                 let s = Socket::new(Domain::for_address(*bind), Type::DGRAM, Some(Protocol::UDP))
                     .map_err(|e| io_err("unicast bind", bind, e))?;
@@ -233,7 +316,7 @@ impl Net {
                 )
                 .v4_only(!v6),
             ),
-            Transport::Multicast { .. } => None,
+            Transport::Multicast { .. } | Transport::Multicast6 { .. } => None,
         };
         Ok(Net {
             local,
@@ -293,6 +376,18 @@ impl Net {
         match (&t.dest, &self.transport, &self.members) {
             (Dest::To(a), _, _) => one(*a),
             (Dest::Group, Transport::Multicast { group, .. }, _) => one(SocketAddr::V4(*group)),
+            (
+                Dest::Group,
+                Transport::Multicast6 {
+                    group, interface, ..
+                },
+                _,
+            ) => one(SocketAddr::V6(SocketAddrV6::new(
+                *group.ip(),
+                group.port(),
+                0,
+                *interface,
+            ))),
             (Dest::Group, Transport::Unicast { .. }, Some(m)) => {
                 for p in m.targets() {
                     one(p);

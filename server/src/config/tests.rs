@@ -43,7 +43,7 @@ fn flags_win_over_the_file() {
     ));
     // The defaults, where neither says anything.
     assert_eq!(o.max_output, 16 << 20);
-    assert_eq!(o.cluster.interface, Ipv4Addr::LOCALHOST);
+    assert_eq!(o.cluster.interface, std::net::Ipv4Addr::LOCALHOST.to_string());
 }
 
 #[test]
@@ -102,4 +102,23 @@ fn peers_dns_means_unicast_and_combines_with_peers() {
     );
     let e = serve(&["--peers-dns", "h:1", "--group", "239.1.2.3:7000"]).unwrap_err();
     assert!(e.contains("--group") || e.contains("group"), "{e}");
+}
+
+#[test]
+fn an_ipv6_group_takes_an_interface_index_or_name() {
+    let c = Cluster::new(
+        &serve(&["--group", "[ff12::4845:4144]:7380", "--interface", "lo"])
+            .unwrap()
+            .cluster,
+    );
+    assert!(
+        matches!(c.transport, Some(Transport::Multicast6 { interface, .. }) if interface >= 1),
+        "{c:?}"
+    );
+    let c = Cluster::new(&serve(&["--group", "[ff12::1]:7380"]).unwrap().cluster);
+    let e = c.builder().unwrap_err().0;
+    assert!(e.contains("interface index or name"), "{e}");
+    let c = Cluster::new(&serve(&["--interface", "eth0"]).unwrap().cluster);
+    let e = c.builder().unwrap_err().0;
+    assert!(e.contains("IPv4 address"), "{e}");
 }
