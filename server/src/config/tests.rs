@@ -43,7 +43,10 @@ fn flags_win_over_the_file() {
     ));
     // The defaults, where neither says anything.
     assert_eq!(o.max_output, 16 << 20);
-    assert_eq!(o.cluster.interface, std::net::Ipv4Addr::LOCALHOST.to_string());
+    assert_eq!(
+        o.cluster.interface,
+        std::net::Ipv4Addr::LOCALHOST.to_string()
+    );
 }
 
 #[test]
