@@ -14,12 +14,15 @@ use crate::core::hot::{Hot, HotBox};
 use crate::core::shard::ShardPool;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, View};
+use crate::engine::channel::ChannelTransport;
 use crate::engine::driver::{self, Settings};
-use crate::engine::net::{Net, Transport};
+use crate::engine::link::Link;
+use crate::engine::net::Transport;
 use crate::engine::stats::{ClusterView, RawStats};
 use crate::engine::{Engine, Inner, TopCache};
 use crate::error::Error;
 
+mod channel;
 pub mod defaults;
 
 /// Configures and starts an [`Engine`]. Every option has a default; see each method.
@@ -41,6 +44,8 @@ pub struct Builder {
 #[derive(Debug, Clone)]
 struct ClusterOptions {
     transport: Option<Transport>,
+    /// The application's transport instead ([`Builder::channel`], in `builder/channel.rs`).
+    channel: Option<ChannelTransport>,
     name: String,
     key: Vec<u8>,
     key_file: Option<PathBuf>,
@@ -62,6 +67,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             transport: None,
+            channel: None,
             name: defaults::CLUSTER_NAME.into(),
             key: Vec::new(),
             key_file: None,
@@ -427,6 +433,7 @@ impl Builder {
         if let Some(t) = &c.transport {
             t.validate()?;
         }
+        self.validate_channel()?;
         Ok(shards)
     }
 
@@ -467,6 +474,7 @@ impl Builder {
                 ),
             });
         }
+        self.require_channel_key(&key)?;
         Ok(key)
     }
 
@@ -474,15 +482,12 @@ impl Builder {
     pub fn start(self) -> Result<Engine, Error> {
         let shards = self.validate()?;
         let key = self.key()?;
-        let hash_key = if self.cluster.transport.is_some() {
+        let hash_key = if self.in_cluster() {
             Seal::topic_hash_key(&self.cluster.name, &key)
         } else {
             self.hash_key
         };
-        let cluster = match &self.cluster.transport {
-            Some(t) => Some(self.cluster_node(t, &key)?),
-            None => None,
-        };
+        let cluster = self.open_link()?.map(|link| self.cluster_node(link, &key));
         let hot = HotBox::new(Hot::new(shards, self.max_topics, self.ring_capacity));
         let topics = Topics::new(self.max_topics, hash_key, crate::MAX_NAME_LEN);
         let pool = Arc::new(ShardPool::new(hot, shards, topics, self.claim_on_join));
@@ -513,9 +518,8 @@ impl Builder {
         driver::spawn(inner, settings, cluster)
     }
 
-    /// Opens the cluster's sockets and sets up its protocol.
-    fn cluster_node(&self, t: &Transport, key: &[u8]) -> Result<(Protocol, Net), Error> {
-        let net = Net::open(t)?;
+    /// Sets up the cluster's protocol, to run over `link`.
+    fn cluster_node(&self, link: Link, key: &[u8]) -> (Protocol, Link) {
         let node = self.cluster.node.unwrap_or_else(random_u64);
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -533,7 +537,7 @@ impl Builder {
         pc.max_topics_per_peer = self.max_topics;
         pc.observer = self.cluster.observer;
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
-        Ok((proto, net))
+        (proto, link)
     }
 }
 

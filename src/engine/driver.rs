@@ -1,6 +1,7 @@
 //! The engine thread: the only user of mio. It waits for the next tick, a `sync` or a datagram,
 //! feeds received datagrams to the cluster protocol, runs each tick's steps ([`Driver::tick`]) and
-//! sends what the protocol has to send. The sockets themselves are in `net.rs`.
+//! sends what the protocol has to send. The sockets themselves are in `net.rs`, the application's
+//! channel in `channel.rs`; the driver sees either as a `Link` (`link.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use crate::core::shard::ShardPool;
 use crate::core::sync::Ordering;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, TickChanges};
-use crate::engine::net::Net;
+use crate::engine::link::Link;
 use crate::engine::{Cmd, Engine, Inner};
 use crate::error::Error;
 
@@ -44,7 +45,7 @@ pub(crate) struct Settings {
 pub(crate) fn spawn(
     inner: Arc<Inner>,
     settings: Settings,
-    cluster: Option<(Protocol, Net)>,
+    cluster: Option<(Protocol, Link)>,
 ) -> Result<Engine, Error> {
     let poll = mio::Poll::new().map_err(Error::Spawn)?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(Error::Spawn)?);
@@ -52,7 +53,7 @@ pub(crate) fn spawn(
         cluster.map(|(proto, net)| ClusterState::new(proto, net, settings.max_topics));
     if let Some(c) = cluster.as_mut() {
         c.net
-            .register(poll.registry(), GROUP, SOCK)
+            .register(poll.registry(), GROUP, SOCK, &waker)
             .map_err(Error::Spawn)?;
     }
     let (tx, rx) = mpsc::channel();
@@ -177,8 +178,9 @@ impl Driver {
     fn flush(&mut self) {
         if let Some(c) = self.cluster.as_mut() {
             while let Some(t) = c.proto.poll_transmit() {
-                c.net.send(&t);
+                c.net.send(t);
             }
+            c.net.flushed();
         }
     }
 
@@ -284,8 +286,8 @@ impl Driver {
             v.nodes = c.proto.nodes(now);
             v.stats = c.proto.stats();
             v.handoff = c.handoff.len() as u64;
-            v.send_errors = c.net.send_errors;
-            v.recv_errors = c.net.recv_errors;
+            (v.send_errors, v.recv_errors) = c.net.errors();
+            (v.transport_dropped_out, v.transport_dropped_in) = c.net.dropped();
         }
     }
 }
@@ -332,7 +334,7 @@ impl Batch {
 /// The cluster side of the engine thread.
 struct ClusterState {
     proto: Protocol,
-    net: Net,
+    net: Link,
     index: HashIndex,
     /// Ids whose local count changed and was not handed to the protocol yet, oldest first
     /// (each once: `queued`).
@@ -341,7 +343,7 @@ struct ClusterState {
 }
 
 impl ClusterState {
-    fn new(proto: Protocol, net: Net, max_topics: usize) -> ClusterState {
+    fn new(proto: Protocol, net: Link, max_topics: usize) -> ClusterState {
         ClusterState {
             proto,
             net,

@@ -90,6 +90,15 @@ pub struct ClusterStats {
     pub send_errors: u64,
     /// Receives the OS failed.
     pub recv_errors: u64,
+    /// Datagrams this node sent that a [`ChannelTransport`](crate::ChannelTransport) dropped
+    /// because the application did not take them in time (its queue was full; the oldest go).
+    /// Repaired like datagrams lost on the network. Always 0 over UDP.
+    pub transport_dropped_out: u64,
+    /// Datagrams the application delivered that a
+    /// [`ChannelTransport`](crate::ChannelTransport) dropped because the engine's inbound queue
+    /// was full (or they were over-long). Repaired like datagrams lost on the network. Always 0
+    /// over UDP.
+    pub transport_dropped_in: u64,
 }
 
 /// The engine thread's counters: written by it alone (relaxed), read by [`RawStats::read`].
@@ -175,6 +184,8 @@ pub(crate) struct ClusterView {
     pub(crate) handoff: u64,
     pub(crate) send_errors: u64,
     pub(crate) recv_errors: u64,
+    pub(crate) transport_dropped_out: u64,
+    pub(crate) transport_dropped_in: u64,
 }
 
 impl ClusterView {
@@ -187,6 +198,8 @@ impl ClusterView {
             backlog: self.stats.backlog + self.handoff,
             send_errors: self.send_errors,
             recv_errors: self.recv_errors,
+            transport_dropped_out: self.transport_dropped_out,
+            transport_dropped_in: self.transport_dropped_in,
         }
     }
 }
