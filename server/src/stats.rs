@@ -380,6 +380,8 @@ pub fn visit(shared: &Shared, top: usize, v: &mut dyn Visitor) {
                 info("peers_died", Value::Int(p.peers_died)),
                 info("send_errors", Value::Int(c.send_errors)),
                 info("recv_errors", Value::Int(c.recv_errors)),
+                info("transport_dropped_out", Value::Int(c.transport_dropped_out)),
+                info("transport_dropped_in", Value::Int(c.transport_dropped_in)),
                 both(
                     "peers_over_cap",
                     "headcount_peers_over_cap",
