@@ -84,6 +84,21 @@
 //! async [`ChangeFeed`]: push "N online" to clients once per tick from a task, no bridge thread
 //! (see Features).
 //!
+//! ## A transport of your own
+//!
+//! A cluster's nodes exchange datagrams over UDP multicast ([`Builder::multicast`]) or a unicast
+//! peer list ([`Builder::unicast`]) — or over anything the application carries:
+//! [`Builder::channel`] takes a [`ChannelTransport`], a `Send + Sync + Clone` handle out of which
+//! the application takes the engine's datagrams (each for [`Destination::All`] or one peer),
+//! and into which it [`deliver`](ChannelTransport::deliver)s the ones it receives, naming each
+//! peer by a [`PeerAddr`] of its choosing. Erlang distribution, a message bus or in-memory
+//! queues in tests then carry the cluster. Both directions are bounded and never block the
+//! engine; what overflows is dropped, counted
+//! ([`ClusterStats::transport_dropped_out`], [`ClusterStats::transport_dropped_in`]) and
+//! repaired like a datagram lost on the network, and every datagram delivered meets the same
+//! checks (MAC, replay, rate, caps) as one from a socket. A cluster key is required (or
+//! [`Builder::insecure`]). See `examples/custom_transport.rs`.
+//!
 //! ## Layout
 //!
 //! Where each thing lives, from the worker's join to the datagram. The arrows point one way:
@@ -102,7 +117,9 @@
 //!   (`protocol`: the peer table and the cluster sums), a deterministic simulation (`sim`).
 //! - `src/engine/`: `mod.rs` ([`Engine`] and its read API), `builder.rs` ([`Builder`], every
 //!   default once: [`defaults`]), `driver.rs` (the engine thread, the only mio user: one tick as
-//!   named steps), `net.rs` (the sockets, [`Transport`]), `stats.rs` ([`Stats`],
+//!   named steps), `net.rs` (the sockets, [`Transport`]), `channel.rs` ([`ChannelTransport`],
+//!   the application's transport, and the engine's end of it), `link.rs` (the one of the two
+//!   the engine thread sends and receives through), `stats.rs` ([`Stats`],
 //!   [`ClusterStats`]), `cpu.rs` ([`cpus`], and the one pinning rule: the engine on the last
 //!   CPU, workers on the others, [`pin_worker`]), `runtime.rs` (`Engine::bind_runtime`,
 //!   feature `tokio`).
@@ -187,6 +204,9 @@ pub use cluster::protocol::{Found, NodeInfo, ProtoStats};
 pub use cluster::wire::Reject;
 pub use engine::Engine;
 pub use engine::builder::{Builder, DEFAULT_GROUP, defaults, node_id_for};
+pub use engine::channel::{
+    ChannelTransport, DeliverError, Destination, MAX_CHANNEL_DATAGRAM, Outgoing, PeerAddr,
+};
 pub use engine::cpu::{cpus, pin_worker};
 pub use engine::net::Transport;
 pub use engine::stats::{ClusterStats, Stats, TICK_BUCKETS};

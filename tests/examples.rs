@@ -1,5 +1,6 @@
 //! The examples, run and checked: two instances of `examples/axum_ws.rs` in a cluster on
-//! loopback, driven by 200 real WebSocket clients, and `examples/thread_per_core.rs`.
+//! loopback, driven by 200 real WebSocket clients, `examples/thread_per_core.rs` and
+//! `examples/custom_transport.rs`.
 //!
 //! Each example file is compiled into this test as a module and run in-process (`run`), not
 //! spawned as a binary: `cargo test` builds the examples' binaries, but `cargo test --test
@@ -29,6 +30,10 @@ mod axum_ws;
 #[allow(dead_code)] // its `main`
 #[path = "../examples/thread_per_core.rs"]
 mod thread_per_core;
+
+#[allow(dead_code)] // its `main`
+#[path = "../examples/custom_transport.rs"]
+mod custom_transport;
 
 /// Bound on every wait: a connect, a reply, counts to settle, an instance to stop.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -266,4 +271,9 @@ fn thread_per_core_counts_exactly_and_exits() {
         tick: Duration::from_millis(50),
     };
     thread_per_core::run(&settings).expect("thread_per_core's counts match its ledger");
+}
+
+#[test]
+fn custom_transport_counts_exactly_and_exits() {
+    custom_transport::run().expect("every engine counts every engine's users");
 }

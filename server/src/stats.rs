@@ -416,6 +416,8 @@ pub fn visit(shared: &Shared, top: usize, v: &mut dyn Visitor) {
                     c.dns_failures,
                 ),
                 info("recv_errors", Value::Int(c.recv_errors)),
+                info("transport_dropped_out", Value::Int(c.transport_dropped_out)),
+                info("transport_dropped_in", Value::Int(c.transport_dropped_in)),
                 both(
                     "peers_over_cap",
                     "headcount_peers_over_cap",

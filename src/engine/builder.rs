@@ -14,12 +14,15 @@ use crate::core::hot::{Hot, HotBox};
 use crate::core::shard::ShardPool;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, View};
+use crate::engine::channel::ChannelTransport;
 use crate::engine::driver::{self, Settings};
-use crate::engine::net::{Discovery, Net, Transport};
+use crate::engine::link::Link;
+use crate::engine::net::{Discovery, Transport};
 use crate::engine::stats::{ClusterView, RawStats};
 use crate::engine::{Engine, Inner, TopCache};
 use crate::error::Error;
 
+mod channel;
 pub mod defaults;
 mod transport;
 
@@ -42,6 +45,8 @@ pub struct Builder {
 #[derive(Debug, Clone)]
 struct ClusterOptions {
     transport: Option<Transport>,
+    /// The application's transport instead ([`Builder::channel`], in `builder/channel.rs`).
+    channel: Option<ChannelTransport>,
     name: String,
     key: Vec<u8>,
     key_file: Option<PathBuf>,
@@ -66,6 +71,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
             transport: None,
+            channel: None,
             name: defaults::CLUSTER_NAME.into(),
             key: Vec::new(),
             key_file: None,
@@ -372,6 +378,7 @@ impl Builder {
         if let Some(t) = &c.transport {
             t.validate()?;
         }
+        self.validate_channel()?;
         Ok(shards)
     }
 
@@ -412,6 +419,7 @@ impl Builder {
                 ),
             });
         }
+        self.require_channel_key(&key)?;
         Ok(key)
     }
 
@@ -419,15 +427,14 @@ impl Builder {
     pub fn start(self) -> Result<Engine, Error> {
         let shards = self.validate()?;
         let key = self.key()?;
-        let hash_key = if self.cluster.transport.is_some() {
+        let hash_key = if self.in_cluster() {
             Seal::topic_hash_key(&self.cluster.name, &key)
         } else {
             self.hash_key
         };
-        let cluster = match &self.cluster.transport {
-            Some(t) => Some(self.cluster_node(t, &key)?),
-            None => None,
-        };
+        let cluster = self
+            .open_link(&key)?
+            .map(|link| self.cluster_node(link, &key));
         let hot = HotBox::new(Hot::new(shards, self.max_topics, self.ring_capacity));
         let topics = Topics::new(self.max_topics, hash_key, crate::MAX_NAME_LEN);
         let pool = Arc::new(ShardPool::new(hot, shards, topics, self.claim_on_join));
@@ -458,8 +465,8 @@ impl Builder {
         driver::spawn(inner, settings, cluster)
     }
 
-    /// Opens the cluster's sockets and sets up its protocol.
-    fn cluster_node(&self, t: &Transport, key: &[u8]) -> Result<(Protocol, Net), Error> {
+    /// How a UDP transport finds and learns peers: DNS names, and learning with a key.
+    pub(super) fn discovery(&self, t: &Transport, key: &[u8]) -> Result<Discovery, Error> {
         if self.cluster.dns_interval.is_zero() {
             return Err(bad(
                 "dns_interval",
@@ -467,11 +474,10 @@ impl Builder {
                 "must be more than zero",
             ));
         }
-        let unicast = matches!(t, Transport::Unicast { .. });
         // Learning peers (from their datagrams, and from gossip) needs the key: without one,
         // anyone could make this node send to any address.
-        let learn = unicast && !key.is_empty();
-        let disc = Discovery {
+        let learn = matches!(t, Transport::Unicast { .. }) && !key.is_empty();
+        Ok(Discovery {
             dns: self.cluster.dns.clone(),
             dns_interval: self.cluster.dns_interval,
             learn,
@@ -479,8 +485,12 @@ impl Builder {
                 .cluster
                 .dead_after
                 .unwrap_or_else(|| defaults::dead_after(self.tick)),
-        };
-        let net = Net::open(t, disc)?;
+        })
+    }
+
+    /// Sets up the cluster's protocol, to run over `link`.
+    fn cluster_node(&self, link: Link, key: &[u8]) -> (Protocol, Link) {
+        let learn = link.learns();
         let node = self.cluster.node.unwrap_or_else(random_u64);
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -499,7 +509,7 @@ impl Builder {
         pc.observer = self.cluster.observer;
         pc.gossip_members = learn;
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
-        Ok((proto, net))
+        (proto, link)
     }
 }
 

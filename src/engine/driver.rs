@@ -1,6 +1,7 @@
 //! The engine thread: the only user of mio. It waits for the next tick, a `sync` or a datagram,
 //! feeds received datagrams to the cluster protocol, runs each tick's steps ([`Driver::tick`]) and
-//! sends what the protocol has to send. The sockets themselves are in `net.rs`.
+//! sends what the protocol has to send. The sockets themselves are in `net.rs`, the application's
+//! channel in `channel.rs`; the driver sees either as a `Link` (`link.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use crate::core::shard::ShardPool;
 use crate::core::sync::Ordering;
 use crate::core::topic::Topics;
 use crate::core::view::{Feed, TickChanges};
+use crate::engine::link::Link;
 use crate::engine::members::Discovering;
-use crate::engine::net::Net;
 use crate::engine::{Cmd, Engine, Inner};
 use crate::error::Error;
 
@@ -45,7 +46,7 @@ pub(crate) struct Settings {
 pub(crate) fn spawn(
     inner: Arc<Inner>,
     settings: Settings,
-    cluster: Option<(Protocol, Net)>,
+    cluster: Option<(Protocol, Link)>,
 ) -> Result<Engine, Error> {
     let poll = mio::Poll::new().map_err(Error::Spawn)?;
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(Error::Spawn)?);
@@ -53,13 +54,14 @@ pub(crate) fn spawn(
         cluster.map(|(proto, net)| ClusterState::new(proto, net, settings.max_topics));
     if let Some(c) = cluster.as_mut() {
         c.net
-            .register(poll.registry(), GROUP, SOCK)
+            .register(poll.registry(), GROUP, SOCK, &waker)
             .map_err(Error::Spawn)?;
-        if !c.net.dns.is_empty() {
+        let (names, interval) = c.net.dns();
+        if !names.is_empty() {
             let w = waker.clone();
             c.disc.resolver = Some(crate::engine::dns::spawn(
-                c.net.dns.clone(),
-                c.net.dns_interval,
+                names.to_vec(),
+                interval,
                 Arc::new(move || {
                     let _ = w.wake();
                 }),
@@ -191,8 +193,9 @@ impl Driver {
     fn flush(&mut self) {
         if let Some(c) = self.cluster.as_mut() {
             while let Some(t) = c.proto.poll_transmit() {
-                c.net.send(&t);
+                c.net.send(t);
             }
+            c.net.flushed();
         }
     }
 
@@ -212,7 +215,7 @@ impl Driver {
                 c.hand_off(&self.reducer, &pool.topics, start, work_budget);
                 c.proto.handle_tick(now);
                 c.poll_events(pool, &mut self.dirty, start, work_budget * 2);
-                if let Some(m) = c.net.members.as_mut() {
+                if let Some(m) = c.net.members_mut() {
                     c.disc.step(m, now);
                 }
             }
@@ -304,10 +307,10 @@ impl Driver {
             for n in &mut v.nodes {
                 n.found = c.net.found(n.addr);
             }
-            v.send_errors = c.net.send_errors;
-            v.recv_errors = c.net.recv_errors;
+            (v.send_errors, v.recv_errors) = c.net.errors();
+            (v.transport_dropped_out, v.transport_dropped_in) = c.net.dropped();
             v.discovery = c.disc.stats.clone();
-            v.members = c.net.members.as_ref().map_or((0, 0, 0), |m| m.counts());
+            v.members = c.net.members().map_or((0, 0, 0), |m| m.counts());
         }
     }
 }
@@ -354,7 +357,7 @@ impl Batch {
 /// The cluster side of the engine thread.
 struct ClusterState {
     proto: Protocol,
-    net: Net,
+    net: Link,
     disc: Discovering,
     index: HashIndex,
     /// Ids whose local count changed and was not handed to the protocol yet, oldest first
@@ -364,7 +367,7 @@ struct ClusterState {
 }
 
 impl ClusterState {
-    fn new(proto: Protocol, net: Net, max_topics: usize) -> ClusterState {
+    fn new(proto: Protocol, net: Link, max_topics: usize) -> ClusterState {
         ClusterState {
             proto,
             net,

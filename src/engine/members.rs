@@ -86,6 +86,11 @@ impl Members {
         !(self.v4_only && a.is_ipv6())
     }
 
+    /// Whether addresses may be learned (the node has a cluster key).
+    pub(crate) fn learns(&self) -> bool {
+        self.learn
+    }
+
     /// Every address to send a group datagram to.
     pub(crate) fn targets(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.map.keys().copied()

@@ -1,15 +1,19 @@
 //! The engine: the [`Engine`] handle and its read API (this file), the
 //! [`Builder`](crate::Builder) and every default (`builder.rs`), the engine thread (`driver.rs`:
-//! the only user of mio), the sockets (`net.rs`) and the counters (`stats.rs`).
+//! the only user of mio), the sockets (`net.rs`), the application's transport (`channel.rs`),
+//! the one the driver sees of the two (`link.rs`) and the counters (`stats.rs`).
 //!
-//! The arrows point one way: `builder` uses `driver`, `net`, `stats` and this file; `driver` uses
-//! `net`, `stats` and this file; this file uses `stats`; `net` and `stats` use none of them. All
-//! of them use `crate::core` and `crate::cluster`, which know nothing of the engine.
+//! The arrows point one way: `builder` uses `driver`, `link`, `net`, `channel`, `stats` and this
+//! file; `driver` uses `link`, `stats` and this file; `link` uses `net` and `channel`; this file
+//! uses `stats`; `net`, `channel` and `stats` use none of them. All of them use `crate::core`
+//! and `crate::cluster`, which know nothing of the engine.
 
 pub(crate) mod builder;
+pub(crate) mod channel;
 pub(crate) mod cpu;
 pub(crate) mod dns;
 pub(crate) mod driver;
+pub(crate) mod link;
 pub(crate) mod members;
 pub(crate) mod net;
 #[cfg(feature = "tokio")]
@@ -428,7 +432,9 @@ impl Engine {
         self.inner().node.map(|n| n.0)
     }
 
-    /// The address peers see this node at.
+    /// The address peers see this node at (`None` without a cluster, and over a
+    /// [`ChannelTransport`](crate::ChannelTransport), where each peer names this node its own
+    /// way).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.inner().node.and_then(|n| n.1)
     }

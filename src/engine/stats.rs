@@ -103,6 +103,15 @@ pub struct ClusterStats {
     /// DNS resolutions that failed (the last known addresses were kept); the last error is
     /// [`crate::Engine::dns_error`].
     pub dns_failures: u64,
+    /// Datagrams this node sent that a [`ChannelTransport`](crate::ChannelTransport) dropped
+    /// because the application did not take them in time (its queue was full; the oldest go).
+    /// Repaired like datagrams lost on the network. Always 0 over UDP.
+    pub transport_dropped_out: u64,
+    /// Datagrams the application delivered that a
+    /// [`ChannelTransport`](crate::ChannelTransport) dropped because the engine's inbound queue
+    /// was full (or they were over-long). Repaired like datagrams lost on the network. Always 0
+    /// over UDP.
+    pub transport_dropped_in: u64,
 }
 
 /// The engine thread's counters: written by it alone (relaxed), read by [`RawStats::read`].
@@ -191,6 +200,8 @@ pub(crate) struct ClusterView {
     pub(crate) discovery: crate::engine::members::DiscoveryStats,
     /// Unicast destinations: configured, resolved, learned.
     pub(crate) members: (usize, usize, usize),
+    pub(crate) transport_dropped_out: u64,
+    pub(crate) transport_dropped_in: u64,
 }
 
 impl ClusterView {
@@ -209,6 +220,8 @@ impl ClusterView {
             members_dropped: self.discovery.dropped,
             dns_resolutions: self.discovery.resolutions,
             dns_failures: self.discovery.failures,
+            transport_dropped_out: self.transport_dropped_out,
+            transport_dropped_in: self.transport_dropped_in,
         }
     }
 }

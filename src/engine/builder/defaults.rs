@@ -38,3 +38,6 @@ pub const INTERFACE: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const MULTICAST_TTL: u32 = 1;
 /// [`Builder::multicast_loopback`](crate::Builder::multicast_loopback).
 pub const MULTICAST_LOOPBACK: bool = true;
+/// A good capacity for [`ChannelTransport::new`](crate::ChannelTransport::new): datagrams queued
+/// each way (about two ticks' worth for a busy node; each holds at most a payload budget).
+pub const CHANNEL_CAPACITY: usize = 1024;
