@@ -121,6 +121,12 @@ fn consume(bytes: &[u8]) -> usize {
                 );
                 got
             }
+            Body::Members(m) => {
+                assert_eq!(m.len(), usize::from(d.header.count.get()));
+                m.iter()
+                    .map(|m| (m.node.get() ^ u64::from(m.addr().port())) as usize & 1)
+                    .sum()
+            }
         },
         Err(_) => 0,
     }
