@@ -297,16 +297,18 @@ impl Driver {
         }
     }
 
-    fn publish_cluster_view(&self, now: Instant) {
-        if let Some(c) = self.cluster.as_ref() {
+    fn publish_cluster_view(&mut self, now: Instant) {
+        if let Some(c) = self.cluster.as_mut() {
             let inner = &self.inner;
             let mut v = inner.cluster_view.lock().unwrap_or_else(|e| e.into_inner());
             v.nodes = c.proto.nodes(now);
             v.stats = c.proto.stats();
             v.handoff = c.handoff.len() as u64;
             for n in &mut v.nodes {
-                n.found = c.net.found(n.addr);
+                n.found = c.disc.found(n.node, c.net.found(n.addr));
             }
+            let listed: std::collections::HashSet<u64> = v.nodes.iter().map(|n| n.node).collect();
+            c.disc.forget_found(|n| listed.contains(&n));
             (v.send_errors, v.recv_errors) = c.net.errors();
             (v.transport_dropped_out, v.transport_dropped_in) = c.net.dropped();
             v.discovery = c.disc.stats.clone();

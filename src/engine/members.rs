@@ -198,6 +198,9 @@ pub(crate) struct Discovering {
     /// Addresses peers said they hear nodes at since the last step.
     pub(crate) gossiped: Vec<SocketAddr>,
     pub(crate) stats: DiscoveryStats,
+    /// How each node was last found, for peers whose address has left the member list (a dead
+    /// peer stays listed until its tombstone expires).
+    found: HashMap<u64, Found>,
 }
 
 /// Discovery counters (see [`crate::ClusterStats`]).
@@ -235,6 +238,24 @@ impl Discovering {
             members.gossip(a, now);
         }
         self.stats.dropped += members.prune(now) as u64;
+    }
+
+    /// How `node` was found: `now` (the member list's answer for its address), remembered; or,
+    /// when the list has no answer any more (a dead peer whose address was dropped), the last
+    /// one known.
+    pub(crate) fn found(&mut self, node: u64, now: Option<Found>) -> Option<Found> {
+        match now {
+            Some(f) => {
+                self.found.insert(node, f);
+                Some(f)
+            }
+            None => self.found.get(&node).copied(),
+        }
+    }
+
+    /// Forgets how nodes no longer listed were found.
+    pub(crate) fn forget_found(&mut self, listed: impl Fn(u64) -> bool) {
+        self.found.retain(|&n, _| listed(n));
     }
 
     /// Notes that a datagram from `from` was applied (cheap: consecutive repeats are skipped).
@@ -284,6 +305,19 @@ mod tests {
         );
         // A failed resolution is not reported here at all: the last set stays.
         assert_eq!(m.found(a("10.0.0.2:7380")), Some(Found::Dns));
+    }
+
+    #[test]
+    fn a_dead_peer_keeps_how_it_was_found() {
+        let mut d = Discovering::default();
+        assert_eq!(d.found(7, Some(Found::Dns)), Some(Found::Dns));
+        assert_eq!(
+            d.found(7, None),
+            Some(Found::Dns),
+            "address dropped, node still listed"
+        );
+        d.forget_found(|n| n != 7);
+        assert_eq!(d.found(7, None), None, "forgotten once no longer listed");
     }
 
     #[test]
