@@ -473,7 +473,13 @@ fn async_recv_and_a_waker() {
             .expect("a heartbeat within a few ticks")
             .expect("the engine runs");
         assert_eq!(d.to, Destination::All);
-        assert!(woken.load(Ordering::Relaxed) > 0);
+        // The engine calls the waker after it queued the batch: `recv` may have the datagram
+        // first, so wait (bounded) for the call.
+        let t0 = std::time::Instant::now();
+        while woken.load(Ordering::Relaxed) == 0 {
+            assert!(t0.elapsed() < SETTLE, "the waker was never called");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         e.shutdown();
         let mut n = 0;
         while tokio::time::timeout(SETTLE, t.recv())
