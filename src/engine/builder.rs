@@ -474,6 +474,9 @@ impl Builder {
                 "must be more than zero",
             ));
         }
+        for name in &self.cluster.dns {
+            crate::engine::dns::validate(name)?;
+        }
         // Learning peers (from their datagrams, and from gossip) needs the key: without one,
         // anyone could make this node send to any address.
         let learn = matches!(t, Transport::Unicast { .. }) && !key.is_empty();

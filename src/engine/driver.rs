@@ -307,8 +307,7 @@ impl Driver {
             for n in &mut v.nodes {
                 n.found = c.disc.found(n.node, c.net.found(n.addr));
             }
-            let listed: std::collections::HashSet<u64> = v.nodes.iter().map(|n| n.node).collect();
-            c.disc.forget_found(|n| listed.contains(&n));
+            c.disc.forget_found(&v.nodes);
             (v.send_errors, v.recv_errors) = c.net.errors();
             (v.transport_dropped_out, v.transport_dropped_in) = c.net.dropped();
             v.discovery = c.disc.stats.clone();

@@ -253,9 +253,13 @@ impl Discovering {
         }
     }
 
-    /// Forgets how nodes no longer listed were found.
-    pub(crate) fn forget_found(&mut self, listed: impl Fn(u64) -> bool) {
-        self.found.retain(|&n, _| listed(n));
+    /// Forgets how nodes no longer in `nodes` were found (nothing to do, and no work, while
+    /// it remembers no more nodes than are listed).
+    pub(crate) fn forget_found(&mut self, nodes: &[crate::cluster::protocol::NodeInfo]) {
+        if self.found.len() > nodes.len() {
+            let listed: std::collections::HashSet<u64> = nodes.iter().map(|n| n.node).collect();
+            self.found.retain(|n, _| listed.contains(n));
+        }
     }
 
     /// Notes that a datagram from `from` was applied (cheap: consecutive repeats are skipped).
@@ -316,7 +320,7 @@ mod tests {
             Some(Found::Dns),
             "address dropped, node still listed"
         );
-        d.forget_found(|n| n != 7);
+        d.forget_found(&[]);
         assert_eq!(d.found(7, None), None, "forgotten once no longer listed");
     }
 

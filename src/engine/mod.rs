@@ -394,37 +394,28 @@ impl Engine {
         inner.stats.read(&inner.pool)
     }
 
+    /// What the engine thread last published about the cluster (`None` without a cluster).
+    fn cluster_view(&self) -> Option<std::sync::MutexGuard<'_, ClusterView>> {
+        let inner = self.inner();
+        inner.node?;
+        Some(inner.cluster_view.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The cluster's other nodes: live peers and recently dead ones (empty without a cluster).
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.inner()
-            .cluster_view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .nodes
-            .clone()
+        self.cluster_view()
+            .map_or_else(Vec::new, |v| v.nodes.clone())
     }
 
     /// Cluster counters (`None` without a cluster).
     pub fn cluster_stats(&self) -> Option<ClusterStats> {
-        self.inner().node?;
-        let v = self
-            .inner()
-            .cluster_view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        Some(v.cluster_stats())
+        self.cluster_view().map(|v| v.cluster_stats())
     }
 
     /// The last error resolving a [`Builder::peers_dns`](crate::Builder::peers_dns) name, if
     /// a resolution failed since the engine started (the last known addresses were kept).
     pub fn dns_error(&self) -> Option<String> {
-        self.inner().node?;
-        let v = self
-            .inner()
-            .cluster_view
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        v.discovery.last_error.clone()
+        self.cluster_view()?.discovery.last_error.clone()
     }
 
     /// This node's id in the cluster.

@@ -232,16 +232,6 @@ fn io_err(option: &'static str, value: impl std::fmt::Display, e: std::io::Error
 impl Net {
     pub(crate) fn open(transport: &Transport, disc: Discovery) -> Result<Net, Error> {
         transport.validate()?;
-        for name in &disc.dns {
-            crate::engine::dns::validate(name)?;
-        }
-        if !disc.dns.is_empty() && !matches!(transport, Transport::Unicast { .. }) {
-            return Err(Error::Config {
-                option: "peers_dns",
-                value: format!("{:?}", disc.dns),
-                reason: "DNS discovery needs a unicast transport (unicast(bind, peers))".into(),
-            });
-        }
         let udp = || Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP));
         let (group, sock) = match transport {
             Transport::Multicast {

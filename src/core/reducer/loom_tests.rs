@@ -134,6 +134,24 @@ const T: u32 = 1;
 /// The handle a straggler holds: T's generation before retirement.
 const OLD: u32 = 0;
 
+impl Mini {
+    /// Retires T while the model's workers run: a tick, phase one (as `Topics::begin_retire`
+    /// does it on the hot side), then up to two ticks waiting for phase two (as
+    /// `Reducer::retire`: `quiet`, then the re-sum). Whether phase two freed T.
+    fn retire(&mut self, hot: &Hot) -> bool {
+        self.tick(hot);
+        let t1 = self.tick;
+        hot.bump_generation(T);
+        for _ in 0..2 {
+            self.tick(hot);
+            if quiet(hot) > t1 {
+                return sum(hot, T) == 0;
+            }
+        }
+        false
+    }
+}
+
 /// Binds core 0 to a worker before the model starts, as `ShardPool::bind` leaves it.
 fn bound_hot() -> Arc<Hot> {
     let hot = Arc::new(Hot::new(1, 2, 4));
@@ -181,17 +199,7 @@ fn parked_straggler(before: Before) {
             loom::thread::spawn(move || parking_worker(&hot, before, true))
         };
         let mut r = Mini::new(&hot);
-        r.tick(&hot);
-        let t1 = r.tick;
-        hot.bump_generation(T);
-        let mut freed = false;
-        for _ in 0..2 {
-            r.tick(&hot);
-            if quiet(&hot) > t1 {
-                freed = sum(&hot, T) == 0;
-                break;
-            }
-        }
+        let freed = r.retire(&hot);
         let (held, joined) = w.join().unwrap();
         assert!(!(freed && joined), "a straggler counted into a freed id");
         assert!(
@@ -310,17 +318,7 @@ fn loom_a_leave_on_another_core_never_frees_a_live_topic() {
             })
         };
         let mut r = Mini::new(&hot);
-        r.tick(&hot);
-        let t1 = r.tick;
-        hot.bump_generation(T);
-        let mut freed = false;
-        for _ in 0..2 {
-            r.tick(&hot);
-            if quiet(&hot) > t1 {
-                freed = sum(&hot, T) == 0;
-                break;
-            }
-        }
+        let freed = r.retire(&hot);
         let held = w.join().unwrap();
         assert!(!(freed && held), "freed a topic whose presence is alive");
         r.tick(&hot);

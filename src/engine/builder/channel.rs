@@ -4,7 +4,7 @@
 use super::{Builder, bad};
 use crate::engine::channel::ChannelTransport;
 use crate::engine::link::Link;
-use crate::engine::net::Net;
+use crate::engine::net::{Net, Transport};
 use crate::error::Error;
 
 impl Builder {
@@ -124,15 +124,17 @@ impl Builder {
     /// Opens the cluster's sockets, or takes the channel's engine end (`None` without a
     /// cluster).
     pub(super) fn open_link(&self, key: &[u8]) -> Result<Option<Link>, Error> {
-        if let Some(t) = &self.cluster.transport {
-            return Ok(Some(Link::Udp(Net::open(t, self.discovery(t, key)?)?)));
-        }
-        if !self.cluster.dns.is_empty() {
+        if !self.cluster.dns.is_empty()
+            && !matches!(self.cluster.transport, Some(Transport::Unicast { .. }))
+        {
             return Err(bad(
                 "peers_dns",
                 &self.cluster.dns,
                 "DNS discovery needs a unicast transport (unicast(bind, peers))",
             ));
+        }
+        if let Some(t) = &self.cluster.transport {
+            return Ok(Some(Link::Udp(Net::open(t, self.discovery(t, key)?)?)));
         }
         let Some(ch) = &self.cluster.channel else {
             return Ok(None);

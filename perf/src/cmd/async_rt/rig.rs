@@ -79,10 +79,11 @@ pub(super) fn process_cpu() -> Option<Duration> {
     }
 }
 
-/// A task of the async cases: `pairs` times, join the next topic, yield, leave. Returns how
-/// many of its presences were dropped on another thread than they joined on.
+/// A task of the async cases: `pairs` times, take the next topic, join it (with an engine),
+/// yield, leave. Without an engine (`yield_only`) the same loop without the join and the leave.
+/// Returns how many of its iterations resumed on another thread than they started on.
 pub(super) async fn join_yield_leave(
-    engine: Engine,
+    engine: Option<Engine>,
     ts: Arc<[Topic]>,
     mut pos: usize,
     pairs: u64,
@@ -95,27 +96,11 @@ pub(super) async fn join_yield_leave(
             pos = 0;
         }
         let at = thread_mark();
-        let p = engine.join(t);
-        tokio::task::yield_now().await;
-        migrated += u64::from(thread_mark() != at);
-        drop(p);
-    }
-    migrated
-}
-
-/// `yield_only`'s task: [`join_yield_leave`] without the join and the leave.
-pub(super) async fn yield_only(ts: Arc<[Topic]>, mut pos: usize, pairs: u64) -> u64 {
-    let mut migrated = 0;
-    for _ in 0..pairs {
-        let t = ts[pos];
-        pos += 1;
-        if pos == ts.len() {
-            pos = 0;
-        }
-        let at = thread_mark();
+        let p = engine.as_ref().map(|e| e.join(t));
         black_box(t);
         tokio::task::yield_now().await;
         migrated += u64::from(thread_mark() != at);
+        drop(p);
     }
     migrated
 }
@@ -168,11 +153,8 @@ impl Rig {
                         let ts = orders[k % orders.len()].clone();
                         // Tasks that share an order start apart in it.
                         let pos = (k / orders.len()) * len / tasks.div_ceil(orders.len()).max(1);
-                        if *join {
-                            rt.spawn(join_yield_leave(engine.clone(), ts, pos % len, per_task))
-                        } else {
-                            rt.spawn(yield_only(ts, pos % len, per_task))
-                        }
+                        let e = join.then(|| engine.clone());
+                        rt.spawn(join_yield_leave(e, ts, pos % len, per_task))
                     })
                     .collect();
                 let migrated = rt.block_on(async {
