@@ -675,6 +675,11 @@ fn scenario(net: &Net, dns: &Dns, key: Option<&Path>, cluster: &str) -> Timings 
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // The dead node, its address dropped from the member list, still says how it was found.
+    until_peers("node 2 still listed as found by dns", &mut nodes, |p| {
+        let dead: Vec<_> = p.iter().filter(|(a, _, _)| *a == gone_addr).collect();
+        !dead.is_empty() && dead.iter().all(|(_, f, _)| f == "dns")
+    });
     for n in nodes.iter_mut() {
         assert_eq!(
             n.info("dns_failures"),
