@@ -301,6 +301,61 @@ fn a_full_queue_is_counted_and_repaired() {
 }
 
 #[test]
+fn a_peer_gone_leaves_at_once_and_comes_back_with_its_next_datagram() {
+    let transports: Vec<_> = (0..2).map(|_| ChannelTransport::new(1024)).collect();
+    // dead_after is a minute: whatever drops node 1's counts within SETTLE is `peer_gone`.
+    let engines: Vec<Engine> = transports
+        .iter()
+        .map(|t| {
+            Engine::builder()
+                .shards(2)
+                .tick(TICK)
+                .cluster_key(KEY)
+                .dead_after(Duration::from_secs(60))
+                .channel(t)
+                .start()
+                .expect("engine starts")
+        })
+        .collect();
+    let gone_side = transports[0].clone();
+    let (sw, sw_thread) = Switch::start(transports, CLEAN, 3);
+    let universe = vec!["room".to_string()];
+    let five: Vec<Presence> = (0..5).map(|_| engines[1].join_by_name("room")).collect();
+    wait_exact(&engines, &universe, &HashMap::from([("room".into(), 5)]));
+
+    // Node 1 falls silent (its application stops carrying its datagrams) and node 0's
+    // application learns it is gone (an Erlang nodedown).
+    sw.paused[1].store(true, Ordering::Release);
+    std::thread::sleep(TICK * 3);
+    gone_side.peer_gone(PeerAddr(1));
+    let deadline = Instant::now() + SETTLE;
+    while engines[0].count_by_name("room") != 0 || engines[0].total() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node 1's counts did not leave node 0 after peer_gone: {}",
+            engines[0].count_by_name("room")
+        );
+        std::thread::sleep(TICK);
+    }
+    assert_eq!(
+        engines[0]
+            .cluster_stats()
+            .expect("cluster")
+            .protocol
+            .peers_died,
+        1
+    );
+    assert!(engines[0].nodes().iter().all(|n| !n.alive));
+
+    // Not a ban: back on the wire, node 1 is admitted again and its users count again.
+    sw.paused[1].store(false, Ordering::Release);
+    wait_exact(&engines, &universe, &HashMap::from([("room".into(), 5)]));
+    drop(five);
+    wait_exact(&engines, &universe, &HashMap::new());
+    sw.stop(sw_thread);
+}
+
+#[test]
 fn a_wrong_key_counts_nothing_of_the_others() {
     let transports: Vec<_> = (0..4).map(|_| ChannelTransport::new(1024)).collect();
     let mut engines: Vec<Engine> = transports[..3].iter().map(|t| engine(t, KEY)).collect();

@@ -125,6 +125,14 @@ const STOPPED: u8 = 2;
 
 type AppWaker = Arc<dyn Fn() + Send + Sync>;
 
+/// What the application hands the engine, in the order it did.
+enum Inbound {
+    /// A datagram from a peer.
+    Datagram(PeerAddr, Vec<u8>),
+    /// [`ChannelTransport::peer_gone`]: after the datagrams delivered before it.
+    Gone(PeerAddr),
+}
+
 /// What the handles and the engine's end share.
 struct Shared {
     capacity: usize,
@@ -135,7 +143,7 @@ struct Shared {
     /// Signalled when datagrams are queued in `out`, and when the engine stops.
     ready: Condvar,
     /// Application to engine.
-    inbound: Mutex<VecDeque<(PeerAddr, Vec<u8>)>>,
+    inbound: Mutex<VecDeque<Inbound>>,
     /// The engine loop's waker, once it started.
     engine: OnceLock<Arc<mio::Waker>>,
     /// The application's, called on the engine thread when datagrams are queued or it stops.
@@ -267,7 +275,7 @@ impl ChannelTransport {
                 s.dropped_in.fetch_add(1, Ordering::Relaxed);
                 return Err(DeliverError::Full);
             }
-            q.push_back((from, bytes));
+            q.push_back(Inbound::Datagram(from, bytes));
             q.len() == 1
         };
         // The engine takes the whole queue each time it wakes: only the datagram that found it
@@ -276,6 +284,31 @@ impl ChannelTransport {
             let _ = w.wake();
         }
         Ok(())
+    }
+
+    /// Tells the engine the peer the application calls `peer` is gone (an Erlang `nodedown`,
+    /// a closed stream, a member that left the bus): its counts leave at the engine's next wake,
+    /// instead of after [`Builder::dead_after`](crate::Builder::dead_after) without datagrams.
+    /// Datagrams delivered before this call are handled first.
+    ///
+    /// Not a ban: a peer that comes back (a healed partition) is admitted again by its next
+    /// datagram, and its counts return with the resync that follows. Telling it of a peer that
+    /// is alive costs that peer's counts until then (its next datagram, within a tick). Never
+    /// refused for a full queue (the application calls it once per departure); ignored once
+    /// the engine stopped.
+    pub fn peer_gone(&self, peer: PeerAddr) {
+        let s = &*self.shared;
+        if s.state.load(Ordering::Acquire) == STOPPED {
+            return;
+        }
+        let was_empty = {
+            let mut q = lock(&s.inbound);
+            q.push_back(Inbound::Gone(peer));
+            q.len() == 1
+        };
+        if was_empty && let Some(w) = s.engine.get() {
+            let _ = w.wake();
+        }
     }
 
     /// The next datagram to send, if one is queued. [`TryRecvError::Disconnected`] once the
@@ -388,7 +421,7 @@ pub(crate) struct ChannelEnd {
     /// Datagrams the protocol gave out since the last [`ChannelEnd::flushed`].
     pending: Vec<Outgoing>,
     /// Datagrams taken from the inbound queue and not handled yet (at most a queue's worth).
-    received: VecDeque<(PeerAddr, Vec<u8>)>,
+    received: VecDeque<Inbound>,
 }
 
 impl ChannelEnd {
@@ -461,20 +494,24 @@ impl ChannelEnd {
         }
     }
 
-    /// Handles the datagrams delivered, until `deadline` (checked every 64 datagrams); false if
-    /// it stopped at the deadline with datagrams left (the loop then comes back at once).
+    /// Handles what was delivered, until `deadline` (checked every 64 entries): `f(from,
+    /// Some(datagram))`, or `f(peer, None)` for a [`ChannelTransport::peer_gone`]; false if it
+    /// stopped at the deadline with entries left (the loop then comes back at once).
     pub(crate) fn recv_all(
         &mut self,
         deadline: Instant,
-        mut f: impl FnMut(SocketAddr, &[u8]),
+        mut f: impl FnMut(SocketAddr, Option<&[u8]>),
     ) -> bool {
         if self.received.is_empty() {
             // Taken whole: the next delivery finds the queue empty and wakes the loop.
             std::mem::swap(&mut self.received, &mut *lock(&self.shared.inbound));
         }
         let mut i = 0u32;
-        while let Some((from, bytes)) = self.received.pop_front() {
-            f(from.to_socket_addr(), &bytes);
+        while let Some(entry) = self.received.pop_front() {
+            match entry {
+                Inbound::Datagram(from, bytes) => f(from.to_socket_addr(), Some(&bytes)),
+                Inbound::Gone(peer) => f(peer.to_socket_addr(), None),
+            }
             i += 1;
             if i.is_multiple_of(64) && Instant::now() >= deadline {
                 break;

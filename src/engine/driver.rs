@@ -184,8 +184,15 @@ impl Driver {
             if n.is_multiple_of(64) {
                 now = Instant::now();
             }
-            if proto.handle_datagram(now, from, bytes) == Outcome::Applied {
-                disc.note_heard(from);
+            match bytes {
+                Some(bytes) => {
+                    if proto.handle_datagram(now, from, bytes) == Outcome::Applied {
+                        disc.note_heard(from);
+                    }
+                }
+                None => {
+                    proto.peer_gone(now, from);
+                }
             }
         })
     }

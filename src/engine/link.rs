@@ -61,10 +61,15 @@ impl Link {
         }
     }
 
-    /// Feeds what was received to `f`, until `deadline`; false if some may be left.
-    pub(crate) fn recv_all(&mut self, deadline: Instant, f: impl FnMut(SocketAddr, &[u8])) -> bool {
+    /// Feeds what was received to `f`, until `deadline`; false if some may be left. `f(from,
+    /// None)`: the transport says the peer at `from` is gone (channels only).
+    pub(crate) fn recv_all(
+        &mut self,
+        deadline: Instant,
+        mut f: impl FnMut(SocketAddr, Option<&[u8]>),
+    ) -> bool {
         match self {
-            Link::Udp(n) => n.recv_all(deadline, f),
+            Link::Udp(n) => n.recv_all(deadline, |from, bytes| f(from, Some(bytes))),
             Link::Channel(c) => c.recv_all(deadline, f),
         }
     }

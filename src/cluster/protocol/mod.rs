@@ -347,6 +347,26 @@ impl Protocol {
         }
     }
 
+    /// The transport knows the peer at `from` is gone (an Erlang `nodedown`, a closed stream):
+    /// its counts leave now instead of after [`Config::dead_after`]. Not a ban: if it comes back
+    /// (a healed partition), its next datagram admits it again, and its counts return with the
+    /// resync that follows. Returns how many peers were dropped (0 if none was heard at `from`).
+    pub fn peer_gone(&mut self, now: Instant, from: SocketAddr) -> usize {
+        let gone: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.addr == from)
+            .map(|(n, _)| *n)
+            .collect();
+        for &n in &gone {
+            if self.peers.get(&n).is_some_and(|p| !p.observer) {
+                self.stats.peers_died += 1;
+            }
+            self.drop_peer(n, now, false);
+        }
+        gone.len()
+    }
+
     /// Queues a goodbye: peers drop this node's counts at once. The last call before stopping.
     pub fn goodbye(&mut self, now: Instant) {
         self.send_goodbye(now);

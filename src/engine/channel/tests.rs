@@ -52,7 +52,7 @@ fn inbound_overflow_refuses_and_counts() {
     assert_eq!(end.dropped(), (0, 2));
     let mut seen = Vec::new();
     let far = Instant::now() + Duration::from_secs(60);
-    assert!(end.recv_all(far, |from, b| seen.push((from, b.to_vec()))));
+    assert!(end.recv_all(far, |from, b| seen.push((from, b.unwrap().to_vec()))));
     assert_eq!(
         seen,
         vec![
@@ -95,4 +95,27 @@ fn the_waker_is_called_per_batch_and_at_stop() {
     drop(end);
     assert!(t.is_closed());
     assert_eq!(t.drain().len(), 2, "what was queued stays readable");
+}
+
+#[test]
+fn a_peer_gone_comes_after_the_datagrams_delivered_before_it() {
+    let t = ChannelTransport::new(1);
+    let mut end = t.attach().expect("attach");
+    assert_eq!(t.deliver(PeerAddr(1), b"a"), Ok(()));
+    // Never refused for a full queue: a departure must not be lost.
+    t.peer_gone(PeerAddr(1));
+    assert_eq!(t.deliver(PeerAddr(2), b"b"), Err(DeliverError::Full));
+    let mut seen = Vec::new();
+    let far = Instant::now() + Duration::from_secs(60);
+    assert!(end.recv_all(far, |from, b| seen.push((from, b.map(<[u8]>::to_vec)))));
+    assert_eq!(
+        seen,
+        vec![
+            (PeerAddr(1).into(), Some(b"a".to_vec())),
+            (PeerAddr(1).into(), None)
+        ]
+    );
+    drop(end);
+    t.peer_gone(PeerAddr(3)); // ignored once stopped
+    assert_eq!(t.deliver(PeerAddr(3), b"c"), Err(DeliverError::Closed));
 }
