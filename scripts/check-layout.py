@@ -27,7 +27,7 @@ ALLOWED_LONG = {
     "perf/src/load/users.rs": "one event loop",
 }
 
-CRATES = ["src", "server/src", "perf/src"]
+CRATES = ["src", "server/src", "perf/src", "bindings/elixir/native/headcount_nif/src"]
 
 PATH_RE = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 USE_RE = re.compile(r"(?m)^\s*(pub(?:\([^)]*\))?\s+)?use\s+([^;]+);")

@@ -37,4 +37,4 @@ serve =
     bin -> if File.exists?(bin), do: [], else: missing.(:serve, "#{bin} does not exist")
   end
 
-ExUnit.start(exclude: distributed ++ serve, timeout: 120_000)
+ExUnit.start(exclude: distributed ++ serve, timeout: 120_000, capture_log: true)

@@ -1,7 +1,10 @@
 defmodule Headcount.TestHelpers do
   @moduledoc false
 
-  @doc "Polls `fun` until it returns true, for at most `ms`; returns the last value of `fun`."
+  @doc """
+  Polls `fun` until it returns a value other than `false` or `nil`, for at most `ms`; returns
+  that value, or the last one.
+  """
   def eventually(fun, ms \\ 5_000) do
     deadline = System.monotonic_time(:millisecond) + ms
     poll(fun, deadline)
@@ -9,8 +12,8 @@ defmodule Headcount.TestHelpers do
 
   defp poll(fun, deadline) do
     case fun.() do
-      true ->
-        true
+      v when v not in [false, nil] ->
+        v
 
       other ->
         if System.monotonic_time(:millisecond) > deadline do
@@ -58,5 +61,30 @@ defmodule Headcount.TestHelpers do
       :stop ->
         :ok
     end
+  end
+end
+
+defmodule Headcount.TestRemote do
+  @moduledoc false
+  # What the cluster tests run on peer nodes (by :rpc, so it must be compiled code).
+
+  @doc "Starts Elixir's applications and Headcount (unlinked from the caller) on this node."
+  def start(opts) do
+    {:ok, _} = Application.ensure_all_started(:logger)
+    Headcount.stop()
+    {:ok, pid} = Headcount.start_link(opts)
+    Process.unlink(pid)
+    :ok
+  end
+
+  @doc "`n` processes on this node, each present in `topic`; returns their pids."
+  def holders(topic, n) do
+    for _ <- 1..n, do: Headcount.TestHelpers.holder([topic])
+  end
+
+  @doc "The count of `topic` after a tick here."
+  def count(topic) do
+    :ok = Headcount.sync()
+    Headcount.count(topic)
   end
 end

@@ -2,7 +2,7 @@
 //! `Headcount.Native`'s functions.
 //!
 //! One engine per VM, started and stopped by the `Headcount` server process. The hot calls,
-//! [`join`] and [`leave`], are plain NIF calls on the calling scheduler thread: the engine's
+//! `join` and `leave`, are plain NIF calls on the calling scheduler thread: the engine's
 //! `join` counts through that scheduler's own shard (claimed on its first join; the default
 //! shard count is the number of schedulers), and the process's guard goes into the presence
 //! table (`table.rs`), whose monitor ends it when the process exits.
@@ -11,6 +11,7 @@
 //! Elixir side turns into exceptions with a message); rustler turns a panic into an Erlang
 //! exception rather than a VM crash, and no code here panics on input.
 
+mod atoms;
 mod config;
 mod courier;
 mod table;
@@ -21,34 +22,6 @@ use std::sync::{Arc, Mutex};
 
 use headcount::{ChannelTransport, Destination, Engine, Found, PeerAddr};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, Term};
-
-mod atoms {
-    rustler::atoms! {
-        ok,
-        error,
-        not_started,
-        already_started,
-        started,
-        attached,
-        noproc,
-        not_joined,
-        not_local,
-        bad_topic,
-        all,
-        full,
-        too_large,
-        closed,
-        no_transport,
-        headcount_changes,
-        headcount_out,
-        configured,
-        dns,
-        learned,
-        multicast,
-        custom,
-        unknown,
-    }
-}
 
 /// The running engine and what serves it.
 struct Instance {

@@ -172,7 +172,7 @@ mod watcher {
 
     use rustler::LocalPid;
 
-    use super::{Entry, State, TABLE, key, watch};
+    use crate::table::{Entry, State, TABLE, key, watch};
 
     struct Queue {
         pids: Vec<LocalPid>,

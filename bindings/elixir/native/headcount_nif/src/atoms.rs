@@ -1,0 +1,27 @@
+//! The atoms the NIF returns and sends.
+
+rustler::atoms! {
+    ok,
+    error,
+    not_started,
+    already_started,
+    started,
+    attached,
+    noproc,
+    not_joined,
+    not_local,
+    bad_topic,
+    all,
+    full,
+    too_large,
+    closed,
+    no_transport,
+    headcount_changes,
+    headcount_out,
+    configured,
+    dns,
+    learned,
+    multicast,
+    custom,
+    unknown,
+}
