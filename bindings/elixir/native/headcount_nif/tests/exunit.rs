@@ -25,7 +25,7 @@ fn exunit() {
             !require,
             "mix not found and HEADCOUNT_REQUIRE_TOOLS=1 (apt-get install elixir erlang-dev)"
         );
-        eprintln!("skipping the Elixir tests: mix not found (apt-get install elixir erlang-dev)");
+        eprintln!("SKIPPED exunit: mix not found (apt-get install elixir erlang-dev)");
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../..");
