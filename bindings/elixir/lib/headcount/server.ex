@@ -29,14 +29,16 @@ defmodule Headcount.Server do
 
     case Native.start(native, self()) do
       {:ok, how} ->
-        dist =
-          if native.cluster == :erlang do
-            {:ok, pid} = Headcount.Dist.start_link([])
-            pid
-          end
-
         if how == :attached, do: Logger.info("headcount: attached to the running engine")
-        {:ok, %{settings: settings, subs: %{}, dist: dist, timer: nil}}
+
+        case start_dist(native.cluster) do
+          {:ok, dist} ->
+            {:ok, %{settings: settings, subs: %{}, dist: dist, timer: nil}}
+
+          {:error, reason} ->
+            Native.stop()
+            {:stop, {:transport, reason}}
+        end
 
       {:error, :already_started} ->
         {:stop, {:already_started, "headcount is running with other options: stop it first (Headcount.stop/0)"}}
@@ -145,6 +147,9 @@ defmodule Headcount.Server do
         sub
     end
   end
+
+  defp start_dist(:erlang), do: Headcount.Dist.start_link([])
+  defp start_dist(_), do: {:ok, nil}
 
   defp catch_up_later(%{timer: nil} = state) do
     if Enum.any?(state.subs, fn {_, s} -> s.behind != nil end),

@@ -93,10 +93,12 @@ fn run(engine: &Engine, s: &Shared) {
             }
             next = feed.try_recv();
         }
-        if engine.is_stopped() && pending.is_empty() && lagged == 0 {
-            return;
-        }
+        let stopped = engine.is_stopped();
         if (pending.is_empty() && lagged == 0) || !s.ready.swap(false, Ordering::AcqRel) {
+            if stopped {
+                // The feed is closed (its receives return at once): nothing more will come.
+                return;
+            }
             continue;
         }
         let server = *s.server.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,6 +107,9 @@ fn run(engine: &Engine, s: &Shared) {
             (atoms::headcount_changes(), lagged, list).encode(env)
         });
         if sent.is_err() {
+            if stopped {
+                return;
+            }
             // No such process (a server between crash and restart): keep the changes for the
             // next one, which attaches again.
             s.ready.store(true, Ordering::Release);

@@ -84,11 +84,17 @@ fn start<'a>(env: Env<'a>, options: Term<'a>, server: LocalPid) -> Term<'a> {
     };
     let mut cur = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(i) = cur.as_ref() {
-        if i.fingerprint == cfg.fingerprint && !i.engine.is_stopped() {
+        if i.engine.is_stopped() {
+            // Its thread ended (it cannot now, short of a bug): replaced, presences forgotten.
+            *cur = None;
+            GENERATION.fetch_add(1, Ordering::AcqRel);
+            table::clear();
+        } else if i.fingerprint == cfg.fingerprint {
             i.courier.redirect(server);
             return (atoms::ok(), atoms::attached()).encode(env);
+        } else {
+            return (atoms::error(), atoms::already_started()).encode(env);
         }
-        return (atoms::error(), atoms::already_started()).encode(env);
     }
     let fingerprint = cfg.fingerprint.clone();
     let transport = cfg.transport.clone();
