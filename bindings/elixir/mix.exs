@@ -12,8 +12,14 @@ defmodule Mix.Tasks.Compile.HeadcountNif do
   @impl true
   def run(_args) do
     root = Path.expand("../..", __DIR__)
-    profile = System.get_env("HEADCOUNT_CARGO_PROFILE") || if(Mix.env() == :test, do: "dev", else: "release")
-    cargo = System.get_env("CARGO") || System.find_executable("cargo") || Path.expand("~/.cargo/bin/cargo")
+
+    profile =
+      System.get_env("HEADCOUNT_CARGO_PROFILE") ||
+        if(Mix.env() == :test, do: "dev", else: "release")
+
+    cargo =
+      System.get_env("CARGO") || System.find_executable("cargo") ||
+        Path.expand("~/.cargo/bin/cargo")
 
     unless File.exists?(cargo) do
       Mix.raise("headcount: cargo not found (install Rust, or set CARGO); it builds the NIF")
@@ -29,7 +35,12 @@ defmodule Mix.Tasks.Compile.HeadcountNif do
 
     target = System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
     dir = if profile == "dev", do: "debug", else: profile
-    lib = Enum.find(["libheadcount_nif.so", "libheadcount_nif.dylib"], &File.exists?(Path.join([target, dir, &1])))
+
+    lib =
+      Enum.find(
+        ["libheadcount_nif.so", "libheadcount_nif.dylib"],
+        &File.exists?(Path.join([target, dir, &1]))
+      )
 
     unless lib do
       Mix.raise("headcount: cargo built no libheadcount_nif in #{Path.join(target, dir)}")
@@ -63,7 +74,8 @@ defmodule Headcount.MixProject do
       compilers: [:headcount_nif] ++ Mix.compilers(),
       deps: [],
       elixirc_paths: elixirc_paths(Mix.env()),
-      description: "Exact cluster-wide counts of connected users per topic; presences end when their process does",
+      description:
+        "Exact cluster-wide counts of connected users per topic; presences end when their process does",
       test_paths: ["test"]
     ]
   end

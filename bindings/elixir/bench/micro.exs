@@ -10,15 +10,35 @@
 
 defmodule Micro do
   def empty(0), do: :ok
-  def empty(n), do: (:erlang.phash2(n); empty(n - 1))
+
+  def empty(n),
+    do:
+      (
+        :erlang.phash2(n)
+        empty(n - 1)
+      )
 
   def join_leave(0), do: :ok
-  def join_leave(n), do: (Headcount.join("bench:micro"); Headcount.leave("bench:micro"); join_leave(n - 1))
+
+  def join_leave(n),
+    do:
+      (
+        Headcount.join("bench:micro")
+        Headcount.leave("bench:micro")
+        join_leave(n - 1)
+      )
 
   def count(0), do: :ok
-  def count(n), do: (Headcount.count("bench:micro"); count(n - 1))
+
+  def count(n),
+    do:
+      (
+        Headcount.count("bench:micro")
+        count(n - 1)
+      )
 
   def ets_pair(_t, 0), do: :ok
+
   def ets_pair(t, n) do
     :ets.update_counter(t, "bench:micro", 1, {"bench:micro", 0})
     :ets.update_counter(t, "bench:micro", -1)
@@ -26,13 +46,32 @@ defmodule Micro do
   end
 
   def counters_pair(_c, 0), do: :ok
-  def counters_pair(c, n), do: (:counters.add(c, 1, 1); :counters.sub(c, 1, 1); counters_pair(c, n - 1))
+
+  def counters_pair(c, n),
+    do:
+      (
+        :counters.add(c, 1, 1)
+        :counters.sub(c, 1, 1)
+        counters_pair(c, n - 1)
+      )
 
   def first_joins([]), do: :ok
-  def first_joins([p | t]), do: (Headcount.join(p, "bench:first"); first_joins(t))
+
+  def first_joins([p | t]),
+    do:
+      (
+        Headcount.join(p, "bench:first")
+        first_joins(t)
+      )
 
   def monitors([]), do: :ok
-  def monitors([p | t]), do: (Process.monitor(p); monitors(t))
+
+  def monitors([p | t]),
+    do:
+      (
+        Process.monitor(p)
+        monitors(t)
+      )
 
   def ns(fun, n) do
     {us, _} = :timer.tc(fun)
@@ -54,6 +93,7 @@ ets_pair = Micro.best(fn -> Micro.ns(fn -> Micro.ets_pair(ets, n) end, n) end) -
 ctr_pair = Micro.best(fn -> Micro.ns(fn -> Micro.counters_pair(ctr, n) end, n) end) - empty
 
 fresh = fn -> for _ <- 1..100_000, do: spawn(fn -> receive do: (:exit -> :ok) end) end
+
 rounds =
   for _ <- 1..3 do
     pids = fresh.()
@@ -66,8 +106,15 @@ rounds =
   end
 
 {first, mon} = Enum.min(rounds)
-row = fn name, v -> IO.puts(String.pad_trailing(name, 54) <> :erlang.float_to_binary(v / 1, decimals: 1) <> " ns") end
-IO.puts("schedulers #{:erlang.system_info(:schedulers_online)}, #{:erlang.system_info(:otp_release)}")
+
+row = fn name, v ->
+  IO.puts(String.pad_trailing(name, 54) <> :erlang.float_to_binary(v / 1, decimals: 1) <> " ns")
+end
+
+IO.puts(
+  "schedulers #{:erlang.system_info(:schedulers_online)}, #{:erlang.system_info(:otp_release)}"
+)
+
 row.("Headcount.join + Headcount.leave (one pair)", pair)
 row.(":ets.update_counter +1 and -1 (one pair)", ets_pair)
 row.(":counters.add + :counters.sub (one pair)", ctr_pair)

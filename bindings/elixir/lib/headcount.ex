@@ -158,7 +158,9 @@ defmodule Headcount do
 
   @doc "The cluster-wide count of `topic` as of the last tick."
   @spec count(topic()) :: non_neg_integer()
-  def count(topic) when is_binary(topic) and byte_size(topic) <= 255, do: read(Native.count(topic), topic)
+  def count(topic) when is_binary(topic) and byte_size(topic) <= 255,
+    do: read(Native.count(topic), topic)
+
   def count(topic), do: bad_topic(topic)
 
   @doc "This node's count of `topic` as of the last tick."
@@ -235,19 +237,26 @@ defmodule Headcount do
   defp fail(:bad_topic, topic, _pid), do: bad_topic(topic)
 
   defp fail(:not_local, _topic, pid),
-    do: raise(ArgumentError, "#{inspect(pid)} is not a local process: the node it runs on counts it")
+    do:
+      raise(ArgumentError, "#{inspect(pid)} is not a local process: the node it runs on counts it")
 
-  defp fail(other, topic, _pid), do: raise(ArgumentError, "headcount: unexpected #{inspect(other)} for #{inspect(topic)}")
+  defp fail(other, topic, _pid),
+    do: raise(ArgumentError, "headcount: unexpected #{inspect(other)} for #{inspect(topic)}")
 
   defp not_started do
     raise RuntimeError, "headcount is not started: add {Headcount, opts} to your supervision tree"
   end
 
   defp bad_topic(topic) when is_binary(topic) and byte_size(topic) > 255,
-    do: raise(ArgumentError, "a topic is at most 255 bytes, got #{byte_size(topic)}: #{inspect(binary_part(topic, 0, 40))}...")
+    do:
+      raise(
+        ArgumentError,
+        "a topic is at most 255 bytes, got #{byte_size(topic)}: #{inspect(binary_part(topic, 0, 40))}..."
+      )
 
   defp bad_topic(topic) when is_binary(topic),
     do: raise(ArgumentError, "a topic must be valid UTF-8, got: #{inspect(topic)}")
 
-  defp bad_topic(topic), do: raise(ArgumentError, "a topic must be a string (binary), got: #{inspect(topic)}")
+  defp bad_topic(topic),
+    do: raise(ArgumentError, "a topic must be a string (binary), got: #{inspect(topic)}")
 end

@@ -26,7 +26,8 @@ defmodule Headcount.ClusterTest do
   defp counts(nodes, topic), do: for(n <- nodes, do: on(n, :count, [topic]))
 
   defp all_count(nodes, topic, want) do
-    assert eventually(fn -> counts(nodes, topic) == Enum.map(nodes, fn _ -> want end) end, 10_000) == true,
+    assert eventually(fn -> counts(nodes, topic) == Enum.map(nodes, fn _ -> want end) end, 10_000) ==
+             true,
            "#{topic}: #{inspect(counts(nodes, topic))}, want #{want} on each of #{inspect(nodes)}"
   end
 
@@ -40,7 +41,14 @@ defmodule Headcount.ClusterTest do
 
     on_exit(fn ->
       Headcount.stop()
-      for p <- [p1, p2], do: (try do :peer.stop(p) catch _, _ -> :ok end)
+
+      for p <- [p1, p2],
+          do:
+            (try do
+               :peer.stop(p)
+             catch
+               _, _ -> :ok
+             end)
     end)
 
     %{n1: n1, n2: n2}
@@ -70,7 +78,10 @@ defmodule Headcount.ClusterTest do
 
     # A clean stop says goodbye: its 9 users leave at once too.
     :ok = :rpc.call(n1, Headcount, :stop, [])
-    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 1 end, 10_000) == true
+
+    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 1 end, 10_000) ==
+             true
+
     send(local, :stop)
   end
 end

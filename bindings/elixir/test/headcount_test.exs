@@ -113,7 +113,7 @@ defmodule HeadcountTest do
 
     settles("moving", n)
     for p <- pids, do: send(p, :go)
-    moved = for _ <- pids, do: (receive do: ({:moved, m} -> m))
+    moved = for _ <- pids, do: receive(do: ({:moved, m} -> m))
     settles("moving", 0)
     assert Headcount.info().processes == 0
 
@@ -257,7 +257,8 @@ defmodule HeadcountTest do
           {[cluster: [peers: ["not an address"]]], ~r/:peers wants/},
           {[cluster: [peers_dns: "no-port"]], ~r/:peers_dns wants/},
           {[cluster: [unicast: 7000, interface: {127, 0, 0, 1}]], ~r/:interface is for :multicast/},
-          {[cluster: [multicast: {{239, 1, 2, 3}, 7000}, wat: 1]], ~r/unknown :cluster option :wat/},
+          {[cluster: [multicast: {{239, 1, 2, 3}, 7000}, wat: 1]],
+           ~r/unknown :cluster option :wat/},
           {[insecure: "yes"], ~r/:insecure must be a boolean/},
           {[key: ""], ~r/:key must be a non-empty binary/},
           {[key: "k", key_file: "/k"], ~r/exclude each other/},
@@ -280,7 +281,10 @@ defmodule HeadcountTest do
     # A port in use: take one, then ask for it.
     {:ok, sock} = :gen_udp.open(0, ip: {127, 0, 0, 1})
     {:ok, port} = :inet.port(sock)
-    assert {:error, {:headcount, msg}} = Headcount.start_link(cluster: [unicast: {{127, 0, 0, 1}, port}, peers: []])
+
+    assert {:error, {:headcount, msg}} =
+             Headcount.start_link(cluster: [unicast: {{127, 0, 0, 1}, port}, peers: []])
+
     assert msg =~ ~r/in use|bind/i
     :gen_udp.close(sock)
   end
@@ -313,10 +317,36 @@ defmodule HeadcountTest do
   end
 
   test "garbage given to the NIF itself never takes the VM down" do
-    terms = [nil, 1, -1, 1.5, "", <<0xFF>>, :a, [], [1, 2], {1}, %{}, self(), make_ref(), fn -> 1 end,
-             String.duplicate("y", 10_000), {:unicast, 1, 2, 3, 4}, %{cluster: {:multicast, 1, 2}}]
+    terms = [
+      nil,
+      1,
+      -1,
+      1.5,
+      "",
+      <<0xFF>>,
+      :a,
+      [],
+      [1, 2],
+      {1},
+      %{},
+      self(),
+      make_ref(),
+      fn -> 1 end,
+      String.duplicate("y", 10_000),
+      {:unicast, 1, 2, 3, 4},
+      %{cluster: {:multicast, 1, 2}}
+    ]
 
-    for f <- [:join, :leave, :count, :count_local, :presences, :top, :transport_attach, :transport_gone],
+    for f <- [
+          :join,
+          :leave,
+          :count,
+          :count_local,
+          :presences,
+          :top,
+          :transport_attach,
+          :transport_gone
+        ],
         t <- terms do
       try do
         apply(Headcount.Native, f, [t])

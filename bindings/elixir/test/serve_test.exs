@@ -58,7 +58,12 @@ defmodule Headcount.ServeTest do
     sock =
       eventually(
         fn ->
-          case :gen_tcp.connect({127, 0, 0, 1}, listen, [:binary, active: false, packet: :line], 200) do
+          case :gen_tcp.connect(
+                 {127, 0, 0, 1},
+                 listen,
+                 [:binary, active: false, packet: :line],
+                 200
+               ) do
             {:ok, s} -> s
             _ -> false
           end
@@ -78,13 +83,17 @@ defmodule Headcount.ServeTest do
     %{sock: sock, listen: listen}
   end
 
-  test "a BEAM node and a headcount serve node count each other's users", %{sock: sock, listen: listen} do
+  test "a BEAM node and a headcount serve node count each other's users", %{
+    sock: sock,
+    listen: listen
+  } do
     # Two presences on the serve node (one RESP connection), three here.
     resp(sock, ["JOIN", "room"])
     resp(sock, ["JOIN", "room"])
     pids = for _ <- 1..3, do: holder(["room"])
 
-    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 5 end, 10_000) == true,
+    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 5 end, 10_000) ==
+             true,
            "BEAM side counts #{Headcount.count("room")}"
 
     assert eventually(fn -> resp(sock, ["COUNT", "room"]) == 5 end, 10_000) == true
@@ -93,7 +102,10 @@ defmodule Headcount.ServeTest do
 
     # The serve node's presences end with its connection; ours with our processes.
     :gen_tcp.close(sock)
-    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 3 end, 10_000) == true
+
+    assert eventually(fn -> Headcount.sync() == :ok and Headcount.count("room") == 3 end, 10_000) ==
+             true
+
     for p <- pids, do: send(p, :stop)
 
     {:ok, sock2} = :gen_tcp.connect({127, 0, 0, 1}, listen, [:binary, active: false, packet: :line])

@@ -27,8 +27,16 @@ defmodule Headcount.Dist do
   @doc "The Erlang node the engine numbers `peer`, if known."
   def node_of(peer) do
     case :ets.whereis(@table) do
-      :undefined -> nil
-      _ -> case :ets.lookup(@table, {:peer, peer}), do: ([{_, n}] -> n; [] -> nil)
+      :undefined ->
+        nil
+
+      _ ->
+        case :ets.lookup(@table, {:peer, peer}),
+          do:
+            (
+              [{_, n}] -> n
+              [] -> nil
+            )
     end
   end
 

@@ -45,7 +45,9 @@ defmodule Headcount.Options do
       key_file: string(opts, :key_file),
       key: key(opts, erlang?),
       insecure: bool(opts, :insecure),
-      node_name: string(opts, :node_name) || if(erlang? and node() != :nonode@nohost, do: Atom.to_string(node())),
+      node_name:
+        string(opts, :node_name) ||
+          if(erlang? and node() != :nonode@nohost, do: Atom.to_string(node())),
       cluster: cluster
     }
 
@@ -73,31 +75,50 @@ defmodule Headcount.Options do
         k
 
       other ->
-        raise ArgumentError, "Headcount option :key must be a non-empty binary, got: #{inspect(other)}"
+        raise ArgumentError,
+              "Headcount option :key must be a non-empty binary, got: #{inspect(other)}"
     end
   end
 
   defp pos_int(opts, k) do
     case Keyword.get(opts, k) do
-      nil -> nil
-      n when is_integer(n) and n > 0 -> n
-      other -> raise ArgumentError, "Headcount option #{inspect(k)} must be a positive integer, got: #{inspect(other)}"
+      nil ->
+        nil
+
+      n when is_integer(n) and n > 0 ->
+        n
+
+      other ->
+        raise ArgumentError,
+              "Headcount option #{inspect(k)} must be a positive integer, got: #{inspect(other)}"
     end
   end
 
   defp string(opts, k) do
     case Keyword.get(opts, k) do
-      nil -> nil
-      s when is_binary(s) and byte_size(s) > 0 -> s
-      other -> raise ArgumentError, "Headcount option #{inspect(k)} must be a non-empty string, got: #{inspect(other)}"
+      nil ->
+        nil
+
+      s when is_binary(s) and byte_size(s) > 0 ->
+        s
+
+      other ->
+        raise ArgumentError,
+              "Headcount option #{inspect(k)} must be a non-empty string, got: #{inspect(other)}"
     end
   end
 
   defp bool(opts, k) do
     case Keyword.get(opts, k) do
-      nil -> nil
-      b when is_boolean(b) -> b
-      other -> raise ArgumentError, "Headcount option #{inspect(k)} must be a boolean, got: #{inspect(other)}"
+      nil ->
+        nil
+
+      b when is_boolean(b) ->
+        b
+
+      other ->
+        raise ArgumentError,
+              "Headcount option #{inspect(k)} must be a boolean, got: #{inspect(other)}"
     end
   end
 
@@ -106,7 +127,8 @@ defmodule Headcount.Options do
 
   defp cluster(kw) when is_list(kw) and kw != [] do
     unless Keyword.keyword?(kw) do
-      raise ArgumentError, "Headcount option :cluster must be :erlang or a keyword list, got: #{inspect(kw)}"
+      raise ArgumentError,
+            "Headcount option :cluster must be :erlang or a keyword list, got: #{inspect(kw)}"
     end
 
     for {k, _} <- kw, k not in @cluster do
@@ -136,7 +158,8 @@ defmodule Headcount.Options do
         interval = Keyword.get(kw, :dns_interval)
 
         unless is_nil(interval) or (is_integer(interval) and interval > 0) do
-          raise ArgumentError, ":cluster option :dns_interval must be a positive integer (milliseconds), got: #{inspect(interval)}"
+          raise ArgumentError,
+                ":cluster option :dns_interval must be a positive integer (milliseconds), got: #{inspect(interval)}"
         end
 
         bind =
@@ -149,23 +172,34 @@ defmodule Headcount.Options do
         {:unicast, bind, peers, dns, interval}
 
       true ->
-        raise ArgumentError, ":cluster needs :multicast, or :unicast / :peers / :peers_dns, got: #{inspect(kw)}"
+        raise ArgumentError,
+              ":cluster needs :multicast, or :unicast / :peers / :peers_dns, got: #{inspect(kw)}"
     end
   end
 
   defp cluster(other),
-    do: raise(ArgumentError, "Headcount option :cluster must be :erlang or a keyword list, got: #{inspect(other)}")
+    do:
+      raise(
+        ArgumentError,
+        "Headcount option :cluster must be :erlang or a keyword list, got: #{inspect(other)}"
+      )
 
   defp list(l, _k) when is_list(l), do: l
   defp list(s, _k) when is_binary(s), do: [s]
-  defp list(other, k), do: raise(ArgumentError, ":cluster option #{inspect(k)} must be a list, got: #{inspect(other)}")
+
+  defp list(other, k),
+    do: raise(ArgumentError, ":cluster option #{inspect(k)} must be a list, got: #{inspect(other)}")
 
   defp dns_name(s) when is_binary(s) do
     case String.split(s, ":") |> Enum.reverse() do
       [port, _ | _] ->
         case Integer.parse(port) do
-          {p, ""} when p in 1..65_535 -> s
-          _ -> raise ArgumentError, ":cluster option :peers_dns wants \"name:port\", got: #{inspect(s)}"
+          {p, ""} when p in 1..65_535 ->
+            s
+
+          _ ->
+            raise ArgumentError,
+                  ":cluster option :peers_dns wants \"name:port\", got: #{inspect(s)}"
         end
 
       _ ->
@@ -174,7 +208,11 @@ defmodule Headcount.Options do
   end
 
   defp dns_name(other),
-    do: raise(ArgumentError, ":cluster option :peers_dns wants \"name:port\" strings, got: #{inspect(other)}")
+    do:
+      raise(
+        ArgumentError,
+        ":cluster option :peers_dns wants \"name:port\" strings, got: #{inspect(other)}"
+      )
 
   # An address with a port, as text the NIF parses ("1.2.3.4:5", "[::1]:5").
   defp addr({ip, port}, k) when is_integer(port) and port in 0..65_535 do
@@ -190,12 +228,18 @@ defmodule Headcount.Options do
          {:ok, ip} <- :inet.parse_strict_address(String.to_charlist(host)) do
       addr({ip, p}, k)
     else
-      _ -> raise ArgumentError, ":cluster option #{inspect(k)} wants {ip, port} or \"ip:port\", got: #{inspect(s)}"
+      _ ->
+        raise ArgumentError,
+              ":cluster option #{inspect(k)} wants {ip, port} or \"ip:port\", got: #{inspect(s)}"
     end
   end
 
   defp addr(other, k),
-    do: raise(ArgumentError, ":cluster option #{inspect(k)} wants {ip, port} or \"ip:port\", got: #{inspect(other)}")
+    do:
+      raise(
+        ArgumentError,
+        ":cluster option #{inspect(k)} wants {ip, port} or \"ip:port\", got: #{inspect(other)}"
+      )
 
   defp split_port("[" <> rest) do
     case String.split(rest, "]:") do
@@ -215,8 +259,11 @@ defmodule Headcount.Options do
 
   defp ip(ip, k) when is_tuple(ip) do
     case :inet.ntoa(ip) do
-      {:error, _} -> raise ArgumentError, ":cluster option #{inspect(k)}: #{inspect(ip)} is not an IP address"
-      text -> List.to_string(text)
+      {:error, _} ->
+        raise ArgumentError, ":cluster option #{inspect(k)}: #{inspect(ip)} is not an IP address"
+
+      text ->
+        List.to_string(text)
     end
   end
 
@@ -227,5 +274,7 @@ defmodule Headcount.Options do
     end
   end
 
-  defp ip(other, k), do: raise(ArgumentError, ":cluster option #{inspect(k)}: #{inspect(other)} is not an IP address")
+  defp ip(other, k),
+    do:
+      raise(ArgumentError, ":cluster option #{inspect(k)}: #{inspect(other)} is not an IP address")
 end

@@ -41,7 +41,9 @@ defmodule Headcount.Server do
         end
 
       {:error, :already_started} ->
-        {:stop, {:already_started, "headcount is running with other options: stop it first (Headcount.stop/0)"}}
+        {:stop,
+         {:already_started,
+          "headcount is running with other options: stop it first (Headcount.stop/0)"}}
 
       {:error, reason} ->
         {:stop, {:headcount, reason}}
@@ -80,7 +82,9 @@ defmodule Headcount.Server do
       for pid <- Map.keys(state.subs), do: send(pid, {:headcount, :lost, lost})
     end
 
-    subs = Map.new(state.subs, fn {pid, sub} -> {pid, deliver(pid, sub, changes, state.settings)} end)
+    subs =
+      Map.new(state.subs, fn {pid, sub} -> {pid, deliver(pid, sub, changes, state.settings)} end)
+
     Native.ack()
     {:noreply, catch_up_later(%{state | subs: subs})}
   end

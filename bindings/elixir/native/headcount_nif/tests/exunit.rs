@@ -1,7 +1,8 @@
-//! The Elixir binding's tests (`bindings/elixir/test`, ExUnit), run by `cargo test`: `mix test`
-//! builds this crate's NIF with cargo (a no-op when this run built it already) and runs them,
-//! single-node semantics, three BEAM nodes over Erlang distribution, and a BEAM node with a
-//! `headcount serve` node in one UDP cluster.
+//! The Elixir binding's checks, run by `cargo test`: `mix format --check-formatted`,
+//! `mix compile --warnings-as-errors` (which builds this crate's NIF with cargo: a no-op when this
+//! run built it already), and its tests (`bindings/elixir/test`, ExUnit): single-node semantics,
+//! three BEAM nodes over Erlang distribution, and a BEAM node with a `headcount serve` node in one
+//! UDP cluster.
 //!
 //! Skips with a printed reason where Elixir is missing, unless `HEADCOUNT_REQUIRE_TOOLS=1` (CI),
 //! where that fails.
@@ -54,14 +55,22 @@ fn exunit() {
     let bin = out.join("headcount");
     assert!(bin.is_file(), "{} was not built", bin.display());
 
-    let status = Command::new(mix)
-        .arg("test")
-        .current_dir(root.join("bindings/elixir"))
-        .env("MIX_ENV", "test")
-        .env("HEADCOUNT_BIN", &bin)
-        .env("HEADCOUNT_CARGO_PROFILE", "dev")
-        .env("CARGO", &cargo)
-        .status()
-        .expect("run mix test");
-    assert!(status.success(), "mix test failed: {status}");
+    // Formatted, compiled without a warning, then tested (one after another: they share
+    // `_build`).
+    for args in [
+        &["format", "--check-formatted"][..],
+        &["compile", "--warnings-as-errors"],
+        &["test"],
+    ] {
+        let status = Command::new(&mix)
+            .args(args)
+            .current_dir(root.join("bindings/elixir"))
+            .env("MIX_ENV", "test")
+            .env("HEADCOUNT_BIN", &bin)
+            .env("HEADCOUNT_CARGO_PROFILE", "dev")
+            .env("CARGO", &cargo)
+            .status()
+            .expect("run mix");
+        assert!(status.success(), "mix {} failed: {status}", args.join(" "));
+    }
 }
