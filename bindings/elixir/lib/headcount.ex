@@ -216,6 +216,10 @@ defmodule Headcount do
   with every topic that changed meanwhile (latest counts): nothing is lost, and a slow
   subscriber never stalls the engine. (`{:headcount, :lost, ticks}`, which the engine sends only
   if its own feed fell behind, means changes were lost: read the counts you need again.)
+
+  Subscriptions belong to the `Headcount` server: if it crashes (counting goes on), the
+  restarted server has none. A subscriber that must outlive that monitors
+  `Process.whereis(Headcount)` and subscribes again.
   """
   @spec subscribe() :: :ok
   def subscribe, do: GenServer.call(server!(), {:subscribe, self()})

@@ -62,6 +62,9 @@ defmodule Headcount.ClusterTest do
     local = holder(["room"])
     all_count(nodes, "room", 16)
 
+    # A process of another node is counted by its own node, not on its behalf here.
+    assert_raise ArgumentError, ~r/not a local process/, fn -> Headcount.join(a, "room") end
+
     # The peers know each other by Erlang node name.
     names = for n <- Headcount.nodes(), n.alive, do: n.erlang_node
     assert Enum.sort(names) == Enum.sort([n1, n2])
