@@ -147,7 +147,15 @@ defmodule Headcount.Options do
         if Keyword.has_key?(kw, :dns_interval),
           do: raise(ArgumentError, ":cluster option :dns_interval needs :peers_dns")
 
-        {:multicast, addr(multicast, :multicast), ip(Keyword.get(kw, :interface), :interface)}
+        group = addr(multicast, :multicast)
+        interface = ip(Keyword.get(kw, :interface), :interface)
+
+        for {k, v} <- [multicast: group, interface: interface || ""],
+            String.contains?(v, "[") or String.contains?(v, "::") do
+          raise ArgumentError, ":cluster option #{inspect(k)} takes an IPv4 address, got: #{v}"
+        end
+
+        {:multicast, group, interface}
 
       unicast? ->
         if Keyword.has_key?(kw, :interface),
