@@ -356,6 +356,55 @@ fn a_peer_gone_leaves_at_once_and_comes_back_with_its_next_datagram() {
 }
 
 #[test]
+fn a_peer_change_shows_when_its_datagram_arrives_not_at_the_next_tick() {
+    let transports: Vec<_> = (0..2).map(|_| ChannelTransport::new(1024)).collect();
+    // Node 1 ticks every 20 s: it sums, sends and publishes its feed only then (or on sync).
+    let slow = Duration::from_secs(20);
+    let engines: Vec<Engine> = transports
+        .iter()
+        .zip([TICK, slow])
+        .map(|(t, tick)| {
+            Engine::builder()
+                .shards(2)
+                .tick(tick)
+                .cluster_key(KEY)
+                .dead_after(Duration::from_secs(60))
+                .channel(t)
+                .start()
+                .expect("engine starts")
+        })
+        .collect();
+    let mut feed = engines[1].changes();
+    let (sw, sw_thread) = Switch::start(transports, CLEAN, 4);
+    let three: Vec<Presence> = (0..3).map(|_| engines[0].join_by_name("early")).collect();
+    // Well before node 1's first tick: node 0's datagrams alone put the count in its view.
+    let deadline = Instant::now() + SETTLE;
+    while engines[1].count_by_name("early") != 3 || engines[1].total() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 counts {} of node 0's 3 without a tick of its own",
+            engines[1].count_by_name("early")
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(engines[1].stats().ticks, 0, "node 1 has not ticked yet");
+    // Its feed lists the change with its next tick's batch.
+    engines[1].sync();
+    let mut seen = None;
+    while let Some(headcount::FeedEvent::Changes(c)) = feed.try_recv() {
+        for (name, count) in &c.changes {
+            if &**name == "early" {
+                assert!(seen.is_none(), "listed once per batch: {:?}", c.changes);
+                seen = Some(*count);
+            }
+        }
+    }
+    assert_eq!(seen, Some(3));
+    drop(three);
+    sw.stop(sw_thread);
+}
+
+#[test]
 fn a_wrong_key_counts_nothing_of_the_others() {
     let transports: Vec<_> = (0..4).map(|_| ChannelTransport::new(1024)).collect();
     let mut engines: Vec<Engine> = transports[..3].iter().map(|t| engine(t, KEY)).collect();

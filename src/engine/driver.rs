@@ -14,11 +14,13 @@ use crate::core::reducer::{Reducer, TickReport};
 use crate::core::shard::ShardPool;
 use crate::core::sync::Ordering;
 use crate::core::topic::Topics;
-use crate::core::view::{Feed, TickChanges};
 use crate::engine::link::Link;
 use crate::engine::members::Discovering;
 use crate::engine::{Cmd, Engine, Inner};
 use crate::error::Error;
+
+mod batch;
+use batch::Batch;
 
 /// Work a tick always does, however long it takes: changes handed to the cluster protocol, and
 /// names learned from peers interned. Past it, a tick stops at its work budget (a quarter of the
@@ -95,6 +97,8 @@ fn run(
     let mut driver = Driver {
         reducer: Reducer::new(&inner.pool.hot, settings.retire_after),
         dirty: Vec::new(),
+        early: Vec::new(),
+        membership: 0,
         cluster,
         inner,
     };
@@ -132,7 +136,11 @@ fn run(
         let start = Instant::now();
         more = !driver.receive(next.max(start + tick / 8).min(start + tick / 2));
         let now = Instant::now();
-        if !syncs.is_empty() || now >= next {
+        let ticking = !syncs.is_empty() || now >= next;
+        if !ticking {
+            driver.publish_received(now);
+        }
+        if ticking {
             driver.tick(now, !syncs.is_empty());
             if now >= next {
                 next += tick;
@@ -167,6 +175,11 @@ struct Driver {
     cluster: Option<ClusterState>,
     /// Scratch: ids whose cluster count may have changed this tick.
     dirty: Vec<u32>,
+    /// Feed changes published between ticks (peers' counts, as their datagrams arrive): they go
+    /// out with the next tick's batch.
+    early: Vec<(Arc<str>, u64)>,
+    /// The protocol's membership number when the node list was last published.
+    membership: u64,
 }
 
 impl Driver {
@@ -197,6 +210,31 @@ impl Driver {
         })
     }
 
+    /// Between ticks: the counts peers' datagrams changed go into the view at once, so that a
+    /// remote change shows one network hop after the sender's tick rather than at this node's
+    /// next tick (which made a change take up to two ticks to show everywhere). The change feed
+    /// gets them with the next tick's batch.
+    fn publish_received(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let inner = self.inner.clone();
+        self.dirty.clear();
+        c.poll_events(&inner.pool, &mut self.dirty, now, inner.tick / 8);
+        // A peer came or went: the node list first, so that no reader sees a peer's counts
+        // before the peer.
+        if c.proto.membership() != self.membership {
+            self.publish_cluster_view(now);
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut batch = Batch::new(&inner.feed);
+        self.publish_dirty(now, &mut batch);
+        self.publish_totals();
+        self.early.append(&mut batch.changes);
+    }
+
     fn flush(&mut self) {
         if let Some(c) = self.cluster.as_mut() {
             while let Some(t) = c.proto.poll_transmit() {
@@ -215,6 +253,7 @@ impl Driver {
         let mut rep: TickReport = self.reducer.sum(&pool.hot, &pool.topics, now, full);
         self.list_new_ids(&pool.topics);
         let mut batch = Batch::new(&inner.feed);
+        batch.take_early(&mut self.early);
         let work_budget = inner.tick / 4;
         match self.cluster.as_mut() {
             Some(c) => {
@@ -306,6 +345,7 @@ impl Driver {
 
     fn publish_cluster_view(&mut self, now: Instant) {
         if let Some(c) = self.cluster.as_mut() {
+            self.membership = c.proto.membership();
             let inner = &self.inner;
             let mut v = inner.cluster_view.lock().unwrap_or_else(|e| e.into_inner());
             v.nodes = c.proto.nodes(now);
@@ -319,45 +359,6 @@ impl Driver {
             (v.transport_dropped_out, v.transport_dropped_in) = c.net.dropped();
             v.discovery = c.disc.stats.clone();
             v.members = c.net.members().map_or((0, 0, 0), |m| m.counts());
-        }
-    }
-}
-
-/// One tick's batch for the change feed: the topics whose published cluster count changed.
-struct Batch {
-    /// Whether anyone reads the feed (otherwise no batch is built).
-    want: bool,
-    changes: Vec<(Arc<str>, u64)>,
-}
-
-impl Batch {
-    fn new(feed: &Arc<Feed>) -> Batch {
-        Batch {
-            want: feed.has_readers(),
-            changes: Vec::new(),
-        }
-    }
-
-    /// Publishes `id`'s cluster count in the view, and lists it for the feed if it changed.
-    fn publish(&mut self, inner: &Inner, id: u32, count: u64) {
-        // Only this thread writes the view: a plain load and store, no locked instruction.
-        let slot = inner.view.cluster(id);
-        if slot.load(Ordering::Relaxed) != count {
-            slot.store(count, Ordering::Relaxed);
-            if self.want
-                && let Some(n) = inner.pool.topics.name(id)
-            {
-                self.changes.push((n.name, count));
-            }
-        }
-    }
-
-    fn send(self, feed: &Feed, tick: u64) {
-        if !self.changes.is_empty() {
-            feed.publish(TickChanges {
-                tick,
-                changes: self.changes,
-            });
         }
     }
 }

@@ -192,6 +192,7 @@ impl Protocol {
         };
         // A new peer: tell every peer about it at the next tick (membership gossip).
         self.members_due = 0;
+        self.membership += 1;
         self.peers.insert(
             node,
             Peer {

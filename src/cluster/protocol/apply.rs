@@ -168,6 +168,7 @@ impl Protocol {
         let Some(p) = self.peers.remove(&node) else {
             return;
         };
+        self.membership += 1;
         if p.observer {
             self.observers -= 1;
         }

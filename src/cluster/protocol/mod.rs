@@ -190,6 +190,8 @@ pub struct Protocol {
     cursor: u64,
     refresh_credit: f64,
     peers: HashMap<u64, Peer>,
+    /// Bumped whenever a peer is added or dropped ([`Protocol::membership`]).
+    membership: u64,
     /// Peers that are observers (counted apart from `max_peers`).
     observers: usize,
     dead: HashMap<u64, (NodeInfo, Instant)>,
@@ -263,6 +265,7 @@ impl Protocol {
             cursor: 0,
             refresh_credit: 0.0,
             peers: HashMap::default(),
+            membership: 0,
             observers: 0,
             dead: HashMap::default(),
             unnamed: HashSet::default(),
@@ -465,6 +468,12 @@ impl Protocol {
         }));
         v.sort_by_key(|n| (!n.alive, n.node));
         v
+    }
+
+    /// A number that changes whenever a peer is added or dropped: the driver republishes the
+    /// node list when it does.
+    pub fn membership(&self) -> u64 {
+        self.membership
     }
 
     /// Whether every live peer's copy is converged.
