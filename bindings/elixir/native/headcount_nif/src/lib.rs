@@ -330,6 +330,8 @@ struct InfoView {
     tick_ms: u64,
     processes: usize,
     presences: usize,
+    /// First joins whose process the watcher thread has not monitored yet (a backlog).
+    pending_monitors: usize,
     topics: usize,
     /// Joins and leaves that went through the shared core (a thread without a shard).
     shared_ops: u64,
@@ -350,6 +352,7 @@ fn info(env: Env<'_>) -> Term<'_> {
             tick_ms: u64::try_from(e.tick_interval().as_millis()).unwrap_or(u64::MAX),
             processes,
             presences,
+            pending_monitors: table::pending_monitors(),
             topics: s.topics,
             shared_ops: s.shared_ops,
             free_shards: s.free_shards,

@@ -218,6 +218,11 @@ mod watcher {
         }
     }
 
+    /// First joins whose monitor is not made yet.
+    pub(super) fn pending() -> usize {
+        QUEUE.0.lock().unwrap_or_else(|e| e.into_inner()).pids.len()
+    }
+
     fn run() {
         let (q, cv) = &*QUEUE;
         let mut batch = Vec::new();
@@ -324,6 +329,11 @@ pub(crate) fn presences_of(pid: &LocalPid) -> Vec<headcount::Topic> {
         .get(&key)
         .map(|e| e.presences.iter().map(Presence::topic).collect())
         .unwrap_or_default()
+}
+
+/// First joins waiting for the watcher to monitor their process.
+pub(crate) fn pending_monitors() -> usize {
+    watcher::pending()
 }
 
 /// Processes holding presences, and presences held.
