@@ -1,5 +1,6 @@
 //! A deterministic, seeded simulation of a cluster: many [`Protocol`] nodes over a simulated
-//! network with loss, duplication, reordering, delay and partitions. The simulation tests and
+//! network with loss, duplication, reordering, delay and partitions, and (when set) limited
+//! link capacity and socket buffers ([`Capacity`]). The simulation tests and
 //! `headcount-perf converge` drive it; it is public so users can test their settings the same way.
 
 use std::cmp::Reverse;
@@ -30,6 +31,34 @@ pub struct Faults {
     pub jitter: Duration,
 }
 
+/// Each node's link and socket buffers (0: unlimited, the default). With these, a burst larger
+/// than a link or a buffer loses datagrams the way a network does (a repair storm shows as the
+/// loss it causes), on top of [`Faults`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capacity {
+    /// Bytes a second a node's uplink carries: a datagram leaves after the ones queued before it
+    /// (a group datagram once, a unicast fan-out once per peer).
+    pub egress_bytes_per_sec: u64,
+    /// Bytes a second a node's downlink carries: arriving datagrams queue for it.
+    pub ingress_bytes_per_sec: u64,
+    /// Bytes waiting for the uplink past which a send is dropped (a full socket send buffer).
+    pub send_buffer: u64,
+    /// Bytes waiting for the downlink past which an arriving datagram is dropped (`SO_RCVBUF`).
+    pub recv_buffer: u64,
+}
+
+/// What capacity cost a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Datagrams dropped for a full send buffer.
+    pub dropped_send: u64,
+    /// Datagrams dropped on arrival for a full receive buffer.
+    pub dropped_recv: u64,
+    /// The most bytes the node's protocol handed to its socket within one tick window (of the
+    /// simulation's tick, aligned on multiples of it), sent or dropped.
+    pub peak_bytes_per_tick: u64,
+}
+
 struct Node {
     proto: Option<Protocol>,
     local: HashMap<u64, u32>,
@@ -37,6 +66,12 @@ struct Node {
     incarnation: u64,
     /// Partition group: nodes in different groups cannot reach each other.
     group: u32,
+    /// When the uplink and the downlink are free again.
+    tx_free: Duration,
+    rx_free: Duration,
+    /// The current tick window and the bytes handed to the socket in it.
+    window: (u64, u64),
+    link: LinkStats,
 }
 
 /// A simulated cluster.
@@ -47,11 +82,15 @@ pub struct Sim {
     tick: Duration,
     cfg: Box<dyn Fn(&mut Config)>,
     nodes: Vec<Node>,
+    /// Datagrams in flight: (when, id, to, from); `arrived` tells which are past the receiver's
+    /// downlink.
     queue: BinaryHeap<Reverse<(Duration, u64, usize, usize)>>,
-    payloads: HashMap<u64, Vec<u8>>,
+    payloads: HashMap<u64, (Vec<u8>, bool)>,
     next_id: u64,
     /// Faults applied to deliveries from now on.
     pub faults: Faults,
+    /// Every node's link capacity, from now on.
+    pub capacity: Capacity,
     universe: BTreeSet<u64>,
     /// Bytes each node sent (one group datagram counts once).
     pub bytes_sent: Vec<u64>,
@@ -107,6 +146,7 @@ impl Sim {
             payloads: HashMap::default(),
             next_id: 0,
             faults: Faults::default(),
+            capacity: Capacity::default(),
             universe: BTreeSet::new(),
             bytes_sent: vec![0; n],
             delivered: 0,
@@ -119,6 +159,10 @@ impl Sim {
                 next_tick: phase,
                 incarnation: 1,
                 group: 0,
+                tx_free: Duration::ZERO,
+                rx_free: Duration::ZERO,
+                window: (0, 0),
+                link: LinkStats::default(),
             };
             node.proto = Some(s.make(i, 1));
             s.nodes.push(node);
@@ -166,6 +210,11 @@ impl Sim {
     /// Whether the simulation has no nodes.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+
+    /// What capacity cost node `i` so far.
+    pub fn link(&self, i: usize) -> LinkStats {
+        self.nodes[i].link
     }
 
     /// Node `i`'s protocol, if it is running.
@@ -292,37 +341,111 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, bytes: &[u8]) {
+    /// How long `len` bytes take at `rate` bytes a second (0: unlimited).
+    fn wire_time(len: usize, rate: u64) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((len as u128 * 1_000_000_000 / u128::from(rate)) as u64)
+    }
+
+    /// Bytes still queued on a link that is busy until `free`, at `rate`.
+    fn backlog(&self, free: Duration, rate: u64) -> u64 {
+        let wait = free.saturating_sub(self.now);
+        (wait.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
+    }
+
+    /// Puts `len` bytes on node `i`'s uplink; when they have left, or `None` if its send buffer
+    /// is full.
+    fn uplink(&mut self, i: usize, len: usize) -> Option<Duration> {
+        let c = self.capacity;
+        let free = self.nodes[i].tx_free;
+        if c.egress_bytes_per_sec == 0 {
+            return Some(self.now);
+        }
+        if c.send_buffer > 0
+            && self.backlog(free, c.egress_bytes_per_sec) + len as u64 > c.send_buffer
+        {
+            self.nodes[i].link.dropped_send += 1;
+            return None;
+        }
+        let done = free.max(self.now) + Self::wire_time(len, c.egress_bytes_per_sec);
+        self.nodes[i].tx_free = done;
+        Some(done)
+    }
+
+    fn send(&mut self, from: usize, to: usize, bytes: &[u8], left: Duration) {
         if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
             return;
         }
         let copies = if self.chance(self.faults.dup) { 2 } else { 1 };
         for _ in 0..copies {
-            let mut at = self.now + self.faults.delay;
+            let mut at = left + self.faults.delay;
             if self.chance(self.faults.reorder) && !self.faults.jitter.is_zero() {
                 at += Duration::from_nanos(self.rand() % self.faults.jitter.as_nanos() as u64);
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.payloads.insert(id, bytes.to_vec());
+            self.payloads.insert(id, (bytes.to_vec(), false));
             self.queue.push(Reverse((at, id, to, from)));
         }
     }
 
+    /// A datagram reached node `to`'s downlink now: queued behind the ones before it (or dropped
+    /// if its receive buffer is full); true if it can be handled now.
+    fn downlink(&mut self, id: u64, to: usize, from: usize) -> bool {
+        let c = self.capacity;
+        if c.ingress_bytes_per_sec == 0 {
+            return true;
+        }
+        let len = self.payloads.get(&id).map_or(0, |p| p.0.len());
+        let free = self.nodes[to].rx_free;
+        if c.recv_buffer > 0
+            && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
+        {
+            self.nodes[to].link.dropped_recv += 1;
+            self.payloads.remove(&id);
+            return false;
+        }
+        let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
+        self.nodes[to].rx_free = done;
+        if let Some(p) = self.payloads.get_mut(&id) {
+            p.1 = true;
+        }
+        self.queue.push(Reverse((done, id, to, from)));
+        false
+    }
+
     fn flush(&mut self, i: usize, p: &mut Protocol) {
+        let tick = self.tick.as_nanos().max(1);
         while let Some(t) = p.poll_transmit() {
-            self.bytes_sent[i] += t.bytes.len() as u64;
+            let w = (self.now.as_nanos() / tick) as u64;
+            let node = &mut self.nodes[i];
+            if node.window.0 != w {
+                node.window = (w, 0);
+            }
+            node.window.1 += t.bytes.len() as u64;
+            node.link.peak_bytes_per_tick = node.link.peak_bytes_per_tick.max(node.window.1);
             match t.dest {
                 Dest::Group => {
+                    // One transmission reaches the whole group.
+                    let Some(left) = self.uplink(i, t.bytes.len()) else {
+                        continue;
+                    };
+                    self.bytes_sent[i] += t.bytes.len() as u64;
                     for j in 0..self.nodes.len() {
                         if j != i {
-                            self.send(i, j, &t.bytes);
+                            self.send(i, j, &t.bytes, left);
                         }
                     }
                 }
                 Dest::To(a) => {
                     if let Some(j) = index(a).filter(|&j| j < self.nodes.len()) {
-                        self.send(i, j, &t.bytes);
+                        let Some(left) = self.uplink(i, t.bytes.len()) else {
+                            continue;
+                        };
+                        self.bytes_sent[i] += t.bytes.len() as u64;
+                        self.send(i, j, &t.bytes, left);
                     }
                 }
             }
@@ -388,7 +511,11 @@ impl Sim {
                 self.nodes[i].proto = Some(p);
                 self.nodes[i].next_tick += self.tick;
             } else if let Some(Reverse((_, id, to, from))) = self.queue.pop() {
-                let bytes = self.payloads.remove(&id).unwrap_or_default();
+                let arrived = self.payloads.get(&id).is_some_and(|p| p.1);
+                if !arrived && !self.downlink(id, to, from) {
+                    continue; // queued for the downlink, or dropped
+                }
+                let bytes = self.payloads.remove(&id).map(|p| p.0).unwrap_or_default();
                 if let Some(mut p) = self.nodes[to].proto.take() {
                     self.delivered += 1;
                     p.handle_datagram(now, addr(from), &bytes);

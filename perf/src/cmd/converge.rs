@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
-use headcount::cluster::sim::{Faults, Sim};
+use headcount::cluster::sim::{Capacity, Faults, Sim};
 use serde_json::{Value, json};
 
 use crate::report::{median, print, round};
@@ -32,6 +32,18 @@ pub struct Args {
     /// Joins in the burst, spread over the nodes.
     #[arg(long, default_value_t = 100_000)]
     joins: u64,
+    /// Each node's uplink, bytes a second (0: unlimited; 125000000 is 1 Gbit/s).
+    #[arg(long, default_value_t = 0)]
+    egress: u64,
+    /// Each node's downlink, bytes a second (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    ingress: u64,
+    /// Each node's socket send buffer, bytes (0: unlimited; Linux's default is 212992).
+    #[arg(long, default_value_t = 0)]
+    sndbuf: u64,
+    /// Each node's socket receive buffer, bytes (0: unlimited; Linux's default is 212992).
+    #[arg(long, default_value_t = 0)]
+    rcvbuf: u64,
 }
 
 /// Checks the flags, runs [`converge`] and prints its figures.
@@ -40,9 +52,15 @@ pub fn run(a: &Args) {
         eprintln!("headcount-perf converge: --loss must be in [0, 1) and --nodes in 2..=4096");
         std::process::exit(2);
     }
+    let cap = Capacity {
+        egress_bytes_per_sec: a.egress,
+        ingress_bytes_per_sec: a.ingress,
+        send_buffer: a.sndbuf,
+        recv_buffer: a.rcvbuf,
+    };
     print(
         a.json,
-        &converge(a.nodes, a.loss, a.seeds.max(1), a.topics, a.joins),
+        &converge(a.nodes, a.loss, a.seeds.max(1), a.topics, a.joins, cap),
     )
 }
 
@@ -86,20 +104,35 @@ struct Run {
     idle_bytes: u64,
     /// Resync requests sent, cluster-wide, from the burst to exactness.
     resyncs: u64,
+    /// Bytes sent answering resync requests, cluster-wide, from the burst to exactness.
+    repair_bytes: u64,
+    /// Datagrams full send and receive buffers dropped, cluster-wide, over the whole run.
+    dropped: (u64, u64),
+    /// The most bytes one node handed its socket in one tick.
+    peak_per_tick: u64,
 }
 
-fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run {
+fn repair_bytes(sim: &Sim) -> u64 {
+    (0..sim.len())
+        .filter_map(|i| sim.node(i))
+        .map(|p| p.stats().repair_bytes)
+        .sum()
+}
+
+fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Capacity) -> Run {
     let mut sim = Sim::new(nodes, seed, TICK, |_| {});
     sim.faults = Faults {
         loss,
         delay: DELAY,
         ..Faults::default()
     };
+    sim.capacity = cap;
     // Settle: every node has heard every other (heartbeats), so the burst meets a formed cluster.
     sim.run_for(TICK * 3);
     let _ = sim.ticks_to_exact(MAX_TICKS);
 
     let (b0, r0, t0) = (total_bytes(&sim), resync_requests(&sim), sim.elapsed());
+    let p0 = repair_bytes(&sim);
     burst(&mut sim, seed, joins, topics);
     let limit = TICK * MAX_TICKS;
     let mut ms = None;
@@ -118,10 +151,12 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run 
     let window_ticks = (sim.elapsed().as_secs_f64() / TICK.as_secs_f64()).max(1.0);
     let burst_bytes = window_bytes - b0;
     let resyncs = resync_requests(&sim) - r0;
+    let repair = repair_bytes(&sim) - p0;
 
     let b1 = total_bytes(&sim);
     sim.run_for(TICK * IDLE_TICKS);
     let idle_bytes = total_bytes(&sim) - b1;
+    let links: Vec<_> = (0..sim.len()).map(|i| sim.link(i)).collect();
     Run {
         ms,
         window_bytes,
@@ -129,6 +164,16 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run 
         burst_bytes,
         idle_bytes,
         resyncs,
+        repair_bytes: repair,
+        dropped: (
+            links.iter().map(|l| l.dropped_send).sum(),
+            links.iter().map(|l| l.dropped_recv).sum(),
+        ),
+        peak_per_tick: links
+            .iter()
+            .map(|l| l.peak_bytes_per_tick)
+            .max()
+            .unwrap_or(0),
     }
 }
 
@@ -146,7 +191,25 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64) -> Run 
 /// - `burst_bytes_per_node`: the bytes sent from the burst until exact, per node.
 /// - `idle_bytes_per_node_per_tick`: over 50 idle ticks after convergence (heartbeats and the
 ///   rotating refresh of the now-full tables).
-pub fn converge(nodes: usize, loss: f64, seeds: u64, topics: u64, joins: u64) -> Value {
+/// - `bytes_vs_lossless`: the burst's bytes per node over those of the same seed's burst without
+///   loss (same capacity), worst over seeds (`_median` too): what loss costs in bytes.
+/// - `repair_bytes_per_node`: bytes sent answering resync requests, burst to exact, per node.
+/// - `peak_egress_bytes_per_tick`: the most bytes one node handed its socket in one tick window,
+///   over the whole run (settling, burst, idle), worst over seeds.
+/// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
+///   over seeds (0 without `cap` limits).
+/// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate (both runs),
+///   worst over seeds: a machine figure, unlike the rest.
+///
+/// `cap` limits every node's links and socket buffers (`Capacity::default()`: unlimited).
+pub fn converge(
+    nodes: usize,
+    loss: f64,
+    seeds: u64,
+    topics: u64,
+    joins: u64,
+    cap: Capacity,
+) -> Value {
     let nodes = nodes.max(1);
     let seeds = seeds.max(1);
     let tick_ms = TICK.as_millis() as u64;
@@ -157,8 +220,21 @@ pub fn converge(nodes: usize, loss: f64, seeds: u64, topics: u64, joins: u64) ->
     let mut burst_b = Vec::new();
     let mut idle = Vec::new();
     let mut resyncs = Vec::new();
+    let mut vs_lossless = Vec::new();
+    let mut repair = Vec::new();
+    let mut peak = 0u64;
+    let mut dropped = (0.0, 0.0);
+    let mut wall = 0f64;
     for seed in 0..seeds {
-        let r = run_seed(nodes, loss, seed, topics, joins);
+        let started = std::time::Instant::now();
+        let r = run_seed(nodes, loss, seed, topics, joins, cap);
+        let lossless = run_seed(nodes, 0.0, seed, topics, joins, cap);
+        wall = wall.max(started.elapsed().as_secs_f64());
+        vs_lossless.push(r.burst_bytes as f64 / lossless.burst_bytes.max(1) as f64);
+        repair.push(r.repair_bytes as f64 / nodes as f64);
+        peak = peak.max(r.peak_per_tick);
+        dropped.0 += r.dropped.0 as f64 / seeds as f64;
+        dropped.1 += r.dropped.1 as f64 / seeds as f64;
         let m = r.ms.unwrap_or_else(|| {
             not_exact += 1;
             u64::from(MAX_TICKS) * tick_ms
@@ -190,6 +266,17 @@ pub fn converge(nodes: usize, loss: f64, seeds: u64, topics: u64, joins: u64) ->
         "burst_bytes_per_node": round(mean(&burst_b), 1),
         "idle_bytes_per_node_per_tick": round(mean(&idle), 1),
         "resync_requests_median": median(&resyncs),
+        "bytes_vs_lossless": round(worst(&vs_lossless), 2),
+        "bytes_vs_lossless_median": round(median(&vs_lossless), 2),
+        "repair_bytes_per_node": round(mean(&repair), 1),
+        "peak_egress_bytes_per_tick": peak,
+        "dropped_send": round(dropped.0, 1),
+        "dropped_recv": round(dropped.1, 1),
+        "egress_bytes_per_sec": cap.egress_bytes_per_sec,
+        "ingress_bytes_per_sec": cap.ingress_bytes_per_sec,
+        "send_buffer": cap.send_buffer,
+        "recv_buffer": cap.recv_buffer,
+        "sim_seconds_per_seed": round(wall, 2),
     })
 }
 
@@ -199,7 +286,7 @@ mod tests {
 
     #[test]
     fn converge_reports_sane_figures() {
-        let v = converge(3, 0.1, 2, 50, 500);
+        let v = converge(3, 0.1, 2, 50, 500, Capacity::default());
         for k in [
             "nodes",
             "loss",
@@ -210,6 +297,10 @@ mod tests {
             "ms_to_exact_median",
             "bytes_per_node_per_tick",
             "idle_bytes_per_node_per_tick",
+            "bytes_vs_lossless",
+            "repair_bytes_per_node",
+            "peak_egress_bytes_per_tick",
+            "sim_seconds_per_seed",
         ] {
             assert!(v.get(k).is_some(), "missing {k}: {v}");
         }
@@ -228,5 +319,26 @@ mod tests {
             v["bytes_per_node_per_tick"].as_f64().unwrap() >= 80.0,
             "{v}"
         );
+        // Loss never makes a burst cheaper; no limits, no capacity drops.
+        assert!(
+            v["bytes_vs_lossless_median"].as_f64().unwrap() >= 1.0,
+            "{v}"
+        );
+        assert_eq!(
+            (v["dropped_send"].as_f64(), v["dropped_recv"].as_f64()),
+            (Some(0.0), Some(0.0))
+        );
+    }
+
+    #[test]
+    fn a_small_receive_buffer_shows_as_drops() {
+        let cap = Capacity {
+            ingress_bytes_per_sec: 500_000,
+            recv_buffer: 4_000,
+            ..Capacity::default()
+        };
+        let v = converge(4, 0.0, 1, 2_000, 20_000, cap);
+        assert!(v["dropped_recv"].as_f64().unwrap() > 0.0, "{v}");
+        assert_eq!(v["recv_buffer"], 4_000);
     }
 }
