@@ -1,5 +1,7 @@
 //! A global allocator that counts the allocations of the threads that ask for it: how
-//! `headcount-perf hotpath` shows that the hot path allocates nothing (`allocs_per_op`).
+//! `headcount-perf hotpath` shows that the hot path allocates nothing (`allocs_per_op`); and,
+//! when asked, the bytes allocated and not freed yet: how `headcount-perf converge` measures
+//! what the protocol's tables take (`bytes_per_peer_topic`).
 //!
 //! Only a binary installs it (`#[global_allocator] static A: Counting = Counting;`, as
 //! `headcount-perf` does); the criterion benches keep the system allocator. This is the crate's
@@ -7,7 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// The system allocator, counting the allocations (`alloc`, `alloc_zeroed`, `realloc`) made by
 /// threads that turned counting on with [`count_allocs`].
@@ -15,6 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// Whether [`LIVE`] is kept (off by default: the multithreaded load commands then pay nothing).
+static TRACK: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated and not freed since tracking began (all threads; may go below zero when
+/// memory allocated before is freed).
+static LIVE: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
     /// Whether this thread's allocations are counted. Const-initialized and without a
@@ -29,28 +36,39 @@ fn note_alloc() {
     }
 }
 
+#[inline]
+fn note_bytes(delta: i64) {
+    if TRACK.load(Ordering::Relaxed) {
+        LIVE.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: every method forwards to `System` with the same arguments; counting touches only an
 // atomic and a thread-local `Cell`, neither of which allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_alloc();
+        note_bytes(layout.size() as i64);
         // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note_alloc();
+        note_bytes(layout.size() as i64);
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note_alloc();
+        note_bytes(new_size as i64 - layout.size() as i64);
         // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_bytes(-(layout.size() as i64));
         // SAFETY: `ptr` and `layout` come from this allocator, i.e. from `System`.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -60,6 +78,18 @@ unsafe impl GlobalAlloc for Counting {
 /// headcount one-thread hot-path loop counts its own allocations with it.
 pub fn count_allocs(on: bool) {
     COUNTING.with(|c| c.set(on));
+}
+
+/// Starts keeping the bytes allocated and not freed ([`live_bytes`]), from zero; or stops.
+pub fn track_bytes(on: bool) {
+    LIVE.store(0, Ordering::Relaxed);
+    TRACK.store(on, Ordering::Relaxed);
+}
+
+/// Bytes allocated and not freed since [`track_bytes`]`(true)`, all threads together (requested
+/// sizes, not the allocator's rounding; zero unless [`Counting`] is the global allocator).
+pub fn live_bytes() -> i64 {
+    LIVE.load(Ordering::Relaxed)
 }
 
 /// Allocations counted so far, all threads together (zero unless [`Counting`] is the global
@@ -92,5 +122,18 @@ mod tests {
         let before = allocs();
         drop(vec![1u8; 10]);
         assert_eq!(allocs(), before, "not counting when off");
+    }
+
+    /// Runs under Miri in CI too. Other tests may allocate meanwhile: only bounds hold.
+    #[test]
+    fn counting_allocator_keeps_live_bytes() {
+        track_bytes(true);
+        let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+        assert!(live_bytes() >= 1 << 20);
+        v.reserve_exact(2 << 20); // realloc to 2 MiB
+        assert!(live_bytes() >= 2 << 20);
+        drop(v);
+        assert!(live_bytes() < 1 << 20, "freed: {}", live_bytes());
+        track_bytes(false);
     }
 }

@@ -10,6 +10,7 @@ use headcount::cluster::sim::{Capacity, Faults, Sim};
 use serde_json::{Value, json};
 
 use crate::report::{median, print, round};
+use headcount_perf::counting;
 
 // `converge`'s flags (no doc comment: clap would take it for the subcommand's help).
 #[derive(ClapArgs)]
@@ -110,6 +111,10 @@ struct Run {
     dropped: (u64, u64),
     /// The most bytes one node handed its socket in one tick.
     peak_per_tick: u64,
+    /// Heap bytes the burst added (all protocol state, and the simulator's own), and the
+    /// (peer, topic) entries every node holds of its peers' tables then.
+    live_bytes: i64,
+    peer_entries: u64,
 }
 
 fn repair_bytes(sim: &Sim) -> u64 {
@@ -133,6 +138,7 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
 
     let (b0, r0, t0) = (total_bytes(&sim), resync_requests(&sim), sim.elapsed());
     let p0 = repair_bytes(&sim);
+    counting::track_bytes(true);
     burst(&mut sim, seed, joins, topics);
     let limit = TICK * MAX_TICKS;
     let mut ms = None;
@@ -156,6 +162,16 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
     let b1 = total_bytes(&sim);
     sim.run_for(TICK * IDLE_TICKS);
     let idle_bytes = total_bytes(&sim) - b1;
+    // After the idle ticks nothing is in flight: what the burst left is tables.
+    let live_bytes = counting::live_bytes();
+    counting::track_bytes(false);
+    let now = std::time::Instant::now();
+    let peer_entries: u64 = (0..sim.len())
+        .filter_map(|i| sim.node(i))
+        .flat_map(|p| p.nodes(now))
+        .filter(|n| n.alive)
+        .map(|n| n.topics as u64)
+        .sum();
     let links: Vec<_> = (0..sim.len()).map(|i| sim.link(i)).collect();
     Run {
         ms,
@@ -174,6 +190,8 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
             .map(|l| l.peak_bytes_per_tick)
             .max()
             .unwrap_or(0),
+        live_bytes,
+        peer_entries,
     }
 }
 
@@ -200,6 +218,11 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
 ///   over seeds (0 without `cap` limits).
 /// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate (both runs),
 ///   worst over seeds: a machine figure, unlike the rest.
+/// - `bytes_per_peer_topic`: the heap bytes the burst added, over the (peer, topic) entries all
+///   nodes then hold of their peers' tables, mean over seeds. Everything the burst allocated is
+///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
+///   so it bounds the peer-table entry's cost from above, closer as nodes grow. `null` where
+///   the counting allocator is not the global one.
 ///
 /// `cap` limits every node's links and socket buffers (`Capacity::default()`: unlimited).
 pub fn converge(
@@ -225,9 +248,13 @@ pub fn converge(
     let mut peak = 0u64;
     let mut dropped = (0.0, 0.0);
     let mut wall = 0f64;
+    let mut per_entry = Vec::new();
     for seed in 0..seeds {
         let started = std::time::Instant::now();
         let r = run_seed(nodes, loss, seed, topics, joins, cap);
+        if r.peer_entries > 0 {
+            per_entry.push(r.live_bytes.max(0) as f64 / r.peer_entries as f64);
+        }
         let lossless = run_seed(nodes, 0.0, seed, topics, joins, cap);
         wall = wall.max(started.elapsed().as_secs_f64());
         vs_lossless.push(r.burst_bytes as f64 / lossless.burst_bytes.max(1) as f64);
@@ -277,6 +304,7 @@ pub fn converge(
         "send_buffer": cap.send_buffer,
         "recv_buffer": cap.recv_buffer,
         "sim_seconds_per_seed": round(wall, 2),
+        "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
     })
 }
 
