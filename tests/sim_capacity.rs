@@ -117,6 +117,30 @@ fn incast_overflows_receive_buffers() {
     }
 }
 
+#[test]
+fn unicast_fan_out_sends_a_copy_per_peer() {
+    for seed in 0..3 {
+        let mut multicast = sim(5, seed);
+        let mut unicast = sim(5, seed);
+        unicast.capacity.unicast_fanout = true;
+        let (m0, u0) = (multicast.bytes_sent[0], unicast.bytes_sent[0]);
+        for t in 0..2_000 {
+            multicast.set(0, headcount::cluster::sim::topic_hash(t), 1);
+            unicast.set(0, headcount::cluster::sim::topic_hash(t), 1);
+        }
+        assert!(ticks(&mut multicast, 10).is_some() && ticks(&mut unicast, 10).is_some());
+        let (m, u) = (multicast.bytes_sent[0] - m0, unicast.bytes_sent[0] - u0);
+        // Node 0's burst and heartbeats, four copies each (its replies are unicast either way).
+        assert!(
+            u >= 3 * m && u <= 4 * m,
+            "seed {seed}: unicast {u} B, multicast {m} B"
+        );
+        assert!(
+            unicast.link(0).peak_bytes_per_tick >= 3 * multicast.link(0).peak_bytes_per_tick / 2
+        );
+    }
+}
+
 // Under these limits today's repair never finishes: a peer that lost a datagram asks for the
 // whole table, the reply goes out in one burst into the buffer whose overflow lost it, and most
 // of it is dropped again (the repair storm of issue 14, now visible in the simulator). These

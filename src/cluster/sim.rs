@@ -45,6 +45,9 @@ pub struct Capacity {
     pub send_buffer: u64,
     /// Bytes waiting for the downlink past which an arriving datagram is dropped (`SO_RCVBUF`).
     pub recv_buffer: u64,
+    /// No multicast: a group datagram leaves as one unicast copy per other node (a unicast peer
+    /// list, as in most clouds), each taking the uplink and counted in [`Sim::bytes_sent`].
+    pub unicast_fanout: bool,
 }
 
 /// What capacity cost a node.
@@ -427,13 +430,28 @@ impl Sim {
         let tick = self.tick.as_nanos().max(1);
         while let Some(t) = p.poll_transmit() {
             let w = (self.now.as_nanos() / tick) as u64;
+            let copies = match t.dest {
+                Dest::Group if self.capacity.unicast_fanout => self.nodes.len() as u64 - 1,
+                _ => 1,
+            };
             let node = &mut self.nodes[i];
             if node.window.0 != w {
                 node.window = (w, 0);
             }
-            node.window.1 += t.bytes.len() as u64;
+            node.window.1 += t.bytes.len() as u64 * copies;
             node.link.peak_bytes_per_tick = node.link.peak_bytes_per_tick.max(node.window.1);
             match t.dest {
+                Dest::Group if self.capacity.unicast_fanout => {
+                    // A copy per peer, each through the uplink.
+                    for j in 0..self.nodes.len() {
+                        if j != i
+                            && let Some(left) = self.uplink(i, t.bytes.len())
+                        {
+                            self.bytes_sent[i] += t.bytes.len() as u64;
+                            self.send(i, j, &t.bytes, left);
+                        }
+                    }
+                }
                 Dest::Group => {
                     // One transmission reaches the whole group.
                     let Some(left) = self.uplink(i, t.bytes.len()) else {

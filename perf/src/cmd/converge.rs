@@ -45,6 +45,9 @@ pub struct Args {
     /// Each node's socket receive buffer, bytes (0: unlimited; Linux's default is 212992).
     #[arg(long, default_value_t = 0)]
     rcvbuf: u64,
+    /// No multicast: every group datagram leaves as a unicast copy per peer.
+    #[arg(long)]
+    unicast: bool,
 }
 
 /// Checks the flags, runs [`converge`] and prints its figures.
@@ -58,6 +61,7 @@ pub fn run(a: &Args) {
         ingress_bytes_per_sec: a.ingress,
         send_buffer: a.sndbuf,
         recv_buffer: a.rcvbuf,
+        unicast_fanout: a.unicast,
     };
     print(
         a.json,
@@ -303,6 +307,7 @@ pub fn converge(
         "ingress_bytes_per_sec": cap.ingress_bytes_per_sec,
         "send_buffer": cap.send_buffer,
         "recv_buffer": cap.recv_buffer,
+        "unicast": cap.unicast_fanout,
         "sim_seconds_per_seed": round(wall, 2),
         "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
     })
