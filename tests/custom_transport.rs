@@ -156,6 +156,19 @@ fn engine(t: &ChannelTransport, key: &str) -> Engine {
         .expect("engine starts")
 }
 
+/// An engine ticking every `tick` that keeps a silent peer for a minute (longer than any wait
+/// here: what drops a peer sooner is not `dead_after`).
+fn patient(t: &ChannelTransport, tick: Duration) -> Engine {
+    Engine::builder()
+        .shards(2)
+        .tick(tick)
+        .cluster_key(KEY)
+        .dead_after(Duration::from_secs(60))
+        .channel(t)
+        .start()
+        .expect("engine starts")
+}
+
 /// Waits until every engine counts `expected` (per topic of `universe`, and in total).
 fn wait_exact(engines: &[Engine], universe: &[String], expected: &HashMap<String, u64>) {
     let total: u64 = expected.values().sum();
@@ -304,19 +317,7 @@ fn a_full_queue_is_counted_and_repaired() {
 fn a_peer_gone_leaves_at_once_and_comes_back_with_its_next_datagram() {
     let transports: Vec<_> = (0..2).map(|_| ChannelTransport::new(1024)).collect();
     // dead_after is a minute: whatever drops node 1's counts within SETTLE is `peer_gone`.
-    let engines: Vec<Engine> = transports
-        .iter()
-        .map(|t| {
-            Engine::builder()
-                .shards(2)
-                .tick(TICK)
-                .cluster_key(KEY)
-                .dead_after(Duration::from_secs(60))
-                .channel(t)
-                .start()
-                .expect("engine starts")
-        })
-        .collect();
+    let engines: Vec<Engine> = transports.iter().map(|t| patient(t, TICK)).collect();
     let gone_side = transports[0].clone();
     let (sw, sw_thread) = Switch::start(transports, CLEAN, 3);
     let universe = vec!["room".to_string()];
@@ -363,16 +364,7 @@ fn a_peer_change_shows_when_its_datagram_arrives_not_at_the_next_tick() {
     let engines: Vec<Engine> = transports
         .iter()
         .zip([TICK, slow])
-        .map(|(t, tick)| {
-            Engine::builder()
-                .shards(2)
-                .tick(tick)
-                .cluster_key(KEY)
-                .dead_after(Duration::from_secs(60))
-                .channel(t)
-                .start()
-                .expect("engine starts")
-        })
+        .map(|(t, tick)| patient(t, tick))
         .collect();
     let mut feed = engines[1].changes();
     let (sw, sw_thread) = Switch::start(transports, CLEAN, 4);

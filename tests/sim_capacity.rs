@@ -67,19 +67,31 @@ fn a_slow_uplink_spreads_a_burst_over_the_time_its_bytes_need() {
     }
 }
 
-#[test]
-fn a_full_send_buffer_drops_what_the_link_cannot_take() {
+/// Behind a 200 kB/s uplink with an 8 kB send buffer.
+const NARROW: Capacity = Capacity {
+    egress_bytes_per_sec: 200_000,
+    ingress_bytes_per_sec: 0,
+    send_buffer: 8_000,
+    recv_buffer: 0,
+    unicast_fanout: false,
+};
+
+/// Node 0 of two, behind [`NARROW`], takes 20,000 topics (a 250 kB table) at once; with the
+/// bytes it had sent before.
+fn narrow_burst() -> (Sim, u64) {
     let mut s = sim(2, 7);
-    let cap = Capacity {
-        egress_bytes_per_sec: 200_000,
-        send_buffer: 8_000,
-        ..Capacity::default()
-    };
-    s.capacity = cap;
-    let sent0 = s.bytes_sent[0];
+    s.capacity = NARROW;
+    let sent = s.bytes_sent[0];
     for t in 0..20_000 {
         s.set(0, headcount::cluster::sim::topic_hash(t), 1);
     }
+    (s, sent)
+}
+
+#[test]
+fn a_full_send_buffer_drops_what_the_link_cannot_take() {
+    let cap = NARROW;
+    let (mut s, sent0) = narrow_burst();
     s.run_for(TICK * 10);
     let l = s.link(0);
     assert!(
@@ -99,18 +111,23 @@ fn a_full_send_buffer_drops_what_the_link_cannot_take() {
     );
 }
 
+/// Every node's burst arrives at every other at once: 7 senders into each node's 1 MB/s
+/// downlink with a 32 kB buffer.
+fn incast(seed: u64) -> Sim {
+    let mut s = sim(8, seed);
+    s.capacity = Capacity {
+        ingress_bytes_per_sec: 1_000_000,
+        recv_buffer: 32_000,
+        ..Capacity::default()
+    };
+    s.burst(seed, 80_000, 8_000);
+    s
+}
+
 #[test]
 fn incast_overflows_receive_buffers() {
     for seed in 0..3 {
-        let mut s = sim(8, seed);
-        // Every node's burst arrives at every other at once: 7 senders into one 1 MB/s downlink
-        // with a 32 kB buffer.
-        s.capacity = Capacity {
-            ingress_bytes_per_sec: 1_000_000,
-            recv_buffer: 32_000,
-            ..Capacity::default()
-        };
-        s.burst(seed, 80_000, 8_000);
+        let mut s = incast(seed);
         s.run_for(TICK * 5);
         let dropped: u64 = (0..s.len()).map(|i| s.link(i).dropped_recv).sum();
         assert!(dropped > 0, "seed {seed}: no receive buffer overflowed");
@@ -148,15 +165,7 @@ fn unicast_fan_out_sends_a_copy_per_peer() {
 #[test]
 #[ignore = "issue 14: repair is not paced yet; a table larger than a socket buffer never gets through"]
 fn a_full_send_buffer_is_repaired() {
-    let mut s = sim(2, 7);
-    s.capacity = Capacity {
-        egress_bytes_per_sec: 200_000,
-        send_buffer: 8_000,
-        ..Capacity::default()
-    };
-    for t in 0..20_000 {
-        s.set(0, headcount::cluster::sim::topic_hash(t), 1);
-    }
+    let (mut s, _) = narrow_burst();
     let n = ticks(&mut s, 300);
     assert!(
         n.is_some(),
@@ -169,13 +178,7 @@ fn a_full_send_buffer_is_repaired() {
 #[ignore = "issue 14: repair is not paced yet; incast repairs storm"]
 fn incast_is_repaired() {
     for seed in 0..3 {
-        let mut s = sim(8, seed);
-        s.capacity = Capacity {
-            ingress_bytes_per_sec: 1_000_000,
-            recv_buffer: 32_000,
-            ..Capacity::default()
-        };
-        s.burst(seed, 80_000, 8_000);
+        let mut s = incast(seed);
         let n = ticks(&mut s, 600);
         let dropped: u64 = (0..s.len()).map(|i| s.link(i).dropped_recv).sum();
         assert!(

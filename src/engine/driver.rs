@@ -136,11 +136,9 @@ fn run(
         let start = Instant::now();
         more = !driver.receive(next.max(start + tick / 8).min(start + tick / 2));
         let now = Instant::now();
-        let ticking = !syncs.is_empty() || now >= next;
-        if !ticking {
+        if syncs.is_empty() && now < next {
             driver.publish_received(now);
-        }
-        if ticking {
+        } else {
             driver.tick(now, !syncs.is_empty());
             if now >= next {
                 next += tick;

@@ -62,63 +62,36 @@ defmodule Headcount.Options do
   # Over Erlang distribution the nodes already share a secret, the cookie: without a key of
   # its own the cluster's key is derived from it.
   defp key(opts, erlang?) do
-    case Keyword.get(opts, :key) do
+    case check(opts, :key, &(is_binary(&1) and byte_size(&1) > 0), "a non-empty binary") do
       nil when erlang? ->
         if Keyword.has_key?(opts, :key_file) or node() == :nonode@nohost,
           do: nil,
           else: "headcount/erlang-cookie/" <> Atom.to_string(:erlang.get_cookie())
 
-      nil ->
-        nil
-
-      k when is_binary(k) and byte_size(k) > 0 ->
+      k ->
         k
-
-      other ->
-        raise ArgumentError,
-              "Headcount option :key must be a non-empty binary, got: #{inspect(other)}"
     end
   end
 
-  defp pos_int(opts, k) do
+  defp pos_int(opts, k), do: check(opts, k, &(is_integer(&1) and &1 > 0), "a positive integer")
+
+  defp string(opts, k),
+    do: check(opts, k, &(is_binary(&1) and byte_size(&1) > 0), "a non-empty string")
+
+  defp bool(opts, k), do: check(opts, k, &is_boolean/1, "a boolean")
+
+  # The value of option `k` (nil when absent), or an ArgumentError naming it.
+  defp check(opts, k, valid?, what) do
     case Keyword.get(opts, k) do
       nil ->
         nil
 
-      n when is_integer(n) and n > 0 ->
-        n
-
-      other ->
-        raise ArgumentError,
-              "Headcount option #{inspect(k)} must be a positive integer, got: #{inspect(other)}"
-    end
-  end
-
-  defp string(opts, k) do
-    case Keyword.get(opts, k) do
-      nil ->
-        nil
-
-      s when is_binary(s) and byte_size(s) > 0 ->
-        s
-
-      other ->
-        raise ArgumentError,
-              "Headcount option #{inspect(k)} must be a non-empty string, got: #{inspect(other)}"
-    end
-  end
-
-  defp bool(opts, k) do
-    case Keyword.get(opts, k) do
-      nil ->
-        nil
-
-      b when is_boolean(b) ->
-        b
-
-      other ->
-        raise ArgumentError,
-              "Headcount option #{inspect(k)} must be a boolean, got: #{inspect(other)}"
+      v ->
+        if valid?.(v) do
+          v
+        else
+          raise ArgumentError, "Headcount option #{inspect(k)} must be #{what}, got: #{inspect(v)}"
+        end
     end
   end
 

@@ -13,7 +13,7 @@ pub(crate) struct Config {
     builder: Builder,
     /// A channel transport (`cluster: :erlang`).
     pub(crate) transport: Option<ChannelTransport>,
-    pub(crate) fingerprint: String,
+    pub(crate) fingerprint: Vec<u8>,
 }
 
 impl Config {
@@ -49,48 +49,36 @@ pub(crate) fn decode(map: Term<'_>) -> Result<Config, String> {
     if !map.is_map() {
         return Err("options must be a map".into());
     }
-    let mut fp = Vec::new();
     let mut b = Engine::builder();
     if let Some(n) = get::<usize>(map, "shards")? {
-        fp.push(format!("shards={n}"));
         b = b.shards(n);
     }
     if let Some(d) = millis(map, "tick")? {
-        fp.push(format!("tick={d:?}"));
         b = b.tick(d);
     }
     if let Some(d) = millis(map, "dead_after")? {
-        fp.push(format!("dead_after={d:?}"));
         b = b.dead_after(d);
     }
     if let Some(n) = get::<usize>(map, "max_topics")? {
-        fp.push(format!("max_topics={n}"));
         b = b.max_topics(n);
     }
     if let Some(name) = get::<String>(map, "cluster_name")? {
-        fp.push(format!("cluster_name={name}"));
         b = b.cluster_name(&name);
     }
     if let Some(path) = get::<String>(map, "key_file")? {
-        fp.push(format!("key_file={path}"));
         b = b.cluster_key_file(path);
     }
     if let Some(key) = get::<Binary>(map, "key")? {
-        // The key itself stays out of the fingerprint (which is only compared, never shown).
-        fp.push(format!("key={:x}", foldhash_of(key.as_slice())));
         b = b.cluster_key(key.as_slice());
     }
     if let Some(on) = get::<bool>(map, "insecure")? {
-        fp.push(format!("insecure={on}"));
         b = b.insecure(on);
     }
     if let Some(name) = get::<String>(map, "node_name")? {
-        fp.push(format!("node_name={name}"));
         b = b.node_name(&name);
     }
     let mut transport = None;
     if let Some(cluster) = get::<Term<'_>>(map, "cluster")? {
-        fp.push(format!("cluster={cluster:?}"));
         let (nb, t) = cluster_of(b, cluster)?;
         b = nb;
         transport = t;
@@ -98,15 +86,9 @@ pub(crate) fn decode(map: Term<'_>) -> Result<Config, String> {
     Ok(Config {
         builder: b,
         transport,
-        fingerprint: fp.join(" "),
+        // A small map's external form lists its keys in order: equal options, equal bytes.
+        fingerprint: map.to_binary().as_slice().to_vec(),
     })
-}
-
-fn foldhash_of(bytes: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = foldhash::quality::FixedState::with_seed(0x68_63).build_hasher();
-    h.write(bytes);
-    h.finish()
 }
 
 /// `:erlang`, `{:multicast, group, interface}` or `{:unicast, bind, peers, dns, dns_interval}`.

@@ -26,7 +26,7 @@ use rustler::{Atom, Binary, Encoder, Env, LocalPid, NewBinary, Term};
 /// The running engine and what serves it.
 struct Instance {
     engine: Engine,
-    fingerprint: String,
+    fingerprint: Vec<u8>,
     transport: Option<ChannelTransport>,
     out_waker: Mutex<Option<Arc<courier::OutWaker>>>,
     courier: courier::Courier,
