@@ -191,6 +191,25 @@ fn bad_cluster_configuration_is_a_clear_error() {
     );
     assert!(e.to_string().contains("/nonexistent/key"), "{e}");
 
+    // Repair pacing: a burst smaller than one datagram, or absurdly large, is refused.
+    for burst in [100, 1 << 30] {
+        let e = Engine::builder()
+            .multicast(group(3))
+            .repair_burst(burst)
+            .start()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    option: "repair_burst",
+                    ..
+                }
+            ) && e.to_string().contains(&burst.to_string()),
+            "{e}"
+        );
+    }
+
     // No key on a non-loopback network: refused unless insecure.
     let b = || {
         Engine::builder().unicast(

@@ -14,7 +14,8 @@
 //! c. the input as a list of records, each the header choices and the body of a datagram built
 //!    by the [`Encoder`] and sealed with the same [`Seal`]: the fuzzer gets past the MAC and
 //!    reaches the body parsers and the protocol's state changes (peers, incarnations, sequence
-//!    numbers, ranges, names, resync requests and replies).
+//!    numbers, ranges, names, resync requests and replies, nacks — some aimed at this node, so
+//!    that it repairs — and repairs).
 
 #![no_main]
 
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use headcount::cluster::protocol::{Clock, Config, Protocol};
 use headcount::cluster::wire::{
-    Body, ENTRY_LEN, Encoder, FLAG_OBSERVER, FLAG_REPLY, HEADER_LEN, Header, Kind, RANGE_LEN, Seal,
-    Stamp,
+    Body, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap, HEADER_LEN,
+    Header, Kind, RANGE_LEN, Seal, Stamp,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -99,16 +100,21 @@ fn consume(bytes: &[u8]) -> usize {
     match seal().open(bytes) {
         Ok(d) => match d.body {
             Body::Empty => 0,
-            Body::Entries(e) | Body::Range(_, _, e) => e
+            Body::Entries(e) | Body::Range(_, _, e) | Body::Repair(_, _, e) => e
                 .iter()
                 .map(|e| (e.hash.get() ^ u64::from(e.count.get())) as usize & 1)
                 .sum(),
+            Body::Gaps(g) => {
+                assert_eq!(g.len(), usize::from(d.header.count.get()));
+                assert!(g.iter().all(|g| g.lo.get() <= g.hi.get()));
+                g.len()
+            }
             Body::Target {
                 node,
                 incarnation,
                 request,
             } => (node ^ incarnation ^ request) as usize & 1,
-            Body::Names(names) => {
+            Body::Names(names) | Body::RepairNames(_, _, names) => {
                 let want = usize::from(d.header.count.get());
                 let mut got = 0;
                 for (h, n) in names {
@@ -188,8 +194,8 @@ fn seq_of(b: u8) -> u64 {
 /// (c): the input as records of six bytes and a body, each built into a datagram with a valid
 /// header and sealed:
 ///
-/// - `kind`: the datagram kind (mod 8; 7 is a resync request built by the encoder); bits 4 and
-///   5 the OBSERVER and REPLY flags;
+/// - `kind`: the datagram kind (mod 10: 7 is a resync request built by the encoder, 8 a nack,
+///   9 a repair, its body names when NAMES is set); bits 4 and 5 the OBSERVER and REPLY flags;
 /// - `fb`: bits 0-2 the header flags (END, NAMES, STATE), bit 3 a heartbeat whose count is `misc`,
 ///   bits 4-5 the sender's clock (this node's, 20 s behind, 40 s ahead: outside the allowed
 ///   skew, or `dead_after` behind), bit 6 a tick of this node after the datagram, bit 7 junk in
@@ -198,7 +204,8 @@ fn seq_of(b: u8) -> u64 {
 /// - `seq`: the sequence number (small, or near 2^32, or near u64::MAX), also a resync
 ///   request's number;
 /// - `misc`: digest and table size declared, bit 6 a 4 s jump in time (with `len` 0), bit 7 a
-///   resync request aimed at this node, or a count that disagrees with the body;
+///   resync request or a nack aimed at this node (the nack's gaps from the body, two bytes
+///   each: first sequence number and length), or a count that disagrees with the body;
 /// - `len`: the body is the next `4 × len` bytes (time also moves on by `len & 127` ms).
 fn structured(data: &[u8]) {
     let mut p = protocol();
@@ -212,7 +219,7 @@ fn structured(data: &[u8]) {
         if n > 64 {
             break;
         }
-        let kind = match kind_byte % 8 {
+        let kind = match kind_byte % 10 {
             0 => Kind::Delta,
             1 => Kind::Heartbeat,
             2 => Kind::Refresh,
@@ -220,10 +227,12 @@ fn structured(data: &[u8]) {
             4 => Kind::ResyncReply,
             5 => Kind::Goodbye,
             6 => Kind::Names,
+            8 => Kind::Nack,
+            9 => Kind::Repair,
             // A resync request aimed at this node, body and all built by the encoder.
             _ => Kind::ResyncRequest,
         };
-        let aimed = kind == Kind::ResyncRequest && misc & 0x80 != 0;
+        let aimed = matches!(kind, Kind::ResyncRequest | Kind::Nack) && misc & 0x80 != 0;
         // Peers 2..=6 (one more than max_peers), incarnations 0..=3; node 1 is this node.
         let node = 1 + u64::from(who % 6);
         let inc = u64::from((who >> 3) % 4);
@@ -269,7 +278,17 @@ fn structured(data: &[u8]) {
             time,
         };
         let enc = Encoder::new(seal().cluster(), node, inc, tick_ms, 1400);
-        let bytes = if aimed {
+        let bytes = if aimed && kind == Kind::Nack {
+            let gaps: Vec<Gap> = body
+                .chunks_exact(2)
+                .map(|g| {
+                    let lo = seq_of(g[0]);
+                    Gap::new(ME, lo, lo.saturating_add(u64::from(g[1])))
+                })
+                .collect();
+            let mut d = enc.nacks(seal(), &st, &gaps);
+            d.pop().unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
+        } else if aimed {
             enc.request(seal(), flags, &st, ME, MY_INC, seq)
         } else {
             let mut b = enc.bare(seal(), kind, flags, &st);
@@ -284,6 +303,11 @@ fn structured(data: &[u8]) {
                         body.len().saturating_sub(RANGE_LEN) / ENTRY_LEN
                     }
                     Kind::Names => names_in(&body),
+                    Kind::Nack => body.len() / GAP_LEN,
+                    Kind::Repair if flags & FLAG_NAMES != 0 => {
+                        names_in(body.get(RANGE_LEN..).unwrap_or_default())
+                    }
+                    Kind::Repair => body.len().saturating_sub(RANGE_LEN) / ENTRY_LEN,
                     _ => 0,
                 };
                 if misc & 0x80 != 0 {

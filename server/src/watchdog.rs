@@ -31,7 +31,10 @@ fn advice(r: Reject) -> Option<&'static str> {
              (raise --max-topics)"
         }
         Reject::TooManyPeers => "more peers than this node tracks",
-        Reject::Budget => "resync requests refused: the repair budget is spent",
+        Reject::Budget => {
+            "resync requests refused: as many table replies as this node paces at once are \
+             under way (raise max_repair_rate if peers ask often)"
+        }
         _ => return None,
     })
 }

@@ -10,8 +10,12 @@
 //!            resync request:     target node · target incarnation · request number
 //!            names:              count × (hash · len · len bytes of UTF-8)
 //!            members:            count × member
+//!            nack:               count × gap
+//!            repair:             seq range · count × entry    (FLAG_NAMES: × name entry)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
+//! gap      = node id (u64) · first seq (u64) · last seq (u64)           24 bytes
+//! seq range = first seq (u64) · last seq (u64)                          16 bytes
 //! tag      = keyed BLAKE3 of everything before it, first 16 bytes
 //! ```
 //!
@@ -22,7 +26,13 @@
 //!
 //! Version 2 added `time` to the header and the request number to resync requests; the members
 //! kind came later in version 2 (a node without it rejects those datagrams as `kind`, and
-//! nothing else changes for it).
+//! nothing else changes for it), and so did the nack and repair kinds (a node without them
+//! refuses both as `kind`, and repairs its copies by resync as before).
+//!
+//! A repair re-sends what the sender's datagrams `lo..=hi` carried, with the counts (or names)
+//! of now: one delta or names datagram (`lo == hi`), or nothing (a run of sequence numbers that
+//! carried no topics: heartbeats, refresh slices). Deltas and names datagrams leave room for the
+//! sequence range, so that their repair fits the same budget.
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -41,7 +51,9 @@ pub const FLAG_NAMES: u16 = 2;
 pub const FLAG_STATE: u16 = 4;
 /// Heartbeat flag: the sender is a passive observer (counts nothing; may ask for resyncs).
 pub const FLAG_OBSERVER: u16 = 8;
-/// Names flag: sent in answer to a resync request (unicast, without a sequence number of its own).
+/// Sent in answer to a request, without a sequence number of its own (it carries the sender's
+/// current one): names answering a resync request (unicast), a repair (a delta answering
+/// a nack, to the group), a nack itself.
 pub const FLAG_REPLY: u16 = 16;
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
@@ -66,6 +78,13 @@ pub enum Kind {
     Names = 7,
     /// The peers the sender hears, with their addresses (membership gossip, unicast).
     Members = 8,
+    /// Sequence numbers the sender missed, per node (to the group): each node listed re-sends
+    /// the current counts of the topics it sent in them (a repair), and the other receivers
+    /// that missed the same hold their own nacks back.
+    Nack = 9,
+    /// What the sender's datagrams in a sequence range carried, with today's counts or names
+    /// (to the group, in answer to nacks).
+    Repair = 10,
 }
 
 impl Kind {
@@ -79,6 +98,8 @@ impl Kind {
             6 => Kind::Goodbye,
             7 => Kind::Names,
             8 => Kind::Members,
+            9 => Kind::Nack,
+            10 => Kind::Repair,
             _ => return None,
         })
     }
@@ -184,6 +205,34 @@ impl Member {
     }
 }
 const _: () = assert!(size_of::<Entry>() == ENTRY_LEN);
+
+/// One entry of a nack: sequence numbers `lo..=hi` of `node` that the sender missed.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Gap {
+    /// The node whose datagrams were missed.
+    pub node: U64,
+    /// The first sequence number missed.
+    pub lo: U64,
+    /// The last sequence number missed.
+    pub hi: U64,
+}
+/// Size of [`Gap`].
+pub const GAP_LEN: usize = 24;
+const _: () = assert!(size_of::<Gap>() == GAP_LEN);
+
+impl Gap {
+    /// `node`'s sequence numbers `lo..=hi`.
+    pub fn new(node: u64, lo: u64, hi: u64) -> Gap {
+        Gap {
+            node: U64::new(node),
+            lo: U64::new(lo),
+            hi: U64::new(hi),
+        }
+    }
+}
 
 /// The body of a resync request.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
@@ -400,23 +449,30 @@ impl Seal {
                     request: t.request.get(),
                 }
             }
-            Kind::Names => {
-                let mut rest = body;
-                for _ in 0..count {
-                    let (e, r) = NameEntry::parse(rest)?;
-                    let _ = e;
-                    rest = r;
+            Kind::Names => Body::Names(names(body, count)?),
+            Kind::Repair => {
+                let (range, rest) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let (lo, hi) = (range.lo.get(), range.hi.get());
+                if lo > hi {
+                    return Err(Reject::Malformed);
                 }
-                if !rest.is_empty() {
-                    return Err(Reject::Length);
+                if hdr.flags.get() & FLAG_NAMES != 0 {
+                    Body::RepairNames(lo, hi, names(rest, count)?)
+                } else {
+                    Body::Repair(lo, hi, entries(rest, count)?)
                 }
-                Body::Names(Names {
-                    bytes: body,
-                    left: count,
-                })
             }
             Kind::Members => match <[Member]>::ref_from_bytes(body) {
                 Ok(m) if m.len() == count => Body::Members(m),
+                _ => return Err(Reject::Length),
+            },
+            Kind::Nack => match <[Gap]>::ref_from_bytes(body) {
+                Ok(g) if g.len() == count => {
+                    if g.iter().any(|g| g.lo.get() > g.hi.get()) {
+                        return Err(Reject::Malformed);
+                    }
+                    Body::Gaps(g)
+                }
                 _ => return Err(Reject::Length),
             },
         };
@@ -426,6 +482,20 @@ impl Seal {
             body,
         })
     }
+}
+
+fn names(body: &[u8], count: usize) -> Result<Names<'_>, Reject> {
+    let mut rest = body;
+    for _ in 0..count {
+        rest = NameEntry::parse(rest)?.1;
+    }
+    if !rest.is_empty() {
+        return Err(Reject::Length);
+    }
+    Ok(Names {
+        bytes: body,
+        left: count,
+    })
 }
 
 fn entries(body: &[u8], count: usize) -> Result<&[Entry], Reject> {
@@ -468,6 +538,12 @@ pub enum Body<'a> {
     Names(Names<'a>),
     /// Members.
     Members(&'a [Member]),
+    /// A nack's gaps (each `lo <= hi`).
+    Gaps(&'a [Gap]),
+    /// A repair of the sender's sequence numbers `lo..=hi`: the counts of now.
+    Repair(u64, u64, &'a [Entry]),
+    /// A repair of the sender's sequence numbers `lo..=hi`: names.
+    RepairNames(u64, u64, Names<'a>),
 }
 
 /// The entries of a names datagram (already validated).
@@ -552,9 +628,10 @@ impl Encoder {
     }
 
     /// Entries that fit one datagram of `kind`.
+    /// (Every kind leaves room for a range: a delta's, for the sequence range of its repair.)
     pub fn entries_per_datagram(&self, kind: Kind) -> usize {
-        let fixed = HEADER_LEN + TAG_LEN + if kind == Kind::Delta { 0 } else { RANGE_LEN };
-        ((self.budget - fixed) / ENTRY_LEN).min(usize::from(u16::MAX))
+        let _ = kind;
+        ((self.budget - HEADER_LEN - TAG_LEN - RANGE_LEN) / ENTRY_LEN).min(usize::from(u16::MAX))
     }
 
     /// The payload budget.
@@ -572,6 +649,26 @@ impl Encoder {
         h.topics = U32::new(st.topics);
         h.time = U64::new(st.time);
         h
+    }
+
+    /// A repair of this node's sequence numbers `lo..=hi`: `entries` with the counts of now,
+    /// flagged [`FLAG_REPLY`] (`st` has the current sequence number) and `flags`.
+    pub fn repair(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (lo, hi): (u64, u64),
+        entries: &[(u64, u32)],
+    ) -> Vec<u8> {
+        self.entries(
+            seal,
+            Kind::Repair,
+            flags | FLAG_REPLY,
+            st,
+            Some((lo, hi)),
+            entries,
+        )
     }
 
     /// A delta (`range: None`) or refresh / resync reply datagram.
@@ -665,6 +762,24 @@ impl Encoder {
             .collect()
     }
 
+    /// Nack datagrams listing `gaps` (each within the budget), flagged [`FLAG_REPLY`]: they
+    /// carry the sender's current sequence number in `st`.
+    pub fn nacks(&self, seal: &Seal, st: &Stamp, gaps: &[Gap]) -> Vec<Vec<u8>> {
+        let per = ((self.budget - HEADER_LEN - TAG_LEN) / GAP_LEN).max(1);
+        gaps.chunks(per)
+            .map(|chunk| {
+                let mut buf = Vec::with_capacity(HEADER_LEN + chunk.len() * GAP_LEN + TAG_LEN);
+                buf.extend_from_slice(
+                    self.header(Kind::Nack, FLAG_REPLY, chunk.len(), st)
+                        .as_bytes(),
+                );
+                buf.extend_from_slice(chunk.as_bytes());
+                seal.seal(&mut buf);
+                buf
+            })
+            .collect()
+    }
+
     /// Names datagrams for `names` (each within the budget; names over [`MAX_WIRE_NAME`] bytes,
     /// or too long for one datagram of this budget, are skipped: peers count such topics but
     /// cannot list them by name). `seq` gives each datagram's sequence number.
@@ -676,37 +791,102 @@ impl Encoder {
         st: &Stamp,
         names: impl IntoIterator<Item = (u64, &'n str)>,
     ) -> Vec<Vec<u8>> {
+        self.names_each(seal, flags, seq, st, names)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect()
+    }
+
+    /// [`Encoder::names`], with the hashes each datagram carries.
+    pub fn names_each<'n>(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        seq: &mut dyn FnMut() -> u64,
+        st: &Stamp,
+        names: impl IntoIterator<Item = (u64, &'n str)>,
+    ) -> Vec<(Vec<u8>, Vec<u64>)> {
+        self.pack_names(seal, Kind::Names, flags, None, seq, st, names)
+    }
+
+    /// A repair of this node's names datagram `seq`: `names` (the names of now), flagged
+    /// [`FLAG_REPLY`], [`FLAG_NAMES`] and `flags` (`st` has the current sequence number). Names that
+    /// fitted the datagram repaired fit its repair; more go into further datagrams.
+    pub fn repair_names<'n>(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        seq: u64,
+        names: impl IntoIterator<Item = (u64, &'n str)>,
+    ) -> Vec<Vec<u8>> {
+        let flags = flags | FLAG_REPLY | FLAG_NAMES;
+        let mut cur = || st.seq;
+        self.pack_names(
+            seal,
+            Kind::Repair,
+            flags,
+            Some((seq, seq)),
+            &mut cur,
+            st,
+            names,
+        )
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pack_names<'n>(
+        &self,
+        seal: &Seal,
+        kind: Kind,
+        flags: u16,
+        range: Option<(u64, u64)>,
+        seq: &mut dyn FnMut() -> u64,
+        st: &Stamp,
+        names: impl IntoIterator<Item = (u64, &'n str)>,
+    ) -> Vec<(Vec<u8>, Vec<u64>)> {
         let mut out = Vec::new();
         let mut body: Vec<u8> = Vec::new();
-        let mut count = 0usize;
-        let room = self.budget - HEADER_LEN - TAG_LEN;
-        let mut flush = |body: &mut Vec<u8>, count: &mut usize, out: &mut Vec<Vec<u8>>| {
-            if *count == 0 {
+        let mut hashes: Vec<u64> = Vec::new();
+        // Room for a range in every one: a names datagram's repair must fit as it did.
+        let room = self.budget - HEADER_LEN - TAG_LEN - RANGE_LEN;
+        let mut flush = |body: &mut Vec<u8>, hashes: &mut Vec<u64>, out: &mut Vec<_>| {
+            if hashes.is_empty() {
                 return;
             }
-            let mut buf = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+            let mut buf = Vec::with_capacity(HEADER_LEN + RANGE_LEN + body.len() + TAG_LEN);
             let st = Stamp { seq: seq(), ..*st };
-            buf.extend_from_slice(self.header(Kind::Names, flags, *count, &st).as_bytes());
+            buf.extend_from_slice(self.header(kind, flags, hashes.len(), &st).as_bytes());
+            if let Some((lo, hi)) = range {
+                buf.extend_from_slice(
+                    Range {
+                        lo: U64::new(lo),
+                        hi: U64::new(hi),
+                    }
+                    .as_bytes(),
+                );
+            }
             buf.extend_from_slice(body);
             seal.seal(&mut buf);
-            out.push(buf);
+            out.push((buf, std::mem::take(hashes)));
             body.clear();
-            *count = 0;
         };
         for (hash, name) in names {
             let need = 9 + name.len();
             if name.len() > MAX_WIRE_NAME || need > room {
                 continue;
             }
-            if body.len() + need > room || count == usize::from(u16::MAX) {
-                flush(&mut body, &mut count, &mut out);
+            if body.len() + need > room || hashes.len() == usize::from(u16::MAX) {
+                flush(&mut body, &mut hashes, &mut out);
             }
             body.extend_from_slice(&hash.to_be_bytes());
             body.push(name.len() as u8);
             body.extend_from_slice(name.as_bytes());
-            count += 1;
+            hashes.push(hash);
         }
-        flush(&mut body, &mut count, &mut out);
+        flush(&mut body, &mut hashes, &mut out);
         out
     }
 }
@@ -751,7 +931,7 @@ mod tests {
         let hb = e.bare(&s, Kind::Heartbeat, FLAG_END, &st(1, 0, 0));
         assert!(hb.len() <= 128, "heartbeat is {} bytes", hb.len());
         let n = e.entries_per_datagram(Kind::Delta);
-        assert_eq!(n, 110);
+        assert_eq!(n, 108);
         let d = e.entries(&s, Kind::Delta, 0, &st(1, 0, 0), None, &vec![(1, 1); n]);
         assert!(d.len() <= 1400);
         assert!(d.len() as f64 / n as f64 <= 13.0);
@@ -819,12 +999,33 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..4u8) {
+        fn nacks_round_trip(gaps in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..200), seq in any::<u64>()) {
+            let (s, e) = enc();
+            let list: Vec<Gap> = gaps.iter().map(|&(n, a, b)| Gap::new(n, a.min(b), a.max(b))).collect();
+            let dgs = e.nacks(&s, &st(seq, 3, 4), &list);
+            prop_assert_eq!(dgs.len(), list.len().div_ceil(55));
+            let mut got = Vec::new();
+            for d in &dgs {
+                prop_assert!(d.len() <= 1400);
+                let g = s.open(d).unwrap();
+                prop_assert_eq!((g.kind, g.header.seq.get(), g.header.flags.get()), (Kind::Nack, seq, FLAG_REPLY));
+                let Body::Gaps(x) = g.body else { panic!("not gaps") };
+                got.extend_from_slice(x);
+            }
+            prop_assert_eq!(got, list);
+        }
+
+        #[test]
+        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..5u8) {
             let (s, e) = enc();
             let d = match kind {
                 0 => e.entries(&s, Kind::Delta, 0, &st(5, 1, 2), None, &entries),
                 1 => e.entries(&s, Kind::Refresh, 0, &st(5, 1, 2), Some((3, 9)), &entries),
                 2 => e.request(&s, 0, &st(5, 1, 2), 11, 12, 13),
+                3 => {
+                    let g: Vec<Gap> = entries.iter().map(|&(h, c)| Gap::new(h, u64::from(c), u64::from(c) + 1)).collect();
+                    e.nacks(&s, &st(5, 1, 2), &g).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                }
                 _ => e.names(&s, 0, &mut || 5, &st(5, 1, 2), entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, &st(5, 1, 2))),
             };
             prop_assert!(s.open(&d).is_ok());

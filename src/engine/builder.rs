@@ -57,6 +57,7 @@ struct ClusterOptions {
     refresh_cycle: u32,
     max_clock_skew: Duration,
     max_repair_rate: u64,
+    repair_burst: usize,
     max_tick_datagrams: usize,
     max_remote_topics: usize,
     observer: bool,
@@ -82,6 +83,7 @@ impl Default for ClusterOptions {
             refresh_cycle: defaults::REFRESH_CYCLE,
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             max_repair_rate: defaults::MAX_REPAIR_RATE,
+            repair_burst: defaults::REPAIR_BURST,
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             max_remote_topics: defaults::MAX_REMOTE_TOPICS,
             observer: false,
@@ -237,11 +239,21 @@ impl Builder {
         self
     }
 
-    /// Bytes per second this node spends answering peers' resync requests, over all of them
-    /// (default 12.5 MB/s, a tenth of a 1 Gbit/s link). Requests past it are refused (counted as
-    /// [`crate::Reject::Budget`]) and asked again later.
+    /// Bytes per second this node spends answering peers, over all of them (default 12.5 MB/s,
+    /// a tenth of a 1 Gbit/s link): repairs of the datagrams they missed (nacks) and the whole
+    /// tables they ask for. Answers wait for this pace instead of bursting; past 16 table
+    /// replies under way, a request is refused (counted as [`crate::Reject::Budget`]) and asked
+    /// again later. Keep it below what the uplink carries beside the node's own traffic.
     pub fn max_repair_rate(mut self, bytes_per_second: u64) -> Self {
         self.cluster.max_repair_rate = bytes_per_second;
+        self
+    }
+
+    /// The most bytes of answers sent at once (default 64 KiB): keep it below the socket
+    /// send buffer and the peers' receive buffers, so an answer never overflows the buffers
+    /// whose overflow lost what it answers. At least one datagram (the payload budget).
+    pub fn repair_burst(mut self, bytes: usize) -> Self {
+        self.cluster.repair_burst = bytes;
         self
     }
 
@@ -359,6 +371,13 @@ impl Builder {
                 "max_repair_rate",
                 c.max_repair_rate,
                 "must be at least 65536 bytes per second",
+            ));
+        }
+        if c.repair_burst < c.budget || c.repair_burst > 64 << 20 {
+            return Err(bad(
+                "repair_burst",
+                c.repair_burst,
+                "must be between the payload budget and 64 MiB",
             ));
         }
         if c.max_remote_topics < 1 {
@@ -506,6 +525,7 @@ impl Builder {
         pc.refresh_cycle = self.cluster.refresh_cycle;
         pc.max_clock_skew = self.cluster.max_clock_skew;
         pc.max_repair_rate = self.cluster.max_repair_rate;
+        pc.repair_burst = self.cluster.repair_burst;
         pc.max_tick_datagrams = self.cluster.max_tick_datagrams;
         pc.max_remote_topics = self.cluster.max_remote_topics;
         pc.max_topics_per_peer = self.max_topics;

@@ -160,9 +160,9 @@ mod tests {
     fn wire_reports_sane_figures() {
         let v = wire_for(Duration::from_millis(20));
         assert_eq!(v["budget"], 1400);
-        assert_eq!(v["entries_per_datagram"], 110);
+        assert_eq!(v["entries_per_datagram"], 108);
         assert_eq!(v["heartbeat_bytes"], 80, "{v}");
-        assert_eq!(v["delta_datagrams"], 91, "{v}");
+        assert_eq!(v["delta_datagrams"], 93, "{v}");
         let b = v["bytes_per_changed_topic"].as_f64().unwrap();
         assert!((12.0..13.0).contains(&b), "{v}");
         assert!(v["encode_entries_per_s"].as_f64().unwrap() > 0.0);

@@ -2,7 +2,7 @@
 //! (rate, seal, clock, identity, incarnation and tombstones, freshness, caps, resync requests).
 //!
 //! Admission decides; [`super::apply`] and [`super::send`] act. What admission itself changes is
-//! only the bookkeeping its rules need: the rate buckets, the repair budget, a request number and
+//! only the bookkeeping its rules need: the rate buckets, a request number and
 //! reply time used, and the peer entry of a sender it lets in (a new node, one revived from its
 //! tombstone, or a restart, which drops the old incarnation's counts at once).
 
@@ -16,7 +16,7 @@ use crate::cluster::wire::{
     self, Body, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Reject,
 };
 
-/// A token bucket: datagrams per source address, or bytes of resync replies.
+/// A token bucket: datagrams per source address.
 #[derive(Debug)]
 pub(super) struct Bucket {
     pub(super) tokens: f64,
@@ -125,7 +125,7 @@ impl Protocol {
     ) -> Result<(), Reject> {
         let h = d.header;
         let (node, inc, seq, time) = (h.node.get(), h.incarnation.get(), h.seq.get(), h.time.get());
-        let reply = d.kind == Kind::ResyncReply
+        let reply = matches!(d.kind, Kind::ResyncReply | Kind::Nack | Kind::Repair)
             || (d.kind == Kind::Names && h.flags.get() & FLAG_REPLY != 0);
         let observer = d.kind == Kind::Heartbeat && h.flags.get() & FLAG_OBSERVER != 0;
         let mut revived = None;
@@ -215,6 +215,10 @@ impl Protocol {
                 last_reply: [None, None],
                 over_cap: false,
                 backoff: Duration::ZERO,
+                gaps: Vec::new(),
+                nack_at: None,
+                nacks: 0,
+                asked: Vec::new(),
             },
         );
         if observer {
@@ -254,7 +258,8 @@ impl Protocol {
     }
 
     /// Rule 8: a resync request is answered only for a live member at its own address, once per
-    /// request number, within the per-requester interval and the repair budget.
+    /// request number, within the per-requester interval, and while whole-table replies in
+    /// progress leave room for one more (they all share the repair bucket).
     fn admit_request<'a>(
         &mut self,
         now: Instant,
@@ -291,7 +296,7 @@ impl Protocol {
         if !state && !names {
             return Err(self.reject(Reject::Rate, Some(requester)));
         }
-        if !self.repair_ok(now) {
+        if !self.repairs.table_room(from) {
             return Err(self.reject(Reject::Budget, Some(requester)));
         }
         if let Some(p) = self.peers.get_mut(&requester) {
@@ -303,15 +308,5 @@ impl Protocol {
             }
         }
         Ok(Admitted::Request { names, state })
-    }
-
-    /// Whether the repair budget has anything left (it may then go into debt by one reply).
-    fn repair_ok(&mut self, now: Instant) -> bool {
-        let rate = self.cfg.max_repair_rate as f64;
-        let b = &mut self.repair;
-        let dt = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + dt * rate).min(rate);
-        b.at = now;
-        b.tokens > 0.0
     }
 }

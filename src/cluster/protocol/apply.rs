@@ -44,8 +44,13 @@ impl Protocol {
         let end = h.flags.get() & FLAG_END != 0;
         {
             let p = self.peers.get_mut(&node).expect("admitted");
-            if !reply && seq > p.last_seq.saturating_add(1) {
-                p.lost += seq - p.last_seq - 1;
+            // Sequence numbers skipped are missed: a group datagram's own number is the next;
+            // a reply's (which carries the sender's current number) is one more missed, since
+            // what it skips would now be refused as stale even if it is only late.
+            let next = if reply { seq } else { seq.saturating_sub(1) };
+            if next > p.last_seq {
+                p.lost += next - p.last_seq;
+                super::repair::add_gap(&mut p.gaps, p.last_seq + 1, next);
             }
             p.last_seq = p.last_seq.max(seq);
             p.last_heard = now;
@@ -53,6 +58,19 @@ impl Protocol {
             p.time = p.time.max(time);
             p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
             p.received += 1;
+            if let Body::Gaps(g) = d.body {
+                // A nack: for this node, or what another receiver already asks of a peer.
+                self.on_nack(now, node, g);
+                return;
+            }
+            let p = self.peers.get_mut(&node).expect("admitted");
+            if !reply && !end {
+                // More of this tick's datagrams follow, or a backlog waits for later ticks:
+                // what the peer declared before no longer holds, and its next final datagram
+                // will say what does. (A stale declaration would make every tick of a
+                // multi-tick burst look like divergence and ask for the whole table.)
+                p.declared = None;
+            }
             if p.observer {
                 return;
             }
@@ -79,25 +97,17 @@ impl Protocol {
                     self.peer_set(node, e.hash.get(), e.count.get());
                 }
             }
-            Body::Names(names) => {
-                for (h, n) in names {
-                    // Names of topics not counted yet (the counts may be in flight) wait in a
-                    // bounded side table, so that names alone cannot grow memory.
-                    if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
-                        if self.pending_names.len() >= PENDING_NAMES {
-                            self.pending_names.clear();
-                        }
-                        self.pending_names.insert(h, n.into());
-                        continue;
-                    }
-                    if let std::collections::hash_map::Entry::Vacant(v) = self.names.entry(h) {
-                        let n: Arc<str> = n.into();
-                        v.insert(n.clone());
-                        self.unnamed.remove(&h);
-                        self.learned.push_back((h, n));
-                    }
+            Body::Repair(lo, hi, e) => {
+                self.repaired(node, lo, hi);
+                for e in e {
+                    self.peer_set(node, e.hash.get(), e.count.get());
                 }
             }
+            Body::RepairNames(lo, hi, names) => {
+                self.repaired(node, lo, hi);
+                self.learn_names(names);
+            }
+            Body::Names(names) => self.learn_names(names),
             Body::Members(m) => {
                 for m in m {
                     let (n, addr) = (m.node.get(), m.addr());
@@ -111,9 +121,10 @@ impl Protocol {
                     }
                 }
             }
-            Body::Empty | Body::Target { .. } => {}
+            Body::Empty | Body::Target { .. } | Body::Gaps(_) => {}
         }
         if end || d.kind == Kind::Heartbeat {
+            let unnamed = !self.unnamed.is_empty();
             let p = self.peers.get_mut(&node).expect("admitted");
             if end {
                 p.declared = Some(declared);
@@ -121,9 +132,49 @@ impl Protocol {
             if p.converged() {
                 p.over_cap = false;
                 p.backoff = Duration::ZERO;
+                // Its counts are right. What this node missed of it may still hold names (the
+                // digest does not cover them): the gaps stay while some topic has no name here.
+                if !unnamed {
+                    p.gaps.clear();
+                    p.asked.clear();
+                    p.nacks = 0;
+                    p.nack_at = None;
+                } else if !p.gaps.is_empty() {
+                    self.request_where_needed(now);
+                }
             } else if end {
                 self.request_where_needed(now);
             }
+        }
+    }
+
+    /// Names a peer sent (with a count, in a reply or a repair).
+    fn learn_names(&mut self, names: wire::Names) {
+        for (h, n) in names {
+            // Names of topics not counted yet (the counts may be in flight) wait in a bounded
+            // side table, so that names alone cannot grow memory.
+            if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                if self.pending_names.len() >= PENDING_NAMES {
+                    self.pending_names.clear();
+                }
+                self.pending_names.insert(h, n.into());
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(v) = self.names.entry(h) {
+                let n: Arc<str> = n.into();
+                v.insert(n.clone());
+                self.unnamed.remove(&h);
+                self.learned.push_back((h, n));
+            }
+        }
+    }
+
+    /// Peer `node` repaired its sequence numbers `lo..=hi`: they are no longer missing here.
+    fn repaired(&mut self, node: u64, lo: u64, hi: u64) {
+        if let Some(p) = self.peers.get_mut(&node)
+            && !p.gaps.is_empty()
+        {
+            p.gaps = super::repair::subtract(&p.gaps, &[(lo, hi)]);
         }
     }
 
@@ -169,6 +220,7 @@ impl Protocol {
             return;
         };
         self.membership += 1;
+        self.repairs.cancel(p.addr);
         if p.observer {
             self.observers -= 1;
         }
@@ -259,7 +311,18 @@ impl Protocol {
         let old = p.table.set(h, c);
         let after = p.table.len();
         self.remote_topics = self.remote_topics + after - before;
-        if old != c {
+        if old == c {
+            return;
+        }
+        if old != 0 && c != 0 {
+            // A count that changes without leaving: the sum moves in one step (through zero,
+            // a topic only one peer counts would lose its name and be asked for again).
+            if let Some(s) = self.remote.get_mut(&h) {
+                *s = *s - u64::from(old) + u64::from(c);
+                self.remote_total = self.remote_total - u64::from(old) + u64::from(c);
+            }
+            self.remote_changed.insert(h);
+        } else {
             self.sub_remote(h, old);
             self.add_remote(h, c);
         }

@@ -63,8 +63,19 @@ pub struct Config {
     /// Least time between two resync requests to the same peer, and between two replies to the
     /// same requester.
     pub resync_interval: Duration,
-    /// Bytes per second this node spends answering resync requests, over all requesters.
+    /// Bytes per second this node spends answering resync requests and nacks, over all
+    /// requesters.
     pub max_repair_rate: u64,
+    /// The most bytes of answers sent at once (the repair bucket's depth; at least one
+    /// datagram): below a socket buffer, so an answer never overflows the buffers whose
+    /// overflow caused the loss it answers.
+    pub repair_burst: usize,
+    /// Topics of recent deltas and names this node keeps to answer nacks; a nack for older
+    /// datagrams is answered with the whole table.
+    pub repair_history: usize,
+    /// The longest a receiver waits, at random, before it nacks (another receiver's nack for
+    /// the same may come first, and then it waits for the repair instead).
+    pub nack_window: Duration,
     /// Most delta and names datagrams one tick sends; the rest waits for the next tick.
     pub max_tick_datagrams: usize,
     /// How far a datagram's `time` may be from this node's clock.
@@ -92,8 +103,12 @@ pub mod defaults {
     pub const REFRESH_CYCLE: u32 = 10;
     /// Allowed distance between a sender's clock and the receiver's.
     pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
-    /// Resync replies per second, in bytes: a tenth of a 1 Gbit/s link.
+    /// Resync replies and repairs per second, in bytes: a tenth of a 1 Gbit/s link.
     pub const MAX_REPAIR_RATE: u64 = 12_500_000;
+    /// The repair bucket's depth: 64 KiB, a third of Linux's default socket buffer.
+    pub const REPAIR_BURST: usize = 64 * 1024;
+    /// Topics of recent deltas and names kept for repairs (8 bytes each: 2 MiB).
+    pub const REPAIR_HISTORY: usize = 1 << 18;
     /// Topics tracked over all peers' tables together.
     pub const MAX_REMOTE_TOPICS: usize = 1 << 24;
     /// Delta and names datagrams per tick (about 700 kB: what a receiver's socket buffer takes
@@ -118,6 +133,12 @@ pub mod defaults {
     pub fn resync_interval(tick: Duration) -> Duration {
         (tick / 4).max(Duration::from_millis(5))
     }
+
+    /// `nack_window` for a tick: a tenth of it, at least 1 ms (it must exceed the time a nack
+    /// takes to reach the other receivers for them to hold theirs back).
+    pub fn nack_window(tick: Duration) -> Duration {
+        (tick / 10).max(Duration::from_millis(1))
+    }
 }
 
 impl Config {
@@ -137,6 +158,9 @@ impl Config {
             max_rate: defaults::MAX_RATE,
             resync_interval: defaults::resync_interval(tick),
             max_repair_rate: defaults::MAX_REPAIR_RATE,
+            repair_burst: defaults::REPAIR_BURST,
+            repair_history: defaults::REPAIR_HISTORY,
+            nack_window: defaults::nack_window(tick),
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             clock: Clock::system(),

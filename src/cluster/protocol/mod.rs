@@ -90,6 +90,7 @@ mod admit;
 mod apply;
 mod config;
 mod peer;
+mod repair;
 mod send;
 mod stats;
 #[cfg(all(test, not(loom), not(miri)))]
@@ -107,6 +108,7 @@ pub use stats::{Found, NodeInfo, ProtoStats};
 use super::wire::{Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
 use peer::{Peer, Table, Tomb};
+use repair::Repairs;
 
 /// Maps with a fixed hasher: iteration order depends only on what was inserted, so a seeded
 /// simulation replays exactly. (Keys are node ids and keyed topic hashes: not attacker-chosen.)
@@ -212,8 +214,8 @@ pub struct Protocol {
     learned: VecDeque<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
     rates: HashMap<SocketAddr, Bucket>,
-    /// The repair budget: bytes that may still be sent in resync replies (negative: a debt).
-    repair: Bucket,
+    /// Repair: the history of what was sent, and the answers waiting for the repair bucket.
+    repairs: Repairs,
     /// This node's resync requests so far (their request numbers).
     requests: u64,
     names_asked: Option<Instant>,
@@ -248,10 +250,13 @@ impl Protocol {
             tick_ms,
             cfg.budget,
         );
-        let repair = Bucket {
-            tokens: cfg.max_repair_rate as f64,
-            at: cfg.clock.base,
-        };
+        let burst = (cfg.repair_burst.min(cfg.max_repair_rate.max(1) as usize) as f64)
+            .max(cfg.budget as f64);
+        let repairs = Repairs::new(
+            cfg.clock.base,
+            burst,
+            cfg.node.rotate_left(17) ^ cfg.incarnation,
+        );
         Protocol {
             cfg,
             seal,
@@ -279,7 +284,7 @@ impl Protocol {
             learned: VecDeque::new(),
             out: VecDeque::new(),
             rates: HashMap::default(),
-            repair,
+            repairs,
             requests: 0,
             names_asked: None,
             newly_unnamed: 0,
@@ -321,6 +326,7 @@ impl Protocol {
     pub fn handle_tick(&mut self, now: Instant) {
         self.expire(now);
         self.send_tick(now);
+        self.pump_repairs(now);
     }
 
     /// One received datagram: admission (see the module docs), then its effect: counts applied
@@ -342,11 +348,15 @@ impl Protocol {
         }
     }
 
-    /// Sends the resync requests that became due (see [`Protocol::poll_timeout`]).
+    /// Sends the resync requests and nacks that became due, and the answers the repair bucket
+    /// now allows (see [`Protocol::poll_timeout`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.wake.is_some_and(|w| w <= now) {
             self.wake = None;
             self.request_where_needed(now);
+        }
+        if self.repairs.wake().is_some_and(|w| w <= now) {
+            self.pump_repairs(now);
         }
     }
 
@@ -405,9 +415,12 @@ impl Protocol {
     }
 
     /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request
-    /// becomes due), if ever.
+    /// or a nack becomes due, or the repair bucket allows more of what waits), if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wake
+        match (self.wake, self.repairs.wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- State ------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ pub(super) struct Peer {
     pub(super) over_cap: bool,
     /// While over a cap: the wait before asking it for its table again (doubles each time).
     pub(super) backoff: Duration,
+    /// Its sequence numbers this node missed since its copy was last right (inclusive ranges).
+    pub(super) gaps: Vec<(u64, u64)>,
+    /// When this node nacks them (a random moment after its copy was found wrong).
+    pub(super) nack_at: Option<Instant>,
+    /// Nack rounds since its copy was last right.
+    pub(super) nacks: u8,
+    /// Its sequence numbers other receivers nacked, and when (this node does not ask again).
+    pub(super) asked: Vec<(u64, u64, Instant)>,
 }
 
 impl Peer {

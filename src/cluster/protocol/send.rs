@@ -19,7 +19,7 @@ type Planned = (Kind, Option<(u64, u64)>, Vec<(u64, u32)>);
 
 impl Protocol {
     /// Queues a datagram.
-    fn push(&mut self, dest: Dest, bytes: Vec<u8>) {
+    pub(super) fn push(&mut self, dest: Dest, bytes: Vec<u8>) {
         self.stats.sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         self.out.push_back(Transmit { dest, bytes });
@@ -47,9 +47,15 @@ impl Protocol {
     }
 
     /// Names datagrams for those of `hashes` whose names this node knows. To the group, each
-    /// with a sequence number of its own; or, in reply to a request (`to`), unicast with the
-    /// current sequence number and [`FLAG_REPLY`]. Returns how many datagrams it queued.
-    fn send_names(&mut self, now: Instant, hashes: &[u64], to: Option<SocketAddr>) -> usize {
+    /// with a sequence number of its own (kept for repairs); or, in reply to a request (`to`),
+    /// unicast with the current sequence number and [`FLAG_REPLY`]. Returns how many datagrams
+    /// it queued.
+    pub(super) fn send_names(
+        &mut self,
+        now: Instant,
+        hashes: &[u64],
+        to: Option<SocketAddr>,
+    ) -> usize {
         let list: Vec<(u64, Arc<str>)> = hashes
             .iter()
             .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
@@ -59,15 +65,16 @@ impl Protocol {
         }
         let st = self.stamp(now, self.seq);
         let mut seq = self.seq;
-        let reply = to.is_some();
+        let first = seq + 1;
+        let is_reply = to.is_some();
         let mut next = || {
-            if !reply {
+            if !is_reply {
                 seq += 1;
             }
             seq
         };
-        let flags = if reply { FLAG_REPLY } else { 0 };
-        let dgs = self.enc.names(
+        let flags = if is_reply { FLAG_REPLY } else { 0 };
+        let dgs = self.enc.names_each(
             &self.seal,
             flags,
             &mut next,
@@ -77,7 +84,10 @@ impl Protocol {
         self.seq = seq;
         let n = dgs.len();
         let dest = to.map_or(Dest::Group, Dest::To);
-        for d in dgs {
+        for (i, (d, hashes)) in dgs.into_iter().enumerate() {
+            if !is_reply {
+                self.keep_sent(first + i as u64, true, hashes);
+            }
             self.push(dest, d);
         }
         n
@@ -147,6 +157,7 @@ impl Protocol {
                 &entries,
             );
             self.push(Dest::Group, d);
+            self.keep_sent(seq, false, entries.iter().map(|e| e.0).collect());
             budget = budget.saturating_sub(1);
         }
 
@@ -230,7 +241,7 @@ impl Protocol {
 
     /// The slice of the local table starting at `lo`: up to `n` entries and the range they
     /// cover (to the end of the hash space if the table ends first).
-    fn slice(&self, lo: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
+    pub(super) fn slice(&self, lo: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
         let e: Vec<(u64, u32)> = self
             .table
             .map
@@ -255,7 +266,12 @@ impl Protocol {
         let every = self.cfg.resync_interval;
         let names_every = (every * 20).max(Duration::from_secs(5));
         let since = |t: Instant| now.saturating_duration_since(t);
+        // Names lost with a peer's datagrams come back with their repairs: every peer is asked
+        // for all its names only when none is being repaired.
+        let has_unnamed = !self.unnamed.is_empty();
+        let repairing = self.peers.values().any(|p| !p.gaps.is_empty());
         let ask_names = !self.unnamed.is_empty()
+            && !repairing
             && self.names_asked.is_none_or(|t| {
                 since(t) >= names_every || (self.newly_unnamed > 0 && since(t) >= every)
             });
@@ -267,32 +283,73 @@ impl Protocol {
             self.newly_unnamed = 0;
         } else if self.newly_unnamed > 0
             && let Some(t) = self.names_asked
+            && t + every > now
         {
-            // Come back when the new names may be asked for (in the future: had that time
-            // passed, they would have been asked for just now).
+            // Come back when the new names may be asked for. (Had that time passed, they would
+            // have been asked for just now, unless repairs are under way: then the repairs'
+            // answers bring this node back here.)
             wake = Some(t + every);
         }
-        let want: Vec<(u64, SocketAddr, u64, bool)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.observer && p.settled())
-            .filter_map(|(&n, p)| {
-                let behind = p.declared.is_some() && !p.converged();
-                let wait = if p.over_cap { p.backoff } else { every };
-                let due = p.last_request.is_none_or(|t| since(t) >= wait);
-                if behind && !due {
-                    let at = p.last_request.map_or(now, |t| t + wait);
+        let mut want: Vec<(u64, SocketAddr, u64, bool)> = Vec::new();
+        let mut nack: Vec<u64> = Vec::new();
+        let window = self.cfg.nack_window;
+        let repairs = &mut self.repairs;
+        for (&n, p) in self.peers.iter_mut() {
+            if p.observer || !p.settled() {
+                continue;
+            }
+            let behind = p.declared.is_some() && !p.converged();
+            // Its counts are right here but names are missing, and this node missed some of
+            // its datagrams: they may have held the names.
+            let names_gap = !behind && has_unnamed && !p.gaps.is_empty();
+            if names_gap && p.nacks >= super::repair::MAX_NACKS {
+                // Nacked enough: the names are asked for whole, below.
+                p.gaps.clear();
+                continue;
+            }
+            let wait = if p.over_cap { p.backoff } else { every };
+            let due = p.last_request.is_none_or(|t| since(t) >= wait);
+            if (behind || names_gap) && !due {
+                let at = p.last_request.map_or(now, |t| t + wait);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            let mut state = behind && due;
+            let nackable = (state || (names_gap && due))
+                && !p.gaps.is_empty()
+                && !p.over_cap
+                && p.nacks < super::repair::MAX_NACKS;
+            if nackable {
+                // What this node missed of the peer is known: nack it, after a random moment
+                // in which another receiver's nack for the same may come first.
+                state = false;
+                let at = *p
+                    .nack_at
+                    .get_or_insert_with(|| now + repairs.jitter(window));
+                if at <= now {
+                    nack.push(n);
+                } else {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
-                let state = behind && due;
-                (ask_names || state).then_some((n, p.addr, p.incarnation, state))
-            })
-            .collect();
-        // A request or its reply may be lost: look again after one interval.
-        if want.iter().any(|w| w.3) {
+            }
+            if (ask_names || state) && std::env::var_os("HC_DBG").is_some() {
+                eprintln!(
+                    "REQ names={ask_names} state={state} gaps={:?} nacks={} unnamed={}",
+                    p.gaps,
+                    p.nacks,
+                    self.unnamed.len()
+                );
+            }
+            if ask_names || state {
+                want.push((n, p.addr, p.incarnation, state));
+            }
+        }
+        // A request, a nack or its answer may be lost: look again after one interval.
+        if !nack.is_empty() || want.iter().any(|w| w.3) {
             let at = now + every;
             wake = Some(wake.map_or(at, |w| w.min(at)));
         }
+        nack.sort_unstable();
+        self.send_nacks(now, &nack);
         self.wake = wake;
         for (node, addr, inc, state) in want {
             if state && let Some(p) = self.peers.get_mut(&node) {
@@ -314,38 +371,6 @@ impl Protocol {
             );
             self.push(Dest::To(addr), d);
         }
-    }
-
-    /// Sends the whole table and/or the names, as asked, to `to` only.
-    pub(super) fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
-        let before = (self.out.len(), self.stats.bytes_sent);
-        self.stats.resync_replies += 1;
-        if state {
-            let per = self.enc.entries_per_datagram(Kind::ResyncReply);
-            let st = self.stamp(now, self.seq);
-            let mut lo = 0u64;
-            loop {
-                let (l, hi, e) = self.slice(lo, per);
-                let last = hi == u64::MAX;
-                let flags = if last { FLAG_END } else { 0 };
-                let d =
-                    self.enc
-                        .entries(&self.seal, Kind::ResyncReply, flags, &st, Some((l, hi)), &e);
-                self.push(Dest::To(to), d);
-                if last {
-                    break;
-                }
-                lo = hi + 1;
-            }
-        }
-        if names {
-            let hashes: Vec<u64> = self.table.map.keys().copied().collect();
-            self.send_names(now, &hashes, Some(to));
-        }
-        debug_assert!(self.out.len() >= before.0);
-        let bytes = self.stats.bytes_sent - before.1;
-        self.stats.repair_bytes += bytes;
-        self.repair.tokens -= bytes as f64;
     }
 
     /// A goodbye: peers drop this node's counts at once.

@@ -89,8 +89,15 @@ pub struct ProtoStats {
     pub resync_requests: u64,
     /// Resync requests answered.
     pub resync_replies: u64,
-    /// Bytes sent answering resync requests.
+    /// Bytes sent answering resync requests and nacks (whole tables, names, repairs).
     pub repair_bytes: u64,
+    /// Nack datagrams sent (this node missed some of a peer's datagrams, and its copy was
+    /// wrong).
+    pub nacks_sent: u64,
+    /// Nacks this node held back because other receivers had asked for the same.
+    pub nacks_suppressed: u64,
+    /// Repair datagrams sent (current counts and names of what peers nacked).
+    pub repairs_sent: u64,
     /// Peers dropped as dead.
     pub peers_died: u64,
     /// Live observers.

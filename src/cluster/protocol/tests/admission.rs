@@ -257,7 +257,7 @@ fn resync_requests_are_answered_only_for_live_peers_at_their_address() {
     }
     let req = req.unwrap();
     assert_eq!(a.handle_datagram(later, b_addr, &req), Outcome::Applied);
-    let reply: usize = drain(&mut a)
+    let reply: usize = drain_paced(&mut a, later, later + Duration::from_millis(500))
         .iter()
         .inspect(|t| assert_eq!(t.dest, Dest::To(b_addr), "replies go to the requester only"))
         .map(|t| t.bytes.len())
@@ -296,20 +296,24 @@ fn resync_requests_are_answered_only_for_live_peers_at_their_address() {
     assert!(drain(&mut a).is_empty());
 }
 
-/// The repair budget holds over all requesters: many live peers asking at once get at most
-/// about a second's budget (plus one reply) at once.
+/// The repair bucket holds over all requesters: many live peers asking at once are answered
+/// at most a burst at once and `max_repair_rate` over time, every one of them in full; past
+/// `MAX_TABLE_REPLIES` replies under way, a request is refused (`Reject::Budget`) and asked
+/// again later.
 #[test]
-fn the_repair_budget_bounds_replies_over_all_requesters() {
+fn the_repair_bucket_paces_replies_over_all_requesters() {
     let now = Instant::now();
     let mut c = Config::new(1, 1, Duration::from_millis(100));
     c.max_repair_rate = 200_000;
+    c.repair_burst = 16_000;
     let mut a = Protocol::new(c, Seal::new("p", b"k"));
-    for h in 0..10_000u64 {
+    for h in 0..2_000u64 {
         a.set_local(h, 1, None);
     }
     a.handle_tick(now);
     drain(&mut a);
-    let mut peers: Vec<Protocol> = (2..12).map(|n| proto(n, 1400)).collect();
+    let n = crate::cluster::protocol::repair::MAX_TABLE_REPLIES + 4;
+    let mut peers: Vec<Protocol> = (2..2 + n as u64).map(|n| proto(n, 1400)).collect();
     for (i, p) in peers.iter_mut().enumerate() {
         for _ in 0..2 {
             p.handle_tick(now);
@@ -317,7 +321,7 @@ fn the_repair_budget_bounds_replies_over_all_requesters() {
         }
     }
     drain(&mut a);
-    let mut sent = 0usize;
+    let mut at_once = 0usize;
     let mut refused = 0;
     for (i, p) in peers.iter_mut().enumerate() {
         let d = p
@@ -328,13 +332,36 @@ fn the_repair_budget_bounds_replies_over_all_requesters() {
             Outcome::Rejected(Reject::Budget) => refused += 1,
             o => panic!("{o:?}"),
         }
-        sent += drain(&mut a).iter().map(|t| t.bytes.len()).sum::<usize>();
+        at_once += drain(&mut a).iter().map(|t| t.bytes.len()).sum::<usize>();
     }
-    // 10,000 topics are about 130 kB: the first reply fits the 200 kB budget, the second
-    // spends the rest (a reply may overdraw once), the others wait.
-    assert!(refused >= 8, "refused {refused}");
-    assert!(sent < 300_000, "{sent} bytes");
+    assert_eq!(refused, 4, "past the replies under way, requests wait");
     assert_eq!(a.stats().rejected(Reject::Budget), refused);
+    // At once: one burst (a datagram may start within it).
+    assert!(at_once <= 16_000 + 1400, "{at_once} bytes at once");
+    // Over the next second: what the rate allows, and each reply whole (ending with FLAG_END).
+    let sent = drain_paced(&mut a, now, now + Duration::from_secs(1));
+    let bytes: usize = sent.iter().map(|t| t.bytes.len()).sum();
+    assert!(
+        at_once + bytes <= 200_000 + 16_000 + 1400,
+        "{} bytes in a second",
+        at_once + bytes
+    );
+    // 2,000 topics are about 26 kB a reply: at 200 kB/s, all 16 in about 2 s.
+    let rest = drain_paced(
+        &mut a,
+        now + Duration::from_secs(1),
+        now + Duration::from_secs(3),
+    );
+    let ends = sent
+        .iter()
+        .chain(&rest)
+        .filter(|t| {
+            a.seal
+                .open(&t.bytes)
+                .is_ok_and(|d| d.header.flags.get() & FLAG_END != 0)
+        })
+        .count();
+    assert_eq!(ends, n - 4, "every reply under way ends");
 }
 
 /// Another process with this node's id, or a peer whose clock is far off, is refused and

@@ -27,6 +27,19 @@ fn drain(p: &mut Protocol) -> Vec<Transmit> {
     std::iter::from_fn(|| p.poll_transmit()).collect()
 }
 
+/// Everything `p` queued, and what its repair bucket lets out from `now` until `until`
+/// (answers are paced: [`Protocol::poll_timeout`] says when more may go).
+fn drain_paced(p: &mut Protocol, now: Instant, until: Instant) -> Vec<Transmit> {
+    let mut out = drain(p);
+    let mut t = now;
+    while let Some(w) = p.poll_timeout().filter(|&w| w <= until) {
+        t = t.max(w);
+        p.handle_timeout(t);
+        out.extend(drain(p));
+    }
+    out
+}
+
 /// Delivers everything `from` queued (group datagrams, and unicast ones addressed to `to_addr`)
 /// to `to`, as sent from `from_addr`; returns the outcomes.
 fn deliver(
@@ -218,4 +231,127 @@ fn events_report_changed_sums_first_then_names_in_order() {
             },
         ]
     );
+}
+
+/// A peer's count that changes without reaching zero keeps the topic's name here. (The sum
+/// once went through zero on the way: a topic only that peer counted lost its name, and every
+/// such change had every peer asked for all its names.)
+#[test]
+fn a_count_that_changes_keeps_its_name() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    let name: Arc<str> = "room:1".into();
+    a.set_local(7, 1, Some(&name));
+    let mut t = now;
+    for _ in 0..2 {
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:1"));
+    while b.poll_event().is_some() {}
+    for c in [2, 5, 1] {
+        a.set_local(7, c, Some(&name));
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+        assert_eq!(b.remote(7), u64::from(c));
+        assert_eq!(b.remote_total(), u64::from(c));
+        assert_eq!(b.name(7).map(|n| &**n), Some("room:1"));
+        assert!(b.unnamed.is_empty(), "the name was lost at {c}");
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![Event::RemoteChanged {
+                hash: 7,
+                sum: u64::from(c)
+            }]
+        );
+    }
+}
+
+/// Two receivers miss the same datagrams of a sender. The one whose random wait ends first
+/// nacks them to the group; the other hears that nack within its own wait and holds its own
+/// back; the one repair the sender sends to the group serves both.
+#[test]
+fn a_nack_heard_within_the_wait_holds_the_same_nack_back() {
+    let now = Instant::now();
+    let tick = Duration::from_millis(100);
+    let node = |n: u64, window: Duration| {
+        let mut c = Config::new(n, 1, tick);
+        c.nack_window = window;
+        Protocol::new(c, Seal::new("p", b"k"))
+    };
+    let mut a = node(1, Duration::from_millis(1));
+    // (b's wait ends within a resync interval of c's nack: past that, b would take c's nack
+    // or its repair for lost, and nack.)
+    let mut b = node(2, Duration::from_millis(20));
+    let mut c = node(3, Duration::from_millis(1));
+    let (aa, ab, ac) = (addr(1), addr(2), addr(3));
+    let mut t = now;
+    // Everyone hears everyone twice (settled peers).
+    for _ in 0..2 {
+        for p in [&mut a, &mut b, &mut c] {
+            p.handle_tick(t);
+        }
+        let (da, db, dc) = (drain(&mut a), drain(&mut b), drain(&mut c));
+        for d in &da {
+            b.handle_datagram(t, aa, &d.bytes);
+            c.handle_datagram(t, aa, &d.bytes);
+        }
+        for d in &db {
+            a.handle_datagram(t, ab, &d.bytes);
+            c.handle_datagram(t, ab, &d.bytes);
+        }
+        for d in &dc {
+            a.handle_datagram(t, ac, &d.bytes);
+            b.handle_datagram(t, ac, &d.bytes);
+        }
+        t += tick;
+    }
+    // a's changes reach nobody.
+    for h in 0..50u64 {
+        a.set_local(h, 1, Some(&Arc::from(format!("room:{h}"))));
+    }
+    a.handle_tick(t);
+    assert!(!drain(&mut a).is_empty());
+    t += tick;
+    // Its next heartbeat says what its table is: both see the gap and wait.
+    a.handle_tick(t);
+    for d in drain(&mut a) {
+        b.handle_datagram(t, aa, &d.bytes);
+        c.handle_datagram(t, aa, &d.bytes);
+    }
+    assert!(
+        drain(&mut b).is_empty() && drain(&mut c).is_empty(),
+        "nobody nacks at once"
+    );
+    // c's wait ends first: its nack goes to the group.
+    let tc = c.poll_timeout().expect("c waits to nack");
+    let tb = b.poll_timeout().expect("b waits to nack");
+    assert!(tc < tb);
+    c.handle_timeout(tc);
+    let nack = drain(&mut c);
+    assert_eq!(nack.len(), 1);
+    assert_eq!(c.stats().nacks_sent, 1);
+    b.handle_datagram(tc, ac, &nack[0].bytes);
+    a.handle_datagram(tc, ac, &nack[0].bytes);
+    // b's wait ends before the repair comes: it holds its nack back.
+    b.handle_timeout(tb.max(tc));
+    assert!(drain(&mut b).is_empty(), "b nacked what c had asked for");
+    assert_eq!((b.stats().nacks_sent, b.stats().nacks_suppressed), (0, 1));
+    // The repair serves both; nobody asked for a table.
+    let repair = drain(&mut a);
+    assert!(!repair.is_empty() && repair.iter().all(|d| d.dest == Dest::Group));
+    for d in &repair {
+        b.handle_datagram(tb, aa, &d.bytes);
+        c.handle_datagram(tb, aa, &d.bytes);
+    }
+    for p in [&b, &c] {
+        assert_eq!(p.remote_total(), 50);
+        assert!(p.converged());
+        assert_eq!(p.name(49).map(|n| &**n), Some("room:49"));
+        assert_eq!(p.stats().resync_requests, 0);
+    }
 }

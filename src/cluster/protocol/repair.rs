@@ -1,0 +1,491 @@
+//! Repair in proportion to loss.
+//!
+//! A receiver notes each gap in a peer's sequence numbers. When the peer's final digest
+//! ([`FLAG_END`]) then does not match its copy, it waits a random moment within
+//! [`Config::nack_window`](super::Config::nack_window) and sends a **nack** to the group: the
+//! gaps, by sequence number. Every other receiver hears it; one that misses only what was already
+//! asked for holds its own nack back (suppression, as in SRM and PGM). The peer keeps the topics
+//! of its recent deltas and names datagrams by sequence number ([`Repairs`]'s history) and
+//! answers each missed datagram with a **repair** to the group: what it carried, with the counts
+//! (or names) of now, once for every receiver that missed it; a run of sequence numbers that
+//! carried no topics (heartbeats, refresh slices) is answered with one empty repair. A receiver
+//! crosses each repaired range off its gaps, so a later nack asks only for what is still
+//! missing. Only what was lost is sent again, not the table.
+//!
+//! Everything sent in answer — repairs, and the whole-table replies to resync requests that
+//! remain for what a nack cannot fix (a new peer, a gap older than the history, a copy still
+//! wrong after [`MAX_NACKS`] rounds) — leaves through one token bucket:
+//! [`Config::max_repair_rate`](super::Config::max_repair_rate) bytes a second, never more than
+//! [`Config::repair_burst`](super::Config::repair_burst) at once, so an answer never floods the
+//! socket buffers whose overflow caused the loss. A table reply is cut from the current table a
+//! slice at a time as the bucket allows.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Dest, Protocol};
+use crate::cluster::wire::{self, FLAG_END, Gap, Kind};
+
+/// Nack rounds for one peer before this node asks it for its whole table instead.
+pub(super) const MAX_NACKS: u8 = 4;
+/// Gaps kept per peer (more are merged into one).
+const MAX_GAPS: usize = 32;
+/// Others' nacks remembered per peer, for suppression.
+const MAX_ASKED: usize = 64;
+/// Whole-table replies queued at once; a request past them is refused (`Reject::Budget`).
+pub(super) const MAX_TABLE_REPLIES: usize = 16;
+/// Names sent per step of a table reply's names phase.
+const NAMES_STEP: usize = 64;
+
+/// The topics of a delta or names datagram this node sent, for repairs.
+#[derive(Debug)]
+struct Sent {
+    seq: u64,
+    /// Their names (a names datagram), or their counts (a delta).
+    names: bool,
+    hashes: Box<[u64]>,
+    /// Waiting in the queue.
+    queued: bool,
+    /// When its repair last went out (a nack for it soon after is the same loss).
+    repaired: Option<Instant>,
+}
+
+/// A repair waiting for the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// The delta or names datagram with this sequence number.
+    Seq(u64),
+    /// Sequence numbers that carried no topics.
+    Empty(u64, u64),
+}
+
+/// A whole-table reply in progress: the next hash of each phase still to send.
+#[derive(Debug)]
+struct TableReply {
+    to: SocketAddr,
+    state: Option<u64>,
+    names: Option<u64>,
+}
+
+/// The sending side of repair: the history of recent deltas and names, what waits to be sent
+/// again, whole-table replies in progress, and the bucket they all share.
+#[derive(Debug)]
+pub(super) struct Repairs {
+    /// Deltas and names datagrams sent, oldest first.
+    history: VecDeque<Sent>,
+    /// Topics in `history`.
+    kept: usize,
+    queue: VecDeque<Job>,
+    tables: VecDeque<TableReply>,
+    tokens: f64,
+    at: Instant,
+    /// When the bucket allows the next datagram of what waits.
+    wake: Option<Instant>,
+    rng: u64,
+}
+
+impl Repairs {
+    pub(super) fn new(now: Instant, burst: f64, seed: u64) -> Repairs {
+        Repairs {
+            history: VecDeque::new(),
+            kept: 0,
+            queue: VecDeque::new(),
+            tables: VecDeque::new(),
+            tokens: burst,
+            at: now,
+            wake: None,
+            rng: seed | 1,
+        }
+    }
+
+    /// A random duration below `max` (nack jitter).
+    pub(super) fn jitter(&mut self, max: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let n = max.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Duration::from_nanos(if n == 0 { 0 } else { self.rng % n })
+    }
+
+    /// When [`Protocol::pump_repairs`] has something to send that the bucket holds back.
+    pub(super) fn wake(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    /// Whether a whole-table reply to `to` is under way or may be queued.
+    pub(super) fn table_room(&self, to: SocketAddr) -> bool {
+        self.tables.len() < MAX_TABLE_REPLIES || self.tables.iter().any(|t| t.to == to)
+    }
+
+    /// Forgets the table replies to `to` (its peer was dropped: the address is no longer one
+    /// that proved it is a live member).
+    pub(super) fn cancel(&mut self, to: SocketAddr) {
+        self.tables.retain(|t| t.to != to);
+    }
+
+    /// Whether anything waits.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.tables.is_empty()
+    }
+
+    /// The history entry of `seq`.
+    fn sent(&mut self, seq: u64) -> Option<&mut Sent> {
+        let i = self.history.partition_point(|s| s.seq < seq);
+        self.history.get_mut(i).filter(|s| s.seq == seq)
+    }
+}
+
+/// `gaps` less every range in `asked` (both inclusive ranges; the result in order).
+pub(super) fn subtract(gaps: &[(u64, u64)], asked: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(lo, hi) in gaps {
+        let mut parts = vec![(lo, hi)];
+        for &(a, b) in asked {
+            parts = parts
+                .into_iter()
+                .flat_map(|(l, h)| {
+                    let mut v = Vec::with_capacity(2);
+                    if b < l || a > h {
+                        v.push((l, h));
+                    } else {
+                        if a > l {
+                            v.push((l, a - 1));
+                        }
+                        if b < h {
+                            v.push((b + 1, h));
+                        }
+                    }
+                    v
+                })
+                .collect();
+        }
+        out.extend(parts);
+    }
+    out
+}
+
+/// Adds the gap `lo..=hi` to a peer's list, merging everything once the list is full.
+pub(super) fn add_gap(gaps: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
+    if gaps.len() >= MAX_GAPS {
+        let first = gaps.first().map_or(lo, |g| g.0.min(lo));
+        gaps.clear();
+        gaps.push((first, hi));
+    } else {
+        gaps.push((lo, hi));
+    }
+}
+
+/// Remembers another receiver's nack of `lo..=hi` (oldest forgotten first).
+pub(super) fn add_asked(asked: &mut Vec<(u64, u64, Instant)>, lo: u64, hi: u64, now: Instant) {
+    if asked.len() >= MAX_ASKED {
+        asked.remove(0);
+    }
+    asked.push((lo, hi, now));
+}
+
+impl Protocol {
+    /// Keeps the topics of the delta or names datagram `seq` for repairs, within
+    /// [`Config::repair_history`](super::Config::repair_history) topics.
+    pub(super) fn keep_sent(&mut self, seq: u64, names: bool, hashes: Vec<u64>) {
+        let r = &mut self.repairs;
+        r.kept += hashes.len();
+        r.history.push_back(Sent {
+            seq,
+            names,
+            hashes: hashes.into(),
+            queued: false,
+            repaired: None,
+        });
+        while r.kept > self.cfg.repair_history
+            && let Some(s) = r.history.pop_front()
+        {
+            r.kept -= s.hashes.len();
+        }
+    }
+
+    /// A live peer missed this node's sequence numbers `lo..=hi`: queue a repair of each delta
+    /// and names datagram among them, and an empty one for each run of the others. A gap older
+    /// than the history is answered with the whole table, to that peer (`to`: its pinned
+    /// address, once it is settled).
+    pub(super) fn nacked(&mut self, now: Instant, to: Option<SocketAddr>, lo: u64, hi: u64) {
+        let hold = self.cfg.nack_window;
+        let hi = hi.min(self.seq);
+        if lo > hi {
+            return;
+        }
+        let r = &mut self.repairs;
+        let oldest = r.history.front().map_or(self.seq + 1, |s| s.seq);
+        // The history has every delta and names datagram from `oldest` on; before it, the
+        // table is all that is left.
+        if let Some(to) = to.filter(|&to| lo < oldest && r.table_room(to))
+            && !r.tables.iter().any(|t| t.to == to)
+        {
+            self.stats.resync_replies += 1;
+            r.tables.push_back(TableReply {
+                to,
+                state: Some(0),
+                names: None,
+            });
+        }
+        let mut next = lo.max(oldest);
+        let start = r.history.partition_point(|s| s.seq < next);
+        let mut jobs = Vec::new();
+        for s in r.history.range_mut(start..).take_while(|s| s.seq <= hi) {
+            if s.seq > next {
+                jobs.push(Job::Empty(next, s.seq - 1));
+            }
+            next = s.seq + 1;
+            let recent = s
+                .repaired
+                .is_some_and(|t| now.saturating_duration_since(t) < hold);
+            if !s.queued && !recent {
+                s.queued = true;
+                jobs.push(Job::Seq(s.seq));
+            }
+        }
+        if next <= hi {
+            jobs.push(Job::Empty(next, hi));
+        }
+        for j in jobs {
+            if !matches!(j, Job::Empty(..)) || !r.queue.contains(&j) {
+                r.queue.push_back(j);
+            }
+        }
+        self.pump_repairs(now);
+    }
+
+    /// Queues this node's whole table and/or its names for `to` (a resync request admitted).
+    pub(super) fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
+        self.stats.resync_replies += 1;
+        let r = &mut self.repairs;
+        if let Some(t) = r.tables.iter_mut().find(|t| t.to == to) {
+            // Already under way: it goes on (every slice is authoritative for its range, so a
+            // reply that started earlier is as good as a new one); a phase not asked for before
+            // is added.
+            if state && t.state.is_none() {
+                t.state = Some(0);
+            }
+            if names && t.names.is_none() {
+                t.names = Some(0);
+            }
+        } else {
+            r.tables.push_back(TableReply {
+                to,
+                state: state.then_some(0),
+                names: names.then_some(0),
+            });
+        }
+        self.pump_repairs(now);
+    }
+
+    /// Sends what waits — repairs, then table replies — while the bucket allows;
+    /// when it does not, notes when it will ([`Protocol::poll_timeout`]).
+    pub(super) fn pump_repairs(&mut self, now: Instant) {
+        let rate = self.cfg.max_repair_rate.max(1) as f64;
+        let burst = self.repair_burst();
+        {
+            let r = &mut self.repairs;
+            let dt = now.saturating_duration_since(r.at).as_secs_f64();
+            r.tokens = (r.tokens + dt * rate).min(burst);
+            r.at = now;
+            r.wake = None;
+        }
+        let full = self.cfg.budget as f64;
+        while !self.repairs.idle() {
+            if self.repairs.tokens < full {
+                // (Never sooner than a microsecond: the wait must move time on.)
+                let need = Duration::from_secs_f64((full - self.repairs.tokens) / rate);
+                self.repairs.wake = Some(now + need.max(Duration::from_micros(1)));
+                return;
+            }
+            let bytes = self.repair_step(now);
+            self.stats.repair_bytes += bytes as u64;
+            self.repairs.tokens -= bytes as f64;
+        }
+    }
+
+    /// The most the repair bucket holds: one burst, at least one datagram.
+    pub(super) fn repair_burst(&self) -> f64 {
+        (self
+            .cfg
+            .repair_burst
+            .min(self.cfg.max_repair_rate.max(1) as usize) as f64)
+            .max(self.cfg.budget as f64)
+    }
+
+    /// Sends one datagram's worth (a repair, or a step of a table reply) of what waits;
+    /// returns the bytes queued.
+    fn repair_step(&mut self, now: Instant) -> usize {
+        let before = self.stats.bytes_sent;
+        if let Some(job) = self.repairs.queue.pop_front() {
+            // The last repair says the digest is final, when no change waits.
+            let end = self.repairs.queue.is_empty() && self.changed.is_empty();
+            let flags = if end { FLAG_END } else { 0 };
+            let st = self.stamp(now, self.seq);
+            let dgs = match job {
+                Job::Empty(lo, hi) => vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])],
+                Job::Seq(seq) => {
+                    let Some(s) = self.repairs.sent(seq) else {
+                        return 0;
+                    };
+                    s.queued = false;
+                    s.repaired = Some(now);
+                    let (names, hashes) = (s.names, s.hashes.clone());
+                    if names {
+                        let list: Vec<(u64, &str)> = hashes
+                            .iter()
+                            .map(|h| (*h, self.names.get(h).map_or("", |n| &**n)))
+                            .filter(|(_, n)| !n.is_empty())
+                            .collect();
+                        let mut d = self.enc.repair_names(&self.seal, flags, &st, seq, list);
+                        if d.is_empty() {
+                            // None of them has a name here any more: an empty repair.
+                            d.push(self.enc.repair(&self.seal, flags, &st, (seq, seq), &[]));
+                        }
+                        d
+                    } else {
+                        let entries: Vec<(u64, u32)> = hashes
+                            .iter()
+                            .map(|h| (*h, self.table.map.get(h).copied().unwrap_or(0)))
+                            .collect();
+                        vec![
+                            self.enc
+                                .repair(&self.seal, flags, &st, (seq, seq), &entries),
+                        ]
+                    }
+                }
+            };
+            for d in dgs {
+                self.stats.repairs_sent += 1;
+                self.push(Dest::Group, d);
+            }
+        } else if let Some(t) = self.repairs.tables.front_mut() {
+            let to = t.to;
+            if let Some(lo) = t.state {
+                let per = self.enc.entries_per_datagram(Kind::ResyncReply);
+                let (l, hi, e) = self.slice(lo, per);
+                let last = hi == u64::MAX;
+                if let Some(t) = self.repairs.tables.front_mut() {
+                    t.state = (!last).then(|| hi + 1);
+                }
+                let flags = if last { FLAG_END } else { 0 };
+                let d = self.enc.entries(
+                    &self.seal,
+                    Kind::ResyncReply,
+                    flags,
+                    &self.stamp(now, self.seq),
+                    Some((l, hi)),
+                    &e,
+                );
+                self.push(Dest::To(to), d);
+            } else if let Some(lo) = t.names {
+                let hashes: Vec<u64> = self
+                    .table
+                    .map
+                    .range(lo..)
+                    .take(NAMES_STEP + 1)
+                    .map(|(h, _)| *h)
+                    .collect();
+                let next = hashes.get(NAMES_STEP).copied();
+                let step = &hashes[..hashes.len().min(NAMES_STEP)];
+                if let Some(t) = self.repairs.tables.front_mut() {
+                    t.names = next;
+                }
+                self.send_names(now, step, Some(to));
+            }
+            if self
+                .repairs
+                .tables
+                .front()
+                .is_some_and(|t| t.state.is_none() && t.names.is_none())
+            {
+                self.repairs.tables.pop_front();
+            }
+        }
+        (self.stats.bytes_sent - before) as usize
+    }
+
+    /// The nacks due now: for each peer whose copy is wrong and whose gaps are known, the gaps
+    /// that no other receiver asked for within the last resync interval (a peer whose gaps
+    /// were all asked for is held back: the repair to the group serves it too).
+    pub(super) fn send_nacks(&mut self, now: Instant, due: &[u64]) {
+        let every = self.cfg.resync_interval;
+        let mut list: Vec<Gap> = Vec::new();
+        for &node in due {
+            let Some(p) = self.peers.get_mut(&node) else {
+                continue;
+            };
+            p.asked
+                .retain(|a| now.saturating_duration_since(a.2) < every);
+            let asked: Vec<(u64, u64)> = p.asked.iter().map(|a| (a.0, a.1)).collect();
+            let left = subtract(&p.gaps, &asked);
+            p.nack_at = None;
+            p.last_request = Some(now);
+            p.nacks += 1;
+            if left.is_empty() {
+                self.stats.nacks_suppressed += 1;
+                continue;
+            }
+            list.extend(left.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
+        }
+        if list.is_empty() {
+            return;
+        }
+        self.stats.nacks_sent += 1;
+        let st = self.stamp(now, self.seq);
+        for d in self.enc.nacks(&self.seal, &st, &list) {
+            self.push(Dest::Group, d);
+        }
+    }
+
+    /// A nack from peer `requester`: this node's gaps are repaired, and the others' are
+    /// remembered so that this node does not ask for them again meanwhile.
+    pub(super) fn on_nack(&mut self, now: Instant, requester: u64, gaps: &[wire::Gap]) {
+        let from = self
+            .peers
+            .get(&requester)
+            .filter(|p| p.settled())
+            .map(|p| p.addr);
+        for g in gaps {
+            let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
+            if node == self.cfg.node {
+                if !self.cfg.observer {
+                    self.nacked(now, from, lo, hi);
+                }
+            } else if let Some(p) = self.peers.get_mut(&node) {
+                add_asked(&mut p.asked, lo, hi, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_cuts_ranges() {
+        assert_eq!(subtract(&[(1, 10)], &[]), vec![(1, 10)]);
+        assert_eq!(subtract(&[(1, 10)], &[(1, 10)]), vec![]);
+        assert_eq!(subtract(&[(1, 10)], &[(0, 20)]), vec![]);
+        assert_eq!(subtract(&[(1, 10)], &[(4, 6)]), vec![(1, 3), (7, 10)]);
+        assert_eq!(
+            subtract(&[(1, 10), (20, 30)], &[(8, 22)]),
+            vec![(1, 7), (23, 30)]
+        );
+        assert_eq!(subtract(&[(5, 5)], &[(6, 9), (0, 4)]), vec![(5, 5)]);
+        assert_eq!(subtract(&[(0, u64::MAX)], &[(0, 0)]), vec![(1, u64::MAX)]);
+    }
+
+    #[test]
+    fn a_full_gap_list_merges() {
+        let mut g = Vec::new();
+        for i in 0..MAX_GAPS as u64 + 3 {
+            add_gap(&mut g, 10 * i + 1, 10 * i + 2);
+        }
+        assert!(g.len() <= MAX_GAPS);
+        assert_eq!(g.first().map(|x| x.0), Some(1));
+        assert_eq!(g.last().map(|x| x.1), Some(10 * (MAX_GAPS as u64 + 2) + 2));
+    }
+}
