@@ -259,7 +259,7 @@ impl Builder {
 
     /// Most topics tracked over all peers' tables together (default 2^24): with
     /// [`Builder::max_topics`] per peer, this bounds the memory peers can make this node use
-    /// (about 30 bytes per peer entry, plus about 100 per distinct topic).
+    /// (about 14 bytes per peer entry, plus about 100 per distinct topic).
     pub fn max_remote_topics(mut self, n: usize) -> Self {
         self.cluster.max_remote_topics = n;
         self

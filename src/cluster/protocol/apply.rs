@@ -86,9 +86,9 @@ impl Protocol {
                 let gone: Vec<u64> = self.peers[&node]
                     .table
                     .map
-                    .range(lo..=hi)
+                    .range(lo, hi)
                     .filter(|(h, _)| !listed.contains(h))
-                    .map(|(h, _)| *h)
+                    .map(|(h, _)| h)
                     .collect();
                 for h in gone {
                     self.peer_set(node, h, 0);
@@ -225,7 +225,7 @@ impl Protocol {
             self.observers -= 1;
         }
         self.remote_topics -= p.table.len();
-        for (&h, &c) in &p.table.map {
+        for (h, c) in p.table.map.iter() {
             self.sub_remote(h, c);
         }
         if !p.observer {

@@ -2,7 +2,6 @@
 //! sequence, address and repair state ([`Peer`]), and what is remembered of a dropped one
 //! ([`Tomb`]).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ pub(super) const SETTLED: u32 = 2;
 /// A table of absolute counts by topic hash with its running digest.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Table {
-    pub(super) map: BTreeMap<u64, u32>,
+    pub(super) map: Counts,
     pub(super) digest: u64,
     /// The sum of the counts (kept as the table changes: a peer's total is read every tick).
     pub(super) sum: u64,
@@ -31,12 +30,7 @@ pub(super) struct Table {
 impl Table {
     /// Sets `hash` to `count` (0 removes); returns the old count.
     pub(super) fn set(&mut self, hash: u64, count: u32) -> u32 {
-        let old = if count == 0 {
-            self.map.remove(&hash)
-        } else {
-            self.map.insert(hash, count)
-        };
-        let old = old.unwrap_or(0);
+        let old = self.map.set(hash, count);
         if old != 0 {
             self.digest = self.digest.wrapping_sub(mix(hash, old));
         }
@@ -48,6 +42,168 @@ impl Table {
     }
     pub(super) fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// Entries a bucket of [`Counts`] holds on average before the buckets double.
+const BUCKET: usize = 192;
+
+/// Counts by topic hash, in hash order, in about 13–14 bytes an entry (every node keeps every
+/// peer's table: this is what a cluster's memory grows with). The hashes are spread evenly
+/// (keyed hashes), so they are bucketed by their top bits, each bucket a sorted run of hashes
+/// beside a run of counts (12 bytes an entry, no per-entry pointers), grown a quarter at a
+/// time; the buckets double as the table grows. Lookups and changes cost a binary search and a
+/// move within one bucket of a few hundred entries; ranges come out in hash order.
+#[derive(Debug, Clone)]
+pub(super) struct Counts {
+    buckets: Vec<Bucket>,
+    /// `buckets.len() == 1 << bits`.
+    bits: u32,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Bucket {
+    keys: Vec<u64>,
+    vals: Vec<u32>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            buckets: vec![Bucket::default()],
+            bits: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Counts {
+    fn index(&self, hash: u64) -> usize {
+        if self.bits == 0 {
+            0
+        } else {
+            (hash >> (64 - self.bits)) as usize
+        }
+    }
+
+    /// How many hashes have a count.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The count of `hash`, if it has one.
+    pub(super) fn get(&self, hash: &u64) -> Option<&u32> {
+        let b = &self.buckets[self.index(*hash)];
+        b.keys.binary_search(hash).ok().map(|i| &b.vals[i])
+    }
+
+    /// Whether `hash` has a count.
+    pub(super) fn contains_key(&self, hash: &u64) -> bool {
+        self.get(hash).is_some()
+    }
+
+    /// Sets `hash` to `count` (0 removes); returns the old count (0: none).
+    pub(super) fn set(&mut self, hash: u64, count: u32) -> u32 {
+        let i = self.index(hash);
+        let b = &mut self.buckets[i];
+        match b.keys.binary_search(&hash) {
+            Ok(at) if count == 0 => {
+                b.keys.remove(at);
+                self.len -= 1;
+                let old = b.vals.remove(at);
+                if b.keys.capacity() > 16 && b.keys.len() < b.keys.capacity() * 3 / 4 {
+                    b.keys.shrink_to(b.keys.len() + b.keys.len() / 8);
+                    b.vals.shrink_to(b.vals.len() + b.vals.len() / 8);
+                }
+                if self.bits > 0 && self.len < (BUCKET << self.bits) / 8 {
+                    self.merge();
+                }
+                old
+            }
+            Ok(at) => std::mem::replace(&mut b.vals[at], count),
+            Err(_) if count == 0 => 0,
+            Err(at) => {
+                if b.keys.len() == b.keys.capacity() {
+                    // Grow by a quarter, not double: the slack stays small.
+                    let more = (b.keys.len() / 4).max(4);
+                    b.keys.reserve_exact(more);
+                    b.vals.reserve_exact(more);
+                }
+                b.keys.insert(at, hash);
+                b.vals.insert(at, count);
+                self.len += 1;
+                if self.len > BUCKET << self.bits && self.bits < 24 {
+                    self.split();
+                }
+                0
+            }
+        }
+    }
+
+    /// Doubles the buckets: each splits in two by its next hash bit (its hashes are sorted,
+    /// so the split is one search).
+    fn split(&mut self) {
+        let bit = 63 - self.bits;
+        let mut next = Vec::with_capacity(self.buckets.len() * 2);
+        for mut b in std::mem::take(&mut self.buckets) {
+            let at = b.keys.partition_point(|&k| k >> bit & 1 == 0);
+            let hi = Bucket {
+                keys: b.keys.split_off(at),
+                vals: b.vals.split_off(at),
+            };
+            b.keys.shrink_to(b.keys.len() + b.keys.len() / 4);
+            b.vals.shrink_to(b.vals.len() + b.vals.len() / 4);
+            next.push(b);
+            next.push(hi);
+        }
+        self.buckets = next;
+        self.bits += 1;
+    }
+
+    /// Halves the buckets: each pair, neighbours in hash order, becomes one.
+    fn merge(&mut self) {
+        let mut next = Vec::with_capacity(self.buckets.len() / 2);
+        let mut it = std::mem::take(&mut self.buckets).into_iter();
+        while let (Some(mut a), Some(b)) = (it.next(), it.next()) {
+            a.keys.extend_from_slice(&b.keys);
+            a.vals.extend_from_slice(&b.vals);
+            a.keys.shrink_to(a.keys.len() + a.keys.len() / 8);
+            a.vals.shrink_to(a.vals.len() + a.vals.len() / 8);
+            next.push(a);
+        }
+        self.buckets = next;
+        self.bits -= 1;
+    }
+
+    /// The entries with hashes in `lo..=hi`, in hash order.
+    pub(super) fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let (a, z) = (self.index(lo), self.index(hi.max(lo)));
+        self.buckets[a..=z].iter().flat_map(move |b| {
+            let s = b.keys.partition_point(|&k| k < lo);
+            let e = b.keys.partition_point(|&k| k <= hi);
+            let e = e.max(s);
+            b.keys[s..e]
+                .iter()
+                .copied()
+                .zip(b.vals[s..e].iter().copied())
+        })
+    }
+
+    /// Every entry, in hash order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.range(0, u64::MAX)
+    }
+
+    /// Heap bytes held (for the memory figures).
+    #[cfg(test)]
+    pub(super) fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self
+                .buckets
+                .iter()
+                .map(|b| b.keys.capacity() * 8 + b.vals.capacity() * 4)
+                .sum::<usize>()
     }
 }
 

@@ -383,9 +383,9 @@ impl Protocol {
                 let hashes: Vec<u64> = self
                     .table
                     .map
-                    .range(lo..)
+                    .range(lo, u64::MAX)
                     .take(NAMES_STEP + 1)
-                    .map(|(h, _)| *h)
+                    .map(|(h, _)| h)
                     .collect();
                 let next = hashes.get(NAMES_STEP).copied();
                 let step = &hashes[..hashes.len().min(NAMES_STEP)];

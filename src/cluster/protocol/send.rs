@@ -242,13 +242,7 @@ impl Protocol {
     /// The slice of the local table starting at `lo`: up to `n` entries and the range they
     /// cover (to the end of the hash space if the table ends first).
     pub(super) fn slice(&self, lo: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
-        let e: Vec<(u64, u32)> = self
-            .table
-            .map
-            .range(lo..)
-            .take(n + 1)
-            .map(|(h, c)| (*h, *c))
-            .collect();
+        let e: Vec<(u64, u32)> = self.table.map.range(lo, u64::MAX).take(n + 1).collect();
         if e.len() > n {
             // Stop just before the first entry that did not fit.
             let hi = e[n].0 - 1;

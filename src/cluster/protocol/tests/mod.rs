@@ -59,6 +59,36 @@ fn deliver(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
+    /// The compact table answers every lookup and range as an ordered map would, through
+    /// inserts, updates and removals that split its buckets (hashes over the whole space,
+    /// and crowded in a few buckets).
+    #[test]
+    fn counts_agree_with_an_ordered_map(
+        ops in proptest::collection::vec((any::<u64>(), 0u32..4, any::<bool>()), 0..3000),
+        ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..20),
+    ) {
+        let mut c = peer::Counts::default();
+        let mut m = std::collections::BTreeMap::new();
+        for (i, (h, n, crowd)) in ops.into_iter().enumerate() {
+            // Crowded: the same top bits, or one of a few hashes again and again.
+            let h = if crowd { (h & 0xff) | 0xabc0_0000_0000_0000 } else { h };
+            let old = m.get(&h).copied().unwrap_or(0);
+            if n == 0 { m.remove(&h); } else { m.insert(h, n); }
+            prop_assert_eq!(c.set(h, n), old);
+            prop_assert_eq!(c.len(), m.len());
+            if i % 97 == 0 {
+                prop_assert!(c.iter().eq(m.iter().map(|(&h, &n)| (h, n))));
+            }
+        }
+        for (a, b) in ranges {
+            let (lo, hi) = (a.min(b), a.max(b));
+            prop_assert!(c.range(lo, hi).eq(m.range(lo..=hi).map(|(&h, &n)| (h, n))));
+            prop_assert_eq!(c.get(&a).copied(), m.get(&a).copied());
+            prop_assert_eq!(c.contains_key(&b), m.contains_key(&b));
+        }
+        prop_assert!(c.iter().eq(m.iter().map(|(&h, &n)| (h, n))));
+    }
+
     /// The running sum and digest always equal what the table holds.
     #[test]
     fn table_sum_and_digest_follow_the_map(
@@ -67,8 +97,8 @@ proptest! {
         let mut t = Table::default();
         for (h, c) in ops {
             t.set(h, c);
-            let sum: u64 = t.map.values().map(|&c| u64::from(c)).sum();
-            let digest = t.map.iter().fold(0u64, |d, (&h, &c)| d.wrapping_add(mix(h, c)));
+            let sum: u64 = t.map.iter().map(|(_, c)| u64::from(c)).sum();
+            let digest = t.map.iter().fold(0u64, |d, (h, c)| d.wrapping_add(mix(h, c)));
             prop_assert_eq!(t.sum, sum);
             prop_assert_eq!(t.digest, digest);
         }
@@ -354,4 +384,51 @@ fn a_nack_heard_within_the_wait_holds_the_same_nack_back() {
         assert_eq!(p.name(49).map(|n| &**n), Some("room:49"));
         assert_eq!(p.stats().resync_requests, 0);
     }
+}
+
+/// A peer's table costs at most 16 bytes an entry, growing and shrinking (issue 14's target:
+/// every node keeps every peer's table).
+#[test]
+fn a_peer_table_costs_at_most_16_bytes_an_entry() {
+    let mut c = peer::Counts::default();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut keys = Vec::new();
+    for n in [1_000usize, 10_000, 100_000, 300_000] {
+        while c.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys.push(x);
+            c.set(x, 1);
+        }
+        let per = c.heap_bytes() as f64 / c.len() as f64;
+        assert!(per <= 16.0, "{per:.1} B an entry at {n}");
+    }
+    // Half of them leave: what stays still costs at most 16 B an entry.
+    for k in keys.iter().step_by(2) {
+        c.set(*k, 0);
+    }
+    let per = c.heap_bytes() as f64 / c.len() as f64;
+    assert!(per <= 16.0, "{per:.1} B an entry after removals");
+    // Nearly all leave: the buckets merge, and the few left cost little.
+    for k in keys.iter().skip(1).step_by(2).skip(100) {
+        c.set(*k, 0);
+    }
+    assert_eq!(c.len(), 100);
+    assert!(
+        c.heap_bytes() < 8_000,
+        "{} B for 100 entries",
+        c.heap_bytes()
+    );
+    // And they are the right ones, in order.
+    let mut left: Vec<(u64, u32)> = keys
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .take(100)
+        .map(|&k| (k, 1))
+        .collect();
+    left.sort_unstable();
+    assert!(c.iter().eq(left.iter().copied()));
+    assert!(left.iter().all(|(k, _)| c.get(k) == Some(&1)));
 }
