@@ -113,7 +113,11 @@ fn consume(bytes: &[u8]) -> usize {
                 node,
                 incarnation,
                 request,
-            } => (node ^ incarnation ^ request) as usize & 1,
+                names,
+            } => {
+                assert_eq!(names.len(), usize::from(d.header.count.get()));
+                ((node ^ incarnation ^ request) as usize & 1) + names.len()
+            }
             Body::Names(names) | Body::RepairNames(_, _, names) => {
                 let want = usize::from(d.header.count.get());
                 let mut got = 0;

@@ -8,6 +8,7 @@
 //!            refresh, resync:    range · count × entry    (authoritative for [lo, hi])
 //!            heartbeat, goodbye: —
 //!            resync request:     target node · target incarnation · request number
+//!                                · count × topic hash  (with FLAG_NAMES: the names wanted; none: all)
 //!            names:              count × (hash · len · len bytes of UTF-8)
 //!            members:            count × member
 //!            nack:               count × gap
@@ -439,14 +440,16 @@ impl Seal {
                 Body::Empty
             }
             Kind::ResyncRequest => {
-                let t = Target::ref_from_bytes(body).map_err(|_| Reject::Length)?;
-                if count != 0 {
-                    return Err(Reject::Length);
-                }
+                let (t, rest) = Target::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let names = match <[U64]>::ref_from_bytes(rest) {
+                    Ok(h) if h.len() == count => h,
+                    _ => return Err(Reject::Length),
+                };
                 Body::Target {
                     node: t.node.get(),
                     incarnation: t.incarnation.get(),
                     request: t.request.get(),
+                    names,
                 }
             }
             Kind::Names => Body::Names(names(body, count)?),
@@ -533,6 +536,8 @@ pub enum Body<'a> {
         incarnation: u64,
         /// The requester's request number.
         request: u64,
+        /// The topics whose names are asked for (none: all of them).
+        names: &'a [U64],
     },
     /// Names.
     Names(Names<'a>),
@@ -725,8 +730,31 @@ impl Encoder {
         incarnation: u64,
         request: u64,
     ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(HEADER_LEN + TARGET_LEN + TAG_LEN);
-        buf.extend_from_slice(self.header(Kind::ResyncRequest, flags, 0, st).as_bytes());
+        self.request_names(seal, flags, st, (node, incarnation, request), &[])
+    }
+
+    /// How many topics a resync request can ask the names of.
+    pub fn names_per_request(&self) -> usize {
+        ((self.budget - HEADER_LEN - TARGET_LEN - TAG_LEN) / 8).min(usize::from(u16::MAX))
+    }
+
+    /// A resync request to `node` (incarnation `incarnation`), the requester's `request`th,
+    /// asking (with [`FLAG_NAMES`]) for the names of `names` only (at most
+    /// [`Encoder::names_per_request`]; the rest are left out).
+    pub fn request_names(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (node, incarnation, request): (u64, u64, u64),
+        names: &[u64],
+    ) -> Vec<u8> {
+        let names = &names[..names.len().min(self.names_per_request())];
+        let mut buf = Vec::with_capacity(HEADER_LEN + TARGET_LEN + names.len() * 8 + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(Kind::ResyncRequest, flags, names.len(), st)
+                .as_bytes(),
+        );
         buf.extend_from_slice(
             Target {
                 node: U64::new(node),
@@ -735,6 +763,9 @@ impl Encoder {
             }
             .as_bytes(),
         );
+        for &h in names {
+            buf.extend_from_slice(&h.to_be_bytes());
+        }
         seal.seal(&mut buf);
         buf
     }

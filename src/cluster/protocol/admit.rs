@@ -36,6 +36,8 @@ pub(super) enum Admitted<'a> {
         names: bool,
         /// Send the table.
         state: bool,
+        /// The topics whose names are asked for (empty: all).
+        only: Vec<u64>,
     },
 }
 
@@ -77,9 +79,20 @@ impl Protocol {
             node: target,
             incarnation: target_inc,
             request,
+            names,
         } = d.body
         {
-            return self.admit_request(now, from, &d, target, target_inc, request);
+            let r = self.admit_request(now, from, &d, target, target_inc, request);
+            return r.map(|a| match a {
+                Admitted::Request {
+                    names: n, state, ..
+                } => Admitted::Request {
+                    names: n,
+                    state,
+                    only: names.iter().map(|h| h.get()).collect(),
+                },
+                other => other,
+            });
         }
         if let Err(r) = self.admit_sender(now, from, &d) {
             return Err(self.reject(r, Some(node)));
@@ -307,6 +320,10 @@ impl Protocol {
                 p.last_reply[1] = Some(now);
             }
         }
-        Ok(Admitted::Request { names, state })
+        Ok(Admitted::Request {
+            names,
+            state,
+            only: Vec::new(),
+        })
     }
 }

@@ -339,9 +339,9 @@ impl Protocol {
                 self.apply(now, from, d);
                 Outcome::Applied
             }
-            Ok(Admitted::Request { names, state }) => {
+            Ok(Admitted::Request { names, state, only }) => {
                 self.stats.received += 1;
-                self.serve_resync(now, from, names, state);
+                self.serve_resync(now, from, names, state, &only);
                 Outcome::Applied
             }
             Err(r) => Outcome::Rejected(r),

@@ -124,6 +124,11 @@ impl Repairs {
         self.tables.retain(|t| t.to != to);
     }
 
+    /// Takes `bytes` from the bucket (answers sent outside the queue).
+    pub(super) fn spend(&mut self, bytes: f64) {
+        self.tokens -= bytes;
+    }
+
     /// Whether anything waits.
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.tables.is_empty()
@@ -255,9 +260,30 @@ impl Protocol {
         self.pump_repairs(now);
     }
 
-    /// Queues this node's whole table and/or its names for `to` (a resync request admitted).
-    pub(super) fn serve_resync(&mut self, now: Instant, to: SocketAddr, names: bool, state: bool) {
+    /// Queues this node's whole table and/or its names for `to` (a resync request admitted);
+    /// names asked for by topic (`only`) go at once (a request holds a datagram's worth).
+    pub(super) fn serve_resync(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        names: bool,
+        state: bool,
+        only: &[u64],
+    ) {
         self.stats.resync_replies += 1;
+        let names = if names && !only.is_empty() {
+            let before = self.stats.bytes_sent;
+            self.send_names(now, only, Some(to));
+            let bytes = self.stats.bytes_sent - before;
+            self.stats.repair_bytes += bytes;
+            self.repairs.spend(bytes as f64);
+            false
+        } else {
+            names
+        };
+        if !names && !state {
+            return;
+        }
         let r = &mut self.repairs;
         if let Some(t) = r.tables.iter_mut().find(|t| t.to == to) {
             // Already under way: it goes on (every slice is authoritative for its range, so a

@@ -284,10 +284,12 @@ impl Protocol {
             // answers bring this node back here.)
             wake = Some(t + every);
         }
-        let mut want: Vec<(u64, SocketAddr, u64, bool)> = Vec::new();
+        let mut want: Vec<(u64, SocketAddr, u64, bool, Vec<u64>)> = Vec::new();
         let mut nack: Vec<u64> = Vec::new();
         let window = self.cfg.nack_window;
+        let per_request = self.enc.names_per_request();
         let repairs = &mut self.repairs;
+        let unnamed = &self.unnamed;
         for (&n, p) in self.peers.iter_mut() {
             if p.observer || !p.settled() {
                 continue;
@@ -325,16 +327,19 @@ impl Protocol {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
             }
-            if (ask_names || state) && std::env::var_os("HC_DBG").is_some() {
-                eprintln!(
-                    "REQ names={ask_names} state={state} gaps={:?} nacks={} unnamed={}",
-                    p.gaps,
-                    p.nacks,
-                    self.unnamed.len()
+            // The names asked of this peer: those of the unnamed topics it counts.
+            let mut only: Vec<u64> = Vec::new();
+            if ask_names {
+                only.extend(
+                    unnamed
+                        .iter()
+                        .filter(|h| p.table.map.contains_key(h))
+                        .take(per_request),
                 );
+                only.sort_unstable();
             }
-            if ask_names || state {
-                want.push((n, p.addr, p.incarnation, state));
+            if !only.is_empty() || state {
+                want.push((n, p.addr, p.incarnation, state, only));
             }
         }
         // A request, a nack or its answer may be lost: look again after one interval.
@@ -345,7 +350,7 @@ impl Protocol {
         nack.sort_unstable();
         self.send_nacks(now, &nack);
         self.wake = wake;
-        for (node, addr, inc, state) in want {
+        for (node, addr, inc, state, only) in want {
             if state && let Some(p) = self.peers.get_mut(&node) {
                 p.last_request = Some(now);
                 if p.over_cap {
@@ -354,14 +359,14 @@ impl Protocol {
             }
             self.stats.resync_requests += 1;
             self.requests += 1;
-            let flags = if ask_names { FLAG_NAMES } else { 0 } | if state { FLAG_STATE } else { 0 };
-            let d = self.enc.request(
+            let names = if only.is_empty() { 0 } else { FLAG_NAMES };
+            let flags = names | if state { FLAG_STATE } else { 0 };
+            let d = self.enc.request_names(
                 &self.seal,
                 flags,
                 &self.stamp(now, self.seq),
-                node,
-                inc,
-                self.requests,
+                (node, inc, self.requests),
+                &only,
             );
             self.push(Dest::To(addr), d);
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::cluster::wire::{self, FLAG_END, FLAG_NAMES, FLAG_STATE, Kind, Stamp};
+use crate::cluster::wire::{self, Body, FLAG_END, FLAG_NAMES, FLAG_STATE, Kind, Stamp};
 
 mod admission;
 
@@ -431,4 +431,59 @@ fn a_peer_table_costs_at_most_16_bytes_an_entry() {
     left.sort_unstable();
     assert!(c.iter().eq(left.iter().copied()));
     assert!(left.iter().all(|(k, _)| c.get(k) == Some(&1)));
+}
+
+/// A node missing a few names asks the peers that count those topics for those names only,
+/// and gets those names back, not every name the peers know.
+#[test]
+fn missing_names_are_asked_for_by_topic() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    for h in 0..500u64 {
+        a.set_local(h, 1, Some(&Arc::from(format!("room:{h}"))));
+    }
+    let mut t = now;
+    for _ in 0..4 {
+        a.handle_tick(t);
+        b.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        deliver(&mut b, addr(2), &mut a, addr(1), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:7"));
+    // b loses two names (as if their datagram never came and no repair brought them).
+    for h in [7u64, 300] {
+        b.names.remove(&h);
+        b.unnamed.insert(h);
+    }
+    b.newly_unnamed = 2;
+    b.names_asked = None;
+    b.request_where_needed(t);
+    let asks = drain(&mut b);
+    assert_eq!(
+        asks.len(),
+        1,
+        "one request, to the one peer that counts them"
+    );
+    let d = b.seal.open(&asks[0].bytes).unwrap();
+    let Body::Target { names, .. } = d.body else {
+        panic!("not a request: {:?}", d.kind)
+    };
+    let asked: Vec<u64> = names.iter().map(|h| h.get()).collect();
+    assert_eq!(asked, vec![7, 300]);
+    assert_eq!(
+        a.handle_datagram(t, addr(2), &asks[0].bytes),
+        Outcome::Applied
+    );
+    let reply = drain(&mut a);
+    let bytes: usize = reply.iter().map(|r| r.bytes.len()).sum();
+    assert!(bytes < 200, "{bytes} B of names for two topics");
+    for r in &reply {
+        assert_eq!(r.dest, Dest::To(addr(2)));
+        b.handle_datagram(t, addr(1), &r.bytes);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:7"));
+    assert_eq!(b.name(300).map(|n| &**n), Some("room:300"));
+    assert!(b.unnamed.is_empty());
 }
