@@ -66,6 +66,8 @@ struct TableReply {
     to: SocketAddr,
     state: Option<u64>,
     names: Option<u64>,
+    /// The topics whose names were asked for (empty: all), in order.
+    only: Vec<u64>,
 }
 
 /// The sending side of repair: the history of recent deltas and names, what waits to be sent
@@ -122,11 +124,6 @@ impl Repairs {
     /// that proved it is a live member).
     pub(super) fn cancel(&mut self, to: SocketAddr) {
         self.tables.retain(|t| t.to != to);
-    }
-
-    /// Takes `bytes` from the bucket (answers sent outside the queue).
-    pub(super) fn spend(&mut self, bytes: f64) {
-        self.tokens -= bytes;
     }
 
     /// Whether anything waits.
@@ -231,6 +228,7 @@ impl Protocol {
                 to,
                 state: Some(0),
                 names: None,
+                only: Vec::new(),
             });
         }
         let mut next = lo.max(oldest);
@@ -260,8 +258,8 @@ impl Protocol {
         self.pump_repairs(now);
     }
 
-    /// Queues this node's whole table and/or its names for `to` (a resync request admitted);
-    /// names asked for by topic (`only`) go at once (a request holds a datagram's worth).
+    /// Queues this node's whole table and/or its names (all, or those of `only`) for `to` (a
+    /// resync request admitted).
     pub(super) fn serve_resync(
         &mut self,
         now: Instant,
@@ -271,19 +269,10 @@ impl Protocol {
         only: &[u64],
     ) {
         self.stats.resync_replies += 1;
-        let names = if names && !only.is_empty() {
-            let before = self.stats.bytes_sent;
-            self.send_names(now, only, Some(to));
-            let bytes = self.stats.bytes_sent - before;
-            self.stats.repair_bytes += bytes;
-            self.repairs.spend(bytes as f64);
-            false
-        } else {
-            names
-        };
-        if !names && !state {
-            return;
-        }
+        // Sorted and once each, whatever the request held: the names phase walks it in order.
+        let mut only = only.to_vec();
+        only.sort_unstable();
+        only.dedup();
         let r = &mut self.repairs;
         if let Some(t) = r.tables.iter_mut().find(|t| t.to == to) {
             // Already under way: it goes on (every slice is authoritative for its range, so a
@@ -294,12 +283,14 @@ impl Protocol {
             }
             if names && t.names.is_none() {
                 t.names = Some(0);
+                t.only = only;
             }
         } else {
             r.tables.push_back(TableReply {
                 to,
                 state: state.then_some(0),
                 names: names.then_some(0),
+                only,
             });
         }
         self.pump_repairs(now);
@@ -406,13 +397,18 @@ impl Protocol {
                 );
                 self.push(Dest::To(to), d);
             } else if let Some(lo) = t.names {
-                let hashes: Vec<u64> = self
-                    .table
-                    .map
-                    .range(lo, u64::MAX)
-                    .take(NAMES_STEP + 1)
-                    .map(|(h, _)| h)
-                    .collect();
+                let hashes: Vec<u64> = if t.only.is_empty() {
+                    self.table
+                        .map
+                        .range(lo, u64::MAX)
+                        .take(NAMES_STEP + 1)
+                        .map(|(h, _)| h)
+                        .collect()
+                } else {
+                    // The names asked for, from `lo` on (`only` is sorted).
+                    let at = t.only.partition_point(|&h| h < lo);
+                    t.only[at..].iter().take(NAMES_STEP + 1).copied().collect()
+                };
                 let next = hashes.get(NAMES_STEP).copied();
                 let step = &hashes[..hashes.len().min(NAMES_STEP)];
                 if let Some(t) = self.repairs.tables.front_mut() {
