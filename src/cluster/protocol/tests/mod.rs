@@ -402,6 +402,7 @@ fn a_peer_table_costs_at_most_16_bytes_an_entry() {
             c.set(x, 1);
         }
         let per = c.heap_bytes() as f64 / c.len() as f64;
+        eprintln!("{n} entries: {per:.1} B an entry");
         assert!(per <= 16.0, "{per:.1} B an entry at {n}");
     }
     // Half of them leave: what stays still costs at most 16 B an entry.
