@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use headcount::{Engine, FeedEvent};
+use headcount::{ChangeFeed, Engine, FeedEvent};
 use rustler::{Encoder, LocalPid, OwnedEnv};
 
 use crate::atoms;
@@ -44,9 +44,13 @@ impl Courier {
         });
         let s = shared.clone();
         let engine = engine.clone();
+        // Subscribed here, before the thread runs: a change published between `start`
+        // returning and the thread's first instruction is in the feed, not lost (that race
+        // made the binding's lag test fail about one run in ten on a busy machine).
+        let feed = engine.changes();
         let thread = std::thread::Builder::new()
             .name("headcount-courier".into())
-            .spawn(move || run(&engine, &s))?;
+            .spawn(move || run(&engine, feed, &s))?;
         Ok(Courier {
             shared,
             thread: Some(thread),
@@ -74,8 +78,7 @@ impl Drop for Courier {
     }
 }
 
-fn run(engine: &Engine, s: &Shared) {
-    let mut feed = engine.changes();
+fn run(engine: &Engine, mut feed: ChangeFeed, s: &Shared) {
     let wait = engine.tick_interval().max(Duration::from_millis(1));
     let mut pending: HashMap<Arc<str>, u64> = HashMap::new();
     let mut lagged = 0u64;
