@@ -35,6 +35,9 @@ const MAX_GAPS: usize = 32;
 const MAX_ASKED: usize = 64;
 /// Whole-table replies queued at once; a request past them is refused (`Reject::Budget`).
 pub(super) const MAX_TABLE_REPLIES: usize = 16;
+/// Repairs queued at most (a nack of a long history cannot make the queue, or the work to fill
+/// it, grow without bound).
+const MAX_QUEUE: usize = 1 << 16;
 /// Names sent per step of a table reply's names phase.
 const NAMES_STEP: usize = 64;
 
@@ -231,12 +234,16 @@ impl Protocol {
                 only: Vec::new(),
             });
         }
+        // What waits is bounded: past `MAX_QUEUE` jobs a nack's rest is left for the nack that
+        // will come again (the requester's copy stays wrong until it is repaired).
         let mut next = lo.max(oldest);
         let start = r.history.partition_point(|s| s.seq < next);
-        let mut jobs = Vec::new();
         for s in r.history.range_mut(start..).take_while(|s| s.seq <= hi) {
+            if r.queue.len() >= MAX_QUEUE {
+                break;
+            }
             if s.seq > next {
-                jobs.push(Job::Empty(next, s.seq - 1));
+                r.queue.push_back(Job::Empty(next, s.seq - 1));
             }
             next = s.seq + 1;
             let recent = s
@@ -244,16 +251,11 @@ impl Protocol {
                 .is_some_and(|t| now.saturating_duration_since(t) < hold);
             if !s.queued && !recent {
                 s.queued = true;
-                jobs.push(Job::Seq(s.seq));
+                r.queue.push_back(Job::Seq(s.seq));
             }
         }
-        if next <= hi {
-            jobs.push(Job::Empty(next, hi));
-        }
-        for j in jobs {
-            if !matches!(j, Job::Empty(..)) || !r.queue.contains(&j) {
-                r.queue.push_back(j);
-            }
+        if next <= hi && r.queue.len() < MAX_QUEUE {
+            r.queue.push_back(Job::Empty(next, hi));
         }
         self.pump_repairs(now);
     }
@@ -498,6 +500,45 @@ mod tests {
         );
         assert_eq!(subtract(&[(5, 5)], &[(6, 9), (0, 4)]), vec![(5, 5)]);
         assert_eq!(subtract(&[(0, u64::MAX)], &[(0, 0)]), vec![(1, u64::MAX)]);
+    }
+
+    /// A nack of everything, on a node with a long history of one-topic datagrams between
+    /// heartbeats, queues a bounded number of repairs, and again. (It once scanned the queue
+    /// for every empty run it added: quadratic in the history.)
+    #[test]
+    fn a_nack_of_a_long_history_queues_a_bounded_number() {
+        use crate::cluster::protocol::{Config, Protocol};
+        use crate::cluster::wire::Seal;
+        let now = Instant::now();
+        let mut c = Config::new(1, 1, Duration::from_millis(100));
+        c.max_repair_rate = 1_000_000;
+        let mut p = Protocol::new(c, Seal::new("p", b"k"));
+        // Every other sequence number a delta (the others heartbeats: runs of empty repairs).
+        for seq in (2..=200_000u64).step_by(2) {
+            p.keep_sent(seq, false, vec![seq]);
+        }
+        p.seq = 200_000;
+        for _ in 0..3 {
+            p.nacked(now, None, 0, u64::MAX);
+            assert!(
+                p.repairs.queue.len() <= MAX_QUEUE,
+                "{}",
+                p.repairs.queue.len()
+            );
+        }
+        // Each history entry is queued once however often it is asked for.
+        let seqs: Vec<u64> = p
+            .repairs
+            .queue
+            .iter()
+            .filter_map(|j| match j {
+                Job::Seq(s) => Some(*s),
+                Job::Empty(..) => None,
+            })
+            .collect();
+        let once: std::collections::HashSet<u64> = seqs.iter().copied().collect();
+        assert_eq!(once.len(), seqs.len(), "a datagram queued twice");
+        while p.poll_transmit().is_some() {}
     }
 
     #[test]
