@@ -36,6 +36,25 @@ fn sum(s: &Sim, f: impl Fn(&ProtoStats) -> u64) -> u64 {
     stats(s).iter().map(f).sum()
 }
 
+/// Runs tick by tick until exact, for at most `max` ticks: the ticks it took (`None`: not
+/// exact), and the most answer bytes (`repair_bytes`) one node sent in one of them.
+fn until_exact(s: &mut Sim, max: u32) -> (Option<u32>, u64) {
+    let mut last: Vec<u64> = stats(s).iter().map(|p| p.repair_bytes).collect();
+    let mut worst = 0;
+    for k in 1..=max {
+        s.run_for(TICK);
+        let now: Vec<u64> = stats(s).iter().map(|p| p.repair_bytes).collect();
+        for (a, b) in now.iter().zip(&last) {
+            worst = worst.max(a - b);
+        }
+        last = now;
+        if s.exact() {
+            return (Some(k), worst);
+        }
+    }
+    (None, worst)
+}
+
 /// 1 Gbit/s links and Linux's default socket buffers.
 const GIGABIT: Capacity = Capacity {
     egress_bytes_per_sec: 125_000_000,
@@ -166,22 +185,8 @@ fn answers_never_exceed_the_repair_bucket() {
             }
         }
         s.restart(0);
-        let mut last: Vec<u64> = stats(&s).iter().map(|p| p.repair_bytes).collect();
         let limit = RATE * TICK.as_millis() as u64 / 1000 + BURST as u64 + 1_400;
-        let mut worst = 0;
-        let mut exact = None;
-        for k in 0..200 {
-            s.run_for(TICK);
-            let now: Vec<u64> = stats(&s).iter().map(|p| p.repair_bytes).collect();
-            for (a, b) in now.iter().zip(&last) {
-                worst = worst.max(a - b);
-            }
-            last = now;
-            if exact.is_none() && s.exact() {
-                exact = Some(k);
-                break;
-            }
-        }
+        let (exact, worst) = until_exact(&mut s, 200);
         assert!(
             worst <= limit,
             "seed {seed}: {worst} B of answers in one tick (limit {limit})"
@@ -216,21 +221,7 @@ fn a_big_node_restarting_under_loss_converges_within_its_budget() {
         let rate = headcount::cluster::protocol::defaults::MAX_REPAIR_RATE;
         let burst = headcount::cluster::protocol::defaults::REPAIR_BURST as u64;
         let limit = rate * TICK.as_millis() as u64 / 1000 + burst + 1_400;
-        let mut last: Vec<u64> = stats(&s).iter().map(|p| p.repair_bytes).collect();
-        let mut worst = 0;
-        let mut ticks = None;
-        for k in 0..100 {
-            s.run_for(TICK);
-            let now: Vec<u64> = stats(&s).iter().map(|p| p.repair_bytes).collect();
-            for (a, b) in now.iter().zip(&last) {
-                worst = worst.max(a - b);
-            }
-            last = now;
-            if s.exact() {
-                ticks = Some(k + 1);
-                break;
-            }
-        }
+        let (ticks, worst) = until_exact(&mut s, 100);
         assert!(ticks.is_some(), "seed {seed}: not exact within 100 ticks");
         assert!(
             worst <= limit,

@@ -250,11 +250,9 @@ impl Protocol {
             tick_ms,
             cfg.budget,
         );
-        let burst = (cfg.repair_burst.min(cfg.max_repair_rate.max(1) as usize) as f64)
-            .max(cfg.budget as f64);
         let repairs = Repairs::new(
             cfg.clock.base,
-            burst,
+            repair::burst(&cfg),
             cfg.node.rotate_left(17) ^ cfg.incarnation,
         );
         Protocol {

@@ -141,6 +141,12 @@ impl Repairs {
     }
 }
 
+/// The most the repair bucket holds: one burst (at most a second's rate), at least one
+/// datagram.
+pub(super) fn burst(cfg: &super::Config) -> f64 {
+    (cfg.repair_burst.min(cfg.max_repair_rate.max(1) as usize) as f64).max(cfg.budget as f64)
+}
+
 /// `gaps` less every range in `asked` (both inclusive ranges; the result in order).
 pub(super) fn subtract(gaps: &[(u64, u64)], asked: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -302,7 +308,7 @@ impl Protocol {
     /// when it does not, notes when it will ([`Protocol::poll_timeout`]).
     pub(super) fn pump_repairs(&mut self, now: Instant) {
         let rate = self.cfg.max_repair_rate.max(1) as f64;
-        let burst = self.repair_burst();
+        let burst = burst(&self.cfg);
         {
             let r = &mut self.repairs;
             let dt = now.saturating_duration_since(r.at).as_secs_f64();
@@ -322,15 +328,6 @@ impl Protocol {
             self.stats.repair_bytes += bytes as u64;
             self.repairs.tokens -= bytes as f64;
         }
-    }
-
-    /// The most the repair bucket holds: one burst, at least one datagram.
-    pub(super) fn repair_burst(&self) -> f64 {
-        (self
-            .cfg
-            .repair_burst
-            .min(self.cfg.max_repair_rate.max(1) as usize) as f64)
-            .max(self.cfg.budget as f64)
     }
 
     /// Sends one datagram's worth (a repair, or a step of a table reply) of what waits;
