@@ -3,8 +3,9 @@
 //! link capacity and socket buffers ([`Capacity`]). The simulation tests and
 //! `headcount-perf converge` drive it; it is public so users can test their settings the same way.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap};
+use std::rc::Rc;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -66,6 +67,8 @@ struct Node {
     proto: Option<Protocol>,
     local: HashMap<u64, u32>,
     next_tick: Duration,
+    /// When the protocol last asked to be woken (`poll_timeout`), as queued in `events`.
+    wake: Option<Duration>,
     incarnation: u64,
     /// Partition group: nodes in different groups cannot reach each other.
     group: u32,
@@ -85,10 +88,9 @@ pub struct Sim {
     tick: Duration,
     cfg: Box<dyn Fn(&mut Config)>,
     nodes: Vec<Node>,
-    /// Datagrams in flight: (when, id, to, from); `arrived` tells which are past the receiver's
-    /// downlink.
-    queue: BinaryHeap<Reverse<(Duration, u64, usize, usize)>>,
-    payloads: HashMap<u64, (Vec<u8>, bool)>,
+    /// What happens next: ticks, datagrams in flight, wakes (stale ticks and wakes are skipped
+    /// when they come up: a node's `next_tick` and `wake` say which are current).
+    events: BinaryHeap<Reverse<Event>>,
     next_id: u64,
     /// Faults applied to deliveries from now on.
     pub faults: Faults,
@@ -99,6 +101,61 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Datagrams delivered.
     pub delivered: u64,
+}
+
+/// One event of the simulation. In time order; at the same time, ticks (by node) before
+/// datagrams (in the order they were sent) before wakes (by node).
+struct Event {
+    at: Duration,
+    key: (u8, u64),
+    what: What,
+}
+
+enum What {
+    Tick(usize),
+    Wake(usize),
+    /// A datagram for `to`; `arrived`: past the receiver's downlink. One group datagram's
+    /// copies share their bytes.
+    Datagram {
+        to: usize,
+        from: usize,
+        bytes: Rc<[u8]>,
+        arrived: bool,
+    },
+}
+
+impl Event {
+    fn tick(at: Duration, i: usize) -> Event {
+        Event {
+            at,
+            key: (0, i as u64),
+            what: What::Tick(i),
+        }
+    }
+    fn wake(at: Duration, i: usize) -> Event {
+        Event {
+            at,
+            key: (2, i as u64),
+            what: What::Wake(i),
+        }
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Event) -> bool {
+        (self.at, self.key) == (o.at, o.key)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Event) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Event) -> Ordering {
+        (self.at, self.key).cmp(&(o.at, o.key))
+    }
 }
 
 impl std::fmt::Debug for Sim {
@@ -145,8 +202,7 @@ impl Sim {
             tick,
             cfg: Box::new(cfg),
             nodes: Vec::new(),
-            queue: BinaryHeap::new(),
-            payloads: HashMap::default(),
+            events: BinaryHeap::new(),
             next_id: 0,
             faults: Faults::default(),
             capacity: Capacity::default(),
@@ -160,6 +216,7 @@ impl Sim {
                 proto: None,
                 local: HashMap::default(),
                 next_tick: phase,
+                wake: None,
                 incarnation: 1,
                 group: 0,
                 tx_free: Duration::ZERO,
@@ -168,6 +225,7 @@ impl Sim {
                 link: LinkStats::default(),
             };
             node.proto = Some(s.make(i, 1));
+            s.events.push(Reverse(Event::tick(phase, i)));
             s.nodes.push(node);
         }
         s
@@ -335,6 +393,8 @@ impl Sim {
         self.nodes[i].local.clear();
         self.nodes[i].proto = Some(self.make(i, inc));
         self.nodes[i].next_tick = self.now;
+        self.nodes[i].wake = None;
+        self.events.push(Reverse(Event::tick(self.now, i)));
     }
 
     /// Splits the cluster: node `i` goes to group `groups[i]`.
@@ -384,7 +444,7 @@ impl Sim {
         Some(done)
     }
 
-    fn send(&mut self, from: usize, to: usize, bytes: &[u8], left: Duration) {
+    fn send(&mut self, from: usize, to: usize, bytes: &Rc<[u8]>, left: Duration) {
         if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
             return;
         }
@@ -396,39 +456,71 @@ impl Sim {
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.payloads.insert(id, (bytes.to_vec(), false));
-            self.queue.push(Reverse((at, id, to, from)));
+            self.events.push(Reverse(Event {
+                at,
+                key: (1, id),
+                what: What::Datagram {
+                    to,
+                    from,
+                    bytes: bytes.clone(),
+                    arrived: false,
+                },
+            }));
         }
     }
 
-    /// A datagram reached node `to`'s downlink now: queued behind the ones before it (or dropped
-    /// if its receive buffer is full); true if it can be handled now.
-    fn downlink(&mut self, id: u64, to: usize, from: usize) -> bool {
+    /// Datagram `ev` reached its receiver's downlink now: queued behind the ones before it (or
+    /// dropped if its receive buffer is full); given back if it can be handled now.
+    fn downlink(&mut self, mut ev: Event) -> Option<Event> {
         let c = self.capacity;
-        if c.ingress_bytes_per_sec == 0 {
-            return true;
+        let What::Datagram {
+            to,
+            ref bytes,
+            ref mut arrived,
+            ..
+        } = ev.what
+        else {
+            return Some(ev);
+        };
+        if c.ingress_bytes_per_sec == 0 || *arrived {
+            return Some(ev);
         }
-        let len = self.payloads.get(&id).map_or(0, |p| p.0.len());
+        let len = bytes.len();
         let free = self.nodes[to].rx_free;
         if c.recv_buffer > 0
             && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
         {
             self.nodes[to].link.dropped_recv += 1;
-            self.payloads.remove(&id);
-            return false;
+            return None;
         }
         let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
         self.nodes[to].rx_free = done;
-        if let Some(p) = self.payloads.get_mut(&id) {
-            p.1 = true;
+        *arrived = true;
+        ev.at = done;
+        self.events.push(Reverse(ev));
+        None
+    }
+
+    /// Queues node `i`'s wake if its protocol asks for a new one.
+    fn rewake(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let w = node
+            .proto
+            .as_ref()
+            .and_then(Protocol::poll_timeout)
+            .map(|w| w.saturating_duration_since(self.base));
+        if w != node.wake {
+            node.wake = w;
+            if let Some(w) = w {
+                self.events.push(Reverse(Event::wake(w, i)));
+            }
         }
-        self.queue.push(Reverse((done, id, to, from)));
-        false
     }
 
     fn flush(&mut self, i: usize, p: &mut Protocol) {
         let tick = self.tick.as_nanos().max(1);
         while let Some(t) = p.poll_transmit() {
+            let bytes: Rc<[u8]> = t.bytes.as_slice().into();
             let w = (self.now.as_nanos() / tick) as u64;
             let copies = match t.dest {
                 Dest::Group if self.capacity.unicast_fanout => self.nodes.len() as u64 - 1,
@@ -448,7 +540,7 @@ impl Sim {
                             && let Some(left) = self.uplink(i, t.bytes.len())
                         {
                             self.bytes_sent[i] += t.bytes.len() as u64;
-                            self.send(i, j, &t.bytes, left);
+                            self.send(i, j, &bytes, left);
                         }
                     }
                 }
@@ -460,7 +552,7 @@ impl Sim {
                     self.bytes_sent[i] += t.bytes.len() as u64;
                     for j in 0..self.nodes.len() {
                         if j != i {
-                            self.send(i, j, &t.bytes, left);
+                            self.send(i, j, &bytes, left);
                         }
                     }
                 }
@@ -470,7 +562,7 @@ impl Sim {
                             continue;
                         };
                         self.bytes_sent[i] += t.bytes.len() as u64;
-                        self.send(i, j, &t.bytes, left);
+                        self.send(i, j, &bytes, left);
                     }
                 }
             }
@@ -479,73 +571,65 @@ impl Sim {
 
     /// Runs until simulated time `until` (from the start).
     pub fn run_until(&mut self, until: Duration) {
-        loop {
-            let next_tick = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.proto.is_some())
-                .map(|(i, n)| (n.next_tick, i))
-                .min();
-            let next_msg = self.queue.peek().map(|Reverse((at, ..))| *at);
-            let next_wake = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| {
-                    n.proto
-                        .as_ref()?
-                        .poll_timeout()
-                        .map(|w| (w.saturating_duration_since(self.base), i))
-                })
-                .min();
-            if let Some((w, i)) = next_wake
-                && w <= until
-                && next_tick.is_none_or(|(t, _)| w < t)
-                && next_msg.is_none_or(|m| w < m)
-            {
-                self.now = self.now.max(w);
-                let mut p = self.nodes[i].proto.take().expect("running node");
-                p.handle_timeout(self.base + self.now);
-                self.flush(i, &mut p);
-                self.nodes[i].proto = Some(p);
-                continue;
-            }
-            let tick_first = match (next_tick, next_msg) {
-                (Some((t, _)), Some(m)) => t <= m,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let at = if tick_first {
-                next_tick.map(|(t, _)| t)
-            } else {
-                next_msg
-            }
-            .unwrap_or(until);
-            if at > until {
+        // The nodes may have been changed from outside since the last run.
+        for i in 0..self.nodes.len() {
+            self.rewake(i);
+        }
+        while let Some(Reverse(next)) = self.events.peek() {
+            if next.at > until {
                 break;
             }
-            self.now = at;
-            let now = self.base + at;
-            if tick_first {
-                let i = next_tick.map(|(_, i)| i).unwrap_or(0);
-                let mut p = self.nodes[i].proto.take().expect("running node");
-                p.handle_tick(now);
-                self.flush(i, &mut p);
-                self.nodes[i].proto = Some(p);
-                self.nodes[i].next_tick += self.tick;
-            } else if let Some(Reverse((_, id, to, from))) = self.queue.pop() {
-                let arrived = self.payloads.get(&id).is_some_and(|p| p.1);
-                if !arrived && !self.downlink(id, to, from) {
-                    continue; // queued for the downlink, or dropped
+            let Some(Reverse(ev)) = self.events.pop() else {
+                break;
+            };
+            match ev.what {
+                What::Tick(i) => {
+                    let n = &self.nodes[i];
+                    if n.proto.is_none() || n.next_tick != ev.at {
+                        continue; // stale: crashed, or restarted since
+                    }
+                    self.now = ev.at;
+                    let mut p = self.nodes[i].proto.take().expect("running node");
+                    p.handle_tick(self.base + self.now);
+                    self.flush(i, &mut p);
+                    self.nodes[i].proto = Some(p);
+                    let next = ev.at + self.tick;
+                    self.nodes[i].next_tick = next;
+                    self.events.push(Reverse(Event::tick(next, i)));
+                    self.rewake(i);
                 }
-                let bytes = self.payloads.remove(&id).map(|p| p.0).unwrap_or_default();
-                if let Some(mut p) = self.nodes[to].proto.take() {
-                    self.delivered += 1;
-                    p.handle_datagram(now, addr(from), &bytes);
-                    self.flush(to, &mut p);
-                    self.nodes[to].proto = Some(p);
+                What::Wake(i) => {
+                    if self.nodes[i].wake != Some(ev.at) {
+                        continue; // stale: the node asked for another time since
+                    }
+                    self.nodes[i].wake = None;
+                    self.now = self.now.max(ev.at);
+                    let Some(mut p) = self.nodes[i].proto.take() else {
+                        continue;
+                    };
+                    p.handle_timeout(self.base + self.now);
+                    self.flush(i, &mut p);
+                    self.nodes[i].proto = Some(p);
+                    self.rewake(i);
+                }
+                What::Datagram { .. } => {
+                    self.now = ev.at;
+                    let Some(ev) = self.downlink(ev) else {
+                        continue; // queued for the downlink, or dropped
+                    };
+                    let What::Datagram {
+                        to, from, bytes, ..
+                    } = ev.what
+                    else {
+                        continue;
+                    };
+                    if let Some(mut p) = self.nodes[to].proto.take() {
+                        self.delivered += 1;
+                        p.handle_datagram(self.base + self.now, addr(from), &bytes);
+                        self.flush(to, &mut p);
+                        self.nodes[to].proto = Some(p);
+                        self.rewake(to);
+                    }
                 }
             }
         }
