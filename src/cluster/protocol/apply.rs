@@ -151,6 +151,11 @@ impl Protocol {
     /// Names a peer sent (with a count, in a reply or a repair).
     fn learn_names(&mut self, names: wire::Names) {
         for (h, n) in names {
+            // Most names come more than once (every node that counts a topic announces it):
+            // one lookup settles those.
+            if self.names.contains_key(&h) {
+                continue;
+            }
             // Names of topics not counted yet (the counts may be in flight) wait in a bounded
             // side table, so that names alone cannot grow memory.
             if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
@@ -160,12 +165,10 @@ impl Protocol {
                 self.pending_names.insert(h, n.into());
                 continue;
             }
-            if let std::collections::hash_map::Entry::Vacant(v) = self.names.entry(h) {
-                let n: Arc<str> = n.into();
-                v.insert(n.clone());
-                self.unnamed.remove(&h);
-                self.learned.push_back((h, n));
-            }
+            let n: Arc<str> = n.into();
+            self.names.insert(h, n.clone());
+            self.unnamed.remove(&h);
+            self.learned.push_back((h, n));
         }
     }
 

@@ -311,8 +311,10 @@ impl Protocol {
             if !self.remote.contains_key(&hash) {
                 self.names.remove(&hash);
             }
-        } else if old == 0 && self.names.contains_key(&hash) {
-            // A topic (re)appearing here: announce its name with its count.
+        } else if old == 0 && self.names.contains_key(&hash) && !self.remote.contains_key(&hash) {
+            // A topic (re)appearing here that no peer counts: announce its name with its count.
+            // (One a peer counts was announced by that peer; a node that missed it asks the
+            // nodes counting the topic, this one among them.)
             self.new_names.insert(hash);
         }
     }

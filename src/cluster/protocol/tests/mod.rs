@@ -488,3 +488,64 @@ fn missing_names_are_asked_for_by_topic() {
     assert_eq!(b.name(300).map(|n| &**n), Some("room:300"));
     assert!(b.unnamed.is_empty());
 }
+
+/// A node that starts counting a topic a peer already counts does not announce its name again
+/// (with hot topics every node once announced every name: N − 1 copies to every receiver); a
+/// node that missed the first announcement still learns it, from whichever node counts it.
+#[test]
+fn a_topic_a_peer_counts_is_not_announced_again() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    let mut c = proto(3, 1400);
+    let name: Arc<str> = "room:lobby".into();
+    a.set_local(9, 1, Some(&name));
+    let mut t = now;
+    for _ in 0..3 {
+        for p in [&mut a, &mut b, &mut c] {
+            p.handle_tick(t);
+        }
+        // a's datagrams reach b only; b and c hear each other.
+        let from_a = drain(&mut a);
+        for d in &from_a {
+            b.handle_datagram(t, addr(1), &d.bytes);
+        }
+        deliver(&mut b, addr(2), &mut c, addr(3), t);
+        deliver(&mut c, addr(3), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.remote(9), 1);
+    b.set_local(9, 1, Some(&name));
+    b.handle_tick(t);
+    let sent = drain(&mut b);
+    let kinds: Vec<Kind> = sent
+        .iter()
+        .map(|d| b.seal.open(&d.bytes).unwrap().kind)
+        .collect();
+    assert!(kinds.contains(&Kind::Delta), "{kinds:?}");
+    assert!(!kinds.contains(&Kind::Names), "announced again: {kinds:?}");
+    // c counts b's topic without its name, and asks b for it.
+    for d in &sent {
+        c.handle_datagram(t, addr(2), &d.bytes);
+    }
+    assert_eq!(c.remote(9), 1);
+    assert_eq!(c.name(9), None);
+    let mut named = false;
+    for _ in 0..100 {
+        t += Duration::from_millis(100);
+        for p in [&mut b, &mut c] {
+            p.handle_tick(t);
+            while p.poll_timeout().is_some_and(|w| w <= t) {
+                p.handle_timeout(t);
+            }
+        }
+        deliver(&mut b, addr(2), &mut c, addr(3), t);
+        deliver(&mut c, addr(3), &mut b, addr(2), t);
+        if c.name(9).is_some() {
+            named = true;
+            break;
+        }
+    }
+    assert!(named, "c never learned the name");
+    assert_eq!(c.name(9).map(|n| &**n), Some("room:lobby"));
+}
