@@ -128,7 +128,17 @@ fn repair_bytes(sim: &Sim) -> u64 {
         .sum()
 }
 
-fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Capacity) -> Run {
+/// One seed's run; `idle`: also the idle ticks after exactness and the memory they leave (a
+/// baseline needs only the burst's bytes).
+fn run_seed(
+    nodes: usize,
+    loss: f64,
+    seed: u64,
+    topics: u64,
+    joins: u64,
+    cap: Capacity,
+    idle: bool,
+) -> Run {
     let mut sim = Sim::new(nodes, seed, TICK, |_| {});
     sim.faults = Faults {
         loss,
@@ -142,7 +152,9 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
 
     let (b0, r0, t0) = (total_bytes(&sim), resync_requests(&sim), sim.elapsed());
     let p0 = repair_bytes(&sim);
-    counting::track_bytes(true);
+    if idle {
+        counting::track_bytes(true);
+    }
     burst(&mut sim, seed, joins, topics);
     let limit = TICK * MAX_TICKS;
     let mut ms = None;
@@ -164,11 +176,15 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
     let repair = repair_bytes(&sim) - p0;
 
     let b1 = total_bytes(&sim);
-    sim.run_for(TICK * IDLE_TICKS);
+    if idle {
+        sim.run_for(TICK * IDLE_TICKS);
+    }
     let idle_bytes = total_bytes(&sim) - b1;
     // After the idle ticks nothing is in flight: what the burst left is tables.
     let live_bytes = counting::live_bytes();
-    counting::track_bytes(false);
+    if idle {
+        counting::track_bytes(false);
+    }
     let now = std::time::Instant::now();
     let peer_entries: u64 = (0..sim.len())
         .filter_map(|i| sim.node(i))
@@ -221,7 +237,8 @@ fn run_seed(nodes: usize, loss: f64, seed: u64, topics: u64, joins: u64, cap: Ca
 /// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
 ///   over seeds (0 without `cap` limits).
 /// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate (with its
-///   lossless baseline run when `loss` > 0), worst over seeds: a machine figure, unlike the rest.
+///   lossless baseline run when `loss` > 0, on a second thread beside it), worst over seeds: a
+///   machine figure, unlike the rest.
 /// - `bytes_per_peer_topic`: the heap bytes the burst added, over the (peer, topic) entries all
 ///   nodes then hold of their peers' tables, mean over seeds. Everything the burst allocated is
 ///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
@@ -255,16 +272,21 @@ pub fn converge(
     let mut per_entry = Vec::new();
     for seed in 0..seeds {
         let started = std::time::Instant::now();
-        let r = run_seed(nodes, loss, seed, topics, joins, cap);
+        // Without loss the run is its own lossless baseline (the simulation is seeded); with
+        // loss the baseline runs on another thread beside it (up to the burst's end only).
+        let (r, lossless) = std::thread::scope(|s| {
+            let baseline = (loss > 0.0)
+                .then(|| s.spawn(move || run_seed(nodes, 0.0, seed, topics, joins, cap, false)));
+            let r = run_seed(nodes, loss, seed, topics, joins, cap, true);
+            let lossless = match baseline {
+                Some(b) => b.join().expect("baseline run").burst_bytes,
+                None => r.burst_bytes,
+            };
+            (r, lossless)
+        });
         if r.peer_entries > 0 {
             per_entry.push(r.live_bytes.max(0) as f64 / r.peer_entries as f64);
         }
-        // Without loss the run is its own lossless baseline (the simulation is seeded).
-        let lossless = if loss > 0.0 {
-            run_seed(nodes, 0.0, seed, topics, joins, cap).burst_bytes
-        } else {
-            r.burst_bytes
-        };
         wall = wall.max(started.elapsed().as_secs_f64());
         vs_lossless.push(r.burst_bytes as f64 / lossless.max(1) as f64);
         repair.push(r.repair_bytes as f64 / nodes as f64);
