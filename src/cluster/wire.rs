@@ -13,10 +13,14 @@
 //!            members:            count × member
 //!            nack:               count × gap
 //!            repair:             seq range · count × entry    (FLAG_NAMES: × name entry)
+//!            digest request:     target node · target incarnation · request number
+//!                                · count × range    (FLAG_STATE: their entries; none: reconcile)
+//!            digest reply:       range · count × child digest  (count ≥ 2 equal children)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
 //! gap      = node id (u64) · first seq (u64) · last seq (u64)           24 bytes
 //! seq range = first seq (u64) · last seq (u64)                          16 bytes
+//! child digest = digest (u64) · topics (u32)                             12 bytes
 //! tag      = keyed BLAKE3 of everything before it, first 16 bytes
 //! ```
 //!
@@ -28,7 +32,17 @@
 //! Version 2 added `time` to the header and the request number to resync requests; the members
 //! kind came later in version 2 (a node without it rejects those datagrams as `kind`, and
 //! nothing else changes for it), and so did the nack and repair kinds (a node without them
-//! refuses both as `kind`, and repairs its copies by resync as before).
+//! refuses both as `kind`, and repairs its copies by resync as before), and so did the digest
+//! request and reply kinds (a node without them refuses both as `kind`; a node that gets no
+//! digest reply from a peer asks it for its whole table after a few tries, as before).
+//!
+//! A digest request asks for hash ranges of the target's table: with [`FLAG_STATE`], each
+//! range's entries (answered by resync reply datagrams, authoritative for their ranges);
+//! without, each range reconciled: its entries when they are few, else a digest reply, which
+//! splits the range into `count` equal children ([`child_range`]) and gives each child's
+//! digest (the wrapping sum of the digest terms of its entries, as the header's digest is of
+//! the whole table) and its number of topics. The requester compares them with its copy and
+//! asks again, for the children that differ only.
 //!
 //! A repair re-sends what the sender's datagrams `lo..=hi` carried, with the counts (or names)
 //! of now: one delta or names datagram (`lo == hi`), or nothing (a run of sequence numbers that
@@ -48,13 +62,14 @@ pub const TAG_LEN: usize = 16;
 pub const FLAG_END: u16 = 1;
 /// Resync request flag: send the names of your topics.
 pub const FLAG_NAMES: u16 = 2;
-/// Resync request flag: send your whole table.
+/// Resync request flag: send your whole table. Digest request flag: send the entries of the
+/// ranges asked for.
 pub const FLAG_STATE: u16 = 4;
 /// Heartbeat flag: the sender is a passive observer (counts nothing; may ask for resyncs).
 pub const FLAG_OBSERVER: u16 = 8;
 /// Sent in answer to a request, without a sequence number of its own (it carries the sender's
 /// current one): names answering a resync request (unicast), a repair (a delta answering
-/// a nack, to the group), a nack itself.
+/// a nack, to the group), a nack itself, a digest reply.
 pub const FLAG_REPLY: u16 = 16;
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
@@ -86,6 +101,12 @@ pub enum Kind {
     /// What the sender's datagrams in a sequence range carried, with today's counts or names
     /// (to the group, in answer to nacks).
     Repair = 10,
+    /// "Send me these hash ranges of your table": their entries ([`FLAG_STATE`]), or, for a
+    /// range with many entries, the digests of its children (unicast).
+    DigestRequest = 11,
+    /// The digest and size of each child of a hash range of the sender's table (unicast, in
+    /// answer to a digest request, or to a nack of datagrams older than the sender's history).
+    DigestReply = 12,
 }
 
 impl Kind {
@@ -101,6 +122,8 @@ impl Kind {
             8 => Kind::Members,
             9 => Kind::Nack,
             10 => Kind::Repair,
+            11 => Kind::DigestRequest,
+            12 => Kind::DigestReply,
             _ => return None,
         })
     }
@@ -142,7 +165,9 @@ pub const HEADER_LEN: usize = 64;
 const _: () = assert!(size_of::<Header>() == HEADER_LEN);
 
 /// The hash range a refresh or resync reply is authoritative for (inclusive).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct Range {
     /// Lowest hash covered.
@@ -233,6 +258,42 @@ impl Gap {
             hi: U64::new(hi),
         }
     }
+}
+
+/// The digest and size of one child range of a digest reply.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Digest {
+    /// The wrapping sum of the digest terms
+    /// ([`mix`](crate::cluster::protocol::mix)) of the child's entries.
+    pub digest: U64,
+    /// How many topics the child holds.
+    pub topics: U32,
+}
+/// Size of [`Digest`].
+pub const DIGEST_LEN: usize = 12;
+const _: () = assert!(size_of::<Digest>() == DIGEST_LEN);
+
+/// The most children a digest reply splits its range into (fewer when the budget is small).
+pub const MAX_FANOUT: usize = 32;
+
+/// Child `i` of `[lo, hi]` split into `n` equal parts, or `None` if it is empty (a range
+/// narrower than `n` hashes) or `i >= n`. The children cover the range exactly, in order.
+pub fn child_range(lo: u64, hi: u64, n: usize, i: usize) -> Option<(u64, u64)> {
+    if i >= n || lo > hi {
+        return None;
+    }
+    // In 128 bits: the whole hash space is 2^64 wide.
+    let width = u128::from(hi - lo) + 1;
+    let (n, i) = (n as u128, i as u128);
+    let start = width * i / n;
+    let end = width * (i + 1) / n;
+    if end == start {
+        return None;
+    }
+    Some((lo + start as u64, lo + (end - 1) as u64))
 }
 
 /// The body of a resync request.
@@ -469,6 +530,34 @@ impl Seal {
                 Ok(m) if m.len() == count => Body::Members(m),
                 _ => return Err(Reject::Length),
             },
+            Kind::DigestRequest => {
+                let (t, rest) = Target::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let ranges = match <[Range]>::ref_from_bytes(rest) {
+                    Ok(r) if r.len() == count => r,
+                    _ => return Err(Reject::Length),
+                };
+                if ranges.is_empty() || ranges.iter().any(|r| r.lo.get() > r.hi.get()) {
+                    return Err(Reject::Malformed);
+                }
+                Body::Ranges {
+                    node: t.node.get(),
+                    incarnation: t.incarnation.get(),
+                    request: t.request.get(),
+                    ranges,
+                }
+            }
+            Kind::DigestReply => {
+                let (range, rest) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let children = match <[Digest]>::ref_from_bytes(rest) {
+                    Ok(c) if c.len() == count => c,
+                    _ => return Err(Reject::Length),
+                };
+                // Fewer than two children would not narrow the range down.
+                if range.lo.get() > range.hi.get() || !(2..=MAX_FANOUT).contains(&count) {
+                    return Err(Reject::Malformed);
+                }
+                Body::Digests(range.lo.get(), range.hi.get(), children)
+            }
             Kind::Nack => match <[Gap]>::ref_from_bytes(body) {
                 Ok(g) if g.len() == count => {
                     if g.iter().any(|g| g.lo.get() > g.hi.get()) {
@@ -549,6 +638,21 @@ pub enum Body<'a> {
     Repair(u64, u64, &'a [Entry]),
     /// A repair of the sender's sequence numbers `lo..=hi`: names.
     RepairNames(u64, u64, Names<'a>),
+    /// Digest request: the target node and incarnation, the requester's request number, and
+    /// the hash ranges asked for (at least one, each `lo <= hi`).
+    Ranges {
+        /// The node asked.
+        node: u64,
+        /// Its incarnation as the requester knows it.
+        incarnation: u64,
+        /// The requester's request number (the same sequence as its resync requests').
+        request: u64,
+        /// The ranges asked for.
+        ranges: &'a [Range],
+    },
+    /// Digest reply: `[lo, hi]` and its children's digests (2 to [`MAX_FANOUT`] of them; child
+    /// `i` of `n` is [`child_range`]`(lo, hi, n, i)`).
+    Digests(u64, u64, &'a [Digest]),
 }
 
 /// The entries of a names datagram (already validated).
@@ -765,6 +869,103 @@ impl Encoder {
         );
         for &h in names {
             buf.extend_from_slice(&h.to_be_bytes());
+        }
+        seal.seal(&mut buf);
+        buf
+    }
+
+    /// How many children a digest reply of this budget splits its range into: [`MAX_FANOUT`],
+    /// or fewer when the budget is small; 0 when not even two fit (then ranges are answered with
+    /// their entries only).
+    pub fn fanout(&self) -> usize {
+        let n = (self.budget - HEADER_LEN - RANGE_LEN - TAG_LEN) / DIGEST_LEN;
+        if n < 2 { 0 } else { n.min(MAX_FANOUT) }
+    }
+
+    /// How many ranges a digest request can carry.
+    pub fn ranges_per_request(&self) -> usize {
+        ((self.budget - HEADER_LEN - TARGET_LEN - TAG_LEN) / RANGE_LEN)
+            .clamp(1, usize::from(u16::MAX))
+    }
+
+    /// Digest requests to `node` (incarnation `incarnation`) for `ranges`, as many datagrams as
+    /// they need ([`Encoder::ranges_per_request`] each); `request` gives each its request
+    /// number. `flags`: [`FLAG_STATE`] asks for the ranges' entries.
+    pub fn digest_requests(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (node, incarnation): (u64, u64),
+        request: &mut dyn FnMut() -> u64,
+        ranges: &[(u64, u64)],
+    ) -> Vec<Vec<u8>> {
+        ranges
+            .chunks(self.ranges_per_request())
+            .map(|chunk| {
+                let mut buf =
+                    Vec::with_capacity(HEADER_LEN + TARGET_LEN + chunk.len() * RANGE_LEN + TAG_LEN);
+                buf.extend_from_slice(
+                    self.header(Kind::DigestRequest, flags, chunk.len(), st)
+                        .as_bytes(),
+                );
+                buf.extend_from_slice(
+                    Target {
+                        node: U64::new(node),
+                        incarnation: U64::new(incarnation),
+                        request: U64::new(request()),
+                    }
+                    .as_bytes(),
+                );
+                for &(lo, hi) in chunk {
+                    buf.extend_from_slice(
+                        Range {
+                            lo: U64::new(lo),
+                            hi: U64::new(hi),
+                        }
+                        .as_bytes(),
+                    );
+                }
+                seal.seal(&mut buf);
+                buf
+            })
+            .collect()
+    }
+
+    /// A digest reply for `[lo, hi]`: `children` (digest, topics) of its equal children
+    /// (2 to [`Encoder::fanout`] of them; more are left out), flagged [`FLAG_REPLY`] and
+    /// `flags` (`st` has the current sequence number).
+    pub fn digest_reply(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (lo, hi): (u64, u64),
+        children: &[(u64, u32)],
+    ) -> Vec<u8> {
+        debug_assert!((2..=self.fanout()).contains(&children.len()));
+        let children = &children[..children.len().min(self.fanout())];
+        let mut buf =
+            Vec::with_capacity(HEADER_LEN + RANGE_LEN + children.len() * DIGEST_LEN + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(Kind::DigestReply, flags | FLAG_REPLY, children.len(), st)
+                .as_bytes(),
+        );
+        buf.extend_from_slice(
+            Range {
+                lo: U64::new(lo),
+                hi: U64::new(hi),
+            }
+            .as_bytes(),
+        );
+        for &(digest, topics) in children {
+            buf.extend_from_slice(
+                Digest {
+                    digest: U64::new(digest),
+                    topics: U32::new(topics),
+                }
+                .as_bytes(),
+            );
         }
         seal.seal(&mut buf);
         buf

@@ -342,6 +342,11 @@ impl Protocol {
                 self.serve_resync(now, from, names, state, &only);
                 Outcome::Applied
             }
+            Ok(Admitted::Ranges { entries, ranges }) => {
+                self.stats.received += 1;
+                self.serve_ranges(now, from, entries, &ranges);
+                Outcome::Applied
+            }
             Err(r) => Outcome::Rejected(r),
         }
     }
@@ -490,5 +495,13 @@ impl Protocol {
     /// Whether every live peer's copy is converged.
     pub fn converged(&self) -> bool {
         self.peers.values().all(Peer::converged)
+    }
+
+    /// Test hook, not for use outside tests: sets this node's copy of peer `node`'s count of
+    /// `hash` to `count` (0 removes it), as a lost datagram that left no sequence gap would
+    /// (the cluster aggregate follows). Does nothing if `node` is not a peer.
+    #[doc(hidden)]
+    pub fn corrupt_peer_entry_for_test(&mut self, node: u64, hash: u64, count: u32) {
+        self.peer_set(node, hash, count);
     }
 }
