@@ -882,10 +882,10 @@ impl Encoder {
         if n < 2 { 0 } else { n.min(MAX_FANOUT) }
     }
 
-    /// How many ranges a digest request can carry.
+    /// How many ranges a digest request can carry (0: the budget has no room for one; then
+    /// so has a digest reply none for two children, and this node asks for whole tables).
     pub fn ranges_per_request(&self) -> usize {
-        ((self.budget - HEADER_LEN - TARGET_LEN - TAG_LEN) / RANGE_LEN)
-            .clamp(1, usize::from(u16::MAX))
+        ((self.budget - HEADER_LEN - TARGET_LEN - TAG_LEN) / RANGE_LEN).min(usize::from(u16::MAX))
     }
 
     /// Digest requests to `node` (incarnation `incarnation`) for `ranges`, as many datagrams as
@@ -900,8 +900,12 @@ impl Encoder {
         request: &mut dyn FnMut() -> u64,
         ranges: &[(u64, u64)],
     ) -> Vec<Vec<u8>> {
+        let per = self.ranges_per_request();
+        if per == 0 {
+            return Vec::new();
+        }
         ranges
-            .chunks(self.ranges_per_request())
+            .chunks(per)
             .map(|chunk| {
                 let mut buf =
                     Vec::with_capacity(HEADER_LEN + TARGET_LEN + chunk.len() * RANGE_LEN + TAG_LEN);
@@ -1176,6 +1180,89 @@ mod tests {
             &vec![(1, 1); e.entries_per_datagram(Kind::Refresh)],
         );
         assert!(r.len() <= 1400);
+        assert_eq!(e.fanout(), MAX_FANOUT);
+        let dr = e.digest_reply(&s, 0, &st(1, 0, 0), (0, u64::MAX), &[(1, 1); MAX_FANOUT]);
+        assert!(dr.len() <= 512, "a digest reply is {} bytes", dr.len());
+        let tiny = Encoder::new(s.cluster(), 7, 3, 100, MIN_BUDGET);
+        assert_eq!((tiny.fanout(), tiny.ranges_per_request()), (0, 0));
+        let req = tiny.digest_requests(&s, 0, &st(1, 0, 0), (1, 1), &mut || 1, &[(0, 1)]);
+        assert!(req.is_empty());
+        // Where a digest reply has room for two children, a request has room for a range.
+        for budget in MIN_BUDGET..200 {
+            let e = Encoder::new(s.cluster(), 7, 3, 100, budget);
+            assert_eq!(
+                e.fanout() >= 2,
+                e.ranges_per_request() >= 1,
+                "budget {budget}"
+            );
+        }
+    }
+
+    /// Digest requests and replies whose counts or ranges do not hold are refused, whatever
+    /// their seal: no ranges, a range with lo > hi, fewer than two or more than
+    /// [`MAX_FANOUT`] children, a count that does not match the body.
+    #[test]
+    fn malformed_digest_datagrams_are_rejected() {
+        let (s, e) = enc();
+        // Rebuilds a sealed datagram with its header count and body replaced.
+        let forge = |kind: Kind, count: u16, body: &[u8]| {
+            let mut b = e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2));
+            b.truncate(HEADER_LEN);
+            b[3] = kind as u8;
+            b[6..8].copy_from_slice(&count.to_be_bytes());
+            b.extend_from_slice(body);
+            s.seal(&mut b);
+            b
+        };
+        let target = Target {
+            node: U64::new(1),
+            incarnation: U64::new(1),
+            request: U64::new(1),
+        };
+        let range = |lo: u64, hi: u64| Range {
+            lo: U64::new(lo),
+            hi: U64::new(hi),
+        };
+        let req = |ranges: &[Range]| {
+            let mut b = target.as_bytes().to_vec();
+            b.extend_from_slice(ranges.as_bytes());
+            b
+        };
+        let ok = forge(Kind::DigestRequest, 1, &req(&[range(1, 2)]));
+        assert!(s.open(&ok).is_ok());
+        let none = forge(Kind::DigestRequest, 0, &req(&[]));
+        assert_eq!(s.open(&none).unwrap_err(), Reject::Malformed);
+        let upside = forge(Kind::DigestRequest, 2, &req(&[range(1, 2), range(5, 4)]));
+        assert_eq!(s.open(&upside).unwrap_err(), Reject::Malformed);
+        let short = forge(Kind::DigestRequest, 2, &req(&[range(1, 2)]));
+        assert_eq!(s.open(&short).unwrap_err(), Reject::Length);
+        let ragged = forge(
+            Kind::DigestRequest,
+            1,
+            &req(&[range(1, 2)])[..TARGET_LEN + 9],
+        );
+        assert_eq!(s.open(&ragged).unwrap_err(), Reject::Length);
+
+        let reply = |lo: u64, hi: u64, n: usize| {
+            let mut b = range(lo, hi).as_bytes().to_vec();
+            b.extend_from_slice(&vec![0u8; n * DIGEST_LEN]);
+            b
+        };
+        assert!(
+            s.open(&forge(Kind::DigestReply, 2, &reply(0, 9, 2)))
+                .is_ok()
+        );
+        let one = forge(Kind::DigestReply, 1, &reply(0, 9, 1));
+        assert_eq!(s.open(&one).unwrap_err(), Reject::Malformed);
+        let wide = MAX_FANOUT + 1;
+        let many = forge(Kind::DigestReply, wide as u16, &reply(0, 9, wide));
+        assert_eq!(s.open(&many).unwrap_err(), Reject::Malformed);
+        let upside = forge(Kind::DigestReply, 2, &reply(9, 0, 2));
+        assert_eq!(s.open(&upside).unwrap_err(), Reject::Malformed);
+        let short = forge(Kind::DigestReply, 3, &reply(0, 9, 2));
+        assert_eq!(s.open(&short).unwrap_err(), Reject::Length);
+        let ragged = forge(Kind::DigestReply, 2, &reply(0, 9, 2)[..RANGE_LEN + 5]);
+        assert_eq!(s.open(&ragged).unwrap_err(), Reject::Length);
     }
 
     #[test]
@@ -1248,7 +1335,68 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..5u8) {
+        fn digest_requests_round_trip(ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..200),
+                                      state in any::<bool>(), seq in any::<u64>()) {
+            let (s, e) = enc();
+            let list: Vec<(u64, u64)> = ranges.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+            let flags = if state { FLAG_STATE } else { 0 };
+            let mut n = 40;
+            let dgs = e.digest_requests(&s, flags, &st(seq, 3, 4), (11, 12), &mut || { n += 1; n }, &list);
+            prop_assert_eq!(dgs.len(), list.len().div_ceil(e.ranges_per_request()));
+            let mut got = Vec::new();
+            for (i, d) in dgs.iter().enumerate() {
+                prop_assert!(d.len() <= 1400);
+                let g = s.open(d).unwrap();
+                prop_assert_eq!((g.kind, g.header.seq.get(), g.header.flags.get()), (Kind::DigestRequest, seq, flags));
+                let Body::Ranges { node, incarnation, request, ranges } = g.body else { panic!("not ranges") };
+                prop_assert_eq!((node, incarnation, request), (11, 12, 41 + i as u64));
+                got.extend(ranges.iter().map(|r| (r.lo.get(), r.hi.get())));
+            }
+            prop_assert_eq!(got, list);
+        }
+
+        #[test]
+        fn digest_replies_round_trip(children in proptest::collection::vec((any::<u64>(), any::<u32>()), 2..=MAX_FANOUT),
+                                     (a, b) in (any::<u64>(), any::<u64>()), seq in any::<u64>(), budget in MIN_BUDGET..2000) {
+            let (s, _) = enc();
+            let (lo, hi) = (a.min(b), a.max(b));
+            let e = Encoder::new(s.cluster(), 7, 3, 100, budget);
+            let fanout = e.fanout();
+            prop_assert!(fanout == 0 || (2..=MAX_FANOUT).contains(&fanout));
+            if fanout < children.len() {
+                // The encoder sends as many as its budget has room for.
+                return Ok(());
+            }
+            let d = e.digest_reply(&s, FLAG_END, &st(seq, 5, 6), (lo, hi), &children);
+            prop_assert!(d.len() <= budget);
+            let g = s.open(&d).unwrap();
+            prop_assert_eq!((g.kind, g.header.flags.get()), (Kind::DigestReply, FLAG_END | FLAG_REPLY));
+            let Body::Digests(l, h, got) = g.body else { panic!("not digests") };
+            prop_assert_eq!((l, h), (lo, hi));
+            let got: Vec<(u64, u32)> = got.iter().map(|c| (c.digest.get(), c.topics.get())).collect();
+            prop_assert_eq!(got, children);
+        }
+
+        /// The children of a range are disjoint, in order, and cover it exactly; none is empty
+        /// unless the range is narrower than their number.
+        #[test]
+        fn children_cover_their_range(a in any::<u64>(), b in any::<u64>(), n in 1..=MAX_FANOUT, narrow in any::<bool>()) {
+            let lo = a.min(b);
+            let hi = if narrow { lo.saturating_add(b % 40) } else { a.max(b) };
+            let kids: Vec<(u64, u64)> = (0..n).filter_map(|i| child_range(lo, hi, n, i)).collect();
+            let width = u128::from(hi - lo) + 1;
+            prop_assert_eq!(kids.len() as u128, width.min(n as u128));
+            prop_assert_eq!(kids.first().map(|k| k.0), Some(lo));
+            prop_assert_eq!(kids.last().map(|k| k.1), Some(hi));
+            for w in kids.windows(2) {
+                prop_assert!(w[0].0 <= w[0].1);
+                prop_assert_eq!(w[0].1 + 1, w[1].0);
+            }
+            prop_assert_eq!(child_range(lo, hi, n, n), None);
+        }
+
+        #[test]
+        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..7u8) {
             let (s, e) = enc();
             let d = match kind {
                 0 => e.entries(&s, Kind::Delta, 0, &st(5, 1, 2), None, &entries),
@@ -1257,6 +1405,15 @@ mod tests {
                 3 => {
                     let g: Vec<Gap> = entries.iter().map(|&(h, c)| Gap::new(h, u64::from(c), u64::from(c) + 1)).collect();
                     e.nacks(&s, &st(5, 1, 2), &g).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                }
+                4 => {
+                    let r: Vec<(u64, u64)> = entries.iter().map(|&(h, c)| (h.min(u64::from(c)), h.max(u64::from(c)))).collect();
+                    e.digest_requests(&s, FLAG_STATE, &st(5, 1, 2), (11, 12), &mut || 13, &r).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                }
+                5 => {
+                    let mut c: Vec<(u64, u32)> = entries.clone();
+                    c.resize(c.len().max(2), (0, 0));
+                    e.digest_reply(&s, 0, &st(5, 1, 2), (3, 9), &c)
                 }
                 _ => e.names(&s, 0, &mut || 5, &st(5, 1, 2), entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, &st(5, 1, 2))),
             };

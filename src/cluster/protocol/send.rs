@@ -289,6 +289,8 @@ impl Protocol {
         let mut want: Vec<(u64, SocketAddr, u64, bool, Vec<u64>)> = Vec::new();
         let mut nack: Vec<u64> = Vec::new();
         let mut reconcile: Vec<u64> = Vec::new();
+        // A budget too small for a digest request or reply (below 120 bytes) leaves whole tables.
+        let fanout = self.enc.fanout();
         let window = self.cfg.nack_window;
         let per_request = self.enc.names_per_request();
         let repairs = &mut self.repairs;
@@ -334,6 +336,7 @@ impl Protocol {
             // most: the peer may not answer them); an empty one (nothing to compare) or one
             // over a cap gets the whole table.
             if state
+                && fanout > 0
                 && p.table.len() > 0
                 && !p.over_cap
                 && p.digest_rounds < super::repair::MAX_DIGEST_ROUNDS
