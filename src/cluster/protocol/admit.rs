@@ -108,11 +108,13 @@ impl Protocol {
             ranges,
         } = d.body
         {
-            self.admit_digest_request(now, from, &d, target, target_inc, request)?;
-            return Ok(Admitted::Ranges {
-                entries: h.flags.get() & FLAG_STATE != 0,
-                ranges: ranges.iter().map(|r| (r.lo.get(), r.hi.get())).collect(),
-            });
+            let entries = h.flags.get() & FLAG_STATE != 0;
+            let ranges: Vec<(u64, u64)> = ranges.iter().map(|r| (r.lo.get(), r.hi.get())).collect();
+            // Reconciling a range scans it, and asking for its entries sends them all: what a
+            // request costs grows with the width of the ranges it asks for.
+            let scan = ranges.iter().map(|&(lo, hi)| u128::from(hi - lo) + 1).sum();
+            self.admit_digest_request(now, from, &d, (target, target_inc, request), scan)?;
+            return Ok(Admitted::Ranges { entries, ranges });
         }
         if let Err(r) = self.admit_sender(now, from, &d) {
             return Err(self.reject(r, Some(node)));
@@ -255,7 +257,7 @@ impl Protocol {
                 nacks: 0,
                 asked: Vec::new(),
                 digest_rounds: 0,
-                digests_served: (0, now),
+                digests_served: (0, 0, now),
             },
         );
         if observer {
@@ -370,33 +372,39 @@ impl Protocol {
         Ok(requester)
     }
 
-    /// Rule 8 for a digest request: the identity checks, at most
-    /// [`DIGEST_REQUESTS`](super::repair::DIGEST_REQUESTS) per requester per resync interval
-    /// (a reconciliation sends several in a row, one per range it drills into), and room for
-    /// the answer beside the others in progress.
+    /// Rule 8 for a digest request: the identity checks; per requester per resync interval, at
+    /// most [`DIGEST_REQUESTS`](super::repair::DIGEST_REQUESTS) requests (a reconciliation
+    /// sends several in a row, one per range it drills into) for at most
+    /// [`DIGEST_SCAN`](super::repair::DIGEST_SCAN) times the hash space (`scan`: the width of
+    /// the ranges this one asks for; answering scans them, so a peer cannot have this node scan
+    /// or send its table in a loop); and room for the answer beside the others in progress.
     fn admit_digest_request(
         &mut self,
         now: Instant,
         from: SocketAddr,
         d: &wire::Datagram,
-        target: u64,
-        target_inc: u64,
-        request: u64,
+        (target, target_inc, request): (u64, u64, u64),
+        scan: u128,
     ) -> Result<(), Reject> {
         let requester = self.admit_requester(from, d, target, target_inc, request)?;
         let every = self.cfg.resync_interval;
         let Some(p) = self.peers.get_mut(&requester) else {
             return Err(self.reject(Reject::NotPeer, None));
         };
-        let (served, since) = &mut p.digests_served;
+        let (served, scanned, since) = &mut p.digests_served;
         if now.saturating_duration_since(*since) >= every {
             *served = 0;
+            *scanned = 0;
             *since = now;
         }
-        if *served >= super::repair::DIGEST_REQUESTS {
+        let space = 1u128 << 64;
+        if *served >= super::repair::DIGEST_REQUESTS
+            || *scanned + scan > super::repair::DIGEST_SCAN * space
+        {
             return Err(self.reject(Reject::Rate, Some(requester)));
         }
         *served += 1;
+        *scanned += scan;
         if !self.repairs.table_room(from) {
             return Err(self.reject(Reject::Budget, Some(requester)));
         }

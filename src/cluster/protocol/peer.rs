@@ -261,8 +261,10 @@ pub(super) struct Peer {
     /// a digest reply: past [`MAX_DIGEST_ROUNDS`](super::repair::MAX_DIGEST_ROUNDS) this node
     /// asks for its whole table instead (a peer that does not answer them, an older version).
     pub(super) digest_rounds: u8,
-    /// Its digest requests answered in the current resync interval, and when that began.
-    pub(super) digests_served: (u32, Instant),
+    /// Its digest requests answered in the current resync interval, the width of the hash
+    /// space they asked this node to reconcile (what answering them scans), and when that
+    /// interval began.
+    pub(super) digests_served: (u32, u128, Instant),
 }
 
 impl Peer {

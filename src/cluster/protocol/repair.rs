@@ -49,6 +49,10 @@ pub(super) const MAX_DIGEST_ROUNDS: u8 = 4;
 /// Digest requests answered per requester per resync interval (a reconciliation sends one per
 /// differing range it drills into; more are refused as `Reject::Rate`).
 pub(super) const DIGEST_REQUESTS: u32 = 32;
+/// How many times the whole hash space one requester's digest requests may cover per resync
+/// interval (a reconciliation asks for the root and, at each level below it, at most once the
+/// space again; a million topics take four levels and the entries).
+pub(super) const DIGEST_SCAN: u128 = 8;
 /// A range asked to be reconciled is answered with its entries when they fit this many
 /// datagrams, else with its children's digests.
 pub(super) const FEW: usize = 2;

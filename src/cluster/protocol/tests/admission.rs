@@ -577,4 +577,27 @@ fn digest_requests_are_answered_by_range_only_for_live_peers() {
     let next = t + a.config().resync_interval;
     let d = ask(&mut b, 0, &[(1, 2)]);
     assert_eq!(a.handle_datagram(next, b_addr, &d), Outcome::Applied);
+    // At most DIGEST_SCAN times the hash space an interval (each whole-range request scans
+    // the table, or sends it), then again in the next.
+    let later = next + a.config().resync_interval;
+    let whole = (0..repair::DIGEST_SCAN + 1)
+        .map(|_| {
+            let d = ask(&mut b, 0, &[(0, u64::MAX)]);
+            a.handle_datagram(later, b_addr, &d)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(whole.last(), Some(&Outcome::Rejected(Reject::Rate)));
+    assert!(
+        whole[..whole.len() - 1]
+            .iter()
+            .all(|o| *o == Outcome::Applied)
+    );
+    let d = ask(&mut b, FLAG_STATE, &[(0, u64::MAX)]);
+    assert_eq!(
+        a.handle_datagram(later, b_addr, &d),
+        Outcome::Rejected(Reject::Rate)
+    );
+    let d = ask(&mut b, FLAG_STATE, &[(0, u64::MAX)]);
+    let then = later + a.config().resync_interval;
+    assert_eq!(a.handle_datagram(then, b_addr, &d), Outcome::Applied);
 }
