@@ -562,3 +562,66 @@ fn missing_names_are_asked_for_by_topic() {
     assert_eq!(b.name(300).map(|n| &**n), Some("room:300"));
     assert!(b.unnamed.is_empty());
 }
+
+/// A peer that answers no digest request (an older node refuses the kind) is asked for its
+/// whole table after `MAX_DIGEST_ROUNDS` of them, and the copy is right again; one that
+/// answers is never asked for its table.
+#[test]
+fn a_peer_that_never_answers_digest_requests_is_asked_for_its_table() {
+    for answers in [false, true] {
+        let start = Instant::now();
+        let tick = Duration::from_millis(100);
+        let node = |n: u64| {
+            let mut c = Config::new(n, 1, tick);
+            c.refresh_cycle = 1_000_000;
+            Protocol::new(c, Seal::new("p", b"k"))
+        };
+        let (mut a, mut b) = (node(1), node(2));
+        let (aa, ab) = (addr(1), addr(2));
+        for h in 0..5_000u64 {
+            let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            a.set_local(h, 1, Some(&Arc::from(format!("room:{h}"))));
+        }
+        // Runs both for `ms` milliseconds, a tick every 100 ms and timeouts every 5 ms, with
+        // everything delivered (b's digest requests to a only if `answers`).
+        let run = |a: &mut Protocol, b: &mut Protocol, from: u64, ms: u64| {
+            for step in (from..from + ms).step_by(5) {
+                let t = start + Duration::from_millis(step);
+                if step % 100 == 0 {
+                    a.handle_tick(t);
+                    b.handle_tick(t);
+                }
+                a.handle_timeout(t);
+                b.handle_timeout(t);
+                for d in drain(a) {
+                    b.handle_datagram(t, aa, &d.bytes);
+                }
+                for d in drain(b) {
+                    let kind = b.seal.open(&d.bytes).map(|d| d.kind);
+                    if answers || kind != Ok(Kind::DigestRequest) {
+                        a.handle_datagram(t, ab, &d.bytes);
+                    }
+                }
+            }
+        };
+        run(&mut a, &mut b, 0, 1_000);
+        assert!(b.converged(), "b has a's table");
+        let before = b.stats();
+        let h = 7u64.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        b.corrupt_peer_entry_for_test(1, h, 9);
+        assert!(!b.converged());
+        run(&mut a, &mut b, 1_000, 1_000);
+        assert!(b.converged(), "answers: {answers}");
+        assert_eq!(b.remote(h), 1);
+        let s = b.stats();
+        let tables = s.table_requests - before.table_requests;
+        let asked = s.digest_requests - before.digest_requests;
+        if answers {
+            assert_eq!(tables, 0);
+            assert!(asked >= 2, "{asked} digest requests");
+        } else {
+            assert_eq!(tables, 1);
+            assert_eq!(asked, u64::from(repair::MAX_DIGEST_ROUNDS));
+        }
+    }
+}
