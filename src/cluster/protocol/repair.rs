@@ -388,7 +388,8 @@ impl Protocol {
             });
         }
         if t.done() {
-            // Nothing was queued (the whole table is on its way, or the queue is full).
+            // Nothing waits for `to` (a request with no range): an empty answer would only
+            // hold a place among the answers in progress.
             self.repairs.tables.retain(|t| t.to != to || !t.done());
         }
         self.pump_repairs(now);
