@@ -391,3 +391,50 @@ fn a_gap_older_than_the_history_is_answered_by_range() {
         );
     }
 }
+
+/// Range digests under loss: copies of a big table wrong in a few entries on every receiver,
+/// with 10 % of datagrams (digest requests and replies too) lost, are reconciled within a few
+/// ticks, mostly for a small fraction of the table's bytes. A receiver whose digest requests go
+/// unanswered `MAX_DIGEST_ROUNDS` times in a row asks for the whole table instead (correct,
+/// and expected now and then at this loss: one seed in six here).
+#[test]
+fn range_digests_under_loss() {
+    let mut fell_back = 0;
+    for seed in 0..6 {
+        let topics = 50_000;
+        let mut s = formed(6, seed, |c| c.refresh_cycle = 100_000);
+        for t in 0..topics {
+            s.set(0, topic_hash(t), 1);
+        }
+        assert!(s.ticks_to_exact(50).is_some(), "seed {seed}: formed");
+        s.run_for(TICK * 2);
+        let before = stats(&s);
+        s.faults.loss = 0.1;
+        for i in 1..6 {
+            for k in 0..3 {
+                let t = seed * 100 + i as u64 * 10 + k;
+                s.corrupt_copy_for_test(i, 0, topic_hash(t), 5);
+            }
+        }
+        let n = s.ticks_to_exact(20);
+        assert!(n.is_some(), "seed {seed}: not exact: {:?}", s.mismatches());
+        let after = stats(&s);
+        let d = |f: fn(&ProtoStats) -> u64| -> u64 {
+            after.iter().zip(&before).map(|(a, b)| f(a) - f(b)).sum()
+        };
+        assert!(d(|p| p.digest_requests) >= 5, "seed {seed}");
+        if d(|p| p.table_requests) > 0 {
+            fell_back += 1;
+            continue;
+        }
+        let answers = after[0].repair_bytes - before[0].repair_bytes;
+        assert!(
+            answers * 10 < table_bytes(topics),
+            "seed {seed}: {answers} B of answers for five copies"
+        );
+    }
+    assert!(
+        fell_back <= 1,
+        "{fell_back} of 6 seeds asked for a whole table"
+    );
+}
