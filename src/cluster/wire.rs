@@ -164,7 +164,8 @@ pub struct Header {
 pub const HEADER_LEN: usize = 64;
 const _: () = assert!(size_of::<Header>() == HEADER_LEN);
 
-/// The hash range a refresh or resync reply is authoritative for (inclusive).
+/// The hash range a refresh or resync reply is authoritative for, a digest request asks for,
+/// or a digest reply splits (inclusive).
 #[derive(
     FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
 )]
@@ -296,7 +297,7 @@ pub fn child_range(lo: u64, hi: u64, n: usize, i: usize) -> Option<(u64, u64)> {
     Some((lo + start as u64, lo + (end - 1) as u64))
 }
 
-/// The body of a resync request.
+/// The body of a resync request, and the head of a digest request's.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Target {
@@ -332,7 +333,8 @@ pub enum Reject {
     Stale,
     /// An older incarnation of a node, or one that said goodbye.
     Incarnation,
-    /// A names entry that is not UTF-8, or a range with lo > hi.
+    /// A names entry that is not UTF-8, a range with lo > hi, a digest request without a
+    /// range, or a digest reply with fewer than 2 or more than [`MAX_FANOUT`] children.
     Malformed,
     /// The peer table is full.
     TooManyPeers,
