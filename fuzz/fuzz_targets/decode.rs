@@ -15,7 +15,8 @@
 //!    by the [`Encoder`] and sealed with the same [`Seal`]: the fuzzer gets past the MAC and
 //!    reaches the body parsers and the protocol's state changes (peers, incarnations, sequence
 //!    numbers, ranges, names, resync requests and replies, nacks — some aimed at this node, so
-//!    that it repairs — and repairs).
+//!    that it repairs — repairs, and digest requests — some aimed at this node, so that it
+//!    answers — and digest replies, so that it reconciles).
 
 #![no_main]
 
@@ -26,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use headcount::cluster::protocol::{Clock, Config, Protocol};
 use headcount::cluster::wire::{
-    Body, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap, HEADER_LEN,
-    Header, Kind, RANGE_LEN, Seal, Stamp,
+    Body, DIGEST_LEN, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap,
+    HEADER_LEN, Header, Kind, MAX_FANOUT, RANGE_LEN, Seal, Stamp, TARGET_LEN, child_range,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -131,6 +132,32 @@ fn consume(bytes: &[u8]) -> usize {
                 );
                 got
             }
+            Body::Ranges {
+                node,
+                incarnation,
+                request,
+                ranges,
+            } => {
+                assert_eq!(ranges.len(), usize::from(d.header.count.get()));
+                assert!(!ranges.is_empty());
+                assert!(ranges.iter().all(|r| r.lo.get() <= r.hi.get()));
+                ((node ^ incarnation ^ request) as usize & 1) + ranges.len()
+            }
+            Body::Digests(lo, hi, children) => {
+                let n = children.len();
+                assert_eq!(n, usize::from(d.header.count.get()));
+                assert!(lo <= hi && (2..=MAX_FANOUT).contains(&n));
+                // The children cover the range exactly, in order.
+                let kids: Vec<(u64, u64)> =
+                    (0..n).filter_map(|i| child_range(lo, hi, n, i)).collect();
+                assert_eq!(kids.first().map(|k| k.0), Some(lo));
+                assert_eq!(kids.last().map(|k| k.1), Some(hi));
+                assert!(kids.windows(2).all(|w| w[0].1.checked_add(1) == Some(w[1].0)));
+                children
+                    .iter()
+                    .map(|c| (c.digest.get() ^ u64::from(c.topics.get())) as usize & 1)
+                    .sum()
+            }
             Body::Members(m) => {
                 assert_eq!(m.len(), usize::from(d.header.count.get()));
                 m.iter()
@@ -198,8 +225,9 @@ fn seq_of(b: u8) -> u64 {
 /// (c): the input as records of six bytes and a body, each built into a datagram with a valid
 /// header and sealed:
 ///
-/// - `kind`: the datagram kind (mod 10: 7 is a resync request built by the encoder, 8 a nack,
-///   9 a repair, its body names when NAMES is set); bits 4 and 5 the OBSERVER and REPLY flags;
+/// - `kind`: the datagram kind (mod 12: 7 is a resync request built by the encoder, 8 a nack,
+///   9 a repair, its body names when NAMES is set, 10 a digest request, 11 a digest reply);
+///   bits 4 and 5 the OBSERVER and REPLY flags;
 /// - `fb`: bits 0-2 the header flags (END, NAMES, STATE), bit 3 a heartbeat whose count is `misc`,
 ///   bits 4-5 the sender's clock (this node's, 20 s behind, 40 s ahead: outside the allowed
 ///   skew, or `dead_after` behind), bit 6 a tick of this node after the datagram, bit 7 junk in
@@ -208,8 +236,10 @@ fn seq_of(b: u8) -> u64 {
 /// - `seq`: the sequence number (small, or near 2^32, or near u64::MAX), also a resync
 ///   request's number;
 /// - `misc`: digest and table size declared, bit 6 a 4 s jump in time (with `len` 0), bit 7 a
-///   resync request or a nack aimed at this node (the nack's gaps from the body, two bytes
-///   each: first sequence number and length), or a count that disagrees with the body;
+///   resync request, a nack or a digest request aimed at this node (the nack's gaps from the
+///   body, two bytes each: first sequence number and length; the digest request's ranges, two
+///   bytes each: the top byte of the first hash and of the width), or a count that disagrees
+///   with the body;
 /// - `len`: the body is the next `4 × len` bytes (time also moves on by `len & 127` ms).
 fn structured(data: &[u8]) {
     let mut p = protocol();
@@ -223,7 +253,7 @@ fn structured(data: &[u8]) {
         if n > 64 {
             break;
         }
-        let kind = match kind_byte % 10 {
+        let kind = match kind_byte % 12 {
             0 => Kind::Delta,
             1 => Kind::Heartbeat,
             2 => Kind::Refresh,
@@ -233,10 +263,15 @@ fn structured(data: &[u8]) {
             6 => Kind::Names,
             8 => Kind::Nack,
             9 => Kind::Repair,
+            10 => Kind::DigestRequest,
+            11 => Kind::DigestReply,
             // A resync request aimed at this node, body and all built by the encoder.
             _ => Kind::ResyncRequest,
         };
-        let aimed = matches!(kind, Kind::ResyncRequest | Kind::Nack) && misc & 0x80 != 0;
+        let aimed = matches!(
+            kind,
+            Kind::ResyncRequest | Kind::Nack | Kind::DigestRequest
+        ) && misc & 0x80 != 0;
         // Peers 2..=6 (one more than max_peers), incarnations 0..=3; node 1 is this node.
         let node = 1 + u64::from(who % 6);
         let inc = u64::from((who >> 3) % 4);
@@ -292,6 +327,17 @@ fn structured(data: &[u8]) {
                 .collect();
             let mut d = enc.nacks(seal(), &st, &gaps);
             d.pop().unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
+        } else if aimed && kind == Kind::DigestRequest {
+            let ranges: Vec<(u64, u64)> = body
+                .chunks_exact(2)
+                .map(|r| {
+                    let lo = u64::from(r[0]) << 56;
+                    (lo, lo.saturating_add(u64::from(r[1]) << 56 | 0xff_ffff))
+                })
+                .collect();
+            let mut d = enc.digest_requests(seal(), flags, &st, (ME, MY_INC), &mut || seq, &ranges);
+            d.truncate(1);
+            d.pop().unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
         } else if aimed {
             enc.request(seal(), flags, &st, ME, MY_INC, seq)
         } else {
@@ -312,6 +358,8 @@ fn structured(data: &[u8]) {
                         names_in(body.get(RANGE_LEN..).unwrap_or_default())
                     }
                     Kind::Repair => body.len().saturating_sub(RANGE_LEN) / ENTRY_LEN,
+                    Kind::DigestRequest => body.len().saturating_sub(TARGET_LEN) / RANGE_LEN,
+                    Kind::DigestReply => body.len().saturating_sub(RANGE_LEN) / DIGEST_LEN,
                     _ => 0,
                 };
                 if misc & 0x80 != 0 {

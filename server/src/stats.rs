@@ -461,6 +461,21 @@ pub fn visit(shared: &Shared, top: usize, v: &mut dyn Visitor) {
                     "Repair datagrams sent in answer to peers' nacks.",
                     p.repairs_sent,
                 ),
+                both(
+                    "digest_requests",
+                    "headcount_digest_requests_total",
+                    Counter,
+                    "Digest requests sent: copies of peers' tables reconciled by hash range.",
+                    p.digest_requests,
+                ),
+                both(
+                    "digest_replies",
+                    "headcount_digest_replies_total",
+                    Counter,
+                    "Digest replies sent: digests of hash ranges of this node's table, for peers reconciling.",
+                    p.digest_replies,
+                ),
+                info("table_requests", Value::Int(p.table_requests)),
                 info("node_id", Value::Hex(node_id)),
             ] {
                 v.stat(s);

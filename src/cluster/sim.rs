@@ -371,6 +371,16 @@ impl Sim {
         out
     }
 
+    /// Test hook, not for use outside tests: sets node `i`'s copy of node `peer`'s count of
+    /// `hash` to `count`, without a trace (no sequence gap), as
+    /// [`Protocol::corrupt_peer_entry_for_test`] does.
+    #[doc(hidden)]
+    pub fn corrupt_copy_for_test(&mut self, i: usize, peer: usize, hash: u64, count: u32) {
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.corrupt_peer_entry_for_test(peer as u64 + 1, hash, count);
+        }
+    }
+
     /// Node `i` stops silently (a crash, SIGKILL): no goodbye.
     pub fn crash(&mut self, i: usize) {
         self.nodes[i].proto = None;

@@ -13,10 +13,14 @@
 //!            members:            count × member
 //!            nack:               count × gap
 //!            repair:             seq range · count × entry    (FLAG_NAMES: × name entry)
+//!            digest request:     target node · target incarnation · request number
+//!                                · count × range    (FLAG_STATE: their entries; none: reconcile)
+//!            digest reply:       range · count × child digest  (count ≥ 2 equal children)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
 //! gap      = node id (u64) · first seq (u64) · last seq (u64)           24 bytes
 //! seq range = first seq (u64) · last seq (u64)                          16 bytes
+//! child digest = digest (u64) · topics (u32)                             12 bytes
 //! tag      = keyed BLAKE3 of everything before it, first 16 bytes
 //! ```
 //!
@@ -28,7 +32,17 @@
 //! Version 2 added `time` to the header and the request number to resync requests; the members
 //! kind came later in version 2 (a node without it rejects those datagrams as `kind`, and
 //! nothing else changes for it), and so did the nack and repair kinds (a node without them
-//! refuses both as `kind`, and repairs its copies by resync as before).
+//! refuses both as `kind`, and repairs its copies by resync as before), and so did the digest
+//! request and reply kinds (a node without them refuses both as `kind`; a node that gets no
+//! digest reply from a peer asks it for its whole table after a few tries, as before).
+//!
+//! A digest request asks for hash ranges of the target's table: with [`FLAG_STATE`], each
+//! range's entries (answered by resync reply datagrams, authoritative for their ranges);
+//! without, each range reconciled: its entries when they are few, else a digest reply, which
+//! splits the range into `count` equal children ([`child_range`]) and gives each child's
+//! digest (the wrapping sum of the digest terms of its entries, as the header's digest is of
+//! the whole table) and its number of topics. The requester compares them with its copy and
+//! asks again, for the children that differ only.
 //!
 //! A repair re-sends what the sender's datagrams `lo..=hi` carried, with the counts (or names)
 //! of now: one delta or names datagram (`lo == hi`), or nothing (a run of sequence numbers that
@@ -48,13 +62,14 @@ pub const TAG_LEN: usize = 16;
 pub const FLAG_END: u16 = 1;
 /// Resync request flag: send the names of your topics.
 pub const FLAG_NAMES: u16 = 2;
-/// Resync request flag: send your whole table.
+/// Resync request flag: send your whole table. Digest request flag: send the entries of the
+/// ranges asked for.
 pub const FLAG_STATE: u16 = 4;
 /// Heartbeat flag: the sender is a passive observer (counts nothing; may ask for resyncs).
 pub const FLAG_OBSERVER: u16 = 8;
 /// Sent in answer to a request, without a sequence number of its own (it carries the sender's
 /// current one): names answering a resync request (unicast), a repair (a delta answering
-/// a nack, to the group), a nack itself.
+/// a nack, to the group), a nack itself, a digest reply.
 pub const FLAG_REPLY: u16 = 16;
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
@@ -86,6 +101,12 @@ pub enum Kind {
     /// What the sender's datagrams in a sequence range carried, with today's counts or names
     /// (to the group, in answer to nacks).
     Repair = 10,
+    /// "Send me these hash ranges of your table": their entries ([`FLAG_STATE`]), or, for a
+    /// range with many entries, the digests of its children (unicast).
+    DigestRequest = 11,
+    /// The digest and size of each child of a hash range of the sender's table (unicast, in
+    /// answer to a digest request, or to a nack of datagrams older than the sender's history).
+    DigestReply = 12,
 }
 
 impl Kind {
@@ -101,6 +122,8 @@ impl Kind {
             8 => Kind::Members,
             9 => Kind::Nack,
             10 => Kind::Repair,
+            11 => Kind::DigestRequest,
+            12 => Kind::DigestReply,
             _ => return None,
         })
     }
@@ -141,8 +164,11 @@ pub struct Header {
 pub const HEADER_LEN: usize = 64;
 const _: () = assert!(size_of::<Header>() == HEADER_LEN);
 
-/// The hash range a refresh or resync reply is authoritative for (inclusive).
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+/// The hash range a refresh or resync reply is authoritative for, a digest request asks for,
+/// or a digest reply splits (inclusive).
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
 #[repr(C)]
 pub struct Range {
     /// Lowest hash covered.
@@ -235,7 +261,43 @@ impl Gap {
     }
 }
 
-/// The body of a resync request.
+/// The digest and size of one child range of a digest reply.
+#[derive(
+    FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy, PartialEq, Eq,
+)]
+#[repr(C)]
+pub struct Digest {
+    /// The wrapping sum of the digest terms
+    /// ([`mix`](crate::cluster::protocol::mix)) of the child's entries.
+    pub digest: U64,
+    /// How many topics the child holds.
+    pub topics: U32,
+}
+/// Size of [`Digest`].
+pub const DIGEST_LEN: usize = 12;
+const _: () = assert!(size_of::<Digest>() == DIGEST_LEN);
+
+/// The most children a digest reply splits its range into (fewer when the budget is small).
+pub const MAX_FANOUT: usize = 32;
+
+/// Child `i` of `[lo, hi]` split into `n` equal parts, or `None` if it is empty (a range
+/// narrower than `n` hashes) or `i >= n`. The children cover the range exactly, in order.
+pub fn child_range(lo: u64, hi: u64, n: usize, i: usize) -> Option<(u64, u64)> {
+    if i >= n || lo > hi {
+        return None;
+    }
+    // In 128 bits: the whole hash space is 2^64 wide.
+    let width = u128::from(hi - lo) + 1;
+    let (n, i) = (n as u128, i as u128);
+    let start = width * i / n;
+    let end = width * (i + 1) / n;
+    if end == start {
+        return None;
+    }
+    Some((lo + start as u64, lo + (end - 1) as u64))
+}
+
+/// The body of a resync request, and the head of a digest request's.
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Target {
@@ -271,7 +333,8 @@ pub enum Reject {
     Stale,
     /// An older incarnation of a node, or one that said goodbye.
     Incarnation,
-    /// A names entry that is not UTF-8, or a range with lo > hi.
+    /// A names entry that is not UTF-8, a range with lo > hi, a digest request without a
+    /// range, or a digest reply with fewer than 2 or more than [`MAX_FANOUT`] children.
     Malformed,
     /// The peer table is full.
     TooManyPeers,
@@ -469,6 +532,34 @@ impl Seal {
                 Ok(m) if m.len() == count => Body::Members(m),
                 _ => return Err(Reject::Length),
             },
+            Kind::DigestRequest => {
+                let (t, rest) = Target::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let ranges = match <[Range]>::ref_from_bytes(rest) {
+                    Ok(r) if r.len() == count => r,
+                    _ => return Err(Reject::Length),
+                };
+                if ranges.is_empty() || ranges.iter().any(|r| r.lo.get() > r.hi.get()) {
+                    return Err(Reject::Malformed);
+                }
+                Body::Ranges {
+                    node: t.node.get(),
+                    incarnation: t.incarnation.get(),
+                    request: t.request.get(),
+                    ranges,
+                }
+            }
+            Kind::DigestReply => {
+                let (range, rest) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let children = match <[Digest]>::ref_from_bytes(rest) {
+                    Ok(c) if c.len() == count => c,
+                    _ => return Err(Reject::Length),
+                };
+                // Fewer than two children would not narrow the range down.
+                if range.lo.get() > range.hi.get() || !(2..=MAX_FANOUT).contains(&count) {
+                    return Err(Reject::Malformed);
+                }
+                Body::Digests(range.lo.get(), range.hi.get(), children)
+            }
             Kind::Nack => match <[Gap]>::ref_from_bytes(body) {
                 Ok(g) if g.len() == count => {
                     if g.iter().any(|g| g.lo.get() > g.hi.get()) {
@@ -549,6 +640,21 @@ pub enum Body<'a> {
     Repair(u64, u64, &'a [Entry]),
     /// A repair of the sender's sequence numbers `lo..=hi`: names.
     RepairNames(u64, u64, Names<'a>),
+    /// Digest request: the target node and incarnation, the requester's request number, and
+    /// the hash ranges asked for (at least one, each `lo <= hi`).
+    Ranges {
+        /// The node asked.
+        node: u64,
+        /// Its incarnation as the requester knows it.
+        incarnation: u64,
+        /// The requester's request number (the same sequence as its resync requests').
+        request: u64,
+        /// The ranges asked for.
+        ranges: &'a [Range],
+    },
+    /// Digest reply: `[lo, hi]` and its children's digests (2 to [`MAX_FANOUT`] of them; child
+    /// `i` of `n` is [`child_range`]`(lo, hi, n, i)`).
+    Digests(u64, u64, &'a [Digest]),
 }
 
 /// The entries of a names datagram (already validated).
@@ -770,6 +876,107 @@ impl Encoder {
         buf
     }
 
+    /// How many children a digest reply of this budget splits its range into: [`MAX_FANOUT`],
+    /// or fewer when the budget is small; 0 when not even two fit (then ranges are answered with
+    /// their entries only).
+    pub fn fanout(&self) -> usize {
+        let n = (self.budget - HEADER_LEN - RANGE_LEN - TAG_LEN) / DIGEST_LEN;
+        if n < 2 { 0 } else { n.min(MAX_FANOUT) }
+    }
+
+    /// How many ranges a digest request can carry (0: the budget has no room for one; then
+    /// so has a digest reply none for two children, and this node asks for whole tables).
+    pub fn ranges_per_request(&self) -> usize {
+        ((self.budget - HEADER_LEN - TARGET_LEN - TAG_LEN) / RANGE_LEN).min(usize::from(u16::MAX))
+    }
+
+    /// Digest requests to `node` (incarnation `incarnation`) for `ranges`, as many datagrams as
+    /// they need ([`Encoder::ranges_per_request`] each); `request` gives each its request
+    /// number. `flags`: [`FLAG_STATE`] asks for the ranges' entries.
+    pub fn digest_requests(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (node, incarnation): (u64, u64),
+        request: &mut dyn FnMut() -> u64,
+        ranges: &[(u64, u64)],
+    ) -> Vec<Vec<u8>> {
+        let per = self.ranges_per_request();
+        if per == 0 {
+            return Vec::new();
+        }
+        ranges
+            .chunks(per)
+            .map(|chunk| {
+                let mut buf =
+                    Vec::with_capacity(HEADER_LEN + TARGET_LEN + chunk.len() * RANGE_LEN + TAG_LEN);
+                buf.extend_from_slice(
+                    self.header(Kind::DigestRequest, flags, chunk.len(), st)
+                        .as_bytes(),
+                );
+                buf.extend_from_slice(
+                    Target {
+                        node: U64::new(node),
+                        incarnation: U64::new(incarnation),
+                        request: U64::new(request()),
+                    }
+                    .as_bytes(),
+                );
+                for &(lo, hi) in chunk {
+                    buf.extend_from_slice(
+                        Range {
+                            lo: U64::new(lo),
+                            hi: U64::new(hi),
+                        }
+                        .as_bytes(),
+                    );
+                }
+                seal.seal(&mut buf);
+                buf
+            })
+            .collect()
+    }
+
+    /// A digest reply for `[lo, hi]`: `children` (digest, topics) of its equal children
+    /// (2 to [`Encoder::fanout`] of them; more are left out), flagged [`FLAG_REPLY`] and
+    /// `flags` (`st` has the current sequence number).
+    pub fn digest_reply(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (lo, hi): (u64, u64),
+        children: &[(u64, u32)],
+    ) -> Vec<u8> {
+        debug_assert!((2..=self.fanout()).contains(&children.len()));
+        let children = &children[..children.len().min(self.fanout())];
+        let mut buf =
+            Vec::with_capacity(HEADER_LEN + RANGE_LEN + children.len() * DIGEST_LEN + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(Kind::DigestReply, flags | FLAG_REPLY, children.len(), st)
+                .as_bytes(),
+        );
+        buf.extend_from_slice(
+            Range {
+                lo: U64::new(lo),
+                hi: U64::new(hi),
+            }
+            .as_bytes(),
+        );
+        for &(digest, topics) in children {
+            buf.extend_from_slice(
+                Digest {
+                    digest: U64::new(digest),
+                    topics: U32::new(topics),
+                }
+                .as_bytes(),
+            );
+        }
+        seal.seal(&mut buf);
+        buf
+    }
+
     /// Members datagrams listing `members` (each within the budget); `seq` gives each its
     /// sequence number.
     pub fn members(
@@ -975,6 +1182,89 @@ mod tests {
             &vec![(1, 1); e.entries_per_datagram(Kind::Refresh)],
         );
         assert!(r.len() <= 1400);
+        assert_eq!(e.fanout(), MAX_FANOUT);
+        let dr = e.digest_reply(&s, 0, &st(1, 0, 0), (0, u64::MAX), &[(1, 1); MAX_FANOUT]);
+        assert!(dr.len() <= 512, "a digest reply is {} bytes", dr.len());
+        let tiny = Encoder::new(s.cluster(), 7, 3, 100, MIN_BUDGET);
+        assert_eq!((tiny.fanout(), tiny.ranges_per_request()), (0, 0));
+        let req = tiny.digest_requests(&s, 0, &st(1, 0, 0), (1, 1), &mut || 1, &[(0, 1)]);
+        assert!(req.is_empty());
+        // Where a digest reply has room for two children, a request has room for a range.
+        for budget in MIN_BUDGET..200 {
+            let e = Encoder::new(s.cluster(), 7, 3, 100, budget);
+            assert_eq!(
+                e.fanout() >= 2,
+                e.ranges_per_request() >= 1,
+                "budget {budget}"
+            );
+        }
+    }
+
+    /// Digest requests and replies whose counts or ranges do not hold are refused, whatever
+    /// their seal: no ranges, a range with lo > hi, fewer than two or more than
+    /// [`MAX_FANOUT`] children, a count that does not match the body.
+    #[test]
+    fn malformed_digest_datagrams_are_rejected() {
+        let (s, e) = enc();
+        // Rebuilds a sealed datagram with its header count and body replaced.
+        let forge = |kind: Kind, count: u16, body: &[u8]| {
+            let mut b = e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2));
+            b.truncate(HEADER_LEN);
+            b[3] = kind as u8;
+            b[6..8].copy_from_slice(&count.to_be_bytes());
+            b.extend_from_slice(body);
+            s.seal(&mut b);
+            b
+        };
+        let target = Target {
+            node: U64::new(1),
+            incarnation: U64::new(1),
+            request: U64::new(1),
+        };
+        let range = |lo: u64, hi: u64| Range {
+            lo: U64::new(lo),
+            hi: U64::new(hi),
+        };
+        let req = |ranges: &[Range]| {
+            let mut b = target.as_bytes().to_vec();
+            b.extend_from_slice(ranges.as_bytes());
+            b
+        };
+        let ok = forge(Kind::DigestRequest, 1, &req(&[range(1, 2)]));
+        assert!(s.open(&ok).is_ok());
+        let none = forge(Kind::DigestRequest, 0, &req(&[]));
+        assert_eq!(s.open(&none).unwrap_err(), Reject::Malformed);
+        let upside = forge(Kind::DigestRequest, 2, &req(&[range(1, 2), range(5, 4)]));
+        assert_eq!(s.open(&upside).unwrap_err(), Reject::Malformed);
+        let short = forge(Kind::DigestRequest, 2, &req(&[range(1, 2)]));
+        assert_eq!(s.open(&short).unwrap_err(), Reject::Length);
+        let ragged = forge(
+            Kind::DigestRequest,
+            1,
+            &req(&[range(1, 2)])[..TARGET_LEN + 9],
+        );
+        assert_eq!(s.open(&ragged).unwrap_err(), Reject::Length);
+
+        let reply = |lo: u64, hi: u64, n: usize| {
+            let mut b = range(lo, hi).as_bytes().to_vec();
+            b.extend_from_slice(&vec![0u8; n * DIGEST_LEN]);
+            b
+        };
+        assert!(
+            s.open(&forge(Kind::DigestReply, 2, &reply(0, 9, 2)))
+                .is_ok()
+        );
+        let one = forge(Kind::DigestReply, 1, &reply(0, 9, 1));
+        assert_eq!(s.open(&one).unwrap_err(), Reject::Malformed);
+        let wide = MAX_FANOUT + 1;
+        let many = forge(Kind::DigestReply, wide as u16, &reply(0, 9, wide));
+        assert_eq!(s.open(&many).unwrap_err(), Reject::Malformed);
+        let upside = forge(Kind::DigestReply, 2, &reply(9, 0, 2));
+        assert_eq!(s.open(&upside).unwrap_err(), Reject::Malformed);
+        let short = forge(Kind::DigestReply, 3, &reply(0, 9, 2));
+        assert_eq!(s.open(&short).unwrap_err(), Reject::Length);
+        let ragged = forge(Kind::DigestReply, 2, &reply(0, 9, 2)[..RANGE_LEN + 5]);
+        assert_eq!(s.open(&ragged).unwrap_err(), Reject::Length);
     }
 
     #[test]
@@ -1047,7 +1337,68 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..5u8) {
+        fn digest_requests_round_trip(ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..200),
+                                      state in any::<bool>(), seq in any::<u64>()) {
+            let (s, e) = enc();
+            let list: Vec<(u64, u64)> = ranges.iter().map(|&(a, b)| (a.min(b), a.max(b))).collect();
+            let flags = if state { FLAG_STATE } else { 0 };
+            let mut n = 40;
+            let dgs = e.digest_requests(&s, flags, &st(seq, 3, 4), (11, 12), &mut || { n += 1; n }, &list);
+            prop_assert_eq!(dgs.len(), list.len().div_ceil(e.ranges_per_request()));
+            let mut got = Vec::new();
+            for (i, d) in dgs.iter().enumerate() {
+                prop_assert!(d.len() <= 1400);
+                let g = s.open(d).unwrap();
+                prop_assert_eq!((g.kind, g.header.seq.get(), g.header.flags.get()), (Kind::DigestRequest, seq, flags));
+                let Body::Ranges { node, incarnation, request, ranges } = g.body else { panic!("not ranges") };
+                prop_assert_eq!((node, incarnation, request), (11, 12, 41 + i as u64));
+                got.extend(ranges.iter().map(|r| (r.lo.get(), r.hi.get())));
+            }
+            prop_assert_eq!(got, list);
+        }
+
+        #[test]
+        fn digest_replies_round_trip(children in proptest::collection::vec((any::<u64>(), any::<u32>()), 2..=MAX_FANOUT),
+                                     (a, b) in (any::<u64>(), any::<u64>()), seq in any::<u64>(), budget in MIN_BUDGET..2000) {
+            let (s, _) = enc();
+            let (lo, hi) = (a.min(b), a.max(b));
+            let e = Encoder::new(s.cluster(), 7, 3, 100, budget);
+            let fanout = e.fanout();
+            prop_assert!(fanout == 0 || (2..=MAX_FANOUT).contains(&fanout));
+            if fanout < children.len() {
+                // The encoder sends as many as its budget has room for.
+                return Ok(());
+            }
+            let d = e.digest_reply(&s, FLAG_END, &st(seq, 5, 6), (lo, hi), &children);
+            prop_assert!(d.len() <= budget);
+            let g = s.open(&d).unwrap();
+            prop_assert_eq!((g.kind, g.header.flags.get()), (Kind::DigestReply, FLAG_END | FLAG_REPLY));
+            let Body::Digests(l, h, got) = g.body else { panic!("not digests") };
+            prop_assert_eq!((l, h), (lo, hi));
+            let got: Vec<(u64, u32)> = got.iter().map(|c| (c.digest.get(), c.topics.get())).collect();
+            prop_assert_eq!(got, children);
+        }
+
+        /// The children of a range are disjoint, in order, and cover it exactly; none is empty
+        /// unless the range is narrower than their number.
+        #[test]
+        fn children_cover_their_range(a in any::<u64>(), b in any::<u64>(), n in 1..=MAX_FANOUT, narrow in any::<bool>()) {
+            let lo = a.min(b);
+            let hi = if narrow { lo.saturating_add(b % 40) } else { a.max(b) };
+            let kids: Vec<(u64, u64)> = (0..n).filter_map(|i| child_range(lo, hi, n, i)).collect();
+            let width = u128::from(hi - lo) + 1;
+            prop_assert_eq!(kids.len() as u128, width.min(n as u128));
+            prop_assert_eq!(kids.first().map(|k| k.0), Some(lo));
+            prop_assert_eq!(kids.last().map(|k| k.1), Some(hi));
+            for w in kids.windows(2) {
+                prop_assert!(w[0].0 <= w[0].1);
+                prop_assert_eq!(w[0].1 + 1, w[1].0);
+            }
+            prop_assert_eq!(child_range(lo, hi, n, n), None);
+        }
+
+        #[test]
+        fn every_truncation_and_bit_flip_is_rejected(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..8), kind in 0..7u8) {
             let (s, e) = enc();
             let d = match kind {
                 0 => e.entries(&s, Kind::Delta, 0, &st(5, 1, 2), None, &entries),
@@ -1056,6 +1407,15 @@ mod tests {
                 3 => {
                     let g: Vec<Gap> = entries.iter().map(|&(h, c)| Gap::new(h, u64::from(c), u64::from(c) + 1)).collect();
                     e.nacks(&s, &st(5, 1, 2), &g).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                }
+                4 => {
+                    let r: Vec<(u64, u64)> = entries.iter().map(|&(h, c)| (h.min(u64::from(c)), h.max(u64::from(c)))).collect();
+                    e.digest_requests(&s, FLAG_STATE, &st(5, 1, 2), (11, 12), &mut || 13, &r).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                }
+                5 => {
+                    let mut c: Vec<(u64, u32)> = entries.clone();
+                    c.resize(c.len().max(2), (0, 0));
+                    e.digest_reply(&s, 0, &st(5, 1, 2), (3, 9), &c)
                 }
                 _ => e.names(&s, 0, &mut || 5, &st(5, 1, 2), entries.iter().map(|(h, _)| (*h, "room:1"))).pop().unwrap_or_else(|| e.bare(&s, Kind::Goodbye, 0, &st(5, 1, 2))),
             };

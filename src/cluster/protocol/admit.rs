@@ -39,6 +39,13 @@ pub(super) enum Admitted<'a> {
         /// The topics whose names are asked for (empty: all).
         only: Vec<u64>,
     },
+    /// A digest request to answer, to its sender only: hash ranges of this node's table.
+    Ranges {
+        /// Their entries (else each reconciled: entries if few, else its children's digests).
+        entries: bool,
+        /// The ranges (each `lo <= hi`).
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
 impl Protocol {
@@ -94,6 +101,21 @@ impl Protocol {
                 other => other,
             });
         }
+        if let Body::Ranges {
+            node: target,
+            incarnation: target_inc,
+            request,
+            ranges,
+        } = d.body
+        {
+            let entries = h.flags.get() & FLAG_STATE != 0;
+            let ranges: Vec<(u64, u64)> = ranges.iter().map(|r| (r.lo.get(), r.hi.get())).collect();
+            // Reconciling a range scans it, and asking for its entries sends them all: what a
+            // request costs grows with the width of the ranges it asks for.
+            let scan = ranges.iter().map(|&(lo, hi)| u128::from(hi - lo) + 1).sum();
+            self.admit_digest_request(now, from, &d, (target, target_inc, request), scan)?;
+            return Ok(Admitted::Ranges { entries, ranges });
+        }
         if let Err(r) = self.admit_sender(now, from, &d) {
             return Err(self.reject(r, Some(node)));
         }
@@ -138,8 +160,10 @@ impl Protocol {
     ) -> Result<(), Reject> {
         let h = d.header;
         let (node, inc, seq, time) = (h.node.get(), h.incarnation.get(), h.seq.get(), h.time.get());
-        let reply = matches!(d.kind, Kind::ResyncReply | Kind::Nack | Kind::Repair)
-            || (d.kind == Kind::Names && h.flags.get() & FLAG_REPLY != 0);
+        let reply = matches!(
+            d.kind,
+            Kind::ResyncReply | Kind::Nack | Kind::Repair | Kind::DigestReply
+        ) || (d.kind == Kind::Names && h.flags.get() & FLAG_REPLY != 0);
         let observer = d.kind == Kind::Heartbeat && h.flags.get() & FLAG_OBSERVER != 0;
         let mut revived = None;
         if let Some(t) = self.tombs.get(&node).copied() {
@@ -232,6 +256,8 @@ impl Protocol {
                 nack_at: None,
                 nacks: 0,
                 asked: Vec::new(),
+                digest_rounds: 0,
+                digests_served: (0, 0, now),
             },
         );
         if observer {
@@ -283,24 +309,11 @@ impl Protocol {
         request: u64,
     ) -> Result<Admitted<'a>, Reject> {
         let h = d.header;
-        let requester = h.node.get();
-        if target != self.cfg.node || self.cfg.observer {
-            return Err(self.reject(Reject::NotPeer, None));
-        }
-        if target_inc != self.cfg.incarnation {
-            return Err(self.reject(Reject::Incarnation, None));
-        }
+        let requester = self.admit_requester(from, d, target, target_inc, request)?;
         let every = self.cfg.resync_interval;
         let Some(p) = self.peers.get_mut(&requester) else {
             return Err(self.reject(Reject::NotPeer, None));
         };
-        if p.incarnation != h.incarnation.get() || p.addr != from || !p.settled() {
-            return Err(self.reject(Reject::NotPeer, Some(requester)));
-        }
-        if request <= p.requests_seen {
-            return Err(self.reject(Reject::Stale, Some(requester)));
-        }
-        p.requests_seen = request;
         let f = h.flags.get();
         let due =
             |i: usize| p.last_reply[i].is_none_or(|t| now.saturating_duration_since(t) >= every);
@@ -325,5 +338,76 @@ impl Protocol {
             state,
             only: Vec::new(),
         })
+    }
+
+    /// Rule 8's identity checks, common to resync and digest requests: aimed at this node (not
+    /// an observer) and its incarnation, from a live peer at its settled address, with a request
+    /// number it has not used (recorded). Returns the requester.
+    fn admit_requester(
+        &mut self,
+        from: SocketAddr,
+        d: &wire::Datagram,
+        target: u64,
+        target_inc: u64,
+        request: u64,
+    ) -> Result<u64, Reject> {
+        let h = d.header;
+        let requester = h.node.get();
+        if target != self.cfg.node || self.cfg.observer {
+            return Err(self.reject(Reject::NotPeer, None));
+        }
+        if target_inc != self.cfg.incarnation {
+            return Err(self.reject(Reject::Incarnation, None));
+        }
+        let Some(p) = self.peers.get_mut(&requester) else {
+            return Err(self.reject(Reject::NotPeer, None));
+        };
+        if p.incarnation != h.incarnation.get() || p.addr != from || !p.settled() {
+            return Err(self.reject(Reject::NotPeer, Some(requester)));
+        }
+        if request <= p.requests_seen {
+            return Err(self.reject(Reject::Stale, Some(requester)));
+        }
+        p.requests_seen = request;
+        Ok(requester)
+    }
+
+    /// Rule 8 for a digest request: the identity checks; per requester per resync interval, at
+    /// most [`DIGEST_REQUESTS`](super::repair::DIGEST_REQUESTS) requests (a reconciliation
+    /// sends several in a row, one per range it drills into) for at most
+    /// [`DIGEST_SCAN`](super::repair::DIGEST_SCAN) times the hash space (`scan`: the width of
+    /// the ranges this one asks for; answering scans them, so a peer cannot have this node scan
+    /// or send its table in a loop); and room for the answer beside the others in progress.
+    fn admit_digest_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: &wire::Datagram,
+        (target, target_inc, request): (u64, u64, u64),
+        scan: u128,
+    ) -> Result<(), Reject> {
+        let requester = self.admit_requester(from, d, target, target_inc, request)?;
+        let every = self.cfg.resync_interval;
+        let Some(p) = self.peers.get_mut(&requester) else {
+            return Err(self.reject(Reject::NotPeer, None));
+        };
+        let (served, scanned, since) = &mut p.digests_served;
+        if now.saturating_duration_since(*since) >= every {
+            *served = 0;
+            *scanned = 0;
+            *since = now;
+        }
+        let space = 1u128 << 64;
+        if *served >= super::repair::DIGEST_REQUESTS
+            || *scanned + scan > super::repair::DIGEST_SCAN * space
+        {
+            return Err(self.reject(Reject::Rate, Some(requester)));
+        }
+        *served += 1;
+        *scanned += scan;
+        if !self.repairs.table_room(from) {
+            return Err(self.reject(Reject::Budget, Some(requester)));
+        }
+        Ok(())
     }
 }

@@ -121,7 +121,8 @@ impl Protocol {
                     }
                 }
             }
-            Body::Empty | Body::Target { .. } | Body::Gaps(_) => {}
+            Body::Digests(lo, hi, children) => self.on_digests(now, node, (lo, hi), children),
+            Body::Empty | Body::Target { .. } | Body::Ranges { .. } | Body::Gaps(_) => {}
         }
         if end || d.kind == Kind::Heartbeat {
             let unnamed = !self.unnamed.is_empty();
@@ -132,6 +133,7 @@ impl Protocol {
             if p.converged() {
                 p.over_cap = false;
                 p.backoff = Duration::ZERO;
+                p.digest_rounds = 0;
                 // Its counts are right. What this node missed of it may still hold names (the
                 // digest does not cover them): the gaps stay while some topic has no name here.
                 if !unnamed {
@@ -306,7 +308,7 @@ impl Protocol {
     }
 
     /// Sets peer `node`'s count of `h`.
-    fn peer_set(&mut self, node: u64, h: u64, c: u32) {
+    pub(super) fn peer_set(&mut self, node: u64, h: u64, c: u32) {
         let Some(p) = self.peers.get_mut(&node) else {
             return;
         };

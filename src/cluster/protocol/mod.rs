@@ -29,7 +29,8 @@
 //! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
 //!   dropping dead, restarted and departed peers;
 //! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
-//!   and replies, the goodbye;
+//!   and replies, the goodbye; `repair.rs`: nacks and repairs, the answers' token bucket, and
+//!   reconciliation by range digests (requests, replies, and what a receiver asks next);
 //! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
 //!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
 //! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
@@ -57,7 +58,7 @@
 //!    node said goodbye with, or was replaced in, never comes back.
 //! 6. **Freshness**: per node and incarnation, group datagrams (delta, refresh, heartbeat, names,
 //!    goodbye) need a sequence number above the last one seen; replies (resync reply, names in
-//!    reply) one at least as high (they carry the sender's current number). A node dropped for
+//!    reply, nack, repair, digest reply) one at least as high (they carry the sender's current number). A node dropped for
 //!    silence is kept as a tombstone (incarnation, last sequence number, last `time`, when it
 //!    was last heard) for longer than the clock window: it comes back only with a higher
 //!    sequence number *and* a `time` that moved on by as much as this node's clock did since it
@@ -72,7 +73,11 @@
 //!    number it has not used (`Reject::NotPeer`, `Reject::Stale`); at most once per
 //!    [`Config::resync_interval`] per requester (`Reject::Rate`); and only while the node's repair
 //!    budget ([`Config::max_repair_rate`] bytes a second over all requesters) is not spent
-//!    (`Reject::Budget`). Replies (the table, the names) go to that requester only. So no
+//!    (`Reject::Budget`). Digest requests (hash ranges of the table, see `repair.rs`) meet the
+//!    same checks, share the request numbers, and are answered at most
+//!    `repair::DIGEST_REQUESTS` times per requester per resync interval (a reconciliation sends
+//!    one per range it drills into). Replies (the table, the names, ranges, digests) go to that
+//!    requester only. So no
 //!    unauthenticated, replayed or spoofed input makes this node send anything to an address
 //!    that has not proven it is a live member: an outsider's amplification factor is zero.
 //!
@@ -348,6 +353,11 @@ impl Protocol {
                 self.serve_resync(now, from, names, state, &only);
                 Outcome::Applied
             }
+            Ok(Admitted::Ranges { entries, ranges }) => {
+                self.stats.received += 1;
+                self.serve_ranges(now, from, entries, &ranges);
+                Outcome::Applied
+            }
             Err(r) => Outcome::Rejected(r),
         }
     }
@@ -502,5 +512,13 @@ impl Protocol {
     /// Whether every live peer's copy is converged.
     pub fn converged(&self) -> bool {
         self.peers.values().all(Peer::converged)
+    }
+
+    /// Test hook, not for use outside tests: sets this node's copy of peer `node`'s count of
+    /// `hash` to `count` (0 removes it), as a lost datagram that left no sequence gap would
+    /// (the cluster aggregate follows). Does nothing if `node` is not a peer.
+    #[doc(hidden)]
+    pub fn corrupt_peer_entry_for_test(&mut self, node: u64, hash: u64, count: u32) {
+        self.peer_set(node, hash, count);
     }
 }

@@ -43,6 +43,15 @@ impl Table {
     pub(super) fn len(&self) -> usize {
         self.map.len()
     }
+
+    /// The digest and size of the entries with hashes in `lo..=hi`: the digest is additive, so
+    /// a range's is the wrapping sum of its entries' terms (a scan of the range). Two tables
+    /// agree on a range exactly when these agree (barring a 64-bit collision).
+    pub(super) fn range_digest(&self, lo: u64, hi: u64) -> (u64, u32) {
+        self.map.range(lo, hi).fold((0u64, 0u32), |(d, n), (h, c)| {
+            (d.wrapping_add(mix(h, c)), n.saturating_add(1))
+        })
+    }
 }
 
 /// Entries a bucket of [`Counts`] holds on average before the buckets double.
@@ -248,6 +257,14 @@ pub(super) struct Peer {
     pub(super) nacks: u8,
     /// Its sequence numbers other receivers nacked, and when (this node does not ask again).
     pub(super) asked: Vec<(u64, u64, Instant)>,
+    /// Digest requests for its whole range sent since its copy was last right or it last sent
+    /// a digest reply: past [`MAX_DIGEST_ROUNDS`](super::repair::MAX_DIGEST_ROUNDS) this node
+    /// asks for its whole table instead (a peer that does not answer them, an older version).
+    pub(super) digest_rounds: u8,
+    /// Its digest requests answered in the current resync interval, the width of the hash
+    /// space they asked this node to reconcile (what answering them scans), and when that
+    /// interval began.
+    pub(super) digests_served: (u32, u128, Instant),
 }
 
 impl Peer {

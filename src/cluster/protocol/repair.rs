@@ -19,16 +19,46 @@
 //! [`Config::repair_burst`](super::Config::repair_burst) at once, so an answer never floods the
 //! socket buffers whose overflow caused the loss. A table reply is cut from the current table a
 //! slice at a time as the bucket allows.
+//!
+//! A receiver whose copy of a peer's table is wrong and holds something — no gap known, a gap
+//! older than the peer's history, nacks that did not help — does not ask for the whole table:
+//! it **reconciles** by range digests. It asks for the whole hash range; the peer answers a range
+//! holding few entries (at most [`FEW`] datagrams of them) with the entries, authoritative for the
+//! range, and a bigger one with a **digest reply**: the digest and size of each of its
+//! [`Encoder::fanout`](wire::Encoder::fanout) equal children. The receiver compares each with its
+//! copy over the same child and asks again for those that differ only (their entries outright
+//! when most differ, or when its copy of one is empty). One wrong entry in 100,000 costs two
+//! digest replies and a datagram of entries, not a megabyte. The digest of a range is the wrapping
+//! sum of its entries' digest terms, computed by a scan when asked: nothing is kept per range.
+//! A peer that answers no digest request ([`MAX_DIGEST_ROUNDS`] in a row) is asked for its whole
+//! table, as is one whose copy here is empty (nothing to compare) or over a cap.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{Dest, Protocol};
-use crate::cluster::wire::{self, FLAG_END, Gap, Kind};
+use crate::cluster::wire::{self, FLAG_END, FLAG_STATE, Gap, Kind, child_range};
 
-/// Nack rounds for one peer before this node asks it for its whole table instead.
+/// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
+/// the whole table) instead.
 pub(super) const MAX_NACKS: u8 = 4;
+/// Digest requests for a peer's whole range, unanswered, before this node asks it for its whole
+/// table instead.
+pub(super) const MAX_DIGEST_ROUNDS: u8 = 4;
+/// Digest requests answered per requester per resync interval (a reconciliation sends one per
+/// differing range it drills into; more are refused as `Reject::Rate`).
+pub(super) const DIGEST_REQUESTS: u32 = 32;
+/// How many times the whole hash space one requester's digest requests may cover per resync
+/// interval (a reconciliation asks for the root and, at each level below it, at most once the
+/// space again; a million topics take four levels and the entries).
+pub(super) const DIGEST_SCAN: u128 = 8;
+/// A range asked to be reconciled is answered with its entries when they fit this many
+/// datagrams, else with its children's digests.
+pub(super) const FEW: usize = 2;
+/// Ranges waiting per requester; past them a request's rest is dropped (its copy stays wrong, and
+/// it asks again).
+const MAX_RANGES: usize = 256;
 /// Gaps kept per peer (more are merged into one).
 const MAX_GAPS: usize = 32;
 /// Others' nacks remembered per peer, for suppression.
@@ -63,7 +93,18 @@ enum Job {
     Empty(u64, u64),
 }
 
-/// A whole-table reply in progress: the next hash of each phase still to send.
+/// A range asked for by a digest request (or the whole range, in answer to a nack of datagrams
+/// older than the history), waiting for the bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeJob {
+    /// `[lo, hi]`'s entries when they are few, else its children's digests.
+    Reconcile(u64, u64),
+    /// `[lo, hi]`'s entries (a slice at a time: what remains of a range is queued again).
+    Entries(u64, u64),
+}
+
+/// An answer to one requester in progress: the next hash of each phase of a whole-table reply
+/// still to send, and the ranges digest requests asked for.
 #[derive(Debug)]
 struct TableReply {
     to: SocketAddr,
@@ -71,6 +112,33 @@ struct TableReply {
     names: Option<u64>,
     /// The topics whose names were asked for (empty: all), in order.
     only: Vec<u64>,
+    /// Ranges asked for (none while the whole table is on its way: it covers them).
+    ranges: VecDeque<RangeJob>,
+}
+
+impl TableReply {
+    fn new(to: SocketAddr) -> TableReply {
+        TableReply {
+            to,
+            state: None,
+            names: None,
+            only: Vec::new(),
+            ranges: VecDeque::new(),
+        }
+    }
+
+    /// Nothing left to send.
+    fn done(&self) -> bool {
+        self.state.is_none() && self.names.is_none() && self.ranges.is_empty()
+    }
+
+    /// Queues `job`, unless the whole table is on its way, the same job already waits (a
+    /// request sent again), or [`MAX_RANGES`] do.
+    fn add(&mut self, job: RangeJob) {
+        if self.state.is_none() && self.ranges.len() < MAX_RANGES && !self.ranges.contains(&job) {
+            self.ranges.push_back(job);
+        }
+    }
 }
 
 /// The sending side of repair: the history of recent deltas and names, what waits to be sent
@@ -118,7 +186,7 @@ impl Repairs {
         self.wake
     }
 
-    /// Whether a whole-table reply to `to` is under way or may be queued.
+    /// Whether an answer to `to` (a whole-table reply, ranges) is under way or may be queued.
     pub(super) fn table_room(&self, to: SocketAddr) -> bool {
         self.tables.len() < MAX_TABLE_REPLIES || self.tables.iter().any(|t| t.to == to)
     }
@@ -127,6 +195,18 @@ impl Repairs {
     /// that proved it is a live member).
     pub(super) fn cancel(&mut self, to: SocketAddr) {
         self.tables.retain(|t| t.to != to);
+    }
+
+    /// The answer in progress to `to`, a new one if there is none.
+    fn reply_to(&mut self, to: SocketAddr) -> &mut TableReply {
+        match self.tables.iter().position(|t| t.to == to) {
+            Some(i) => &mut self.tables[i],
+            None => {
+                self.tables.push_back(TableReply::new(to));
+                let last = self.tables.len() - 1;
+                &mut self.tables[last]
+            }
+        }
     }
 
     /// Whether anything waits.
@@ -217,8 +297,9 @@ impl Protocol {
 
     /// A live peer missed this node's sequence numbers `lo..=hi`: queue a repair of each delta
     /// and names datagram among them, and an empty one for each run of the others. A gap older
-    /// than the history is answered with the whole table, to that peer (`to`: its pinned
-    /// address, once it is settled).
+    /// than the history is answered by reconciling the whole range with that peer (`to`: its
+    /// pinned address, once it is settled): the table itself if it is small, else the digests
+    /// of its children, from which the peer asks for what differs.
     pub(super) fn nacked(&mut self, now: Instant, to: Option<SocketAddr>, lo: u64, hi: u64) {
         let hold = self.cfg.nack_window;
         let hi = hi.min(self.seq);
@@ -228,17 +309,9 @@ impl Protocol {
         let r = &mut self.repairs;
         let oldest = r.history.front().map_or(self.seq + 1, |s| s.seq);
         // The history has every delta and names datagram from `oldest` on; before it, the
-        // table is all that is left.
-        if let Some(to) = to.filter(|&to| lo < oldest && r.table_room(to))
-            && !r.tables.iter().any(|t| t.to == to)
-        {
-            self.stats.resync_replies += 1;
-            r.tables.push_back(TableReply {
-                to,
-                state: Some(0),
-                names: None,
-                only: Vec::new(),
-            });
+        // table is all that is left, and the peer's copy is reconciled with it by range.
+        if let Some(to) = to.filter(|&to| lo < oldest && r.table_room(to)) {
+            r.reply_to(to).add(RangeJob::Reconcile(0, u64::MAX));
         }
         // What waits is bounded: past `MAX_QUEUE` jobs a nack's rest is left for the nack that
         // will come again (the requester's copy stays wrong until it is repaired).
@@ -281,27 +354,194 @@ impl Protocol {
         let mut only = only.to_vec();
         only.sort_unstable();
         only.dedup();
-        let r = &mut self.repairs;
-        if let Some(t) = r.tables.iter_mut().find(|t| t.to == to) {
-            // Already under way: it goes on (every slice is authoritative for its range, so a
-            // reply that started earlier is as good as a new one); a phase not asked for before
-            // is added.
-            if state && t.state.is_none() {
-                t.state = Some(0);
-            }
-            if names && t.names.is_none() {
-                t.names = Some(0);
-                t.only = only;
-            }
-        } else {
-            r.tables.push_back(TableReply {
-                to,
-                state: state.then_some(0),
-                names: names.then_some(0),
-                only,
-            });
+        // Already under way, it goes on (every slice is authoritative for its range, so a
+        // reply that started earlier is as good as a new one); a phase not asked for before is
+        // added.
+        let t = self.repairs.reply_to(to);
+        if state && t.state.is_none() {
+            t.state = Some(0);
+            // The whole table covers every range asked for.
+            t.ranges.clear();
+        }
+        if names && t.names.is_none() {
+            t.names = Some(0);
+            t.only = only;
         }
         self.pump_repairs(now);
+    }
+
+    /// Queues `ranges` of this node's table for `to` (a digest request admitted): their entries
+    /// (`entries`), or each reconciled (entries if few, else its children's digests).
+    pub(super) fn serve_ranges(
+        &mut self,
+        now: Instant,
+        to: SocketAddr,
+        entries: bool,
+        ranges: &[(u64, u64)],
+    ) {
+        let t = self.repairs.reply_to(to);
+        for &(lo, hi) in ranges {
+            t.add(if entries {
+                RangeJob::Entries(lo, hi)
+            } else {
+                RangeJob::Reconcile(lo, hi)
+            });
+        }
+        if t.done() {
+            // Nothing waits for `to` (a request with no range): an empty answer would only
+            // hold a place among the answers in progress.
+            self.repairs.tables.retain(|t| t.to != to || !t.done());
+        }
+        self.pump_repairs(now);
+    }
+
+    /// Sends one datagram of range job `job` for `to`: a digest reply, or a slice of entries
+    /// (what remains of the range waits, first in line).
+    fn range_step(&mut self, now: Instant, to: SocketAddr, job: RangeJob) {
+        let per = self.enc.entries_per_datagram(Kind::ResyncReply);
+        let (lo, hi) = match job {
+            RangeJob::Entries(lo, hi) => (lo, hi),
+            RangeJob::Reconcile(lo, hi) => {
+                let fanout = self.enc.fanout();
+                let many = self.table.map.range(lo, hi).nth(FEW * per).is_some();
+                if many && fanout >= 2 {
+                    let children: Vec<(u64, u32)> = (0..fanout)
+                        .map(|i| {
+                            child_range(lo, hi, fanout, i)
+                                .map_or((0, 0), |(a, b)| self.table.range_digest(a, b))
+                        })
+                        .collect();
+                    let st = self.stamp(now, self.seq);
+                    let d = self
+                        .enc
+                        .digest_reply(&self.seal, 0, &st, (lo, hi), &children);
+                    self.stats.digest_replies += 1;
+                    self.push(Dest::To(to), d);
+                    return;
+                }
+                (lo, hi)
+            }
+        };
+        let e: Vec<(u64, u32)> = self.table.map.range(lo, hi).take(per + 1).collect();
+        // Stop just before the first entry that did not fit (it is above `lo`: the hashes
+        // before it are distinct and at least `lo`).
+        let to_hi = if e.len() > per { e[per].0 - 1 } else { hi };
+        let more = to_hi < hi;
+        let t = self.repairs.tables.front_mut().filter(|t| t.to == to);
+        let last = match t {
+            Some(t) => {
+                if more {
+                    t.ranges.push_front(RangeJob::Entries(to_hi + 1, hi));
+                }
+                t.done()
+            }
+            None => !more,
+        };
+        // The answer's last datagram says the digest is final, when no change waits: the
+        // requester checks its copy again.
+        let flags = if last && self.changed.is_empty() {
+            FLAG_END
+        } else {
+            0
+        };
+        let d = self.enc.entries(
+            &self.seal,
+            Kind::ResyncReply,
+            flags,
+            &self.stamp(now, self.seq),
+            Some((lo, to_hi)),
+            &e[..e.len().min(per)],
+        );
+        self.push(Dest::To(to), d);
+    }
+
+    /// Asks peer `node` for `ranges` of its table: their entries (`entries`), or each
+    /// reconciled. Nothing is sent to a peer not settled at its address.
+    pub(super) fn ask_ranges(
+        &mut self,
+        now: Instant,
+        node: u64,
+        entries: bool,
+        ranges: &[(u64, u64)],
+    ) {
+        let Some(p) = self.peers.get_mut(&node) else {
+            return;
+        };
+        if !p.settled() || ranges.is_empty() {
+            return;
+        }
+        p.last_request = Some(now);
+        let (addr, inc) = (p.addr, p.incarnation);
+        let st = self.stamp(now, self.seq);
+        let mut n = self.requests;
+        let flags = if entries { FLAG_STATE } else { 0 };
+        let dgs = self.enc.digest_requests(
+            &self.seal,
+            flags,
+            &st,
+            (node, inc),
+            &mut || {
+                n += 1;
+                n
+            },
+            ranges,
+        );
+        self.requests = n;
+        for d in dgs {
+            self.stats.digest_requests += 1;
+            self.push(Dest::To(addr), d);
+        }
+        // A request or its answer may be lost: look again after one interval.
+        let at = now + self.cfg.resync_interval;
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+    }
+
+    /// A digest reply from peer `node` for `[lo, hi]`: the children whose digest or size
+    /// differ from this node's copy are asked for again — their entries outright when most of
+    /// them differ or this node's copy of one is empty, else each reconciled in turn.
+    pub(super) fn on_digests(
+        &mut self,
+        now: Instant,
+        node: u64,
+        (lo, hi): (u64, u64),
+        children: &[wire::Digest],
+    ) {
+        let Some(p) = self.peers.get_mut(&node) else {
+            return;
+        };
+        // A copy over a cap is incomplete whatever its digests say: it is asked for whole,
+        // with backoff.
+        if p.over_cap || p.observer {
+            return;
+        }
+        p.digest_rounds = 0;
+        let n = children.len();
+        let mut fetch = Vec::new();
+        let mut reconcile = Vec::new();
+        for (i, c) in children.iter().enumerate() {
+            // An empty child (a range narrower than its children) holds nothing.
+            let Some((a, b)) = child_range(lo, hi, n, i) else {
+                continue;
+            };
+            let mine = p.table.range_digest(a, b);
+            if mine == (c.digest.get(), c.topics.get()) {
+                continue;
+            }
+            // A child as wide as its parent would be asked for again and again.
+            if mine.1 == 0 || (a, b) == (lo, hi) {
+                fetch.push((a, b));
+            } else {
+                reconcile.push((a, b));
+            }
+        }
+        if (fetch.len() + reconcile.len()) * 2 > n {
+            // Most of the range differs: its entries cost about what reconciling it would, in
+            // fewer round trips.
+            fetch.append(&mut reconcile);
+            fetch.sort_unstable();
+        }
+        self.ask_ranges(now, node, true, &fetch);
+        self.ask_ranges(now, node, false, &reconcile);
     }
 
     /// Sends what waits — repairs, then table replies — while the bucket allows;
@@ -395,6 +635,8 @@ impl Protocol {
                     &e,
                 );
                 self.push(Dest::To(to), d);
+            } else if let Some(job) = t.ranges.pop_front() {
+                self.range_step(now, to, job);
             } else if let Some(lo) = t.names {
                 let hashes: Vec<u64> = if t.only.is_empty() {
                     self.table
@@ -415,12 +657,7 @@ impl Protocol {
                 }
                 self.send_names(now, step, Some(to));
             }
-            if self
-                .repairs
-                .tables
-                .front()
-                .is_some_and(|t| t.state.is_none() && t.names.is_none())
-            {
+            if self.repairs.tables.front().is_some_and(TableReply::done) {
                 self.repairs.tables.pop_front();
             }
         }

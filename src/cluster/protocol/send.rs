@@ -1,5 +1,6 @@
 //! Everything this node sends: each tick's deltas (with the names of new topics), refresh slices
-//! and heartbeats; resync requests; resync replies (the table, the names); the goodbye.
+//! and heartbeats; resync and digest requests; resync replies (the table, the names); the
+//! goodbye.
 //! Datagrams are queued here and taken by [`Protocol::poll_transmit`].
 
 use std::net::SocketAddr;
@@ -300,7 +301,8 @@ impl Protocol {
         }
     }
 
-    /// Asks for a resync every peer whose copy does not match what it declared, and, when some
+    /// Asks for a resync every peer whose copy does not match what it declared (by range
+    /// digests when its copy holds something, see [`super::repair`]), and, when some
     /// counted topic has no name here, every peer for its names: soon (one resync interval)
     /// for topics that became unnamed since the last ask, rarely for the same ones again. A peer
     /// over a cap is asked with exponential backoff (its table cannot converge here).
@@ -334,6 +336,9 @@ impl Protocol {
         }
         let mut want: Vec<(u64, SocketAddr, u64, bool, Vec<u64>)> = Vec::new();
         let mut nack: Vec<u64> = Vec::new();
+        let mut reconcile: Vec<u64> = Vec::new();
+        // A budget too small for a digest request or reply (below 120 bytes) leaves whole tables.
+        let fanout = self.enc.fanout();
         let window = self.cfg.nack_window;
         let per_request = self.enc.names_per_request();
         let repairs = &mut self.repairs;
@@ -375,6 +380,19 @@ impl Protocol {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }
             }
+            // A copy that holds something is reconciled by range digests (a few rounds at
+            // most: the peer may not answer them); an empty one (nothing to compare) or one
+            // over a cap gets the whole table.
+            if state
+                && fanout > 0
+                && p.table.len() > 0
+                && !p.over_cap
+                && p.digest_rounds < super::repair::MAX_DIGEST_ROUNDS
+            {
+                state = false;
+                p.digest_rounds += 1;
+                reconcile.push(n);
+            }
             // The names asked of this peer: those of the unnamed topics it counts.
             let mut only: Vec<u64> = Vec::new();
             if ask_names {
@@ -398,6 +416,10 @@ impl Protocol {
         nack.sort_unstable();
         self.send_nacks(now, &nack);
         self.wake = wake;
+        reconcile.sort_unstable();
+        for node in reconcile {
+            self.ask_ranges(now, node, false, &[(0, u64::MAX)]);
+        }
         for (node, addr, inc, state, only) in want {
             if state && let Some(p) = self.peers.get_mut(&node) {
                 p.last_request = Some(now);
@@ -406,6 +428,9 @@ impl Protocol {
                 }
             }
             self.stats.resync_requests += 1;
+            if state {
+                self.stats.table_requests += 1;
+            }
             self.requests += 1;
             let names = if only.is_empty() { 0 } else { FLAG_NAMES };
             let flags = names | if state { FLAG_STATE } else { 0 };

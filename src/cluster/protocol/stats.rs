@@ -85,10 +85,17 @@ pub struct ProtoStats {
     pub received: u64,
     /// Datagrams rejected, per [`Reject`] (indexed as [`Reject::ALL`]).
     pub rejected: [u64; Reject::COUNT],
-    /// Resync requests sent.
+    /// Resync requests sent (for a peer's whole table, or names).
     pub resync_requests: u64,
+    /// Of `resync_requests`, those for a peer's whole table (the others ask for names only).
+    pub table_requests: u64,
     /// Resync requests answered.
     pub resync_replies: u64,
+    /// Digest request datagrams sent: a copy of a peer's table reconciled by hash range (the
+    /// whole range, then each differing range drilled into or fetched).
+    pub digest_requests: u64,
+    /// Digest reply datagrams sent (the digests of a range's children).
+    pub digest_replies: u64,
     /// Bytes sent answering resync requests and nacks (whole tables, names, repairs).
     pub repair_bytes: u64,
     /// Nack datagrams sent (this node missed some of a peer's datagrams, and its copy was

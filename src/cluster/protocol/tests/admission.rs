@@ -483,3 +483,121 @@ fn a_copy_from_another_address_does_not_move_a_peer() {
     assert_eq!(b.remote_total(), 2000);
     assert!(b.converged());
 }
+
+/// Digest requests meet rule 8 as resync requests do (a live peer at its address, a request
+/// number not used before), at most `DIGEST_REQUESTS` per requester per resync interval; and
+/// they are answered with a digest reply for a big range, the entries of a small one (exactly
+/// that range, authoritative for it), to the requester only.
+#[test]
+fn digest_requests_are_answered_by_range_only_for_live_peers() {
+    let now = Instant::now();
+    let (a_addr, b_addr) = (addr(1), addr(2));
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    for h in 0..10_000u64 {
+        a.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+    }
+    a.handle_tick(now);
+    for t in [now, now + Duration::from_millis(10)] {
+        b.handle_tick(t);
+        deliver(&mut b, b_addr, &mut a, a_addr, t);
+    }
+    drain(&mut a);
+    let t = now + Duration::from_millis(50);
+    let ask = |b: &mut Protocol, flags: u16, ranges: &[(u64, u64)]| -> Vec<u8> {
+        let mut n = b.requests;
+        let d = b.enc.digest_requests(
+            &b.seal,
+            flags,
+            &b.stamp(t, b.seq),
+            (1, 1),
+            &mut || {
+                n += 1;
+                n
+            },
+            ranges,
+        );
+        b.requests = n;
+        d.into_iter().next().unwrap()
+    };
+    // The whole range: a digest reply, its children adding up to the table.
+    let root = ask(&mut b, 0, &[(0, u64::MAX)]);
+    assert_eq!(a.handle_datagram(t, b_addr, &root), Outcome::Applied);
+    let out = drain(&mut a);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dest, Dest::To(b_addr));
+    let d = a.seal.open(&out[0].bytes).unwrap();
+    let Body::Digests(0, u64::MAX, children) = d.body else {
+        panic!("not a digest reply: {:?}", d.kind)
+    };
+    assert_eq!(children.len(), wire::MAX_FANOUT);
+    let (sum, topics) = children.iter().fold((0u64, 0u32), |(s, n), c| {
+        (s.wrapping_add(c.digest.get()), n + c.topics.get())
+    });
+    assert_eq!((sum, topics), (a.table.digest, 10_000));
+    assert_eq!(a.stats().digest_replies, 1);
+    // A small range: its entries, whatever the flag.
+    let (lo, hi) = wire::child_range(0, u64::MAX, 1 << 12, 5).unwrap();
+    for flags in [0, FLAG_STATE] {
+        let small = ask(&mut b, flags, &[(lo, hi)]);
+        assert_eq!(a.handle_datagram(t, b_addr, &small), Outcome::Applied);
+        let out = drain(&mut a);
+        assert_eq!(out.len(), 1);
+        let d = a.seal.open(&out[0].bytes).unwrap();
+        let Body::Range(l, h, e) = d.body else {
+            panic!("not a range: {:?}", d.kind)
+        };
+        assert_eq!((l, h), (lo, hi));
+        let want: Vec<(u64, u32)> = a.table.map.range(lo, hi).collect();
+        let got: Vec<(u64, u32)> = e.iter().map(|e| (e.hash.get(), e.count.get())).collect();
+        assert_eq!(got, want);
+    }
+    // Replayed, or from elsewhere: refused, nothing sent.
+    assert_eq!(
+        a.handle_datagram(t, b_addr, &root),
+        Outcome::Rejected(Reject::Stale)
+    );
+    let other = ask(&mut b, 0, &[(0, u64::MAX)]);
+    assert_eq!(
+        a.handle_datagram(t, addr(77), &other),
+        Outcome::Rejected(Reject::NotPeer)
+    );
+    assert!(drain(&mut a).is_empty());
+    // At most DIGEST_REQUESTS per interval (three were answered so far).
+    let mut outcomes = Vec::new();
+    for _ in 0..repair::DIGEST_REQUESTS {
+        let d = ask(&mut b, 0, &[(1, 2)]);
+        outcomes.push(a.handle_datagram(t, b_addr, &d));
+    }
+    let refused = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Rejected(Reject::Rate))
+        .count();
+    assert_eq!(refused, 3);
+    let next = t + a.config().resync_interval;
+    let d = ask(&mut b, 0, &[(1, 2)]);
+    assert_eq!(a.handle_datagram(next, b_addr, &d), Outcome::Applied);
+    // At most DIGEST_SCAN times the hash space an interval (each whole-range request scans
+    // the table, or sends it), then again in the next.
+    let later = next + a.config().resync_interval;
+    let whole = (0..repair::DIGEST_SCAN + 1)
+        .map(|_| {
+            let d = ask(&mut b, 0, &[(0, u64::MAX)]);
+            a.handle_datagram(later, b_addr, &d)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(whole.last(), Some(&Outcome::Rejected(Reject::Rate)));
+    assert!(
+        whole[..whole.len() - 1]
+            .iter()
+            .all(|o| *o == Outcome::Applied)
+    );
+    let d = ask(&mut b, FLAG_STATE, &[(0, u64::MAX)]);
+    assert_eq!(
+        a.handle_datagram(later, b_addr, &d),
+        Outcome::Rejected(Reject::Rate)
+    );
+    let d = ask(&mut b, FLAG_STATE, &[(0, u64::MAX)]);
+    let then = later + a.config().resync_interval;
+    assert_eq!(a.handle_datagram(then, b_addr, &d), Outcome::Applied);
+}

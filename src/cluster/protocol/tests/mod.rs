@@ -104,6 +104,80 @@ proptest! {
         }
     }
 
+    /// Range digests agree exactly when the ranges hold the same entries. B is A changed
+    /// (counts changed, topics added or removed) only inside a random range, or only outside
+    /// it; over that range, its children (as a digest reply splits it), ranges around each
+    /// change and random ranges, B's digest and size equal A's if and only if B and A hold the
+    /// same entries there. The children's digests and sizes also add up to their range's.
+    #[test]
+    fn range_digests_agree_iff_the_ranges_agree(
+        entries in proptest::collection::vec((any::<u64>(), 1u32..4), 0..1500),
+        changes in proptest::collection::vec((any::<u64>(), 0u32..4, any::<bool>()), 1..12),
+        (x, y) in (any::<u64>(), any::<u64>()),
+        inside in any::<bool>(),
+        probes in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..16),
+    ) {
+        let (lo, hi) = (x.min(y), x.max(y));
+        let mut a = Table::default();
+        for &(h, c) in &entries {
+            a.set(h, c);
+        }
+        let mut b = a.clone();
+        let width = u128::from(hi - lo) + 1;
+        let outside = (1u128 << 64) - width;
+        let mut changed = Vec::new();
+        for (sel, c, existing) in changes {
+            let h = if existing && !entries.is_empty() {
+                // An entry A holds (kept only if it lies where changes go).
+                entries[(sel % entries.len() as u64) as usize].0
+            } else if inside {
+                lo + (u128::from(sel) % width) as u64
+            } else if outside > 0 {
+                let k = u128::from(sel) % outside;
+                if k < u128::from(lo) { k as u64 } else { (k + width) as u64 }
+            } else {
+                continue;
+            };
+            if (lo..=hi).contains(&h) == inside {
+                b.set(h, c);
+                changed.push(h);
+            }
+        }
+        let mut ranges = vec![(lo, hi), (0, u64::MAX)];
+        let n = wire::MAX_FANOUT;
+        let children: Vec<(u64, u64)> =
+            (0..n).filter_map(|i| wire::child_range(lo, hi, n, i)).collect();
+        ranges.extend(&children);
+        for &h in &changed {
+            ranges.push((h, h));
+            ranges.push((h.saturating_sub(1 << 40), h.saturating_add(1 << 40)));
+        }
+        ranges.extend(probes.iter().map(|&(p, q)| (p.min(q), p.max(q))));
+        for (l, h) in ranges {
+            let same = a.map.range(l, h).eq(b.map.range(l, h));
+            let agree = a.range_digest(l, h) == b.range_digest(l, h);
+            prop_assert_eq!(same, agree, "[{:x}, {:x}]", l, h);
+        }
+        // The changes were confined: the other side agrees whole.
+        if inside {
+            if lo > 0 {
+                prop_assert_eq!(a.range_digest(0, lo - 1), b.range_digest(0, lo - 1));
+            }
+            if hi < u64::MAX {
+                prop_assert_eq!(a.range_digest(hi + 1, u64::MAX), b.range_digest(hi + 1, u64::MAX));
+            }
+        } else {
+            prop_assert!(a.map.range(lo, hi).eq(b.map.range(lo, hi)));
+        }
+        // The children cover their range exactly.
+        let (d, c) = children.iter().fold((0u64, 0u32), |(d, c), &(l, h)| {
+            let (x, y) = b.range_digest(l, h);
+            (d.wrapping_add(x), c + y)
+        });
+        prop_assert_eq!((d, c), b.range_digest(lo, hi));
+        prop_assert_eq!(b.range_digest(0, u64::MAX), (b.digest, b.len() as u32));
+    }
+
     /// Whatever the table, the names and the budget, no datagram exceeds the budget, and a
     /// peer that hears everything ends up with an exact, converged copy.
     #[test]
@@ -612,4 +686,67 @@ fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
         b.poll_timeout().is_none_or(|w| w > now + tick),
         "nothing held back"
     );
+}
+
+/// A peer that answers no digest request (an older node refuses the kind) is asked for its
+/// whole table after `MAX_DIGEST_ROUNDS` of them, and the copy is right again; one that
+/// answers is never asked for its table.
+#[test]
+fn a_peer_that_never_answers_digest_requests_is_asked_for_its_table() {
+    for answers in [false, true] {
+        let start = Instant::now();
+        let tick = Duration::from_millis(100);
+        let node = |n: u64| {
+            let mut c = Config::new(n, 1, tick);
+            c.refresh_cycle = 1_000_000;
+            Protocol::new(c, Seal::new("p", b"k"))
+        };
+        let (mut a, mut b) = (node(1), node(2));
+        let (aa, ab) = (addr(1), addr(2));
+        for h in 0..5_000u64 {
+            let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            a.set_local(h, 1, Some(&Arc::from(format!("room:{h}"))));
+        }
+        // Runs both for `ms` milliseconds, a tick every 100 ms and timeouts every 5 ms, with
+        // everything delivered (b's digest requests to a only if `answers`).
+        let run = |a: &mut Protocol, b: &mut Protocol, from: u64, ms: u64| {
+            for step in (from..from + ms).step_by(5) {
+                let t = start + Duration::from_millis(step);
+                if step % 100 == 0 {
+                    a.handle_tick(t);
+                    b.handle_tick(t);
+                }
+                a.handle_timeout(t);
+                b.handle_timeout(t);
+                for d in drain(a) {
+                    b.handle_datagram(t, aa, &d.bytes);
+                }
+                for d in drain(b) {
+                    let kind = b.seal.open(&d.bytes).map(|d| d.kind);
+                    if answers || kind != Ok(Kind::DigestRequest) {
+                        a.handle_datagram(t, ab, &d.bytes);
+                    }
+                }
+            }
+        };
+        run(&mut a, &mut b, 0, 1_000);
+        assert!(b.converged(), "b has a's table");
+        let before = b.stats();
+        let h = 7u64.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        b.corrupt_peer_entry_for_test(1, h, 9);
+        assert!(!b.converged());
+        run(&mut a, &mut b, 1_000, 1_000);
+        assert!(b.converged(), "answers: {answers}");
+        assert_eq!(b.remote(h), 1);
+        let s = b.stats();
+        let tables = s.table_requests - before.table_requests;
+        let asked = s.digest_requests - before.digest_requests;
+        if answers {
+            assert_eq!(tables, 0);
+            assert!(asked >= 2, "{asked} digest requests");
+        } else {
+            assert_eq!(tables, 1);
+            assert_eq!(asked, u64::from(repair::MAX_DIGEST_ROUNDS));
+        }
+    }
 }
