@@ -339,6 +339,7 @@ impl Protocol {
         let mut reconcile: Vec<u64> = Vec::new();
         // A budget too small for a digest request or reply (below 120 bytes) leaves whole tables.
         let fanout = self.enc.fanout();
+        let per_entries = self.enc.entries_per_datagram(Kind::ResyncReply);
         let window = self.cfg.nack_window;
         let per_request = self.enc.names_per_request();
         let repairs = &mut self.repairs;
@@ -381,11 +382,14 @@ impl Protocol {
                 }
             }
             // A copy that holds something is reconciled by range digests (a few rounds at
-            // most: the peer may not answer them); an empty one (nothing to compare) or one
-            // over a cap gets the whole table.
+            // most: the peer may not answer them); an empty one (nothing to compare), one over
+            // a cap, or a small table (a few datagrams: one round trip costs less than the
+            // rounds of digests, each of which loss can delay) gets the whole table.
+            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
             if state
                 && fanout > 0
                 && p.table.len() > 0
+                && size > super::repair::SMALL_TABLE * per_entries
                 && !p.over_cap
                 && p.digest_rounds < super::repair::MAX_DIGEST_ROUNDS
             {
