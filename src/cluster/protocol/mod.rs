@@ -218,9 +218,6 @@ pub struct Protocol {
     /// Names learned from peers and not reported yet, oldest first.
     learned: VecDeque<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
-    /// A backlog tick's datagrams past its first [`Config::repair_burst`] bytes, each with when
-    /// it may leave (see `pace_tick` in `send.rs`).
-    paced: VecDeque<(Instant, Transmit)>,
     rates: HashMap<SocketAddr, Bucket>,
     /// Repair: the history of what was sent, and the answers waiting for the repair bucket.
     repairs: Repairs,
@@ -289,7 +286,6 @@ impl Protocol {
             reporting: Vec::new(),
             learned: VecDeque::new(),
             out: VecDeque::new(),
-            paced: VecDeque::new(),
             rates: HashMap::default(),
             repairs,
             requests: 0,
@@ -372,7 +368,6 @@ impl Protocol {
         if self.repairs.wake().is_some_and(|w| w <= now) {
             self.pump_repairs(now);
         }
-        self.release_paced(Some(now));
     }
 
     /// The transport knows the peer at `from` is gone (an Erlang `nodedown`, a closed stream):
@@ -397,7 +392,6 @@ impl Protocol {
 
     /// Queues a goodbye: peers drop this node's counts at once. The last call before stopping.
     pub fn goodbye(&mut self, now: Instant) {
-        self.release_paced(None);
         self.send_goodbye(now);
     }
 
@@ -433,14 +427,10 @@ impl Protocol {
     /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request
     /// or a nack becomes due, or the repair bucket allows more of what waits), if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.wake,
-            self.repairs.wake(),
-            self.paced.front().map(|(at, _)| *at),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        match (self.wake, self.repairs.wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- State ------------------------------------------------------------------------------

@@ -115,8 +115,6 @@ impl Protocol {
             self.request_where_needed(now);
             return;
         }
-        // What is left of the last tick goes first: sequence numbers stay in order.
-        self.release_paced(None);
         self.send_members(now);
         let first = self.out.len();
         let mut budget = self.cfg.max_tick_datagrams.max(1);
@@ -201,53 +199,7 @@ impl Protocol {
                 set_end(&self.seal, &mut last.bytes);
             }
         }
-        if !self.changed.is_empty() {
-            self.pace_tick(now, first);
-        }
         self.request_where_needed(now);
-    }
-
-    /// Spreads a backlog tick (one that leaves changes for the next: a burst bigger than
-    /// [`Config::max_tick_datagrams`](super::Config::max_tick_datagrams)) over nine tenths of
-    /// the tick, past its first [`Config::repair_burst`](super::Config::repair_burst) bytes.
-    /// Handed to the socket at once, such ticks from many peers together overflow the send
-    /// buffer and the receivers' buffers, and the loss costs repairs; spread, they fit any link
-    /// that carries the cluster's ticks at all. (A tick that ends a burst leaves at once: its
-    /// last datagram makes the peers exact, and pacing it would only delay that.)
-    pub(super) fn pace_tick(&mut self, now: Instant, first: usize) {
-        let burst = self.cfg.repair_burst.max(1);
-        let total: usize = self.out.iter().skip(first).map(|t| t.bytes.len()).sum();
-        if total <= burst || self.cfg.tick.is_zero() {
-            return;
-        }
-        let mut at = first;
-        let mut upfront = 0;
-        while at < self.out.len() && upfront + self.out[at].bytes.len() <= burst {
-            upfront += self.out[at].bytes.len();
-            at += 1;
-        }
-        let spread = (self.cfg.tick * 9 / 10).as_secs_f64();
-        let rest = (total - upfront) as f64;
-        let mut done = 0;
-        let later: Vec<Transmit> = self.out.drain(at..).collect();
-        for t in later {
-            // Each leaves when the bytes up to its end are due at the rate that ends the
-            // tick's sends with the spread.
-            done += t.bytes.len();
-            let due = now + Duration::from_secs_f64(spread * done as f64 / rest);
-            self.paced.push_back((due, t));
-        }
-    }
-
-    /// Hands the paced datagrams that are due by `now` (all of them: `None`) to `out`.
-    pub(super) fn release_paced(&mut self, now: Option<Instant>) {
-        while let Some((due, _)) = self.paced.front() {
-            if now.is_some_and(|now| *due > now) {
-                break;
-            }
-            let (_, t) = self.paced.pop_front().expect("front");
-            self.out.push_back(t);
-        }
     }
 
     /// Membership gossip, when it is due: the live peers this node hears (not observers), with
