@@ -258,6 +258,7 @@ impl Protocol {
                 asked: Vec::new(),
                 digest_rounds: 0,
                 digests_served: (0, 0, now),
+                digests_asked: std::collections::VecDeque::new(),
             },
         );
         if observer {
@@ -372,6 +373,32 @@ impl Protocol {
         Ok(requester)
     }
 
+    /// Counts a digest answer for peer `requester` against its budget for this resync
+    /// interval (see [`Protocol::admit_digest_request`]): false, and nothing counted, if it
+    /// would pass [`DIGEST_REQUESTS`](super::repair::DIGEST_REQUESTS) answers or `scan` more
+    /// of the hash space than [`DIGEST_SCAN`](super::repair::DIGEST_SCAN) times it.
+    pub(super) fn charge_scan(&mut self, now: Instant, requester: u64, scan: u128) -> bool {
+        let every = self.cfg.resync_interval;
+        let Some(p) = self.peers.get_mut(&requester) else {
+            return false;
+        };
+        let (served, scanned, since) = &mut p.digests_served;
+        if now.saturating_duration_since(*since) >= every {
+            *served = 0;
+            *scanned = 0;
+            *since = now;
+        }
+        let space = 1u128 << 64;
+        if *served >= super::repair::DIGEST_REQUESTS
+            || *scanned + scan > super::repair::DIGEST_SCAN * space
+        {
+            return false;
+        }
+        *served += 1;
+        *scanned += scan;
+        true
+    }
+
     /// Rule 8 for a digest request: the identity checks; per requester per resync interval, at
     /// most [`DIGEST_REQUESTS`](super::repair::DIGEST_REQUESTS) requests (a reconciliation
     /// sends several in a row, one per range it drills into) for at most
@@ -387,24 +414,12 @@ impl Protocol {
         scan: u128,
     ) -> Result<(), Reject> {
         let requester = self.admit_requester(from, d, target, target_inc, request)?;
-        let every = self.cfg.resync_interval;
-        let Some(p) = self.peers.get_mut(&requester) else {
+        if !self.peers.contains_key(&requester) {
             return Err(self.reject(Reject::NotPeer, None));
-        };
-        let (served, scanned, since) = &mut p.digests_served;
-        if now.saturating_duration_since(*since) >= every {
-            *served = 0;
-            *scanned = 0;
-            *since = now;
         }
-        let space = 1u128 << 64;
-        if *served >= super::repair::DIGEST_REQUESTS
-            || *scanned + scan > super::repair::DIGEST_SCAN * space
-        {
+        if !self.charge_scan(now, requester, scan) {
             return Err(self.reject(Reject::Rate, Some(requester)));
         }
-        *served += 1;
-        *scanned += scan;
         if !self.repairs.table_room(from) {
             return Err(self.reject(Reject::Budget, Some(requester)));
         }

@@ -134,6 +134,7 @@ impl Protocol {
                 p.over_cap = false;
                 p.backoff = Duration::ZERO;
                 p.digest_rounds = 0;
+                p.digests_asked.clear();
                 // Its counts are right. What this node missed of it may still hold names (the
                 // digest does not cover them): the gaps stay while some topic has no name here.
                 if !unnamed {

@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Ranges kept per peer whose digest reply is awaited.
+pub(super) const MAX_DIGESTS_ASKED: usize = 64;
+
 /// The order-independent digest term of one `(hash, count)` entry (splitmix64 finalizer).
 #[inline]
 pub fn mix(hash: u64, count: u32) -> u64 {
@@ -265,6 +268,10 @@ pub(super) struct Peer {
     /// space they asked this node to reconcile (what answering them scans), and when that
     /// interval began.
     pub(super) digests_served: (u32, u128, Instant),
+    /// The ranges this node asked the peer to reconcile and has no digest reply for yet
+    /// (at most [`MAX_DIGESTS_ASKED`], oldest dropped): a digest reply for another range (a
+    /// replay, or one nobody asked for) is ignored.
+    pub(super) digests_asked: std::collections::VecDeque<(u64, u64)>,
 }
 
 impl Peer {

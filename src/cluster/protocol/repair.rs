@@ -476,6 +476,16 @@ impl Protocol {
             return;
         }
         p.last_request = Some(now);
+        if !entries {
+            for &r in ranges {
+                if !p.digests_asked.contains(&r) {
+                    if p.digests_asked.len() >= super::peer::MAX_DIGESTS_ASKED {
+                        p.digests_asked.pop_front();
+                    }
+                    p.digests_asked.push_back(r);
+                }
+            }
+        }
         let (addr, inc) = (p.addr, p.incarnation);
         let st = self.stamp(now, self.seq);
         let mut n = self.requests;
@@ -518,6 +528,16 @@ impl Protocol {
         // with backoff.
         if p.over_cap || p.observer {
             return;
+        }
+        // Only a range this node asked for, once (or the whole range while it nacks: a gap
+        // older than the peer's history is answered so): a replayed reply, or one nobody asked
+        // for, would have it scan its copy and ask again, and keep it from ever falling back.
+        match p.digests_asked.iter().position(|&r| r == (lo, hi)) {
+            Some(i) => {
+                p.digests_asked.remove(i);
+            }
+            None if (lo, hi) == (0, u64::MAX) && p.nacks > 0 && !p.converged() => {}
+            None => return,
         }
         p.digest_rounds = 0;
         let n = children.len();
@@ -710,11 +730,24 @@ impl Protocol {
             .get(&requester)
             .filter(|p| p.settled())
             .map(|p| p.addr);
+        let oldest = self.repairs.history.front().map_or(self.seq + 1, |s| s.seq);
+        // A gap older than the history is answered by reconciling the whole range, which scans
+        // the table: that counts against the requester's digest budget, like a digest request
+        // for the whole space (a replayed nack would otherwise have the table scanned at the
+        // repair bucket's pace). Charged once per nack.
+        let mut old_gap_to: Option<Option<SocketAddr>> = None;
         for g in gaps {
             let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
             if node == self.cfg.node {
                 if !self.cfg.observer {
-                    self.nacked(now, from, lo, hi);
+                    let to = if lo < oldest {
+                        *old_gap_to.get_or_insert_with(|| {
+                            from.filter(|_| self.charge_scan(now, requester, 1u128 << 64))
+                        })
+                    } else {
+                        from
+                    };
+                    self.nacked(now, to, lo, hi);
                 }
             } else if let Some(p) = self.peers.get_mut(&node) {
                 add_asked(&mut p.asked, lo, hi, now);

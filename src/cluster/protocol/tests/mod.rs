@@ -691,3 +691,107 @@ fn a_peer_that_never_answers_digest_requests_is_asked_for_its_table() {
         }
     }
 }
+
+/// A nack of datagrams older than the history is answered by reconciling the whole range, a
+/// scan of the table: replayed (the same datagram passes while the sender's number has not
+/// moved), it is charged to the requester's digest budget like a digest request for the whole
+/// hash space, not answered at the repair bucket's pace (200 copies once made 200 scans).
+#[test]
+fn old_gap_nacks_are_charged_to_the_digest_budget() {
+    let start = Instant::now();
+    let tick = Duration::from_millis(100);
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    a.cfg.refresh_cycle = 1_000_000;
+    b.cfg.refresh_cycle = 1_000_000;
+    for h in 0..20_000u64 {
+        a.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+    }
+    let mut t = start;
+    for _ in 0..3 {
+        a.handle_tick(t);
+        b.handle_tick(t);
+        let _ = drain(&mut a);
+        deliver(&mut b, addr(2), &mut a, addr(1), t);
+        t += tick;
+    }
+    let _ = drain(&mut a);
+    let before = a.stats().digest_replies;
+    let st = b.stamp(t, b.seq);
+    let nack = b
+        .enc
+        .nacks(&b.seal, &st, &[wire::Gap::new(1, 0, 0)])
+        .pop()
+        .expect("a nack");
+    for i in 0..200u32 {
+        let now = t + Duration::from_micros(u64::from(i) * 20);
+        a.handle_datagram(now, addr(2), &nack);
+        a.handle_timeout(now);
+        let _ = drain(&mut a);
+    }
+    let replies = a.stats().digest_replies - before;
+    assert!(replies >= 1, "the old gap is answered");
+    assert!(
+        replies <= repair::DIGEST_SCAN as u64,
+        "{replies} whole-range answers within one interval"
+    );
+}
+
+/// A digest reply is acted on once, for a range this node asked for: a replayed one (or one
+/// nobody asked for) would have it scan its copy and ask again, and would keep resetting the
+/// count that makes a peer that does not answer fall back to its whole table.
+#[test]
+fn a_replayed_digest_reply_is_ignored() {
+    let start = Instant::now();
+    let tick = Duration::from_millis(100);
+    let node = |n: u64| {
+        let mut c = Config::new(n, 1, tick);
+        c.refresh_cycle = 1_000_000;
+        Protocol::new(c, Seal::new("p", b"k"))
+    };
+    let (mut a, mut b) = (node(1), node(2));
+    let (aa, ab) = (addr(1), addr(2));
+    for h in 0..5_000u64 {
+        a.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+    }
+    let mut t = start;
+    for _ in 0..10 {
+        a.handle_tick(t);
+        b.handle_tick(t);
+        for d in drain_paced(&mut a, t, t + tick / 2) {
+            b.handle_datagram(t, aa, &d.bytes);
+        }
+        for d in drain(&mut b) {
+            a.handle_datagram(t, ab, &d.bytes);
+        }
+        t += tick;
+    }
+    assert!(b.converged());
+    b.corrupt_peer_entry_for_test(1, 7u64.wrapping_mul(0x9e37_79b9_7f4a_7c15), 9);
+    b.request_where_needed(t);
+    let asks = drain(&mut b);
+    assert_eq!(asks.len(), 1, "one digest request for the root");
+    for d in &asks {
+        a.handle_datagram(t, ab, &d.bytes);
+    }
+    let replies: Vec<Transmit> = drain_paced(&mut a, t, t + tick / 2)
+        .into_iter()
+        .filter(|d| {
+            a.seal
+                .open(&d.bytes)
+                .is_ok_and(|d| d.kind == Kind::DigestReply)
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "the root's children");
+    let asked = |b: &Protocol| b.stats().digest_requests;
+    let before = asked(&b);
+    b.handle_datagram(t, aa, &replies[0].bytes);
+    let _ = drain(&mut b);
+    assert!(asked(&b) > before, "the first copy drills down");
+    let once = asked(&b);
+    for _ in 0..5 {
+        b.handle_datagram(t, aa, &replies[0].bytes);
+    }
+    let _ = drain(&mut b);
+    assert_eq!(asked(&b), once, "replayed copies ask nothing");
+}
