@@ -529,17 +529,21 @@ impl Protocol {
         if p.over_cap || p.observer {
             return;
         }
-        // Only a range this node asked for, once (or the whole range while it nacks: a gap
-        // older than the peer's history is answered so): a replayed reply, or one nobody asked
-        // for, would have it scan its copy and ask again, and keep it from ever falling back.
+        // A range below the root only if this node asked for it, once: a replayed reply, or
+        // one nobody asked for, would have it scan its copy and ask again. The root is taken
+        // whenever it comes (a nack of a gap older than the peer's history is answered with it,
+        // unasked, and it shows the peer's table of now, which may be ahead of what this copy
+        // was last declared right against); its replays cost a scan, and what it makes this
+        // node ask is within the peer's digest budget. Only an asked-for reply shows that the
+        // peer answers (else it would never fall back to the whole table).
         match p.digests_asked.iter().position(|&r| r == (lo, hi)) {
             Some(i) => {
                 p.digests_asked.remove(i);
+                p.digest_rounds = 0;
             }
-            None if (lo, hi) == (0, u64::MAX) && p.nacks > 0 && !p.converged() => {}
+            None if (lo, hi) == (0, u64::MAX) => {}
             None => return,
         }
-        p.digest_rounds = 0;
         let n = children.len();
         let mut fetch = Vec::new();
         let mut reconcile = Vec::new();
