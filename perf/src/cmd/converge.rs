@@ -77,8 +77,11 @@ const DELAY: Duration = Duration::from_millis(1);
 const STEP: Duration = Duration::from_millis(10);
 /// A seed that is not exact after this many ticks counts as this many (and as `not_exact`).
 const MAX_TICKS: u32 = 100;
-/// Idle ticks over which the steady-state traffic is measured after convergence.
-const IDLE_TICKS: u32 = 50;
+/// Idle ticks over which the steady-state traffic is measured after convergence: one refresh
+/// cycle (the whole table once), the period of the idle traffic. (It was 50: five cycles of
+/// every receiver applying every peer's whole table, most of a 256-node run's wall-clock, for
+/// the same average.)
+const IDLE_TICKS: u32 = headcount::cluster::protocol::defaults::REFRESH_CYCLE;
 
 /// A burst of `joins` joins spread over the nodes and `topics` long-tailed topics.
 fn burst(sim: &mut Sim, seed: u64, joins: u64, topics: u64) {
