@@ -3,9 +3,15 @@
 //! link capacity and socket buffers ([`Capacity`]). The simulation tests and
 //! `headcount-perf converge` drive it; it is public so users can test their settings the same way.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::rc::Rc;
+
+mod event;
+mod link;
+
+use event::{Event, What};
+pub use link::{Capacity, Faults, LinkStats};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -16,52 +22,6 @@ use super::protocol::{Clock, Config, Dest, Protocol};
 /// The Unix time (ms) at the start of every simulation: 2027-01-15.
 pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 use super::wire::Seal;
-
-/// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
-    /// Probability a datagram is lost.
-    pub loss: f64,
-    /// Probability a datagram is delivered twice.
-    pub dup: f64,
-    /// Probability a datagram is held back by up to `jitter` extra (reordering).
-    pub reorder: f64,
-    /// Base one-way delay.
-    pub delay: Duration,
-    /// Largest extra delay of a reordered datagram.
-    pub jitter: Duration,
-}
-
-/// Each node's link and socket buffers (0: unlimited, the default). With these, a burst larger
-/// than a link or a buffer loses datagrams the way a network does (a repair storm shows as the
-/// loss it causes), on top of [`Faults`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Capacity {
-    /// Bytes a second a node's uplink carries: a datagram leaves after the ones queued before it
-    /// (a group datagram once, a unicast fan-out once per peer).
-    pub egress_bytes_per_sec: u64,
-    /// Bytes a second a node's downlink carries: arriving datagrams queue for it.
-    pub ingress_bytes_per_sec: u64,
-    /// Bytes waiting for the uplink past which a send is dropped (a full socket send buffer).
-    pub send_buffer: u64,
-    /// Bytes waiting for the downlink past which an arriving datagram is dropped (`SO_RCVBUF`).
-    pub recv_buffer: u64,
-    /// No multicast: a group datagram leaves as one unicast copy per other node (a unicast peer
-    /// list, as in most clouds), each taking the uplink and counted in [`Sim::bytes_sent`].
-    pub unicast_fanout: bool,
-}
-
-/// What capacity cost a node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Datagrams dropped for a full send buffer.
-    pub dropped_send: u64,
-    /// Datagrams dropped on arrival for a full receive buffer.
-    pub dropped_recv: u64,
-    /// The most bytes the node's protocol handed to its socket within one tick window (of the
-    /// simulation's tick, aligned on multiples of it), sent or dropped.
-    pub peak_bytes_per_tick: u64,
-}
 
 struct Node {
     proto: Option<Protocol>,
@@ -103,61 +63,6 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Datagrams delivered.
     pub delivered: u64,
-}
-
-/// One event of the simulation. In time order; at the same time, ticks (by node) before
-/// datagrams (in the order they were sent) before wakes (by node).
-struct Event {
-    at: Duration,
-    key: (u8, u64),
-    what: What,
-}
-
-enum What {
-    Tick(usize),
-    Wake(usize),
-    /// A datagram for `to`; `arrived`: past the receiver's downlink. One group datagram's
-    /// copies share their bytes.
-    Datagram {
-        to: usize,
-        from: usize,
-        bytes: Rc<[u8]>,
-        arrived: bool,
-    },
-}
-
-impl Event {
-    fn tick(at: Duration, i: usize) -> Event {
-        Event {
-            at,
-            key: (0, i as u64),
-            what: What::Tick(i),
-        }
-    }
-    fn wake(at: Duration, i: usize) -> Event {
-        Event {
-            at,
-            key: (2, i as u64),
-            what: What::Wake(i),
-        }
-    }
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Event) -> bool {
-        (self.at, self.key) == (o.at, o.key)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, o: &Event) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Event {
-    fn cmp(&self, o: &Event) -> Ordering {
-        (self.at, self.key).cmp(&(o.at, o.key))
-    }
 }
 
 impl std::fmt::Debug for Sim {

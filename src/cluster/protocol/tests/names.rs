@@ -1,0 +1,157 @@
+//! Names: kept through count changes, asked for by topic, announced once.
+
+use super::*;
+
+/// A peer's count that changes without reaching zero keeps the topic's name here. (The sum
+/// once went through zero on the way: a topic only that peer counted lost its name, and every
+/// such change had every peer asked for all its names.)
+#[test]
+fn a_count_that_changes_keeps_its_name() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    let name: Arc<str> = "room:1".into();
+    a.set_local(7, 1, Some(&name));
+    let mut t = now;
+    for _ in 0..2 {
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:1"));
+    while b.poll_event().is_some() {}
+    for c in [2, 5, 1] {
+        a.set_local(7, c, Some(&name));
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+        assert_eq!(b.remote(7), u64::from(c));
+        assert_eq!(b.remote_total(), u64::from(c));
+        assert_eq!(b.name(7).map(|n| &**n), Some("room:1"));
+        assert!(b.unnamed.is_empty(), "the name was lost at {c}");
+        let events: Vec<Event> = std::iter::from_fn(|| b.poll_event()).collect();
+        assert_eq!(
+            events,
+            vec![Event::RemoteChanged {
+                hash: 7,
+                sum: u64::from(c)
+            }]
+        );
+    }
+}
+
+/// A node missing a few names asks the peers that count those topics for those names only,
+/// and gets those names back, not every name the peers know.
+#[test]
+fn missing_names_are_asked_for_by_topic() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    for h in 0..500u64 {
+        a.set_local(h, 1, Some(&Arc::from(format!("room:{h}"))));
+    }
+    let mut t = now;
+    for _ in 0..4 {
+        a.handle_tick(t);
+        b.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        deliver(&mut b, addr(2), &mut a, addr(1), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:7"));
+    // b loses two names (as if their datagram never came and no repair brought them).
+    for h in [7u64, 300] {
+        b.names.remove(&h);
+        b.unnamed.insert(h);
+    }
+    b.newly_unnamed = 2;
+    b.names_asked = None;
+    b.request_where_needed(t);
+    let asks = drain(&mut b);
+    assert_eq!(
+        asks.len(),
+        1,
+        "one request, to the one peer that counts them"
+    );
+    let d = b.seal.open(&asks[0].bytes).unwrap();
+    let Body::Target { names, .. } = d.body else {
+        panic!("not a request: {:?}", d.kind)
+    };
+    let asked: Vec<u64> = names.iter().map(|h| h.get()).collect();
+    assert_eq!(asked, vec![7, 300]);
+    assert_eq!(
+        a.handle_datagram(t, addr(2), &asks[0].bytes),
+        Outcome::Applied
+    );
+    let reply = drain(&mut a);
+    let bytes: usize = reply.iter().map(|r| r.bytes.len()).sum();
+    assert!(bytes < 200, "{bytes} B of names for two topics");
+    for r in &reply {
+        assert_eq!(r.dest, Dest::To(addr(2)));
+        b.handle_datagram(t, addr(1), &r.bytes);
+    }
+    assert_eq!(b.name(7).map(|n| &**n), Some("room:7"));
+    assert_eq!(b.name(300).map(|n| &**n), Some("room:300"));
+    assert!(b.unnamed.is_empty());
+}
+
+/// A node that starts counting a topic a peer already counts does not announce its name again
+/// (with hot topics every node once announced every name: N − 1 copies to every receiver); a
+/// node that missed the first announcement still learns it, from whichever node counts it.
+#[test]
+fn a_topic_a_peer_counts_is_not_announced_again() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    let mut c = proto(3, 1400);
+    let name: Arc<str> = "room:lobby".into();
+    a.set_local(9, 1, Some(&name));
+    let mut t = now;
+    for _ in 0..3 {
+        for p in [&mut a, &mut b, &mut c] {
+            p.handle_tick(t);
+        }
+        // a's datagrams reach b only; b and c hear each other.
+        let from_a = drain(&mut a);
+        for d in &from_a {
+            b.handle_datagram(t, addr(1), &d.bytes);
+        }
+        deliver(&mut b, addr(2), &mut c, addr(3), t);
+        deliver(&mut c, addr(3), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.remote(9), 1);
+    b.set_local(9, 1, Some(&name));
+    b.handle_tick(t);
+    let sent = drain(&mut b);
+    let kinds: Vec<Kind> = sent
+        .iter()
+        .map(|d| b.seal.open(&d.bytes).unwrap().kind)
+        .collect();
+    assert!(kinds.contains(&Kind::Delta), "{kinds:?}");
+    assert!(!kinds.contains(&Kind::Names), "announced again: {kinds:?}");
+    // c counts b's topic without its name, and asks b for it.
+    for d in &sent {
+        c.handle_datagram(t, addr(2), &d.bytes);
+    }
+    assert_eq!(c.remote(9), 1);
+    assert_eq!(c.name(9), None);
+    let mut named = false;
+    for _ in 0..100 {
+        t += Duration::from_millis(100);
+        for p in [&mut b, &mut c] {
+            p.handle_tick(t);
+            while p.poll_timeout().is_some_and(|w| w <= t) {
+                p.handle_timeout(t);
+            }
+        }
+        deliver(&mut b, addr(2), &mut c, addr(3), t);
+        deliver(&mut c, addr(3), &mut b, addr(2), t);
+        if c.name(9).is_some() {
+            named = true;
+            break;
+        }
+    }
+    assert!(named, "c never learned the name");
+    assert_eq!(c.name(9).map(|n| &**n), Some("room:lobby"));
+}
