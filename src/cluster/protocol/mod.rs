@@ -29,12 +29,14 @@
 //! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
 //!   dropping dead, restarted and departed peers;
 //! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
-//!   and replies, the goodbye; `repair.rs`: nacks and repairs, the answers' token bucket, and
-//!   reconciliation by range digests (requests, replies, and what a receiver asks next);
+//!   and replies, the goodbye; `repair.rs`: nacks and repairs, the answers' token bucket;
+//!   `repair/digest.rs`: reconciliation by range digests (the ranges served, the ranges asked
+//!   for, and what a receiver asks next from a digest reply);
 //! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
 //!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
 //! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
-//!   each against a defect it once had or could have).
+//!   each against a defect it once had or could have; `digests.rs`, `names.rs`: reconciliation
+//!   and names).
 //!
 //! # Admission: what each datagram must meet
 //!
