@@ -251,7 +251,9 @@ impl Builder {
 
     /// The most bytes of answers sent at once (default 64 KiB): keep it below the socket
     /// send buffer and the peers' receive buffers, so an answer never overflows the buffers
-    /// whose overflow lost what it answers. At least one datagram (the payload budget).
+    /// whose overflow lost what it answers. At least one datagram (the payload budget). A
+    /// tick of a burst too big for one tick also sends this much at once and spreads the rest
+    /// over nine tenths of the tick.
     pub fn repair_burst(mut self, bytes: usize) -> Self {
         self.cluster.repair_burst = bytes;
         self

@@ -132,9 +132,15 @@ fn run(
         }
         // Receiving goes on until the next tick is due, for at most half a tick, and for at
         // least an eighth of one even when a tick is overdue (a node busy sending must still
-        // hear its peers: their heartbeats wait behind its own looped-back datagrams).
+        // hear its peers: their heartbeats wait behind its own looped-back datagrams); and no
+        // longer than the protocol's next timeout allows, give or take a 64th of a tick (a
+        // backlog tick's paced datagrams leave on time, not in a clump after a long receive).
         let start = Instant::now();
-        more = !driver.receive(next.max(start + tick / 8).min(start + tick / 2));
+        let mut until = next.max(start + tick / 8).min(start + tick / 2);
+        if let Some(w) = driver.cluster.as_ref().and_then(|c| c.proto.poll_timeout()) {
+            until = until.min(w.max(start + tick / 64));
+        }
+        more = !driver.receive(until);
         let now = Instant::now();
         if syncs.is_empty() && now < next {
             driver.publish_received(now);

@@ -68,7 +68,8 @@ pub struct Config {
     pub max_repair_rate: u64,
     /// The most bytes of answers sent at once (the repair bucket's depth; at least one
     /// datagram): below a socket buffer, so an answer never overflows the buffers whose
-    /// overflow caused the loss it answers.
+    /// overflow caused the loss it answers. Also what a tick of a burst bigger than one tick
+    /// sends at once: the rest of such a tick is spread over nine tenths of it.
     pub repair_burst: usize,
     /// Topics of recent deltas and names this node keeps to answer nacks; a nack for older
     /// datagrams is answered with the whole table.

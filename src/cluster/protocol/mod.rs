@@ -220,6 +220,9 @@ pub struct Protocol {
     /// Names learned from peers and not reported yet, oldest first.
     learned: VecDeque<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
+    /// A backlog tick's datagrams past its first [`Config::repair_burst`] bytes, each with when
+    /// it may leave (see `pace_tick` in `send.rs`).
+    paced: VecDeque<(Instant, Transmit)>,
     rates: HashMap<SocketAddr, Bucket>,
     /// Repair: the history of what was sent, and the answers waiting for the repair bucket.
     repairs: Repairs,
@@ -288,6 +291,7 @@ impl Protocol {
             reporting: Vec::new(),
             learned: VecDeque::new(),
             out: VecDeque::new(),
+            paced: VecDeque::new(),
             rates: HashMap::default(),
             repairs,
             requests: 0,
@@ -370,6 +374,7 @@ impl Protocol {
         if self.repairs.wake().is_some_and(|w| w <= now) {
             self.pump_repairs(now);
         }
+        self.release_paced(Some(now));
     }
 
     /// The transport knows the peer at `from` is gone (an Erlang `nodedown`, a closed stream):
@@ -394,6 +399,9 @@ impl Protocol {
 
     /// Queues a goodbye: peers drop this node's counts at once. The last call before stopping.
     pub fn goodbye(&mut self, now: Instant) {
+        // What waits of a backlog would only go before the goodbye into a full socket buffer,
+        // where the goodbye is then the datagram dropped; the goodbye drops all of it anyway.
+        self.paced.clear();
         self.send_goodbye(now);
     }
 
@@ -429,10 +437,14 @@ impl Protocol {
     /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request
     /// or a nack becomes due, or the repair bucket allows more of what waits), if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.wake, self.repairs.wake()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.wake,
+            self.repairs.wake(),
+            self.paced.front().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- State ------------------------------------------------------------------------------

@@ -411,7 +411,7 @@ impl Protocol {
             // The last repair says the digest is final, when no change waits.
             let end = self.repairs.queue.is_empty() && self.changed.is_empty();
             let flags = if end { FLAG_END } else { 0 };
-            let st = self.stamp(now, self.seq);
+            let st = self.stamp(now, self.sent_seq());
             let dgs = match job {
                 Job::Empty(lo, hi) => vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])],
                 Job::Seq(seq) => {
@@ -463,7 +463,7 @@ impl Protocol {
                     &self.seal,
                     Kind::ResyncReply,
                     flags,
-                    &self.stamp(now, self.seq),
+                    &self.stamp(now, self.sent_seq()),
                     Some((l, hi)),
                     &e,
                 );
@@ -524,7 +524,7 @@ impl Protocol {
             return;
         }
         self.stats.nacks_sent += 1;
-        let st = self.stamp(now, self.seq);
+        let st = self.stamp(now, self.sent_seq());
         for d in self.enc.nacks(&self.seal, &st, &list) {
             self.push(Dest::Group, d);
         }

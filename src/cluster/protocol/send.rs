@@ -26,8 +26,18 @@ impl Protocol {
         self.out.push_back(Transmit { dest, bytes });
     }
 
+    /// The sequence number of the last group datagram handed to the socket: what answers,
+    /// nacks and requests carry. Not the last one numbered: a backlog tick's paced datagrams
+    /// (the last numbered, consecutively) are still to leave, and a peer that heard a higher
+    /// number first would count them missed and refuse them as stale when they come.
+    pub(super) fn sent_seq(&self) -> u64 {
+        self.seq - self.paced.len() as u64
+    }
+
     /// The sequence number of the next group datagram.
     fn next_seq(&mut self) -> u64 {
+        // Paced datagrams hold the last numbers (see `sent_seq`): a new one goes after them.
+        debug_assert!(self.paced.is_empty(), "numbering past paced datagrams");
         self.seq += 1;
         self.seq
     }
@@ -64,7 +74,7 @@ impl Protocol {
         if list.is_empty() {
             return 0;
         }
-        let st = self.stamp(now, self.seq);
+        let st = self.stamp(now, self.sent_seq());
         let mut seq = self.seq;
         let first = seq + 1;
         let is_reply = to.is_some();
@@ -115,6 +125,8 @@ impl Protocol {
             self.request_where_needed(now);
             return;
         }
+        // What is left of the last tick goes first: sequence numbers stay in order.
+        self.release_paced(None);
         self.send_members(now);
         let first = self.out.len();
         let mut budget = self.cfg.max_tick_datagrams.max(1);
@@ -199,7 +211,53 @@ impl Protocol {
                 set_end(&self.seal, &mut last.bytes);
             }
         }
+        if !self.changed.is_empty() {
+            self.pace_tick(now, first);
+        }
         self.request_where_needed(now);
+    }
+
+    /// Spreads a backlog tick (one that leaves changes for the next: a burst bigger than
+    /// [`Config::max_tick_datagrams`](super::Config::max_tick_datagrams)) over nine tenths of
+    /// the tick, past its first [`Config::repair_burst`](super::Config::repair_burst) bytes.
+    /// Handed to the socket at once, such ticks from many peers together overflow the send
+    /// buffer and the receivers' buffers, and the loss costs repairs; spread, they fit any link
+    /// that carries the cluster's ticks at all. (A tick that ends a burst leaves at once: its
+    /// last datagram makes the peers exact, and pacing it would only delay that.)
+    pub(super) fn pace_tick(&mut self, now: Instant, first: usize) {
+        let burst = self.cfg.repair_burst.max(1);
+        let total: usize = self.out.iter().skip(first).map(|t| t.bytes.len()).sum();
+        if total <= burst || self.cfg.tick.is_zero() {
+            return;
+        }
+        let mut at = first;
+        let mut upfront = 0;
+        while at < self.out.len() && upfront + self.out[at].bytes.len() <= burst {
+            upfront += self.out[at].bytes.len();
+            at += 1;
+        }
+        let spread = (self.cfg.tick * 9 / 10).as_secs_f64();
+        let rest = (total - upfront) as f64;
+        let mut done = 0;
+        let later: Vec<Transmit> = self.out.drain(at..).collect();
+        for t in later {
+            // Each leaves when the bytes up to its end are due at the rate that ends the
+            // tick's sends with the spread.
+            done += t.bytes.len();
+            let due = now + Duration::from_secs_f64(spread * done as f64 / rest);
+            self.paced.push_back((due, t));
+        }
+    }
+
+    /// Hands the paced datagrams that are due by `now` (all of them: `None`) to `out`.
+    pub(super) fn release_paced(&mut self, now: Option<Instant>) {
+        while let Some((due, _)) = self.paced.front() {
+            if now.is_some_and(|now| *due > now) {
+                break;
+            }
+            let (_, t) = self.paced.pop_front().expect("front");
+            self.out.push_back(t);
+        }
     }
 
     /// Membership gossip, when it is due: the live peers this node hears (not observers), with
@@ -223,7 +281,7 @@ impl Protocol {
             return;
         }
         list.sort_unstable_by_key(|m| m.node.get());
-        let st = self.stamp(now, self.seq);
+        let st = self.stamp(now, self.sent_seq());
         let mut seq = self.seq;
         let ds = self.enc.members(
             &self.seal,
@@ -303,7 +361,11 @@ impl Protocol {
             let behind = p.declared.is_some() && !p.converged();
             // Its counts are right here but names are missing, and this node missed some of
             // its datagrams: they may have held the names.
-            let names_gap = !behind && has_unnamed && !p.gaps.is_empty();
+            // Only once the peer declared a final digest that its copy here matches: in the
+            // middle of its burst (no declaration) more gaps may still come, and nacking them
+            // every interval would spend the rounds before the burst ends (paced bursts last
+            // most of each tick; the rounds ran out and every peer asked for whole tables).
+            let names_gap = p.converged() && has_unnamed && !p.gaps.is_empty();
             if names_gap && p.nacks >= super::repair::MAX_NACKS {
                 // Nacked enough: the names are asked for whole, below.
                 p.gaps.clear();
@@ -393,7 +455,7 @@ impl Protocol {
             let d = self.enc.request_names(
                 &self.seal,
                 flags,
-                &self.stamp(now, self.seq),
+                &self.stamp(now, self.sent_seq()),
                 (node, inc, self.requests),
                 &only,
             );

@@ -51,7 +51,7 @@ impl Protocol {
                                 .map_or((0, 0), |(a, b)| self.table.range_digest(a, b))
                         })
                         .collect();
-                    let st = self.stamp(now, self.seq);
+                    let st = self.stamp(now, self.sent_seq());
                     let d = self
                         .enc
                         .digest_reply(&self.seal, 0, &st, (lo, hi), &children);
@@ -88,7 +88,7 @@ impl Protocol {
             &self.seal,
             Kind::ResyncReply,
             flags,
-            &self.stamp(now, self.seq),
+            &self.stamp(now, self.sent_seq()),
             Some((lo, to_hi)),
             &e[..e.len().min(per)],
         );
@@ -122,7 +122,7 @@ impl Protocol {
             }
         }
         let (addr, inc) = (p.addr, p.incarnation);
-        let st = self.stamp(now, self.seq);
+        let st = self.stamp(now, self.sent_seq());
         let mut n = self.requests;
         let flags = if entries { FLAG_STATE } else { 0 };
         let dgs = self.enc.digest_requests(

@@ -12,6 +12,7 @@ use crate::cluster::wire::{self, Body, FLAG_END, FLAG_NAMES, FLAG_STATE, Kind, S
 mod admission;
 mod digests;
 mod names;
+mod pacing;
 
 fn proto(node: u64, budget: usize) -> Protocol {
     let mut c = Config::new(node, 1, Duration::from_millis(100));
