@@ -236,6 +236,28 @@ fn table_bytes(topics: u64) -> u64 {
     topics.div_ceil(108) * 1_400
 }
 
+/// Since `before`: node 1 reconciled its copy of node 0's table by range — asked for no whole
+/// table and no resync — and node 0's answers took under a twentieth of the table's bytes.
+/// Returns the change of each counter for node `i`, for the checks a test adds.
+fn reconciled_by_range(
+    s: &Sim,
+    before: &[ProtoStats],
+    seed: u64,
+    topics: u64,
+) -> impl Fn(usize, fn(&ProtoStats) -> u64) -> u64 {
+    let after = stats(s);
+    let before = before.to_vec();
+    let d = move |i: usize, f: fn(&ProtoStats) -> u64| f(&after[i]) - f(&before[i]);
+    assert_eq!(d(1, |p| p.table_requests), 0, "seed {seed}: a whole table");
+    assert_eq!(d(1, |p| p.resync_requests), 0, "seed {seed}: a resync");
+    let answers = d(0, |p| p.repair_bytes);
+    assert!(
+        answers * 20 < table_bytes(topics),
+        "seed {seed}: {answers} B of answers for a {topics}-topic table"
+    );
+    d
+}
+
 /// A range digest mismatch: a node's copy of a big peer's table becomes wrong in one entry
 /// without any sequence gap (nothing to nack). It reconciles its copy by range digests and is
 /// exact again within a few ticks, the peer's answers a small fraction of its table, and no
@@ -263,19 +285,12 @@ fn a_range_digest_mismatch_fetches_only_the_ranges_that_differ() {
         assert!(!s.exact(), "seed {seed}: the copy is wrong");
         let n = s.ticks_to_exact(5);
         assert!(n.is_some(), "seed {seed}: not exact: {:?}", s.mismatches());
-        let after = stats(&s);
-        let d = |i: usize, f: fn(&ProtoStats) -> u64| f(&after[i]) - f(&before[i]);
-        let answers = d(0, |p| p.repair_bytes);
-        assert!(
-            answers * 20 < table_bytes(topics),
-            "seed {seed}: {answers} B of answers for a {topics}-topic table"
-        );
+        let d = reconciled_by_range(&s, &before, seed, topics);
         assert!(
             d(1, |p| p.digest_requests) >= 2,
             "seed {seed}: no drill-down"
         );
         assert!(d(0, |p| p.digest_replies) >= 1, "seed {seed}");
-        assert_eq!(d(1, |p| p.table_requests), 0, "seed {seed}: a whole table");
         assert_eq!(
             sum(&s, |p| p.resync_requests),
             before.iter().map(|p| p.resync_requests).sum::<u64>(),
@@ -335,16 +350,8 @@ fn after_the_nack_rounds_fail_a_copy_is_reconciled_by_range() {
         s.heal();
         let n = s.ticks_to_exact(10);
         assert!(n.is_some(), "seed {seed}: not exact: {:?}", s.mismatches());
-        let after = stats(&s);
-        let d = |i: usize, f: fn(&ProtoStats) -> u64| f(&after[i]) - f(&before[i]);
+        let d = reconciled_by_range(&s, &before, seed, topics);
         assert!(d(1, |p| p.digest_requests) >= 1, "seed {seed}");
-        assert_eq!(d(1, |p| p.table_requests), 0, "seed {seed}: a whole table");
-        assert_eq!(d(1, |p| p.resync_requests), 0, "seed {seed}: a resync");
-        let answers = d(0, |p| p.repair_bytes);
-        assert!(
-            answers * 20 < table_bytes(topics),
-            "seed {seed}: {answers} B of answers"
-        );
     }
 }
 
@@ -375,19 +382,11 @@ fn a_gap_older_than_the_history_is_answered_by_range() {
         s.heal();
         let n = s.ticks_to_exact(10);
         assert!(n.is_some(), "seed {seed}: not exact: {:?}", s.mismatches());
-        let after = stats(&s);
-        let d = |i: usize, f: fn(&ProtoStats) -> u64| f(&after[i]) - f(&before[i]);
+        let d = reconciled_by_range(&s, &before, seed, topics);
         assert!(d(1, |p| p.nacks_sent) >= 1, "seed {seed}: no nack");
         assert!(
             d(0, |p| p.digest_replies) >= 1,
             "seed {seed}: no digest reply"
-        );
-        assert_eq!(d(1, |p| p.table_requests), 0, "seed {seed}: a whole table");
-        assert_eq!(d(1, |p| p.resync_requests), 0, "seed {seed}: a resync");
-        let answers = d(0, |p| p.repair_bytes);
-        assert!(
-            answers * 20 < table_bytes(topics),
-            "seed {seed}: {answers} B of answers"
         );
     }
 }

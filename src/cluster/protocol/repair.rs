@@ -216,6 +216,12 @@ impl Repairs {
         }
     }
 
+    /// The oldest sequence number the history can repair (`seq`: this node's last, so an
+    /// empty history repairs none).
+    fn oldest(&self, seq: u64) -> u64 {
+        self.history.front().map_or(seq + 1, |s| s.seq)
+    }
+
     /// Whether anything waits.
     fn idle(&self) -> bool {
         self.queue.is_empty() && self.tables.is_empty()
@@ -314,7 +320,7 @@ impl Protocol {
             return;
         }
         let r = &mut self.repairs;
-        let oldest = r.history.front().map_or(self.seq + 1, |s| s.seq);
+        let oldest = r.oldest(self.seq);
         // The history has every delta and names datagram from `oldest` on; before it, the
         // table is all that is left, and the peer's copy is reconciled with it by range.
         if let Some(to) = to.filter(|&to| lo < oldest && r.table_room(to)) {
@@ -453,7 +459,7 @@ impl Protocol {
             let to = t.to;
             if let Some(lo) = t.state {
                 let per = self.enc.entries_per_datagram(Kind::ResyncReply);
-                let (l, hi, e) = self.slice(lo, per);
+                let (l, hi, e) = self.slice(lo, u64::MAX, per);
                 let last = hi == u64::MAX;
                 if let Some(t) = self.repairs.tables.front_mut() {
                     t.state = (!last).then(|| hi + 1);
@@ -538,7 +544,7 @@ impl Protocol {
             .get(&requester)
             .filter(|p| p.settled())
             .map(|p| p.addr);
-        let oldest = self.repairs.history.front().map_or(self.seq + 1, |s| s.seq);
+        let oldest = self.repairs.oldest(self.seq);
         // A gap older than the history is answered by reconciling the whole range, which scans
         // the table: that counts against the requester's digest budget, like a digest request
         // for the whole space (a replayed nack would otherwise have the table scanned at the

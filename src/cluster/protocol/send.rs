@@ -185,7 +185,7 @@ impl Protocol {
         }
         while self.refresh_credit >= 1.0 {
             self.refresh_credit -= 1.0;
-            let (lo, hi, e) = self.slice(self.cursor, per_r);
+            let (lo, hi, e) = self.slice(self.cursor, u64::MAX, per_r);
             self.cursor = hi.wrapping_add(1);
             batch.push((Kind::Refresh, Some((lo, hi)), e));
         }
@@ -298,16 +298,18 @@ impl Protocol {
         }
     }
 
-    /// The slice of the local table starting at `lo`: up to `n` entries and the range they
-    /// cover (to the end of the hash space if the table ends first).
-    pub(super) fn slice(&self, lo: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
-        let e: Vec<(u64, u32)> = self.table.map.range(lo, u64::MAX).take(n + 1).collect();
+    /// The slice of the local table's range `[lo, hi]` starting at `lo`: up to `n` entries and
+    /// the range they cover (to `hi` if the range ends first).
+    pub(super) fn slice(&self, lo: u64, hi: u64, n: usize) -> (u64, u64, Vec<(u64, u32)>) {
+        let mut e: Vec<(u64, u32)> = self.table.map.range(lo, hi).take(n + 1).collect();
         if e.len() > n {
-            // Stop just before the first entry that did not fit.
-            let hi = e[n].0 - 1;
-            (lo, hi, e[..n].to_vec())
+            // Stop just before the first entry that did not fit (it is above `lo`: the hashes
+            // before it are distinct and at least `lo`).
+            let end = e[n].0 - 1;
+            e.truncate(n);
+            (lo, end, e)
         } else {
-            (lo, u64::MAX, e)
+            (lo, hi, e)
         }
     }
 

@@ -62,10 +62,7 @@ impl Protocol {
                 (lo, hi)
             }
         };
-        let e: Vec<(u64, u32)> = self.table.map.range(lo, hi).take(per + 1).collect();
-        // Stop just before the first entry that did not fit (it is above `lo`: the hashes
-        // before it are distinct and at least `lo`).
-        let to_hi = if e.len() > per { e[per].0 - 1 } else { hi };
+        let (_, to_hi, e) = self.slice(lo, hi, per);
         let more = to_hi < hi;
         let t = self.repairs.tables.front_mut().filter(|t| t.to == to);
         let last = match t {
@@ -90,7 +87,7 @@ impl Protocol {
             flags,
             &self.stamp(now, self.sent_seq()),
             Some((lo, to_hi)),
-            &e[..e.len().min(per)],
+            &e,
         );
         self.push(Dest::To(to), d);
     }

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// Node `n` ticking every 100 ms without the rotating refresh: only reconciliation mends its
+/// peers' copies.
+fn quiet(n: u64) -> Protocol {
+    let mut c = Config::new(n, 1, Duration::from_millis(100));
+    c.refresh_cycle = 1_000_000;
+    Protocol::new(c, Seal::new("p", b"k"))
+}
+
 /// Digest requests meet rule 8 as resync requests do (a live peer at its address, a request
 /// number not used before), at most `DIGEST_REQUESTS` per requester per resync interval; and
 /// they are answered with a digest reply for a big range, the entries of a small one (exactly
@@ -129,13 +137,7 @@ fn digest_requests_are_answered_by_range_only_for_live_peers() {
 fn a_peer_that_never_answers_digest_requests_is_asked_for_its_table() {
     for (answers, topics) in [(false, 5_000u64), (true, 5_000), (true, 1_000)] {
         let start = Instant::now();
-        let tick = Duration::from_millis(100);
-        let node = |n: u64| {
-            let mut c = Config::new(n, 1, tick);
-            c.refresh_cycle = 1_000_000;
-            Protocol::new(c, Seal::new("p", b"k"))
-        };
-        let (mut a, mut b) = (node(1), node(2));
+        let (mut a, mut b) = (quiet(1), quiet(2));
         let (aa, ab) = (addr(1), addr(2));
         let per = b.enc.entries_per_datagram(Kind::ResyncReply);
         let small = topics as usize <= repair::SMALL_TABLE * per;
@@ -240,12 +242,7 @@ fn old_gap_nacks_are_charged_to_the_digest_budget() {
 fn a_replayed_digest_reply_is_ignored() {
     let start = Instant::now();
     let tick = Duration::from_millis(100);
-    let node = |n: u64| {
-        let mut c = Config::new(n, 1, tick);
-        c.refresh_cycle = 1_000_000;
-        Protocol::new(c, Seal::new("p", b"k"))
-    };
-    let (mut a, mut b) = (node(1), node(2));
+    let (mut a, mut b) = (quiet(1), quiet(2));
     let (aa, ab) = (addr(1), addr(2));
     // Children of the root hold about 40k / 32 entries: more than a reconcile answers with.
     for h in 0..40_000u64 {
