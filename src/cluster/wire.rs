@@ -71,6 +71,19 @@ pub const FLAG_OBSERVER: u16 = 8;
 /// current one): names answering a resync request (unicast), a repair (a delta answering
 /// a nack, to the group), a nack itself, a digest reply.
 pub const FLAG_REPLY: u16 = 16;
+/// Sent directly (unicast: an answer, a nack, a request) by a node that sends its group
+/// datagrams along a relay tree: it may overtake them, so its sequence number says nothing of
+/// which of them were missed.
+pub const FLAG_DIRECT: u16 = 32;
+/// The header flags' high byte: the fan-out of the relay tree the sender sends a group
+/// datagram along (0: sent to every peer itself). Each receiver forwards it to its children in
+/// the sender's tree (see `cluster::protocol::relay`).
+pub const RELAY_SHIFT: u32 = 8;
+
+/// The relay fan-out a datagram's header flags carry (0: not relayed).
+pub fn relay_fanout(flags: u16) -> usize {
+    usize::from((flags >> RELAY_SHIFT) as u8)
+}
 /// The smallest payload budget that fits a header, one range, one entry and the tag.
 pub const MIN_BUDGET: usize = HEADER_LEN + RANGE_LEN + ENTRY_LEN + TAG_LEN;
 

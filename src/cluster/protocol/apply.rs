@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::peer::Tomb;
 use super::{HashSet, NodeInfo, Protocol};
-use crate::cluster::wire::{self, Body, FLAG_END, FLAG_REPLY, Kind};
+use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
 
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
@@ -46,15 +46,23 @@ impl Protocol {
             let p = self.peers.get_mut(&node).expect("admitted");
             // Sequence numbers skipped are missed: a group datagram's own number is the next;
             // a reply's (which carries the sender's current number) is one more missed, since
-            // what it skips would now be refused as stale even if it is only late.
-            let next = if reply { seq } else { seq.saturating_sub(1) };
-            if next > p.last_seq {
-                p.lost += next - p.last_seq;
-                super::repair::add_gap(&mut p.gaps, p.last_seq + 1, next);
+            // what it skips would now be refused as stale even if it is only late. Not so for
+            // an answer sent directly by a peer that relays ([`FLAG_DIRECT`]): its group
+            // datagrams take longer, and come in their order after it (what they carry is older
+            // than the answer, but every later change follows them).
+            if !(reply && h.flags.get() & FLAG_DIRECT != 0) {
+                let next = if reply { seq } else { seq.saturating_sub(1) };
+                if next > p.last_seq {
+                    p.lost += next - p.last_seq;
+                    super::repair::add_gap(&mut p.gaps, p.last_seq + 1, next);
+                }
+                p.last_seq = p.last_seq.max(seq);
             }
-            p.last_seq = p.last_seq.max(seq);
             p.last_heard = now;
-            p.heard_from(from, now, self.cfg.dead_after / 2);
+            if wire::relay_fanout(h.flags.get()) == 0 {
+                // (A relayed datagram comes from its relay's address, not its sender's.)
+                p.heard_from(from, now, self.cfg.dead_after / 2);
+            }
             p.time = p.time.max(time);
             p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
             p.received += 1;

@@ -89,6 +89,12 @@ pub struct Config {
     /// peers this node hears and at which addresses (membership gossip: a node given one seed
     /// peer learns the rest). For unicast clusters with a key; multicast needs none.
     pub gossip_members: bool,
+    /// Most copies this node sends of a group datagram itself, with a unicast peer list: with
+    /// more peers than this, group datagrams (but heartbeats and goodbyes) travel a tree of
+    /// this fan-out, each node forwarding them to a few others, so that a node's egress stays
+    /// about what it hears instead of growing with the cluster. 0 or 1: never relay. Only for
+    /// unicast clusters that learn their peers' addresses (with a key); multicast needs none.
+    pub relay_fanout: usize,
 }
 
 /// Every default of the protocol's settings, written once: [`Config::new`] and the engine's
@@ -115,6 +121,10 @@ pub mod defaults {
     /// Delta and names datagrams per tick (about 700 kB: what a receiver's socket buffer takes
     /// while it is busy, many times over).
     pub const MAX_TICK_DATAGRAMS: usize = 512;
+
+    /// The relay tree's fan-out for unicast clusters ([`super::Config::relay_fanout`]): a
+    /// cluster of up to 17 nodes sends directly; 256 nodes are three hops deep.
+    pub const RELAY_FANOUT: usize = 16;
 
     /// Peers tracked.
     pub const MAX_PEERS: usize = 1024;
@@ -167,6 +177,7 @@ impl Config {
             clock: Clock::system(),
             observer: false,
             gossip_members: false,
+            relay_fanout: 0,
         }
     }
 

@@ -29,14 +29,16 @@
 //! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
 //!   dropping dead, restarted and departed peers;
 //! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
-//!   and replies, the goodbye; `repair.rs`: nacks and repairs, the answers' token bucket;
-//!   `repair/digest.rs`: reconciliation by range digests (the ranges served, the ranges asked
-//!   for, and what a receiver asks next from a digest reply);
+//!   and replies, the goodbye; `repair.rs`: repairs, the answers' token bucket;
+//!   `repair/nack.rs`: nacks sent and answered; `repair/digest.rs`: reconciliation by range
+//!   digests (the ranges served, the ranges asked for, and what a receiver asks next from a
+//!   digest reply); `relay.rs`: the relay trees of big unicast clusters (what is marked,
+//!   forwarded, and to whom);
 //! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
 //!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
 //! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
-//!   each against a defect it once had or could have; `digests.rs`, `names.rs`: reconciliation
-//!   and names).
+//!   each against a defect it once had or could have; `digests.rs`, `names.rs`, `pacing.rs`,
+//!   `relay.rs`: reconciliation, names, paced ticks, relaying).
 //!
 //! # Admission: what each datagram must meet
 //!
@@ -97,6 +99,7 @@ mod admit;
 mod apply;
 mod config;
 mod peer;
+mod relay;
 mod repair;
 mod send;
 mod stats;
@@ -112,7 +115,7 @@ pub use config::{Clock, Config, defaults};
 pub use peer::mix;
 pub use stats::{Found, NodeInfo, ProtoStats};
 
-use super::wire::{Encoder, Reject, Seal};
+use super::wire::{self, Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
 use peer::{Peer, Table, Tomb};
 use repair::Repairs;
@@ -220,6 +223,9 @@ pub struct Protocol {
     /// Names learned from peers and not reported yet, oldest first.
     learned: VecDeque<(u64, Arc<str>)>,
     out: VecDeque<Transmit>,
+    /// Copies of a relayed group datagram for this node's children after the first.
+    relay_fan: VecDeque<Transmit>,
+    relay: relay::Relay,
     /// A backlog tick's datagrams past its first [`Config::repair_burst`] bytes, each with when
     /// it may leave (see `pace_tick` in `send.rs`).
     paced: VecDeque<(Instant, Transmit)>,
@@ -291,6 +297,8 @@ impl Protocol {
             reporting: Vec::new(),
             learned: VecDeque::new(),
             out: VecDeque::new(),
+            relay_fan: VecDeque::new(),
+            relay: relay::Relay::default(),
             paced: VecDeque::new(),
             rates: HashMap::default(),
             repairs,
@@ -347,6 +355,10 @@ impl Protocol {
             Ok(Admitted::Own) => Outcome::Own,
             Ok(Admitted::Update(d)) => {
                 self.stats.received += 1;
+                let k = wire::relay_fanout(d.header.flags.get());
+                if k > 0 {
+                    self.forward(d.header.node.get(), k, bytes);
+                }
                 self.apply(now, from, d);
                 Outcome::Applied
             }
@@ -409,7 +421,7 @@ impl Protocol {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.pop_front()
+        self.next_transmit()
     }
 
     /// The next event: first every topic whose peer sum changed since the last report, then the

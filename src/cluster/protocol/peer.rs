@@ -284,7 +284,8 @@ impl Peer {
         if from == self.addr {
             self.addr_seen = self.addr_seen.saturating_add(1);
             self.addr_heard = now;
-        } else if now.saturating_duration_since(self.addr_heard) > quiet {
+        } else if self.addr_seen == 0 || now.saturating_duration_since(self.addr_heard) > quiet {
+            // (Never heard first-hand yet: it was let in by a datagram a relay forwarded.)
             self.addr = from;
             self.addr_seen = 1;
             self.addr_heard = now;

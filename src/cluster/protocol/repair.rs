@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 use super::{Dest, Protocol};
 
 mod digest;
-use crate::cluster::wire::{self, FLAG_END, Gap, Kind};
+mod nack;
+use crate::cluster::wire::{FLAG_END, Gap, Kind};
 
 /// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
 /// the whole table) instead.
@@ -89,6 +90,9 @@ struct Sent {
     queued: bool,
     /// When its repair last went out (a nack for it soon after is the same loss).
     repaired: Option<Instant>,
+    /// Who asked for it since, while this node relays: its repair goes to each of them directly
+    /// (empty: to the group).
+    waiting: Vec<SocketAddr>,
 }
 
 /// A repair waiting for the bucket.
@@ -96,8 +100,9 @@ struct Sent {
 enum Job {
     /// The delta or names datagram with this sequence number.
     Seq(u64),
-    /// Sequence numbers that carried no topics.
-    Empty(u64, u64),
+    /// Sequence numbers that carried no topics; to one requester (this node relays), or to the
+    /// group.
+    Empty(u64, u64, Option<SocketAddr>),
 }
 
 /// A range asked for by a digest request (or the whole range, in answer to a nack of datagrams
@@ -300,6 +305,7 @@ impl Protocol {
             hashes: hashes.into(),
             queued: false,
             repaired: None,
+            waiting: Vec::new(),
         });
         while r.kept > self.cfg.repair_history
             && let Some(s) = r.history.pop_front()
@@ -315,6 +321,10 @@ impl Protocol {
     /// of its children, from which the peer asks for what differs.
     pub(super) fn nacked(&mut self, now: Instant, to: Option<SocketAddr>, lo: u64, hi: u64) {
         let hold = self.cfg.nack_window;
+        // While this node relays, a repair goes to those who asked, directly: a relayed one
+        // would take as many hops as the datagram it repairs, each a chance of loss, and reach
+        // every node when a few missed it.
+        let direct = to.filter(|_| self.relay_k().is_some());
         let hi = hi.min(self.seq);
         if lo > hi {
             return;
@@ -335,19 +345,26 @@ impl Protocol {
                 break;
             }
             if s.seq > next {
-                r.queue.push_back(Job::Empty(next, s.seq - 1));
+                r.queue.push_back(Job::Empty(next, s.seq - 1, direct));
             }
             next = s.seq + 1;
-            let recent = s
-                .repaired
-                .is_some_and(|t| now.saturating_duration_since(t) < hold);
+            if let Some(a) = direct
+                && !s.waiting.contains(&a)
+            {
+                s.waiting.push(a);
+            }
+            // (Sent to the group, a repair soon after the last was for the same loss; sent
+            // directly, it is asked for again only if it was lost.)
+            let recent = direct.is_none()
+                && s.repaired
+                    .is_some_and(|t| now.saturating_duration_since(t) < hold);
             if !s.queued && !recent {
                 s.queued = true;
                 r.queue.push_back(Job::Seq(s.seq));
             }
         }
         if next <= hi && r.queue.len() < MAX_QUEUE {
-            r.queue.push_back(Job::Empty(next, hi));
+            r.queue.push_back(Job::Empty(next, hi, direct));
         }
         self.pump_repairs(now);
     }
@@ -418,14 +435,19 @@ impl Protocol {
             let end = self.repairs.queue.is_empty() && self.changed.is_empty();
             let flags = if end { FLAG_END } else { 0 };
             let st = self.stamp(now, self.sent_seq());
+            let mut to = Vec::new();
             let dgs = match job {
-                Job::Empty(lo, hi) => vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])],
+                Job::Empty(lo, hi, dest) => {
+                    to.extend(dest);
+                    vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])]
+                }
                 Job::Seq(seq) => {
                     let Some(s) = self.repairs.sent(seq) else {
                         return 0;
                     };
                     s.queued = false;
                     s.repaired = Some(now);
+                    to = std::mem::take(&mut s.waiting);
                     let (names, hashes) = (s.names, s.hashes.clone());
                     if names {
                         let list: Vec<(u64, &str)> = hashes
@@ -453,7 +475,15 @@ impl Protocol {
             };
             for d in dgs {
                 self.stats.repairs_sent += 1;
-                self.push(Dest::Group, d);
+                match to.split_last() {
+                    None => self.push(Dest::Group, d),
+                    Some((last, rest)) => {
+                        for &a in rest {
+                            self.push(Dest::To(a), d.clone());
+                        }
+                        self.push(Dest::To(*last), d);
+                    }
+                }
             }
         } else if let Some(t) = self.repairs.tables.front_mut() {
             let to = t.to;
@@ -501,72 +531,6 @@ impl Protocol {
             }
         }
         (self.stats.bytes_sent - before) as usize
-    }
-
-    /// The nacks due now: for each peer whose copy is wrong and whose gaps are known, the gaps
-    /// that no other receiver asked for within the last resync interval (a peer whose gaps
-    /// were all asked for is held back: the repair to the group serves it too).
-    pub(super) fn send_nacks(&mut self, now: Instant, due: &[u64]) {
-        let every = self.cfg.resync_interval;
-        let mut list: Vec<Gap> = Vec::new();
-        for &node in due {
-            let Some(p) = self.peers.get_mut(&node) else {
-                continue;
-            };
-            p.asked
-                .retain(|a| now.saturating_duration_since(a.2) < every);
-            let asked: Vec<(u64, u64)> = p.asked.iter().map(|a| (a.0, a.1)).collect();
-            let left = subtract(&p.gaps, &asked);
-            p.nack_at = None;
-            p.last_request = Some(now);
-            p.nacks += 1;
-            if left.is_empty() {
-                self.stats.nacks_suppressed += 1;
-                continue;
-            }
-            list.extend(left.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
-        }
-        if list.is_empty() {
-            return;
-        }
-        self.stats.nacks_sent += 1;
-        let st = self.stamp(now, self.sent_seq());
-        for d in self.enc.nacks(&self.seal, &st, &list) {
-            self.push(Dest::Group, d);
-        }
-    }
-
-    /// A nack from peer `requester`: this node's gaps are repaired, and the others' are
-    /// remembered so that this node does not ask for them again meanwhile.
-    pub(super) fn on_nack(&mut self, now: Instant, requester: u64, gaps: &[wire::Gap]) {
-        let from = self
-            .peers
-            .get(&requester)
-            .filter(|p| p.settled())
-            .map(|p| p.addr);
-        let oldest = self.repairs.oldest(self.seq);
-        // A gap older than the history is answered by reconciling the whole range, which scans
-        // the table: that counts against the requester's digest budget, like a digest request
-        // for the whole space (a replayed nack would otherwise have the table scanned at the
-        // repair bucket's pace). Charged once per nack.
-        let mut old_gap_to: Option<Option<SocketAddr>> = None;
-        for g in gaps {
-            let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
-            if node == self.cfg.node {
-                if !self.cfg.observer {
-                    let to = if lo < oldest {
-                        *old_gap_to.get_or_insert_with(|| {
-                            from.filter(|_| self.charge_scan(now, requester, 1u128 << 64))
-                        })
-                    } else {
-                        from
-                    };
-                    self.nacked(now, to, lo, hi);
-                }
-            } else if let Some(p) = self.peers.get_mut(&node) {
-                add_asked(&mut p.asked, lo, hi, now);
-            }
-        }
     }
 }
 

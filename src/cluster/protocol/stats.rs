@@ -105,6 +105,10 @@ pub struct ProtoStats {
     pub nacks_suppressed: u64,
     /// Repair datagrams sent (current counts and names of what peers nacked).
     pub repairs_sent: u64,
+    /// Copies of peers' datagrams forwarded along their relay trees.
+    pub relayed: u64,
+    /// Bytes of those copies.
+    pub relayed_bytes: u64,
     /// Peers dropped as dead.
     pub peers_died: u64,
     /// Live observers.

@@ -13,6 +13,7 @@ mod admission;
 mod digests;
 mod names;
 mod pacing;
+mod relay;
 
 fn proto(node: u64, budget: usize) -> Protocol {
     let mut c = Config::new(node, 1, Duration::from_millis(100));

@@ -1,0 +1,216 @@
+//! Relaying: group datagrams of a big unicast cluster travel a tree instead of leaving N − 1
+//! times from their sender.
+//!
+//! Without multicast a group datagram is one unicast copy per peer, so a node's egress grows
+//! with the cluster (at 256 nodes a burst tick of 1 MB leaves as 255 MB). With
+//! [`Config::relay_fanout`](super::Config::relay_fanout) `k` and more than `k` peers, a node
+//! marks its group datagrams with `k` (the high byte of the header flags, sealed with the rest)
+//! and sends each to its `k` children in its own tree; a node that admits a marked datagram
+//! forwards the same bytes to its children in the sender's tree. Every datagram reaches every
+//! node once, in about `log_k N` hops, and each node sends about what it hears.
+//!
+//! The tree of sender `s`: the live nodes this node knows (itself and its peers), sorted by
+//! id and rotated so that `s` comes first; the node at position `i` has positions
+//! `k·i + 1 ..= k·i + k` as children. Every node computes it from its own view, so while views
+//! differ (a node just joined or died) a datagram may reach a node twice (the copy is refused
+//! as stale, or is an idempotent answer) or miss one: a gap like any loss, found by the
+//! sequence numbers that follow and repaired by nack.
+//!
+//! What does not travel the tree: heartbeats and goodbyes go to every peer directly (they are
+//! small, and they keep every node hearing every other while a relay is dead, and teach it the
+//! peers' addresses); requests and replies are unicast as always. A relayed datagram's source
+//! address is its relay's, so it does not move the sender's address. A node forwards a
+//! datagram only once (by its tag): a loop between two differing views cannot amplify.
+
+use std::net::SocketAddr;
+
+use zerocopy::FromBytes;
+
+use super::{Dest, HashSet, Protocol, Transmit};
+use crate::cluster::wire::{self, FLAG_DIRECT, Kind};
+
+/// Tags of the datagrams forwarded recently, kept to forward each once.
+const FORWARDED: usize = 1 << 14;
+
+/// The relay state of a node.
+#[derive(Debug, Default)]
+pub(super) struct Relay {
+    /// The live nodes by id, this node among them, as of `membership`.
+    members: Vec<u64>,
+    membership: Option<u64>,
+    /// Tags of datagrams forwarded, oldest first (`seen` holds the same).
+    order: std::collections::VecDeque<[u8; wire::TAG_LEN]>,
+    seen: HashSet<[u8; wire::TAG_LEN]>,
+}
+
+impl Relay {
+    /// Whether `tag` was forwarded already; if not, remembers it.
+    fn first(&mut self, tag: [u8; wire::TAG_LEN]) -> bool {
+        if !self.seen.insert(tag) {
+            return false;
+        }
+        self.order.push_back(tag);
+        if self.order.len() > FORWARDED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+/// The positions of the children of position `i` in a tree of `n` nodes and fan-out `k`.
+pub(super) fn children_of(i: usize, n: usize, k: usize) -> std::ops::Range<usize> {
+    let lo = i.saturating_mul(k).saturating_add(1).min(n);
+    let hi = i
+        .saturating_mul(k)
+        .saturating_add(k)
+        .saturating_add(1)
+        .min(n);
+    lo..hi
+}
+
+/// How many copies of `t` leave: one per child for a group datagram marked for relaying, else
+/// one.
+pub(super) fn copies(t: &Transmit) -> usize {
+    let k = wire::Header::ref_from_prefix(&t.bytes)
+        .map_or(0, |(h, _)| wire::relay_fanout(h.flags.get()));
+    if t.dest == Dest::Group && k >= 2 {
+        k
+    } else {
+        1
+    }
+}
+
+impl Protocol {
+    /// The fan-out this node relays its own group datagrams with now (`None`: it sends each to
+    /// every peer itself).
+    pub(super) fn relay_k(&self) -> Option<usize> {
+        let k = self.cfg.relay_fanout.min(usize::from(u8::MAX));
+        (k >= 2 && self.peers.len() > k).then_some(k)
+    }
+
+    /// Marks a datagram of this node, which relays with fan-out `k`, and seals it again: a group
+    /// datagram with `k` (but heartbeats and goodbyes, which go to every peer directly), a
+    /// unicast one with [`FLAG_DIRECT`].
+    pub(super) fn mark_relayed(&self, bytes: &mut Vec<u8>, dest: Dest, k: usize) {
+        let direct = [Kind::Heartbeat as u8, Kind::Goodbye as u8];
+        if bytes.len() < wire::HEADER_LEN + wire::TAG_LEN {
+            return;
+        }
+        let Ok((h, _)) = wire::Header::ref_from_prefix(&bytes[..]) else {
+            return;
+        };
+        let flags = match dest {
+            Dest::Group if direct.contains(&h.kind) => return,
+            Dest::Group => (h.flags.get() & 0xff) | ((k.min(255) as u16) << wire::RELAY_SHIFT),
+            Dest::To(_) => h.flags.get() | FLAG_DIRECT,
+        };
+        bytes.truncate(bytes.len() - wire::TAG_LEN);
+        if let Ok((h, _)) = wire::Header::mut_from_prefix(&mut bytes[..]) {
+            h.flags.set(flags);
+        }
+        self.seal.seal(bytes);
+    }
+
+    /// Brings the live nodes by id, this node among them, up to date.
+    fn relay_members(&mut self) {
+        if self.relay.membership != Some(self.membership) {
+            let r = &mut self.relay;
+            r.members.clear();
+            r.members.push(self.cfg.node);
+            r.members.extend(self.peers.keys().copied());
+            r.members.sort_unstable();
+            r.membership = Some(self.membership);
+        }
+    }
+
+    /// The addresses of this node's children in the tree of `source` with fan-out `k`. A child
+    /// whose address this node has not heard first-hand yet is skipped for its own children (so
+    /// that its subtree is not cut off with it).
+    pub(super) fn relay_children(&mut self, source: u64, k: usize) -> Vec<SocketAddr> {
+        let me = self.cfg.node;
+        self.relay_members();
+        let members = &self.relay.members;
+        let n = members.len();
+        let (Ok(s), Ok(m)) = (members.binary_search(&source), members.binary_search(&me)) else {
+            return Vec::new();
+        };
+        let mut todo: Vec<usize> = children_of((m + n - s) % n, n, k).rev().collect();
+        let mut out = Vec::with_capacity(k);
+        while let Some(c) = todo.pop() {
+            match self.peers.get(&members[(s + c) % n]) {
+                Some(p) if p.addr_seen > 0 => out.push(p.addr),
+                _ => todo.extend(children_of(c, n, k).rev()),
+            }
+        }
+        out
+    }
+
+    /// Forwards a peer's admitted datagram marked for relaying to this node's children in the
+    /// sender's tree (once per datagram).
+    pub(super) fn forward(&mut self, source: u64, k: usize, bytes: &[u8]) {
+        if k < 2 || bytes.len() < wire::TAG_LEN {
+            return;
+        }
+        let mut tag = [0; wire::TAG_LEN];
+        tag.copy_from_slice(&bytes[bytes.len() - wire::TAG_LEN..]);
+        if !self.relay.first(tag) {
+            return;
+        }
+        for addr in self.relay_children(source, k) {
+            self.stats.relayed += 1;
+            self.stats.relayed_bytes += bytes.len() as u64;
+            self.out.push_back(Transmit {
+                dest: Dest::To(addr),
+                bytes: bytes.to_vec(),
+            });
+        }
+    }
+
+    /// The next datagram to hand to the socket: a marked group datagram of this node leaves as
+    /// one copy per child in its own tree (queued in `fan`), everything else as it is.
+    pub(super) fn next_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.relay_fan.pop_front() {
+            return Some(t);
+        }
+        let t = self.out.pop_front()?;
+        let k = copies(&t);
+        if k < 2 {
+            return Some(t);
+        }
+        let children = self.relay_children(self.cfg.node, k);
+        let mut copies = children.into_iter().map(|addr| Transmit {
+            dest: Dest::To(addr),
+            bytes: t.bytes.clone(),
+        });
+        let first = copies.next();
+        self.relay_fan.extend(copies);
+        // No child known first-hand (peers heard only through relays so far): to every peer.
+        Some(first.unwrap_or(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::children_of;
+
+    /// Every position but the root is the child of exactly one position: a datagram reaches
+    /// every node once.
+    #[test]
+    fn the_tree_covers_every_position_once() {
+        for n in 1..200 {
+            for k in 2..20 {
+                let mut parent = vec![0usize; n];
+                for i in 0..n {
+                    for c in children_of(i, n, k) {
+                        assert!(c > i, "a child comes after its parent");
+                        parent[c] += 1;
+                    }
+                }
+                assert_eq!(parent[0], 0);
+                assert!(parent[1..].iter().all(|&p| p == 1), "n {n} k {k}");
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Nacks, both sides (see the parent module's docs): sending the gaps this node missed of its
+//! peers (held back when another receiver already asked for them; while this node relays, to
+//! each sender directly), and answering the gaps others missed of this node.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::super::{Dest, Protocol};
+use super::{Gap, add_asked, subtract};
+use crate::cluster::wire;
+
+impl Protocol {
+    /// The nacks due now: for each peer whose copy is wrong and whose gaps are known, the gaps
+    /// that no other receiver asked for within the last resync interval (a peer whose gaps
+    /// were all asked for is held back: the repair to the group serves it too).
+    pub(in crate::cluster::protocol) fn send_nacks(&mut self, now: Instant, due: &[u64]) {
+        let every = self.cfg.resync_interval;
+        let mut list: Vec<Gap> = Vec::new();
+        for &node in due {
+            let Some(p) = self.peers.get_mut(&node) else {
+                continue;
+            };
+            p.asked
+                .retain(|a| now.saturating_duration_since(a.2) < every);
+            let asked: Vec<(u64, u64)> = p.asked.iter().map(|a| (a.0, a.1)).collect();
+            let left = subtract(&p.gaps, &asked);
+            p.nack_at = None;
+            p.last_request = Some(now);
+            p.nacks += 1;
+            if left.is_empty() {
+                self.stats.nacks_suppressed += 1;
+                continue;
+            }
+            list.extend(left.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
+        }
+        if list.is_empty() {
+            return;
+        }
+        self.stats.nacks_sent += 1;
+        let st = self.stamp(now, self.sent_seq());
+        if self.relay_k().is_some() {
+            // Relayed, a nack would take as many hops as the repair it asks for, each a chance
+            // of loss: to each sender directly, at its settled address (the others' nacks are
+            // not heard then; the sender answers each asker). Gaps of a sender whose address is
+            // not settled yet go to the group (along the tree) as before.
+            list.sort_unstable_by_key(|g| g.node.get());
+            let mut group = Vec::new();
+            for chunk in list.chunk_by(|a, b| a.node.get() == b.node.get()) {
+                let to = self.peers.get(&chunk[0].node.get());
+                match to.filter(|p| p.settled()).map(|p| p.addr) {
+                    Some(addr) => {
+                        for d in self.enc.nacks(&self.seal, &st, chunk) {
+                            self.push(Dest::To(addr), d);
+                        }
+                    }
+                    None => group.extend_from_slice(chunk),
+                }
+            }
+            list = group;
+        }
+        for d in self.enc.nacks(&self.seal, &st, &list) {
+            self.push(Dest::Group, d);
+        }
+    }
+
+    /// A nack from peer `requester`: this node's gaps are repaired, and the others' are
+    /// remembered so that this node does not ask for them again meanwhile.
+    pub(in crate::cluster::protocol) fn on_nack(
+        &mut self,
+        now: Instant,
+        requester: u64,
+        gaps: &[wire::Gap],
+    ) {
+        let from = self
+            .peers
+            .get(&requester)
+            .filter(|p| p.settled())
+            .map(|p| p.addr);
+        let oldest = self.repairs.oldest(self.seq);
+        // A gap older than the history is answered by reconciling the whole range, which scans
+        // the table: that counts against the requester's digest budget, like a digest request
+        // for the whole space (a replayed nack would otherwise have the table scanned at the
+        // repair bucket's pace). Charged once per nack.
+        let mut old_gap_to: Option<Option<SocketAddr>> = None;
+        for g in gaps {
+            let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
+            if node == self.cfg.node {
+                if !self.cfg.observer {
+                    let to = if lo < oldest {
+                        *old_gap_to.get_or_insert_with(|| {
+                            from.filter(|_| self.charge_scan(now, requester, 1u128 << 64))
+                        })
+                    } else {
+                        from
+                    };
+                    self.nacked(now, to, lo, hi);
+                }
+            } else if let Some(p) = self.peers.get_mut(&node) {
+                add_asked(&mut p.asked, lo, hi, now);
+            }
+        }
+    }
+}
