@@ -118,6 +118,50 @@ fn unicast_peers_converge() {
 }
 
 #[test]
+fn a_relayed_unicast_cluster_converges() {
+    // Five nodes relaying with fan-out 2: with four peers each, every node's datagrams travel
+    // a tree (two copies from the sender, the rest forwarded).
+    let ports: Vec<SocketAddr> = (0..5)
+        .map(|_| {
+            UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let engines: Vec<Engine> = (0..5)
+        .map(|i| {
+            let peers = ports.iter().copied().filter(|p| *p != ports[i]);
+            node(
+                Engine::builder()
+                    .unicast(ports[i], peers)
+                    .cluster_name("relay")
+                    .cluster_key(b"secret")
+                    .relay_fanout(2),
+            )
+        })
+        .collect();
+    let _p: Vec<_> = engines
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| (0..=i).map(move |_| e.join_by_name("lobby")))
+        .collect();
+    for e in &engines {
+        eventually("a relayed cluster counts everyone", || {
+            e.count_by_name("lobby") == 15
+        });
+    }
+    eventually("datagrams were relayed", || {
+        engines
+            .iter()
+            .filter_map(|e| e.cluster_stats())
+            .map(|c| c.protocol.relayed)
+            .sum::<u64>()
+            > 0
+    });
+}
+
+#[test]
 fn other_cluster_or_key_is_not_counted() {
     let g = group(2);
     let a = node(
@@ -206,6 +250,25 @@ fn bad_cluster_configuration_is_a_clear_error() {
                     ..
                 }
             ) && e.to_string().contains(&burst.to_string()),
+            "{e}"
+        );
+    }
+
+    // A relay tree needs two children at least, and the fan-out fits the header's byte.
+    for k in [1, 256] {
+        let e = Engine::builder()
+            .multicast(group(3))
+            .relay_fanout(k)
+            .start()
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Config {
+                    option: "relay_fanout",
+                    ..
+                }
+            ),
             "{e}"
         );
     }

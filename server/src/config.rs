@@ -77,6 +77,11 @@ pub struct ClusterOptions {
         conflicts_with = "group"
     )]
     pub peers_dns: Vec<String>,
+    /// With --peers or --peers-dns: most copies a node sends of each of its datagrams; with more
+    /// peers they travel a tree of this fan-out, relayed by the others (0: never; else 2-255).
+    // The library's `defaults::RELAY_FANOUT`, as text for clap (a test checks they agree).
+    #[arg(long, value_name = "N", default_value = "16")]
+    pub relay_fanout: usize,
     /// How often --peers-dns names are resolved again.
     // The library's `defaults::DNS_INTERVAL`, as text for clap (a test checks they agree).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
@@ -313,6 +318,8 @@ pub struct Cluster {
     pub error: Option<String>,
     /// How often they are resolved.
     pub dns_interval: Duration,
+    /// The relay tree's fan-out (unicast).
+    pub relay_fanout: usize,
 }
 
 impl Cluster {
@@ -344,6 +351,7 @@ impl Cluster {
             insecure: o.insecure,
             peers_dns: o.peers_dns.clone(),
             dns_interval: o.dns_interval,
+            relay_fanout: o.relay_fanout,
             error,
         }
     }
@@ -386,7 +394,9 @@ impl Cluster {
         for name in &self.peers_dns {
             b = b.peers_dns(name);
         }
-        b = b.dns_interval(self.dns_interval);
+        b = b
+            .dns_interval(self.dns_interval)
+            .relay_fanout(self.relay_fanout);
         if let Some(d) = self.dead_after {
             b = b.dead_after(d);
         }

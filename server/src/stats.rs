@@ -475,6 +475,13 @@ pub fn visit(shared: &Shared, top: usize, v: &mut dyn Visitor) {
                     "Digest replies sent: digests of hash ranges of this node's table, for peers reconciling.",
                     p.digest_replies,
                 ),
+                both(
+                    "relayed",
+                    "headcount_relayed_total",
+                    Counter,
+                    "Copies of peers' datagrams forwarded along their relay trees (unicast).",
+                    p.relayed,
+                ),
                 info("table_requests", Value::Int(p.table_requests)),
                 info("node_id", Value::Hex(node_id)),
             ] {

@@ -60,6 +60,7 @@ struct ClusterOptions {
     repair_burst: usize,
     max_tick_datagrams: usize,
     max_remote_topics: usize,
+    relay_fanout: usize,
     observer: bool,
     /// `name:port`s resolved for peers (unicast).
     dns: Vec<String>,
@@ -86,6 +87,7 @@ impl Default for ClusterOptions {
             repair_burst: defaults::REPAIR_BURST,
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             max_remote_topics: defaults::MAX_REMOTE_TOPICS,
+            relay_fanout: defaults::RELAY_FANOUT,
             observer: false,
             dns: Vec::new(),
             dns_interval: defaults::DNS_INTERVAL,
@@ -267,6 +269,17 @@ impl Builder {
         self
     }
 
+    /// With unicast peers and a cluster key: most copies this node sends of each of its
+    /// datagrams to the cluster (default 16). With more peers than this, datagrams travel a
+    /// tree of this fan-out instead, each node forwarding them to a few others, so that a
+    /// node's egress stays about what it hears instead of its own traffic times the peers
+    /// (heartbeats, goodbyes, requests and answers still go directly). 0 turns relaying off;
+    /// otherwise 2 to 255. Multicast needs none.
+    pub fn relay_fanout(mut self, k: usize) -> Self {
+        self.cluster.relay_fanout = k;
+        self
+    }
+
     /// Most delta and names datagrams one tick sends (default 512, about 700 kB); a burst of
     /// changes beyond that goes out over the next ticks.
     pub fn max_tick_datagrams(mut self, n: usize) -> Self {
@@ -366,6 +379,13 @@ impl Builder {
                 "max_clock_skew",
                 c.max_clock_skew,
                 "must be between 100ms and 1h",
+            ));
+        }
+        if c.relay_fanout == 1 || c.relay_fanout > 255 {
+            return Err(bad(
+                "relay_fanout",
+                c.relay_fanout,
+                "must be 0 (no relaying) or between 2 and 255",
             ));
         }
         if c.max_repair_rate < 64 * 1024 {
@@ -533,6 +553,9 @@ impl Builder {
         pc.max_topics_per_peer = self.max_topics;
         pc.observer = self.cluster.observer;
         pc.gossip_members = learn;
+        // Relaying sends to peers' learned addresses: only where this node learns them (unicast
+        // with a key).
+        pc.relay_fanout = if learn { self.cluster.relay_fanout } else { 0 };
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
         (proto, link)
     }

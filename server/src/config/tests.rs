@@ -19,6 +19,7 @@ fn the_cluster_defaults_are_the_librarys() {
     let c = Cluster::new(&serve(&[]).unwrap().cluster);
     assert_eq!(c.tick, defaults::TICK);
     assert_eq!(c.dns_interval, defaults::DNS_INTERVAL);
+    assert_eq!(c.relay_fanout, defaults::RELAY_FANOUT);
     assert!(c.peers_dns.is_empty());
     assert_eq!(c.name, defaults::CLUSTER_NAME);
     assert!(matches!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use crate::cluster::protocol::defaults::{
     BUDGET as PAYLOAD_BUDGET, MAX_CLOCK_SKEW, MAX_REMOTE_TOPICS, MAX_REPAIR_RATE,
-    MAX_TICK_DATAGRAMS, REFRESH_CYCLE, REPAIR_BURST, dead_after,
+    MAX_TICK_DATAGRAMS, REFRESH_CYCLE, RELAY_FANOUT, REPAIR_BURST, dead_after,
 };
 
 /// [`Builder::tick`](crate::Builder::tick): the reducer period.
