@@ -220,13 +220,19 @@ impl Sim {
     /// A burst of `joins` joins spread over the running nodes and `topics` topics, long-tailed
     /// (low topic numbers are hot; topic `t` has hash [`topic_hash`]`(t)`), from `seed`.
     pub fn burst(&mut self, seed: u64, joins: u64, topics: u64) {
+        self.burst_on(seed, joins, topics, self.nodes.len());
+    }
+
+    /// [`Sim::burst`] on the first `senders` nodes only (a hot node: `1`).
+    pub fn burst_on(&mut self, seed: u64, joins: u64, topics: u64, senders: usize) {
+        let senders = senders.clamp(1, self.nodes.len().max(1)) as u64;
         let topics = topics.max(1);
         let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
         for _ in 0..joins {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let node = (x % self.nodes.len() as u64) as usize;
+            let node = (x % senders) as usize;
             if self.nodes[node].proto.is_none() {
                 continue;
             }

@@ -48,6 +48,13 @@ pub struct Args {
     /// No multicast: every group datagram leaves as a unicast copy per peer.
     #[arg(long)]
     unicast: bool,
+    /// With --unicast: relay group datagrams along trees of this fan-out (the protocol's
+    /// `relay_fanout`; 0: every node sends to every peer itself).
+    #[arg(long, default_value_t = 0)]
+    relay_fanout: usize,
+    /// The burst's joins land on the first this many nodes only (0: all; 1: one hot node).
+    #[arg(long, default_value_t = 0)]
+    senders: usize,
 }
 
 /// Checks the flags, runs [`converge`] and prints its figures.
@@ -65,7 +72,18 @@ pub fn run(a: &Args) {
     };
     print(
         a.json,
-        &converge(a.nodes, a.loss, a.seeds.max(1), a.topics, a.joins, cap),
+        &converge(
+            a.nodes,
+            a.loss,
+            a.seeds.max(1),
+            a.topics,
+            a.joins,
+            Setup {
+                cap,
+                relay_fanout: a.relay_fanout,
+                senders: a.senders,
+            },
+        ),
     )
 }
 
@@ -83,9 +101,15 @@ const MAX_TICKS: u32 = 100;
 /// the same average.)
 const IDLE_TICKS: u32 = headcount::cluster::protocol::defaults::REFRESH_CYCLE;
 
-/// A burst of `joins` joins spread over the nodes and `topics` long-tailed topics.
-fn burst(sim: &mut Sim, seed: u64, joins: u64, topics: u64) {
-    sim.burst(seed, joins, topics);
+/// How the simulated cluster is connected and where the burst lands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// Every node's links and socket buffers (`Capacity::default()`: unlimited).
+    pub cap: Capacity,
+    /// Every node's `relay_fanout` (0: none).
+    pub relay_fanout: usize,
+    /// The burst's joins land on the first this many nodes (0: all of them).
+    pub senders: usize,
 }
 
 fn total_bytes(sim: &Sim) -> u64 {
@@ -139,16 +163,17 @@ fn run_seed(
     seed: u64,
     topics: u64,
     joins: u64,
-    cap: Capacity,
+    setup: Setup,
     idle: bool,
 ) -> Run {
-    let mut sim = Sim::new(nodes, seed, TICK, |_| {});
+    let relay = setup.relay_fanout;
+    let mut sim = Sim::new(nodes, seed, TICK, move |c| c.relay_fanout = relay);
     sim.faults = Faults {
         loss,
         delay: DELAY,
         ..Faults::default()
     };
-    sim.capacity = cap;
+    sim.capacity = setup.cap;
     // Settle: every node has heard every other (heartbeats), so the burst meets a formed cluster.
     sim.run_for(TICK * 3);
     let _ = sim.ticks_to_exact(MAX_TICKS);
@@ -158,7 +183,12 @@ fn run_seed(
     if idle {
         counting::track_bytes(true);
     }
-    burst(&mut sim, seed, joins, topics);
+    let senders = if setup.senders == 0 {
+        nodes
+    } else {
+        setup.senders
+    };
+    sim.burst_on(seed, joins, topics, senders);
     let limit = TICK * MAX_TICKS;
     let mut ms = None;
     loop {
@@ -248,15 +278,16 @@ fn run_seed(
 ///   so it bounds the peer-table entry's cost from above, closer as nodes grow. `null` where
 ///   the counting allocator is not the global one.
 ///
-/// `cap` limits every node's links and socket buffers (`Capacity::default()`: unlimited).
+/// `setup`: the links, relaying, and which nodes take the burst.
 pub fn converge(
     nodes: usize,
     loss: f64,
     seeds: u64,
     topics: u64,
     joins: u64,
-    cap: Capacity,
+    setup: Setup,
 ) -> Value {
+    let cap = setup.cap;
     let nodes = nodes.max(1);
     let seeds = seeds.max(1);
     let tick_ms = TICK.as_millis() as u64;
@@ -279,8 +310,8 @@ pub fn converge(
         // loss the baseline runs on another thread beside it (up to the burst's end only).
         let (r, lossless) = std::thread::scope(|s| {
             let baseline = (loss > 0.0)
-                .then(|| s.spawn(move || run_seed(nodes, 0.0, seed, topics, joins, cap, false)));
-            let r = run_seed(nodes, loss, seed, topics, joins, cap, true);
+                .then(|| s.spawn(move || run_seed(nodes, 0.0, seed, topics, joins, setup, false)));
+            let r = run_seed(nodes, loss, seed, topics, joins, setup, true);
             let lossless = match baseline {
                 Some(b) => b.join().expect("baseline run").burst_bytes,
                 None => r.burst_bytes,
@@ -338,6 +369,8 @@ pub fn converge(
         "send_buffer": cap.send_buffer,
         "recv_buffer": cap.recv_buffer,
         "unicast": cap.unicast_fanout,
+        "relay_fanout": setup.relay_fanout,
+        "senders": if setup.senders == 0 { nodes } else { setup.senders.min(nodes) },
         "sim_seconds_per_seed": round(wall, 2),
         "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
     })
@@ -349,7 +382,7 @@ mod tests {
 
     #[test]
     fn converge_reports_sane_figures() {
-        let v = converge(3, 0.1, 2, 50, 500, Capacity::default());
+        let v = converge(3, 0.1, 2, 50, 500, Setup::default());
         for k in [
             "nodes",
             "loss",
@@ -400,7 +433,17 @@ mod tests {
             recv_buffer: 4_000,
             ..Capacity::default()
         };
-        let v = converge(4, 0.0, 1, 2_000, 20_000, cap);
+        let v = converge(
+            4,
+            0.0,
+            1,
+            2_000,
+            20_000,
+            Setup {
+                cap,
+                ..Setup::default()
+            },
+        );
         assert!(v["dropped_recv"].as_f64().unwrap() > 0.0, "{v}");
         assert_eq!(v["recv_buffer"], 4_000);
     }
