@@ -106,3 +106,33 @@ fn a_node_restarting_in_a_relayed_cluster_is_counted_again() {
         );
     }
 }
+
+#[test]
+fn observers_hear_a_relayed_cluster() {
+    // Two observers (`watch`) beside 20 relaying nodes: they are in no tree (they come and go,
+    // and do not hear of each other); every sender sends them their copies itself.
+    for seed in 0..3 {
+        let mut s = Sim::new(22, seed, TICK, |c| {
+            c.relay_fanout = 3;
+            c.observer = c.node >= 21;
+        });
+        s.faults.delay = Duration::from_millis(1);
+        s.capacity = Capacity {
+            unicast_fanout: true,
+            ..Capacity::default()
+        };
+        s.run_for(TICK * 3);
+        s.faults.loss = 0.02;
+        s.burst_on(seed, 10_000, 300, 20);
+        assert!(
+            s.ticks_to_exact(40).is_some(),
+            "seed {seed}: not exact: {:?}",
+            s.mismatches().first()
+        );
+        for i in [20, 21] {
+            let p = s.node(i).expect("observer");
+            assert_eq!(p.remote_total(), 10_000, "seed {seed}: observer {i}");
+            assert_eq!(p.stats().relayed, 0, "seed {seed}: observer {i} relayed");
+        }
+    }
+}

@@ -27,8 +27,9 @@
 //!   foreign address: only replays and forgeries come from there) are at most the bytes it
 //!   received from that address. One exception, the limit of what the protocol can know without
 //!   a return-routability handshake: an address that won the race against a node's own copies
-//!   twice (an on-path attacker that intercepts fresh datagrams and delivers them first) is,
-//!   for the receiver, that node's path, and may be sent requests and replies.
+//!   twice (an on-path attacker that intercepts fresh datagrams and delivers them first; or
+//!   replays one that the receiver had not had yet, which it admits as new) is, for the
+//!   receiver, that node's path, and may be sent requests, replies and relayed copies.
 //!
 //! At the end, after a fault-free settling phase (in-flight datagrams are lost, then every live
 //! node ticks and everything is delivered for longer than `dead_after` plus two refresh
@@ -42,7 +43,7 @@
 //!
 //! The first bytes choose the cluster: 2 to 4 nodes, the datagram budget, the refresh cycle, and
 //! now and then clock skews between nodes, a small per-tick datagram budget (a backlog), a
-//! small repair budget, and an observer.
+//! small repair budget, an observer, and relaying (fan-out 2: four nodes relay).
 //!
 //! The glue to the protocol's API is kept in [`config`], [`protocol`] and [`forge`].
 
@@ -53,8 +54,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use headcount::cluster::protocol::{Clock, Config, Dest, Event, Protocol};
-use headcount::cluster::wire::{MIN_BUDGET, Seal, TAG_LEN};
+use headcount::cluster::protocol::{Clock, Config, Dest, Event, Outcome, Protocol};
+use headcount::cluster::wire::{MIN_BUDGET, Seal, TAG_LEN, relay_fanout};
 use libfuzzer_sys::fuzz_target;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -95,6 +96,9 @@ struct Knobs {
     observer: Option<usize>,
     max_tick_datagrams: usize,
     max_repair_rate: u64,
+    /// Every node relays with fan-out 2 (four nodes have three peers each: their group
+    /// datagrams travel trees; with fewer, each sends to all).
+    relay: bool,
 }
 
 /// The wall clock at [`base`], in Unix milliseconds (fixed, so that runs replay exactly).
@@ -112,6 +116,7 @@ fn config(slot: usize, node: u64, incarnation: u64, k: &Knobs, now: Instant) -> 
     c.observer = k.observer == Some(slot);
     c.max_tick_datagrams = k.max_tick_datagrams;
     c.max_repair_rate = k.max_repair_rate;
+    c.relay_fanout = if k.relay { 2 } else { 0 };
     // Short, so that scripts reach it and settling is quick.
     c.dead_after = Duration::from_secs(1);
     // Room for every node id a script uses and every topic.
@@ -277,6 +282,8 @@ impl Sim {
         while let Some(t) = p.poll_transmit() {
             let len = t.bytes.len();
             match seal().open(&t.bytes) {
+                // (A relay forwards its peers' datagrams as they are, unicast.)
+                Ok(d) if relay_fanout(d.header.flags.get()) > 0 && t.dest != Dest::Group => {}
                 Ok(d) => {
                     assert_eq!(
                         (d.header.node.get(), d.header.incarnation.get()),
@@ -316,14 +323,15 @@ impl Sim {
     }
 
     /// Node `j` receives `bytes` from `from`.
-    fn deliver(&mut self, j: usize, from: SocketAddr, bytes: &[u8]) {
+    fn deliver(&mut self, j: usize, from: SocketAddr, bytes: &[u8]) -> Option<Outcome> {
         let now = self.now;
         let node = &mut self.nodes[j];
-        let Some(p) = node.p.as_mut() else { return };
+        let p = node.p.as_mut()?;
         *node.received.entry(from).or_default() += bytes.len() as u64;
         let o = p.handle_datagram(now, from, bytes);
         trace!("  {} <- {from} {} bytes: {o:?}", node.id, bytes.len());
         self.collect(j);
+        Some(o)
     }
 
     /// Delivers the front of every link, without faults, until nothing is in flight. False if
@@ -666,7 +674,13 @@ fn step(sim: &mut Sim, r: &mut Reader) -> Option<()> {
             let from = if op & 0x80 != 0 { foreign(b) } else { orig };
             trace!("replay to {} from {from}", j + 1);
             if from != node_addr(j) {
-                sim.deliver(j, from, &bytes);
+                let o = sim.deliver(j, from, &bytes);
+                // Kept datagrams reach some nodes late (a relayed one, or one still queued for
+                // this node): one this node admits as new is, for it, intercepted and delivered
+                // first from elsewhere — a race, as in fault 7.
+                if is_foreign(&from) && o == Some(Outcome::Applied) {
+                    *sim.nodes[j].raced.entry(from).or_default() += 1;
+                }
             }
         }
         // A forgery: a real datagram changed and sealed with another key, from a foreign
@@ -741,6 +755,7 @@ fuzz_target!(|data: &[u8]| {
             t => usize::from(t),
         },
         max_repair_rate: [defaults.max_repair_rate, 2000, 500, 100][usize::from(e >> 2) & 3],
+        relay: e & 0x20 != 0,
     };
     trace!("{n} nodes, {knobs:?}");
     let mut sim = Sim::new(n, knobs);

@@ -163,8 +163,9 @@ impl Protocol {
         let reply = matches!(
             d.kind,
             Kind::ResyncReply | Kind::Nack | Kind::Repair | Kind::DigestReply
-        ) || (d.kind == Kind::Names && h.flags.get() & FLAG_REPLY != 0);
+        ) || h.flags.get() & FLAG_REPLY != 0;
         let observer = d.kind == Kind::Heartbeat && h.flags.get() & FLAG_OBSERVER != 0;
+        let relayed = wire::relay_fanout(h.flags.get()) != 0;
         let mut revived = None;
         if let Some(t) = self.tombs.get(&node).copied() {
             if inc < t.incarnation || (inc == t.incarnation && t.barred) {
@@ -235,7 +236,13 @@ impl Protocol {
             Peer {
                 addr: revived.map_or(from, |t| t.addr),
                 addr_seen: 0,
-                addr_heard: now,
+                // Let in by a datagram a relay forwarded: `from` is the relay's, and the first
+                // datagram heard from the peer itself moves the address there.
+                addr_heard: if relayed && revived.is_none() {
+                    now.checked_sub(self.cfg.dead_after).unwrap_or(now)
+                } else {
+                    now
+                },
                 incarnation: inc,
                 last_seq,
                 last_heard: now,
@@ -259,6 +266,8 @@ impl Protocol {
                 digest_rounds: 0,
                 digests_served: (0, 0, now),
                 digests_asked: std::collections::VecDeque::new(),
+                direct_time: 0,
+                marker: None,
             },
         );
         if observer {

@@ -44,6 +44,9 @@ impl Protocol {
         let end = h.flags.get() & FLAG_END != 0;
         {
             let p = self.peers.get_mut(&node).expect("admitted");
+            // New to this node (a reply may repeat the last number: a replay of it, from
+            // anywhere, must not count towards an address).
+            let fresh = seq > p.last_seq;
             // Sequence numbers skipped are missed: a group datagram's own number is the next;
             // a reply's (which carries the sender's current number) is one more missed, since
             // what it skips would now be refused as stale even if it is only late. Not so for
@@ -59,8 +62,24 @@ impl Protocol {
                 p.last_seq = p.last_seq.max(seq);
             }
             p.last_heard = now;
-            if wire::relay_fanout(h.flags.get()) == 0 {
-                // (A relayed datagram comes from its relay's address, not its sender's.)
+            if wire::relay_fanout(h.flags.get()) != 0 {
+                // A relayed datagram comes from its relay's address, not its sender's: it says
+                // nothing of the sender's address (the direct heartbeats below do).
+            } else if d.kind == Kind::Heartbeat && h.flags.get() & FLAG_DIRECT != 0 {
+                // A relaying peer's unnumbered heartbeat: newer by its clock than the last, or a
+                // replay. It says what its relayed datagrams will bring (or have brought).
+                if time > p.direct_time {
+                    p.direct_time = time;
+                    p.heard_from(from, now, self.cfg.dead_after / 2);
+                    if seq > p.last_seq && p.marker.is_none_or(|m| m.seq < seq) {
+                        p.marker = Some(super::peer::Marker {
+                            seq,
+                            declared: end.then_some(declared),
+                            at: p.marker.map_or(now, |m| m.at),
+                        });
+                    }
+                }
+            } else if fresh {
                 p.heard_from(from, now, self.cfg.dead_after / 2);
             }
             p.time = p.time.max(time);
@@ -68,7 +87,7 @@ impl Protocol {
             p.received += 1;
             if let Body::Gaps(g) = d.body {
                 // A nack: for this node, or what another receiver already asks of a peer.
-                self.on_nack(now, node, g);
+                self.on_nack(now, node, g, h.flags.get() & FLAG_DIRECT != 0);
                 return;
             }
             let p = self.peers.get_mut(&node).expect("admitted");
@@ -135,7 +154,9 @@ impl Protocol {
         if end || d.kind == Kind::Heartbeat {
             let unnamed = !self.unnamed.is_empty();
             let p = self.peers.get_mut(&node).expect("admitted");
-            if end {
+            // (What a relaying peer sends directly may overtake its relayed datagrams: its
+            // declaration holds once they came, or are overdue; see `Peer::marker`.)
+            if end && h.flags.get() & FLAG_DIRECT == 0 {
                 p.declared = Some(declared);
             }
             if p.converged() {

@@ -372,7 +372,19 @@ impl Protocol {
                 self.serve_ranges(now, from, entries, &ranges);
                 Outcome::Applied
             }
-            Err(r) => Outcome::Rejected(r),
+            Err(r) => {
+                // Authentic and fresh, refused for this node's own limits: the nodes below it in
+                // the sender's tree still get it.
+                if matches!(r, Reject::TooManyTopics | Reject::TooManyPeers)
+                    && let Ok(d) = self.seal.open(bytes)
+                {
+                    let k = wire::relay_fanout(d.header.flags.get());
+                    if k > 0 {
+                        self.forward(d.header.node.get(), k, bytes);
+                    }
+                }
+                Outcome::Rejected(r)
+            }
         }
     }
 

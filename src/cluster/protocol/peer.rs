@@ -272,6 +272,23 @@ pub(super) struct Peer {
     /// (at most [`MAX_DIGESTS_ASKED`], oldest dropped): a digest reply for another range (a
     /// replay, or one nobody asked for) is ignored.
     pub(super) digests_asked: std::collections::VecDeque<(u64, u64)>,
+    /// The newest sender clock of its unnumbered direct heartbeats (a relaying peer's): only a
+    /// newer one counts for its address (a replay is not newer).
+    pub(super) direct_time: u64,
+    /// What its last unnumbered direct heartbeat said before its relayed datagrams came: its
+    /// last number and declaration, and when. If they have not come an interval later, they
+    /// are missed (this node may be in a hole of its tree, or they were lost): see
+    /// `Protocol::overdue`.
+    pub(super) marker: Option<Marker>,
+}
+
+/// A relaying peer's last number and declaration, heard directly before its relayed datagrams.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Marker {
+    pub(super) seq: u64,
+    /// Its digest and size, if it declared them (no change waited for a later tick).
+    pub(super) declared: Option<(u64, u32)>,
+    pub(super) at: Instant,
 }
 
 impl Peer {
@@ -284,8 +301,7 @@ impl Peer {
         if from == self.addr {
             self.addr_seen = self.addr_seen.saturating_add(1);
             self.addr_heard = now;
-        } else if self.addr_seen == 0 || now.saturating_duration_since(self.addr_heard) > quiet {
-            // (Never heard first-hand yet: it was let in by a datagram a relay forwarded.)
+        } else if now.saturating_duration_since(self.addr_heard) > quiet {
             self.addr = from;
             self.addr_seen = 1;
             self.addr_heard = now;

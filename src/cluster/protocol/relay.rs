@@ -9,25 +9,31 @@
 //! forwards the same bytes to its children in the sender's tree. Every datagram reaches every
 //! node once, in about `log_k N` hops, and each node sends about what it hears.
 //!
-//! The tree of sender `s`: the live nodes this node knows (itself and its peers), sorted by
-//! id and rotated so that `s` comes first; the node at position `i` has positions
+//! The tree of sender `s`: the live nodes this node knows (itself and its peers, not observers,
+//! which the sender sends their copies itself), sorted by id and rotated so that `s` comes
+//! first; the node at position `i` has positions
 //! `k·i + 1 ..= k·i + k` as children. Every node computes it from its own view, so while views
 //! differ (a node just joined or died) a datagram may reach a node twice (the copy is refused
 //! as stale, or is an idempotent answer) or miss one: a gap like any loss, found by the
 //! sequence numbers that follow and repaired by nack.
 //!
-//! What does not travel the tree: heartbeats and goodbyes go to every peer directly (they are
-//! small, and they keep every node hearing every other while a relay is dead, and teach it the
-//! peers' addresses); requests and replies are unicast as always. A relayed datagram's source
-//! address is its relay's, so it does not move the sender's address. A node forwards a
+//! What does not travel the tree: every tick a heartbeat without a number of its own goes to
+//! every peer directly (it keeps every node hearing every other while a relay is dead, and
+//! teaches it the peers' addresses), and so does the goodbye; nacks go to the sender and
+//! repairs to those who asked, directly; requests and replies are unicast as always. Every
+//! numbered datagram travels the tree: one sent directly would overtake those still relayed,
+//! which would then be refused as stale. A relayed datagram's source
+//! address is its relay's, so it does not move the sender's address; and a node forwards only
+//! to settled addresses, like every other datagram it sends to one peer. A node forwards a
 //! datagram only once (by its tag): a loop between two differing views cannot amplify.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use zerocopy::FromBytes;
 
 use super::{Dest, HashSet, Protocol, Transmit};
-use crate::cluster::wire::{self, FLAG_DIRECT, Kind};
+use crate::cluster::wire::{self, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
 
 /// Tags of the datagrams forwarded recently, kept to forward each once.
 const FORWARDED: usize = 1 << 14;
@@ -87,22 +93,23 @@ impl Protocol {
     /// every peer itself).
     pub(super) fn relay_k(&self) -> Option<usize> {
         let k = self.cfg.relay_fanout.min(usize::from(u8::MAX));
-        (k >= 2 && self.peers.len() > k).then_some(k)
+        let members = self.peers.len() - self.observers;
+        (k >= 2 && members > k && !self.cfg.observer).then_some(k)
     }
 
     /// Marks a datagram of this node, which relays with fan-out `k`, and seals it again: a group
-    /// datagram with `k` (but heartbeats and goodbyes, which go to every peer directly), a
-    /// unicast one with [`FLAG_DIRECT`].
+    /// datagram with `k` (but the goodbye and the unnumbered heartbeat, which go to every peer
+    /// directly), a unicast one with [`FLAG_DIRECT`].
     pub(super) fn mark_relayed(&self, bytes: &mut Vec<u8>, dest: Dest, k: usize) {
-        let direct = [Kind::Heartbeat as u8, Kind::Goodbye as u8];
         if bytes.len() < wire::HEADER_LEN + wire::TAG_LEN {
             return;
         }
         let Ok((h, _)) = wire::Header::ref_from_prefix(&bytes[..]) else {
             return;
         };
+        let direct = h.kind == Kind::Goodbye as u8 || h.flags.get() & FLAG_DIRECT != 0;
         let flags = match dest {
-            Dest::Group if direct.contains(&h.kind) => return,
+            Dest::Group if direct => return,
             Dest::Group => (h.flags.get() & 0xff) | ((k.min(255) as u16) << wire::RELAY_SHIFT),
             Dest::To(_) => h.flags.get() | FLAG_DIRECT,
         };
@@ -113,21 +120,51 @@ impl Protocol {
         self.seal.seal(bytes);
     }
 
+    /// While relaying, every tick also sends a heartbeat to every peer directly, without a number
+    /// of its own ([`FLAG_REPLY`], [`FLAG_DIRECT`]: it may overtake the tick's relayed datagrams,
+    /// and says nothing of which were missed): every peer keeps hearing this node at its own
+    /// address (where its address settles, so that it is sent to) and hears it alive while a
+    /// relay above it is dead. (The numbered heartbeat of an idle tick travels the tree with the
+    /// rest: sent directly, it overtook the last tick's relayed datagrams, which were then
+    /// refused as stale.)
+    /// It declares the digest ([`FLAG_END`]) when no change waits for a later tick.
+    pub(super) fn send_direct_heartbeat(&mut self, now: Instant) {
+        let end = if self.changed.is_empty() { FLAG_END } else { 0 };
+        let flags = FLAG_REPLY | FLAG_DIRECT | end;
+        let d = self.enc.bare(
+            &self.seal,
+            Kind::Heartbeat,
+            flags,
+            &self.stamp(now, self.sent_seq()),
+        );
+        self.push(Dest::Group, d);
+    }
+
     /// Brings the live nodes by id, this node among them, up to date.
     fn relay_members(&mut self) {
         if self.relay.membership != Some(self.membership) {
             let r = &mut self.relay;
             r.members.clear();
-            r.members.push(self.cfg.node);
-            r.members.extend(self.peers.keys().copied());
+            if !self.cfg.observer {
+                r.members.push(self.cfg.node);
+            }
+            // Observers are not in the trees (they come and go, and do not hear of each other):
+            // a sender sends them their copies itself.
+            r.members.extend(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| !p.observer)
+                    .map(|(&n, _)| n),
+            );
             r.members.sort_unstable();
             r.membership = Some(self.membership);
         }
     }
 
     /// The addresses of this node's children in the tree of `source` with fan-out `k`. A child
-    /// whose address this node has not heard first-hand yet is skipped for its own children (so
-    /// that its subtree is not cut off with it).
+    /// whose address is not settled (heard first-hand at least twice: one intercepted or
+    /// replayed datagram does not make an address this node sends to) is skipped for its own
+    /// children, so that its subtree is not cut off with it.
     pub(super) fn relay_children(&mut self, source: u64, k: usize) -> Vec<SocketAddr> {
         let me = self.cfg.node;
         self.relay_members();
@@ -140,7 +177,7 @@ impl Protocol {
         let mut out = Vec::with_capacity(k);
         while let Some(c) = todo.pop() {
             match self.peers.get(&members[(s + c) % n]) {
-                Some(p) if p.addr_seen > 0 => out.push(p.addr),
+                Some(p) if p.settled() => out.push(p.addr),
                 _ => todo.extend(children_of(c, n, k).rev()),
             }
         }
@@ -179,7 +216,13 @@ impl Protocol {
         if k < 2 {
             return Some(t);
         }
-        let children = self.relay_children(self.cfg.node, k);
+        let mut children = self.relay_children(self.cfg.node, k);
+        children.extend(
+            self.peers
+                .values()
+                .filter(|p| p.observer && p.settled())
+                .map(|p| p.addr),
+        );
         let mut copies = children.into_iter().map(|addr| Transmit {
             dest: Dest::To(addr),
             bytes: t.bytes.clone(),

@@ -90,9 +90,14 @@ struct Sent {
     queued: bool,
     /// When its repair last went out (a nack for it soon after is the same loss).
     repaired: Option<Instant>,
-    /// Who asked for it since, while this node relays: its repair goes to each of them directly
-    /// (empty: to the group).
+    /// A nack sent to the group asked for it: its repair goes to the group (which serves the
+    /// askers below too).
+    to_group: bool,
+    /// Who asked for it directly (relaying peers): its repair goes to each of them.
     waiting: Vec<SocketAddr>,
+    /// Who was sent it directly, and when (a nack from one of them soon after is a replay, or
+    /// the same loss: not answered again within the nack window).
+    served: Vec<(SocketAddr, Instant)>,
 }
 
 /// A repair waiting for the bucket.
@@ -305,7 +310,9 @@ impl Protocol {
             hashes: hashes.into(),
             queued: false,
             repaired: None,
+            to_group: false,
             waiting: Vec::new(),
+            served: Vec::new(),
         });
         while r.kept > self.cfg.repair_history
             && let Some(s) = r.history.pop_front()
@@ -319,12 +326,19 @@ impl Protocol {
     /// than the history is answered by reconciling the whole range with that peer (`to`: its
     /// pinned address, once it is settled): the table itself if it is small, else the digests
     /// of its children, from which the peer asks for what differs.
-    pub(super) fn nacked(&mut self, now: Instant, to: Option<SocketAddr>, lo: u64, hi: u64) {
+    ///
+    /// A nack a relaying peer sent directly (`direct`) is answered to it directly (`to`): a
+    /// relayed repair would take as many hops as the datagram it repairs, each a chance of loss,
+    /// and reach every node when a few missed it. One sent to the group is answered to the group.
+    pub(super) fn nacked(
+        &mut self,
+        now: Instant,
+        to: Option<SocketAddr>,
+        (lo, hi): (u64, u64),
+        direct: bool,
+    ) {
         let hold = self.cfg.nack_window;
-        // While this node relays, a repair goes to those who asked, directly: a relayed one
-        // would take as many hops as the datagram it repairs, each a chance of loss, and reach
-        // every node when a few missed it.
-        let direct = to.filter(|_| self.relay_k().is_some());
+        let direct = to.filter(|_| direct);
         let hi = hi.min(self.seq);
         if lo > hi {
             return;
@@ -348,16 +362,26 @@ impl Protocol {
                 r.queue.push_back(Job::Empty(next, s.seq - 1, direct));
             }
             next = s.seq + 1;
-            if let Some(a) = direct
-                && !s.waiting.contains(&a)
-            {
-                s.waiting.push(a);
-            }
-            // (Sent to the group, a repair soon after the last was for the same loss; sent
-            // directly, it is asked for again only if it was lost.)
-            let recent = direct.is_none()
-                && s.repaired
-                    .is_some_and(|t| now.saturating_duration_since(t) < hold);
+            // A repair soon after the last to the same asker (or to the group) was for the same
+            // loss, or a replayed nack.
+            let recent = match direct {
+                Some(a) => {
+                    s.served
+                        .retain(|&(_, t)| now.saturating_duration_since(t) < hold);
+                    let recent = s.served.iter().any(|&(x, _)| x == a);
+                    if !recent && !s.waiting.contains(&a) {
+                        s.waiting.push(a);
+                    }
+                    recent
+                }
+                None => {
+                    let recent = s
+                        .repaired
+                        .is_some_and(|t| now.saturating_duration_since(t) < hold);
+                    s.to_group |= !recent;
+                    recent
+                }
+            };
             if !s.queued && !recent {
                 s.queued = true;
                 r.queue.push_back(Job::Seq(s.seq));
@@ -446,8 +470,14 @@ impl Protocol {
                         return 0;
                     };
                     s.queued = false;
-                    s.repaired = Some(now);
                     to = std::mem::take(&mut s.waiting);
+                    if std::mem::take(&mut s.to_group) {
+                        // The group serves the direct askers too.
+                        s.repaired = Some(now);
+                        to.clear();
+                    } else {
+                        s.served.extend(to.iter().map(|&a| (a, now)));
+                    }
                     let (names, hashes) = (s.names, s.hashes.clone());
                     if names {
                         let list: Vec<(u64, &str)> = hashes

@@ -214,6 +214,9 @@ impl Protocol {
                 set_end(&self.seal, &mut last.bytes);
             }
         }
+        if self.relay_k().is_some() {
+            self.send_direct_heartbeat(now);
+        }
         if !self.changed.is_empty() || self.relay_k().is_some() {
             self.pace_tick(now, first);
         }
@@ -366,6 +369,9 @@ impl Protocol {
         let repairs = &mut self.repairs;
         let unnamed = &self.unnamed;
         for (&n, p) in self.peers.iter_mut() {
+            if let Some(at) = overdue(p, now, every) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             if p.observer || !p.settled() {
                 continue;
             }
@@ -482,6 +488,29 @@ impl Protocol {
             .bare(&self.seal, Kind::Goodbye, FLAG_END, &self.stamp(now, seq));
         self.push(Dest::Group, d);
     }
+}
+
+/// A relaying peer's datagrams its direct heartbeat announced (`Peer::marker`) that have not
+/// come within `every`: missed (lost, or this node is in a hole of the peer's tree while views
+/// differ), a gap to nack like any, and the heartbeat's declaration is the peer's. Returns when
+/// to look again if they may still come.
+fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<Instant> {
+    let m = p.marker?;
+    if p.last_seq >= m.seq {
+        p.marker = None;
+        return None;
+    }
+    if now.saturating_duration_since(m.at) < every {
+        return Some(m.at + every);
+    }
+    p.lost += m.seq - p.last_seq;
+    super::repair::add_gap(&mut p.gaps, p.last_seq + 1, m.seq);
+    p.last_seq = m.seq;
+    if m.declared.is_some() {
+        p.declared = m.declared;
+    }
+    p.marker = None;
+    None
 }
 
 /// Sets [`FLAG_END`] on a datagram this node sealed, and seals it again.

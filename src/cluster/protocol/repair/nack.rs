@@ -63,13 +63,15 @@ impl Protocol {
         }
     }
 
-    /// A nack from peer `requester`: this node's gaps are repaired, and the others' are
-    /// remembered so that this node does not ask for them again meanwhile.
+    /// A nack from peer `requester`: this node's gaps are repaired (to the requester if it sent
+    /// the nack directly, `direct`, else to the group), and the others' are remembered so that
+    /// this node does not ask for them again meanwhile.
     pub(in crate::cluster::protocol) fn on_nack(
         &mut self,
         now: Instant,
         requester: u64,
         gaps: &[wire::Gap],
+        direct: bool,
     ) {
         let from = self
             .peers
@@ -93,7 +95,7 @@ impl Protocol {
                     } else {
                         from
                     };
-                    self.nacked(now, to, lo, hi);
+                    self.nacked(now, to, (lo, hi), direct);
                 }
             } else if let Some(p) = self.peers.get_mut(&node) {
                 add_asked(&mut p.asked, lo, hi, now);

@@ -33,7 +33,7 @@ fn a_nack_of_a_long_history_queues_a_bounded_number() {
     }
     p.seq = 200_000;
     for _ in 0..3 {
-        p.nacked(now, None, 0, u64::MAX);
+        p.nacked(now, None, (0, u64::MAX), false);
         assert!(
             p.repairs.queue.len() <= MAX_QUEUE,
             "{}",

@@ -2,7 +2,7 @@
 //! copy per other node).
 
 use super::*;
-use crate::cluster::wire::FLAG_DIRECT;
+use crate::cluster::wire::{FLAG_DIRECT, FLAG_REPLY};
 
 /// `n` nodes (ids 1..=n at `addr(1..=n)`) relaying with fan-out `k`.
 struct Net {
@@ -84,6 +84,7 @@ fn a_relayed_delta_reaches_every_node_once_from_k_copies() {
     let t0 = Instant::now();
     let (n, k) = (7, 2);
     let mut net = formed(n, k, t0);
+    let relayed_before: u64 = net.nodes.iter().map(|p| p.stats().relayed).sum();
     for h in 0..300u64 {
         net.nodes[0].set_local(h, 3, None);
     }
@@ -123,23 +124,71 @@ fn a_relayed_delta_reaches_every_node_once_from_k_copies() {
         assert_eq!(p.stats().rejected_total(), 0, "node {j}");
     }
     // Forwarded: the four nodes below nodes 2 and 3 got each delta from them.
-    let relayed: u64 = net.nodes.iter().map(|p| p.stats().relayed).sum();
+    let relayed = net.nodes.iter().map(|p| p.stats().relayed).sum::<u64>() - relayed_before;
     assert_eq!(relayed, (n as u64 - 1 - k as u64) * copies / k as u64);
 }
 
 #[test]
-fn heartbeats_go_to_every_peer_directly() {
+fn an_idle_tick_heartbeats_along_the_tree_and_directly_without_a_number() {
     let t0 = Instant::now();
     let mut net = formed(7, 2, t0);
     net.nodes[0].handle_tick(t0 + Duration::from_millis(300));
     let out = drain(&mut net.nodes[0]);
-    assert!(!out.is_empty());
+    let mut relayed = Vec::new();
+    let mut direct = Vec::new();
     for t in &out {
         assert_eq!(kind(&net.nodes[0], &t.bytes), Kind::Heartbeat);
-        assert_eq!(t.dest, Dest::Group);
         let d = net.nodes[0].seal.open(&t.bytes).expect("ours");
-        assert_eq!(wire::relay_fanout(d.header.flags.get()), 0);
+        let flags = d.header.flags.get();
+        if t.dest == Dest::Group {
+            // To every peer: no number of its own, not relayed; its declaration is held until
+            // the relayed datagrams came (or are overdue).
+            assert_eq!(flags, FLAG_REPLY | FLAG_DIRECT | FLAG_END);
+            direct.push(t);
+        } else {
+            // The numbered one, which declares the digest, travels the tree like the rest.
+            assert_eq!(wire::relay_fanout(flags), 2);
+            assert_ne!(flags & FLAG_END, 0);
+            relayed.push(t.dest);
+        }
     }
+    assert_eq!(direct.len(), 1);
+    assert_eq!(relayed, vec![Dest::To(addr(2)), Dest::To(addr(3))]);
+}
+
+#[test]
+fn a_numbered_heartbeat_does_not_overtake_relayed_datagrams() {
+    // (Found in review: sent directly, an idle tick's heartbeat reached a node two hops down
+    // before the last tick's relayed delta, which was then refused as stale.)
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    net.nodes[0].set_local(9, 1, None);
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    let busy = drain(&mut net.nodes[0]);
+    let later = now + Duration::from_millis(100);
+    net.nodes[0].handle_tick(later);
+    let idle = drain(&mut net.nodes[0]);
+    // Node 4 (below node 2) hears everything of the idle tick sent to it first: only the
+    // unnumbered heartbeat reaches it directly.
+    for t in idle.iter().filter(|t| t.dest == Dest::Group) {
+        let o = net.nodes[3].handle_datagram(later, addr(1), &t.bytes);
+        assert_eq!(o, Outcome::Applied);
+    }
+    // Then the busy tick's delta, through node 2: still applied.
+    let delta = busy
+        .iter()
+        .find(|t| t.dest == Dest::To(addr(2)) && kind(&net.nodes[0], &t.bytes) == Kind::Delta)
+        .expect("a delta to node 2");
+    net.nodes[1].handle_datagram(now, addr(1), &delta.bytes);
+    let fwd = drain(&mut net.nodes[1]);
+    let to4 = fwd
+        .iter()
+        .find(|t| t.dest == Dest::To(addr(4)))
+        .expect("forwarded to 4");
+    let o = net.nodes[3].handle_datagram(later, addr(2), &to4.bytes);
+    assert_eq!(o, Outcome::Applied);
+    assert_eq!(net.nodes[3].remote(9), 1);
 }
 
 #[test]
@@ -231,12 +280,190 @@ fn a_direct_answer_does_not_make_the_relayed_datagrams_before_it_missed() {
 }
 
 #[test]
-fn a_child_not_heard_directly_is_skipped_for_its_children() {
+fn a_child_at_an_unsettled_address_is_skipped_for_its_children() {
     let t0 = Instant::now();
     let mut net = formed(7, 2, t0);
-    // Node 1 forgets node 2's address (as if it had heard it only through relays).
-    net.nodes[0].peers.get_mut(&2).expect("node 2").addr_seen = 0;
+    // Node 1 heard node 2 first-hand only once (not settled: one datagram, maybe intercepted
+    // and delivered from elsewhere first, does not make an address this node sends to).
+    net.nodes[0].peers.get_mut(&2).expect("node 2").addr_seen = 1;
     let to = net.nodes[0].relay_children(1, 2);
     // Node 2's children (4 and 5) take its place, after node 3.
     assert_eq!(to, vec![addr(4), addr(5), addr(3)]);
+}
+
+#[test]
+fn a_busy_relaying_tick_also_heartbeats_every_peer_directly() {
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    net.nodes[0].set_local(9, 1, None);
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    let out = drain(&mut net.nodes[0]);
+    let beats: Vec<&Transmit> = out
+        .iter()
+        .filter(|t| kind(&net.nodes[0], &t.bytes) == Kind::Heartbeat)
+        .collect();
+    // (Without it, a node whose every tick carries a refresh slice would be heard only through
+    // relays: its address never settles, and a relay skips it for good when it has no children
+    // of its own; the protocol fuzz target found that.)
+    assert_eq!(beats.len(), 1);
+    assert_eq!(beats[0].dest, Dest::Group);
+    let d = net.nodes[0].seal.open(&beats[0].bytes).expect("ours");
+    let flags = d.header.flags.get();
+    assert_eq!(
+        flags,
+        FLAG_REPLY | FLAG_DIRECT | FLAG_END,
+        "no number of its own"
+    );
+    // It is admitted after the tick's relayed datagrams too, and moves nothing.
+    let delta = out
+        .iter()
+        .find(|t| t.dest == Dest::To(addr(2)))
+        .expect("a delta to node 2");
+    let b = &mut net.nodes[1];
+    assert_eq!(
+        b.handle_datagram(now, addr(1), &delta.bytes),
+        Outcome::Applied
+    );
+    let lost = b
+        .nodes(now)
+        .iter()
+        .find(|n| n.node == 1)
+        .expect("node 1")
+        .lost;
+    assert_eq!(
+        b.handle_datagram(now, addr(1), &beats[0].bytes),
+        Outcome::Applied
+    );
+    let after = b
+        .nodes(now)
+        .iter()
+        .find(|n| n.node == 1)
+        .expect("node 1")
+        .lost;
+    assert_eq!(after, lost);
+}
+
+/// Node 1 of a formed 7-node cluster (fan-out 2) sends a delta; a nack of it from node 6
+/// (`direct`: as a relaying node sends it, to node 1 only) is delivered `times` times. Returns
+/// the repair datagrams node 1 sent (destination and flags).
+fn repairs_of_a_nack(direct: bool, times: usize) -> Vec<(Dest, u16)> {
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    net.nodes[0].set_local(9, 1, None);
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    let seq = net.nodes[0].sent_seq();
+    drop(drain(&mut net.nodes[0]));
+    let f = &net.nodes[5];
+    let mut nack = f
+        .enc
+        .nacks(
+            &f.seal,
+            &f.stamp(now, f.sent_seq()),
+            &[wire::Gap::new(1, seq, seq)],
+        )
+        .remove(0);
+    if direct {
+        f.mark_relayed(&mut nack, Dest::To(addr(1)), 2);
+    }
+    let mut out = Vec::new();
+    for _ in 0..times {
+        let o = net.nodes[0].handle_datagram(now, addr(6), &nack);
+        assert_eq!(o, Outcome::Applied);
+        for t in drain_paced(&mut net.nodes[0], now, now + Duration::from_millis(10)) {
+            let d = net.nodes[0].seal.open(&t.bytes).expect("ours");
+            if d.kind == Kind::Repair {
+                out.push((t.dest, d.header.flags.get()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_direct_nack_is_repaired_directly_and_a_group_nack_to_the_group() {
+    let direct = repairs_of_a_nack(true, 1);
+    assert!(!direct.is_empty());
+    assert!(
+        direct
+            .iter()
+            .all(|&(to, f)| to == Dest::To(addr(6)) && f & FLAG_DIRECT != 0),
+        "{direct:?}"
+    );
+    // (Found in review: a nack the others heard, and held their own back for, was answered to
+    // its sender only.)
+    let group = repairs_of_a_nack(false, 1);
+    assert!(!group.is_empty());
+    assert!(
+        group
+            .iter()
+            .all(|&(to, f)| to != Dest::To(addr(6)) && wire::relay_fanout(f) == 2),
+        "{group:?}"
+    );
+}
+
+#[test]
+fn a_replayed_direct_nack_is_not_repaired_again() {
+    // (Found in review: each replay of a captured direct nack within a tick had the whole
+    // repair sent again.)
+    let once = repairs_of_a_nack(true, 1).len();
+    assert_eq!(repairs_of_a_nack(true, 5).len(), once);
+}
+
+#[test]
+fn a_datagram_admitted_twice_is_forwarded_once() {
+    // A nack carries its sender's last number: admitted again when it comes again (a copy over
+    // another path while views differ). Forwarded only the first time.
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    let now = t0 + Duration::from_millis(300);
+    let a = &mut net.nodes[0];
+    let st = a.stamp(now, a.sent_seq());
+    let nack = a
+        .enc
+        .nacks(&a.seal, &st, &[wire::Gap::new(7, 1, 1)])
+        .remove(0);
+    a.push(Dest::Group, nack);
+    let to2 = drain(a)
+        .into_iter()
+        .find(|t| t.dest == Dest::To(addr(2)))
+        .expect("relayed to node 2");
+    for round in 0..2 {
+        let o = net.nodes[1].handle_datagram(now, addr(1), &to2.bytes);
+        assert_eq!(o, Outcome::Applied, "round {round}");
+        let fwd = drain(&mut net.nodes[1]);
+        assert_eq!(fwd.len(), if round == 0 { 2 } else { 0 }, "round {round}");
+    }
+}
+
+#[test]
+fn a_node_the_relayed_datagrams_miss_nacks_what_the_direct_heartbeat_announced() {
+    // Node 6 hears node 1's direct heartbeat but none of its relayed datagrams (a hole in the
+    // tree while views differ, or a relay that lost them): an interval later it counts them
+    // missed and nacks them, to node 1 directly. (Before, a copy that matched an older
+    // declaration stayed "converged" and wrong for good: the review's sim found it.)
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    net.nodes[0].set_local(9, 1, None);
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    let beat = drain(&mut net.nodes[0])
+        .into_iter()
+        .find(|t| t.dest == Dest::Group)
+        .expect("the direct heartbeat");
+    let f = &mut net.nodes[5];
+    assert_eq!(f.handle_datagram(now, addr(1), &beat.bytes), Outcome::Applied);
+    f.handle_timeout(now);
+    assert!(drain(f).is_empty(), "nothing missed yet: the relayed datagrams may come");
+    let later = now + f.config().resync_interval + Duration::from_millis(1);
+    f.handle_tick(later);
+    for t in drain_paced(f, later, later + Duration::from_millis(50)) {
+        let d = f.seal.open(&t.bytes).expect("ours");
+        if d.kind == Kind::Nack {
+            assert_eq!(t.dest, Dest::To(addr(1)));
+            return;
+        }
+    }
+    panic!("no nack");
 }
