@@ -123,7 +123,7 @@ pub mod defaults {
     pub const MAX_TICK_DATAGRAMS: usize = 512;
 
     /// The relay tree's fan-out for unicast clusters ([`super::Config::relay_fanout`]): a
-    /// cluster of up to 17 nodes sends directly; 256 nodes are three hops deep.
+    /// cluster of up to 17 nodes sends directly; 256 nodes are two hops deep (16, then 16 each).
     pub const RELAY_FANOUT: usize = 16;
 
     /// Peers tracked.

@@ -47,7 +47,8 @@
 //! kind from a real node and replay it (live sender, dead sender, restarted sender, foreign
 //! source address) against these rules.
 //!
-//! 1. **Rate**: at most [`Config::max_rate`] datagrams a second from one source address.
+//! 1. **Rate**: at most [`Config::max_rate`] datagrams a second from one source address (a
+//!    relay's forwarded copies count against the relay's address).
 //! 2. **Seal**: length, magic, version, the keyed MAC over the whole datagram, the cluster id,
 //!    the kind, and a body that matches its count. Without the key nothing else is reachable.
 //! 3. **Clock**: the sender's `time` is within [`Config::max_clock_skew`] of this node's clock.

@@ -10,7 +10,10 @@
 //! (or names) of now, once for every receiver that missed it; a run of sequence numbers that
 //! carried no topics (heartbeats, refresh slices) is answered with one empty repair. A receiver
 //! crosses each repaired range off its gaps, so a later nack asks only for what is still
-//! missing. Only what was lost is sent again, not the table.
+//! missing. Only what was lost is sent again, not the table. (In a cluster that relays its
+//! group datagrams along trees, see `relay.rs`, a relaying receiver nacks each sender
+//! directly, and a repair goes to those who asked directly: a relayed one would take the
+//! same lossy hops.)
 //!
 //! Everything sent in answer — repairs, and the whole-table replies to resync requests that
 //! remain for what a nack cannot fix (a new peer, a gap older than the history, a copy still

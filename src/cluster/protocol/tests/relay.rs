@@ -442,7 +442,7 @@ fn a_node_the_relayed_datagrams_miss_nacks_what_the_direct_heartbeat_announced()
     // Node 6 hears node 1's direct heartbeat but none of its relayed datagrams (a hole in the
     // tree while views differ, or a relay that lost them): an interval later it counts them
     // missed and nacks them, to node 1 directly. (Before, a copy that matched an older
-    // declaration stayed "converged" and wrong for good: the review's sim found it.)
+    // declaration stayed "converged" and wrong for good: found in a 64-node simulation.)
     let t0 = Instant::now();
     let mut net = formed(7, 2, t0);
     net.nodes[0].set_local(9, 1, None);
@@ -453,9 +453,15 @@ fn a_node_the_relayed_datagrams_miss_nacks_what_the_direct_heartbeat_announced()
         .find(|t| t.dest == Dest::Group)
         .expect("the direct heartbeat");
     let f = &mut net.nodes[5];
-    assert_eq!(f.handle_datagram(now, addr(1), &beat.bytes), Outcome::Applied);
+    assert_eq!(
+        f.handle_datagram(now, addr(1), &beat.bytes),
+        Outcome::Applied
+    );
     f.handle_timeout(now);
-    assert!(drain(f).is_empty(), "nothing missed yet: the relayed datagrams may come");
+    assert!(
+        drain(f).is_empty(),
+        "nothing missed yet: the relayed datagrams may come"
+    );
     let later = now + f.config().resync_interval + Duration::from_millis(1);
     f.handle_tick(later);
     for t in drain_paced(f, later, later + Duration::from_millis(50)) {
