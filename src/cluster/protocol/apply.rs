@@ -158,26 +158,45 @@ impl Protocol {
     }
 
     /// Names a peer sent (with a count, in a reply or a repair).
-    fn learn_names(&mut self, names: wire::Names) {
-        for (h, n) in names {
+    fn learn_names(&mut self, mut names: wire::Names) {
+        const CHUNK: usize = 64;
+        let mut chunk = [(0, ""); CHUNK];
+        loop {
+            let n = chunk
+                .iter_mut()
+                .zip(&mut names)
+                .map(|(c, e)| *c = e)
+                .count();
+            if n == 0 {
+                return;
+            }
             // Most names come more than once (every node that counts a topic announces it):
-            // one lookup settles those.
-            if self.names.contains_key(&h) {
-                continue;
+            // one lookup settles those. The chunk's lookups go first, in a loop of their own:
+            // they do not depend on each other, so their cache misses overlap.
+            let mut known = [false; CHUNK];
+            for (k, (h, _)) in known.iter_mut().zip(&chunk[..n]) {
+                *k = self.names.contains_key(h);
             }
-            // Names of topics not counted yet (the counts may be in flight) wait in a bounded
-            // side table, so that names alone cannot grow memory.
-            if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
-                if self.pending_names.len() >= PENDING_NAMES {
-                    self.pending_names.clear();
+            for (&(h, n), &k) in chunk[..n].iter().zip(&known) {
+                // Known before the chunk is known now (nothing here forgets a name); one that
+                // was not may have come earlier in it.
+                if k || self.names.contains_key(&h) {
+                    continue;
                 }
-                self.pending_names.insert(h, n.into());
-                continue;
+                // Names of topics not counted yet (the counts may be in flight) wait in a
+                // bounded side table, so that names alone cannot grow memory.
+                if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                    if self.pending_names.len() >= PENDING_NAMES {
+                        self.pending_names.clear();
+                    }
+                    self.pending_names.insert(h, n.into());
+                    continue;
+                }
+                let n: Arc<str> = n.into();
+                self.names.insert(h, n.clone());
+                self.unnamed.remove(&h);
+                self.learned.push_back((h, n));
             }
-            let n: Arc<str> = n.into();
-            self.names.insert(h, n.clone());
-            self.unnamed.remove(&h);
-            self.learned.push_back((h, n));
         }
     }
 
