@@ -110,6 +110,20 @@ impl Counts {
         find(&b.keys, *hash, self.bits).ok().map(|i| &b.vals[i])
     }
 
+    /// The key and count where a search for `hash` starts, mixed (anything, if the bucket is
+    /// empty): a load made ahead of need, so that its cache miss overlaps others' (see
+    /// `Aggregate::set_all` in `apply.rs`).
+    pub(super) fn peek(&self, hash: u64) -> u64 {
+        let b = &self.buckets[self.index(hash)];
+        match b.keys.len() {
+            0 => 0,
+            n => {
+                let at = guess(hash, self.bits, n);
+                b.keys[at] ^ u64::from(b.vals[at])
+            }
+        }
+    }
+
     /// Whether `hash` has a count.
     pub(super) fn contains_key(&self, hash: &u64) -> bool {
         self.get(hash).is_some()
@@ -219,6 +233,12 @@ impl Counts {
     }
 }
 
+/// Where `hash` would be among `n` evenly spread hashes of its bucket (`1 << bits` buckets):
+/// its bits below the bucket's, as a fraction of the bucket's span, times `n` (below `n`).
+fn guess(hash: u64, bits: u32, n: usize) -> usize {
+    ((u128::from(hash << bits) * n as u128) >> 64) as usize
+}
+
 /// Where `hash` is in `keys`, the sorted, distinct hashes of a bucket of a table with
 /// `1 << bits` buckets: what [`slice::binary_search`] answers (with distinct keys the answer is
 /// the same). The hashes are spread evenly, so the search starts where `hash` would be were
@@ -230,8 +250,7 @@ pub(super) fn find(keys: &[u64], hash: u64, bits: u32) -> Result<usize, usize> {
     if n == 0 {
         return Err(0);
     }
-    // The bits below the bucket's, as a fraction of the bucket's span, times its length.
-    let guess = ((u128::from(hash << bits) * n as u128) >> 64) as usize;
+    let guess = guess(hash, bits, n);
     let (lo, hi) = if keys[guess] < hash {
         // Above the guess: widen upwards until a key is not below `hash`.
         let (mut lo, mut step) = (guess + 1, 1);
