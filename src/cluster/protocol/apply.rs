@@ -1,16 +1,34 @@
 //! Applying what was admitted: a datagram's effect on its sender's table, the cluster
 //! aggregate (`remote`), names and events; and dropping peers (dead, restarted, gone).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::peer::Tomb;
-use super::{HashSet, NodeInfo, Protocol};
+use super::peer::{Counts, Table, Tomb};
+use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
 use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
 
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
+
+/// The cluster aggregate and what follows it (each topic's sum over the peers' tables, the
+/// topics whose sum changed, their names), borrowed apart from the peers: a datagram's entries
+/// are applied to its sender's table, found once, and here.
+struct Aggregate<'a> {
+    /// This node's own table (a topic it counts keeps its name).
+    local: &'a Table,
+    remote: &'a mut HashMap<u64, u64>,
+    remote_total: &'a mut u64,
+    remote_topics: &'a mut usize,
+    remote_changed: &'a mut HashSet<u64>,
+    names: &'a mut HashMap<u64, Arc<str>>,
+    unnamed: &'a mut HashSet<u64>,
+    pending_names: &'a mut HashMap<u64, Arc<str>>,
+    learned: &'a mut VecDeque<(u64, Arc<str>)>,
+    newly_unnamed: &'a mut usize,
+}
 
 impl Protocol {
     /// Applies an admitted datagram (admission made its sender a peer, unless it is a goodbye):
@@ -103,32 +121,18 @@ impl Protocol {
             }
         }
         match d.body {
-            Body::Entries(e) => {
-                for e in e {
-                    self.peer_set(node, e.hash.get(), e.count.get());
-                }
-            }
+            Body::Entries(e) => self.peer_set_all(node, e),
             Body::Range(lo, hi, e) => {
-                let listed: HashSet<u64> = e.iter().map(|e| e.hash.get()).collect();
-                let gone: Vec<u64> = self.peers[&node]
-                    .table
-                    .map
-                    .range(lo, hi)
-                    .filter(|(h, _)| !listed.contains(h))
-                    .map(|(h, _)| h)
-                    .collect();
-                for h in gone {
-                    self.peer_set(node, h, 0);
+                let (peers, mut agg) = self.aggregate();
+                let p = peers.get_mut(&node).expect("admitted");
+                for h in unlisted(&p.table.map, lo, hi, e) {
+                    agg.set(&mut p.table, h, 0);
                 }
-                for e in e {
-                    self.peer_set(node, e.hash.get(), e.count.get());
-                }
+                agg.set_all(&mut p.table, e);
             }
             Body::Repair(lo, hi, e) => {
                 self.repaired(node, lo, hi);
-                for e in e {
-                    self.peer_set(node, e.hash.get(), e.count.get());
-                }
+                self.peer_set_all(node, e);
             }
             Body::RepairNames(lo, hi, names) => {
                 self.repaired(node, lo, hi);
@@ -181,26 +185,45 @@ impl Protocol {
     }
 
     /// Names a peer sent (with a count, in a reply or a repair).
-    fn learn_names(&mut self, names: wire::Names) {
-        for (h, n) in names {
+    fn learn_names(&mut self, mut names: wire::Names) {
+        const CHUNK: usize = 64;
+        let mut chunk = [(0, ""); CHUNK];
+        loop {
+            let n = chunk
+                .iter_mut()
+                .zip(&mut names)
+                .map(|(c, e)| *c = e)
+                .count();
+            if n == 0 {
+                return;
+            }
             // Most names come more than once (every node that counts a topic announces it):
-            // one lookup settles those.
-            if self.names.contains_key(&h) {
-                continue;
+            // one lookup settles those. The chunk's lookups go first, in a loop of their own:
+            // they do not depend on each other, so their cache misses overlap.
+            let mut known = [false; CHUNK];
+            for (k, (h, _)) in known.iter_mut().zip(&chunk[..n]) {
+                *k = self.names.contains_key(h);
             }
-            // Names of topics not counted yet (the counts may be in flight) wait in a bounded
-            // side table, so that names alone cannot grow memory.
-            if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
-                if self.pending_names.len() >= PENDING_NAMES {
-                    self.pending_names.clear();
+            for (&(h, n), &k) in chunk[..n].iter().zip(&known) {
+                // Known before the chunk is known now (nothing here forgets a name); one that
+                // was not may have come earlier in it.
+                if k || self.names.contains_key(&h) {
+                    continue;
                 }
-                self.pending_names.insert(h, n.into());
-                continue;
+                // Names of topics not counted yet (the counts may be in flight) wait in a
+                // bounded side table, so that names alone cannot grow memory.
+                if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                    if self.pending_names.len() >= PENDING_NAMES {
+                        self.pending_names.clear();
+                    }
+                    self.pending_names.insert(h, n.into());
+                    continue;
+                }
+                let n: Arc<str> = n.into();
+                self.names.insert(h, n.clone());
+                self.unnamed.remove(&h);
+                self.learned.push_back((h, n));
             }
-            let n: Arc<str> = n.into();
-            self.names.insert(h, n.clone());
-            self.unnamed.remove(&h);
-            self.learned.push_back((h, n));
         }
     }
 
@@ -260,8 +283,9 @@ impl Protocol {
             self.observers -= 1;
         }
         self.remote_topics -= p.table.len();
+        let (_, mut agg) = self.aggregate();
         for (h, c) in p.table.map.iter() {
-            self.sub_remote(h, c);
+            agg.sub(h, c);
         }
         if !p.observer {
             let info = NodeInfo {
@@ -296,17 +320,69 @@ impl Protocol {
         );
     }
 
-    fn sub_remote(&mut self, h: u64, c: u32) {
+    /// The peers, and the aggregate borrowed apart from them.
+    fn aggregate(&mut self) -> (&mut HashMap<u64, Peer>, Aggregate<'_>) {
+        let agg = Aggregate {
+            local: &self.table,
+            remote: &mut self.remote,
+            remote_total: &mut self.remote_total,
+            remote_topics: &mut self.remote_topics,
+            remote_changed: &mut self.remote_changed,
+            names: &mut self.names,
+            unnamed: &mut self.unnamed,
+            pending_names: &mut self.pending_names,
+            learned: &mut self.learned,
+            newly_unnamed: &mut self.newly_unnamed,
+        };
+        (&mut self.peers, agg)
+    }
+
+    /// Sets peer `node`'s count of `h`.
+    pub(super) fn peer_set(&mut self, node: u64, h: u64, c: u32) {
+        let (peers, mut agg) = self.aggregate();
+        if let Some(p) = peers.get_mut(&node) {
+            agg.set(&mut p.table, h, c);
+        }
+    }
+
+    /// Sets peer `node`'s counts of `entries`, in order.
+    fn peer_set_all(&mut self, node: u64, entries: &[wire::Entry]) {
+        let (peers, mut agg) = self.aggregate();
+        if let Some(p) = peers.get_mut(&node) {
+            agg.set_all(&mut p.table, entries);
+        }
+    }
+}
+
+/// The hashes of `map` in `lo..=hi` that `listed` does not hold, in hash order. A range's
+/// entries come sorted (a slice of the sender's table): each hash is a search of them; others
+/// are sorted first.
+fn unlisted(map: &Counts, lo: u64, hi: u64, listed: &[wire::Entry]) -> Vec<u64> {
+    let key = |e: &wire::Entry| e.hash.get();
+    let range = map.range(lo, hi).map(|(h, _)| h);
+    if listed.is_sorted_by_key(key) {
+        return range
+            .filter(|&h| listed.binary_search_by_key(&h, key).is_err())
+            .collect();
+    }
+    let mut sorted: Vec<u64> = listed.iter().map(key).collect();
+    sorted.sort_unstable();
+    range.filter(|h| sorted.binary_search(h).is_err()).collect()
+}
+
+impl Aggregate<'_> {
+    /// A peer's count `c` of `h` leaves the aggregate.
+    fn sub(&mut self, h: u64, c: u32) {
         if c == 0 {
             return;
         }
         if let Some(s) = self.remote.get_mut(&h) {
             *s -= u64::from(c);
-            self.remote_total -= u64::from(c);
+            *self.remote_total -= u64::from(c);
             if *s == 0 {
                 self.remote.remove(&h);
                 self.unnamed.remove(&h);
-                if !self.table.map.contains_key(&h) {
+                if !self.local.map.contains_key(&h) {
                     self.names.remove(&h);
                 }
             }
@@ -314,7 +390,8 @@ impl Protocol {
         self.remote_changed.insert(h);
     }
 
-    fn add_remote(&mut self, h: u64, c: u32) {
+    /// A peer's count `c` of `h` joins the aggregate.
+    fn add(&mut self, h: u64, c: u32) {
         if c == 0 {
             return;
         }
@@ -327,25 +404,47 @@ impl Protocol {
                 }
                 None => {
                     if self.unnamed.insert(h) {
-                        self.newly_unnamed += 1;
+                        *self.newly_unnamed += 1;
                     }
                 }
             }
         }
         *s += u64::from(c);
-        self.remote_total += u64::from(c);
+        *self.remote_total += u64::from(c);
         self.remote_changed.insert(h);
     }
 
-    /// Sets peer `node`'s count of `h`.
-    pub(super) fn peer_set(&mut self, node: u64, h: u64, c: u32) {
-        let Some(p) = self.peers.get_mut(&node) else {
-            return;
-        };
-        let before = p.table.len();
-        let old = p.table.set(h, c);
-        let after = p.table.len();
-        self.remote_topics = self.remote_topics + after - before;
+    /// Sets a peer's counts of `entries` in its `table`, in order, and follows them here.
+    ///
+    /// Nearly all of it is waiting on cache misses: each entry is a lookup in `remote` and in
+    /// `remote_changed` (each a topic-sized table) and a search and a move in a bucket of the
+    /// peer's table, none of them likely in cache. So each chunk's entries are first only
+    /// looked up, in a loop of their own: those loads do not depend on each other, their misses
+    /// overlap, and the changes that follow find what they need in cache. (Loads, not changes:
+    /// the changes are made in order, exactly as before.)
+    fn set_all(&mut self, table: &mut Table, entries: &[wire::Entry]) {
+        for chunk in entries.chunks(32) {
+            let mut seen = 0u64;
+            for e in chunk {
+                let h = e.hash.get();
+                seen ^= table.map.peek(h);
+                seen += u64::from(self.remote.contains_key(&h));
+                seen += u64::from(self.remote_changed.contains(&h));
+            }
+            // The loads' values are not needed, only their having been made.
+            std::hint::black_box(seen);
+            for e in chunk {
+                self.set(table, e.hash.get(), e.count.get());
+            }
+        }
+    }
+
+    /// Sets a peer's count of `h` in its `table` and follows it here.
+    fn set(&mut self, table: &mut Table, h: u64, c: u32) {
+        let before = table.len();
+        let old = table.set(h, c);
+        let after = table.len();
+        *self.remote_topics = *self.remote_topics + after - before;
         if old == c {
             return;
         }
@@ -354,12 +453,12 @@ impl Protocol {
             // a topic only one peer counts would lose its name and be asked for again).
             if let Some(s) = self.remote.get_mut(&h) {
                 *s = *s - u64::from(old) + u64::from(c);
-                self.remote_total = self.remote_total - u64::from(old) + u64::from(c);
+                *self.remote_total = *self.remote_total - u64::from(old) + u64::from(c);
             }
             self.remote_changed.insert(h);
         } else {
-            self.sub_remote(h, old);
-            self.add_remote(h, c);
+            self.sub(h, old);
+            self.add(h, c);
         }
     }
 }

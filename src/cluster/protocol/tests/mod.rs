@@ -93,6 +93,22 @@ proptest! {
         prop_assert!(c.iter().eq(m.iter().map(|(&h, &n)| (h, n))));
     }
 
+    /// The search that starts at a bucket's interpolated position answers as a binary search
+    /// does, whatever the keys: spread evenly, crowded at one end, or a handful.
+    #[test]
+    fn find_agrees_with_binary_search(
+        keys in proptest::collection::btree_set(any::<u64>(), 0..600),
+        crowd in 0u32..3,
+        bits in 0u32..25,
+        probes in proptest::collection::vec(any::<u64>(), 1..50),
+    ) {
+        let shift = [0, 40, 60][crowd as usize];
+        let keys: Vec<u64> = keys.into_iter().map(|k| k >> shift).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        for h in probes.into_iter().map(|h| h >> shift).chain(keys.iter().copied()) {
+            prop_assert_eq!(peer::find(&keys, h, bits), keys.binary_search(&h));
+        }
+    }
+
     /// The running sum and digest always equal what the table holds.
     #[test]
     fn table_sum_and_digest_follow_the_map(
