@@ -428,8 +428,8 @@ impl Aggregate<'_> {
             for e in chunk {
                 let h = e.hash.get();
                 seen ^= table.map.peek(h);
-                seen += u64::from(self.remote.contains_key(&h));
-                seen += u64::from(self.remote_changed.contains(&h));
+                seen = seen.wrapping_add(u64::from(self.remote.contains_key(&h)));
+                seen = seen.wrapping_add(u64::from(self.remote_changed.contains(&h)));
             }
             // The loads' values are not needed, only their having been made.
             std::hint::black_box(seen);
