@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use headcount::{Engine, Error};
+use headcount::{Builder, Engine, Error};
 
 const TICK: Duration = Duration::from_millis(50);
 
@@ -87,10 +87,10 @@ fn three_engines_over_loopback_multicast_converge_and_a_goodbye_drops_counts() {
     drop(held);
 }
 
-#[test]
-fn unicast_peers_converge() {
-    // Reserve three loopback ports.
-    let ports: Vec<SocketAddr> = (0..3)
+/// `n` engines on reserved loopback ports, each with the others as its unicast peers, a
+/// cluster key, and whatever `cfg` adds.
+fn unicast_cluster(n: usize, cfg: impl Fn(Builder) -> Builder) -> Vec<Engine> {
+    let ports: Vec<SocketAddr> = (0..n)
         .map(|_| {
             UdpSocket::bind("127.0.0.1:0")
                 .unwrap()
@@ -98,17 +98,19 @@ fn unicast_peers_converge() {
                 .unwrap()
         })
         .collect();
-    let engines: Vec<Engine> = (0..3)
+    (0..n)
         .map(|i| {
             let peers = ports.iter().copied().filter(|p| *p != ports[i]);
-            node(
-                Engine::builder()
-                    .unicast(ports[i], peers)
-                    .cluster_name("t2")
-                    .cluster_key(b"secret"),
-            )
+            node(cfg(Engine::builder()
+                .unicast(ports[i], peers)
+                .cluster_key(b"secret")))
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn unicast_peers_converge() {
+    let engines = unicast_cluster(3, |b| b.cluster_name("t2"));
     let _p: Vec<_> = engines.iter().map(|e| e.join_by_name("lobby")).collect();
     for e in &engines {
         eventually("unicast cluster counts everyone", || {
@@ -121,26 +123,7 @@ fn unicast_peers_converge() {
 fn a_relayed_unicast_cluster_converges() {
     // Five nodes relaying with fan-out 2: with four peers each, every node's datagrams travel
     // a tree (two copies from the sender, the rest forwarded).
-    let ports: Vec<SocketAddr> = (0..5)
-        .map(|_| {
-            UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
-        .collect();
-    let engines: Vec<Engine> = (0..5)
-        .map(|i| {
-            let peers = ports.iter().copied().filter(|p| *p != ports[i]);
-            node(
-                Engine::builder()
-                    .unicast(ports[i], peers)
-                    .cluster_name("relay")
-                    .cluster_key(b"secret")
-                    .relay_fanout(2),
-            )
-        })
-        .collect();
+    let engines = unicast_cluster(5, |b| b.cluster_name("relay").relay_fanout(2));
     let _p: Vec<_> = engines
         .iter()
         .enumerate()

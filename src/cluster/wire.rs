@@ -477,6 +477,19 @@ impl Seal {
         buf.extend_from_slice(&t);
     }
 
+    /// Changes the header flags of a datagram sealed with this seal (`f` maps the old flags to
+    /// the new), and seals it again. A datagram too short for a header is left as it is.
+    pub fn reflag(&self, bytes: &mut Vec<u8>, f: impl FnOnce(u16) -> u16) {
+        if bytes.len() < HEADER_LEN + TAG_LEN {
+            return;
+        }
+        bytes.truncate(bytes.len() - TAG_LEN);
+        if let Ok((h, _)) = Header::mut_from_prefix(&mut bytes[..]) {
+            h.flags.set(f(h.flags.get()));
+        }
+        self.seal(bytes);
+    }
+
     /// Checks a datagram and splits it into header and body.
     pub fn open<'a>(&self, bytes: &'a [u8]) -> Result<Datagram<'a>, Reject> {
         if bytes.len() < HEADER_LEN + TAG_LEN {

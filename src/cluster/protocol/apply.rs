@@ -60,6 +60,8 @@ impl Protocol {
         let reply = d.kind == Kind::ResyncReply || h.flags.get() & FLAG_REPLY != 0;
         let declared = (h.digest.get(), h.topics.get());
         let end = h.flags.get() & FLAG_END != 0;
+        // Sent directly by a peer that relays its group datagrams ([`FLAG_DIRECT`]).
+        let direct = h.flags.get() & FLAG_DIRECT != 0;
         {
             let p = self.peers.get_mut(&node).expect("admitted");
             // New to this node (a reply may repeat the last number: a replay of it, from
@@ -71,7 +73,7 @@ impl Protocol {
             // an answer sent directly by a peer that relays ([`FLAG_DIRECT`]): its group
             // datagrams take longer, and come in their order after it (what they carry is older
             // than the answer, but every later change follows them).
-            if !(reply && h.flags.get() & FLAG_DIRECT != 0) {
+            if !(reply && direct) {
                 let next = if reply { seq } else { seq.saturating_sub(1) };
                 if next > p.last_seq {
                     p.lost += next - p.last_seq;
@@ -83,7 +85,7 @@ impl Protocol {
             if wire::relay_fanout(h.flags.get()) != 0 {
                 // A relayed datagram comes from its relay's address, not its sender's: it says
                 // nothing of the sender's address (the direct heartbeats below do).
-            } else if d.kind == Kind::Heartbeat && h.flags.get() & FLAG_DIRECT != 0 {
+            } else if d.kind == Kind::Heartbeat && direct {
                 // A relaying peer's unnumbered heartbeat: newer by its clock than the last, or a
                 // replay. It says what its relayed datagrams will bring (or have brought).
                 if time > p.direct_time {
@@ -105,7 +107,7 @@ impl Protocol {
             p.received += 1;
             if let Body::Gaps(g) = d.body {
                 // A nack: for this node, or what another receiver already asks of a peer.
-                self.on_nack(now, node, g, h.flags.get() & FLAG_DIRECT != 0);
+                self.on_nack(now, node, g, direct);
                 return;
             }
             let p = self.peers.get_mut(&node).expect("admitted");
@@ -160,7 +162,7 @@ impl Protocol {
             let p = self.peers.get_mut(&node).expect("admitted");
             // (What a relaying peer sends directly may overtake its relayed datagrams: its
             // declaration holds once they came, or are overdue; see `Peer::marker`.)
-            if end && h.flags.get() & FLAG_DIRECT == 0 {
+            if end && !direct {
                 p.declared = Some(declared);
             }
             if p.converged() {

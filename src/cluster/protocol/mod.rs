@@ -116,7 +116,7 @@ pub use config::{Clock, Config, defaults};
 pub use peer::mix;
 pub use stats::{Found, NodeInfo, ProtoStats};
 
-use super::wire::{self, Encoder, Reject, Seal};
+use super::wire::{Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
 use peer::{Peer, Table, Tomb};
 use repair::Repairs;
@@ -356,10 +356,7 @@ impl Protocol {
             Ok(Admitted::Own) => Outcome::Own,
             Ok(Admitted::Update(d)) => {
                 self.stats.received += 1;
-                let k = wire::relay_fanout(d.header.flags.get());
-                if k > 0 {
-                    self.forward(d.header.node.get(), k, bytes);
-                }
+                self.forward(d.header, bytes);
                 self.apply(now, from, d);
                 Outcome::Applied
             }
@@ -374,15 +371,13 @@ impl Protocol {
                 Outcome::Applied
             }
             Err(r) => {
-                // Authentic and fresh, refused for this node's own limits: the nodes below it in
-                // the sender's tree still get it.
-                if matches!(r, Reject::TooManyTopics | Reject::TooManyPeers)
+                // From a peer, authentic and fresh, refused for this node's caps: the nodes below
+                // it in the sender's tree still get it. (A sender refused as one peer too many
+                // is in no tree here: nothing to forward.)
+                if r == Reject::TooManyTopics
                     && let Ok(d) = self.seal.open(bytes)
                 {
-                    let k = wire::relay_fanout(d.header.flags.get());
-                    if k > 0 {
-                        self.forward(d.header.node.get(), k, bytes);
-                    }
+                    self.forward(d.header, bytes);
                 }
                 Outcome::Rejected(r)
             }

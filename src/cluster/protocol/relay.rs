@@ -101,23 +101,17 @@ impl Protocol {
     /// datagram with `k` (but the goodbye and the unnumbered heartbeat, which go to every peer
     /// directly), a unicast one with [`FLAG_DIRECT`].
     pub(super) fn mark_relayed(&self, bytes: &mut Vec<u8>, dest: Dest, k: usize) {
-        if bytes.len() < wire::HEADER_LEN + wire::TAG_LEN {
-            return;
-        }
         let Ok((h, _)) = wire::Header::ref_from_prefix(&bytes[..]) else {
             return;
         };
         let direct = h.kind == Kind::Goodbye as u8 || h.flags.get() & FLAG_DIRECT != 0;
-        let flags = match dest {
-            Dest::Group if direct => return,
-            Dest::Group => (h.flags.get() & 0xff) | ((k.min(255) as u16) << wire::RELAY_SHIFT),
-            Dest::To(_) => h.flags.get() | FLAG_DIRECT,
-        };
-        bytes.truncate(bytes.len() - wire::TAG_LEN);
-        if let Ok((h, _)) = wire::Header::mut_from_prefix(&mut bytes[..]) {
-            h.flags.set(flags);
+        match dest {
+            Dest::Group if direct => {}
+            Dest::Group => self.seal.reflag(bytes, |f| {
+                (f & 0xff) | ((k.min(255) as u16) << wire::RELAY_SHIFT)
+            }),
+            Dest::To(_) => self.seal.reflag(bytes, |f| f | FLAG_DIRECT),
         }
-        self.seal.seal(bytes);
     }
 
     /// While relaying, every tick also sends a heartbeat to every peer directly, without a number
@@ -184,9 +178,10 @@ impl Protocol {
         out
     }
 
-    /// Forwards a peer's admitted datagram marked for relaying to this node's children in the
-    /// sender's tree (once per datagram).
-    pub(super) fn forward(&mut self, source: u64, k: usize, bytes: &[u8]) {
+    /// Forwards a peer's datagram (`h` its header), if it is marked for relaying, to this
+    /// node's children in the sender's tree (once per datagram).
+    pub(super) fn forward(&mut self, h: &wire::Header, bytes: &[u8]) {
+        let (source, k) = (h.node.get(), wire::relay_fanout(h.flags.get()));
         if k < 2 || bytes.len() < wire::TAG_LEN {
             return;
         }
@@ -206,7 +201,7 @@ impl Protocol {
     }
 
     /// The next datagram to hand to the socket: a marked group datagram of this node leaves as
-    /// one copy per child in its own tree (queued in `fan`), everything else as it is.
+    /// one copy per child in its own tree (the rest queued in `relay_fan`), everything else as it is.
     pub(super) fn next_transmit(&mut self) -> Option<Transmit> {
         if let Some(t) = self.relay_fan.pop_front() {
             return Some(t);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{Dest, Protocol, Transmit, relay};
 use crate::cluster::wire::{
-    self, FLAG_END, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Seal, Stamp,
+    self, FLAG_END, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Stamp,
 };
 
 /// The longest wait before asking a peer that is over a cap for its table again.
@@ -211,7 +211,7 @@ impl Protocol {
             // The tick's last datagram says the digest is final. (All of them are ours and
             // sealed just now: set the flag and seal again.)
             if let Some(last) = self.out.back_mut() {
-                set_end(&self.seal, &mut last.bytes);
+                self.seal.reflag(&mut last.bytes, |f| f | FLAG_END);
             }
         }
         if self.relay_k().is_some() {
@@ -511,15 +511,4 @@ fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<I
     }
     p.marker = None;
     None
-}
-
-/// Sets [`FLAG_END`] on a datagram this node sealed, and seals it again.
-fn set_end(seal: &Seal, bytes: &mut Vec<u8>) {
-    use zerocopy::FromBytes;
-    let body = bytes.len() - wire::TAG_LEN;
-    bytes.truncate(body);
-    if let Ok((h, _)) = wire::Header::mut_from_prefix(&mut bytes[..]) {
-        h.flags.set(h.flags.get() | FLAG_END);
-    }
-    seal.seal(bytes);
 }

@@ -75,6 +75,18 @@ fn formed(n: usize, k: usize, t0: Instant) -> Net {
     net
 }
 
+/// A formed 7-node cluster (fan-out 2) whose node 1 counted topic 9 once and ticked, 300 ms
+/// in: the network, that moment, and what node 1 queued (not delivered).
+fn one_change() -> (Net, Instant, Vec<Transmit>) {
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    net.nodes[0].set_local(9, 1, None);
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    let out = drain(&mut net.nodes[0]);
+    (net, now, out)
+}
+
 fn kind(p: &Protocol, bytes: &[u8]) -> Kind {
     p.seal.open(bytes).expect("ours").kind
 }
@@ -160,12 +172,7 @@ fn an_idle_tick_heartbeats_along_the_tree_and_directly_without_a_number() {
 fn a_numbered_heartbeat_does_not_overtake_relayed_datagrams() {
     // (Found in review: sent directly, an idle tick's heartbeat reached a node two hops down
     // before the last tick's relayed delta, which was then refused as stale.)
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    net.nodes[0].set_local(9, 1, None);
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
-    let busy = drain(&mut net.nodes[0]);
+    let (mut net, now, busy) = one_change();
     let later = now + Duration::from_millis(100);
     net.nodes[0].handle_tick(later);
     let idle = drain(&mut net.nodes[0]);
@@ -207,12 +214,8 @@ fn a_small_cluster_does_not_relay() {
 
 #[test]
 fn a_relayed_datagram_keeps_its_senders_address_and_is_forwarded_once() {
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    net.nodes[0].set_local(9, 1, None);
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
-    let delta = drain(&mut net.nodes[0])
+    let (mut net, now, out) = one_change();
+    let delta = out
         .into_iter()
         .find(|t| t.dest == Dest::To(addr(2)) && kind(&net.nodes[0], &t.bytes) == Kind::Delta)
         .expect("a delta to node 2");
@@ -241,13 +244,8 @@ fn a_relayed_datagram_keeps_its_senders_address_and_is_forwarded_once() {
 
 #[test]
 fn a_direct_answer_does_not_make_the_relayed_datagrams_before_it_missed() {
-    let t0 = Instant::now();
-    let now = t0 + Duration::from_millis(300);
     for direct in [true, false] {
-        let mut net = formed(7, 2, t0);
-        net.nodes[0].set_local(9, 1, None);
-        net.nodes[0].handle_tick(now);
-        let out = drain(&mut net.nodes[0]);
+        let (mut net, now, out) = one_change();
         let delta = out
             .iter()
             .find(|t| kind(&net.nodes[0], &t.bytes) == Kind::Delta)
@@ -293,12 +291,7 @@ fn a_child_at_an_unsettled_address_is_skipped_for_its_children() {
 
 #[test]
 fn a_busy_relaying_tick_also_heartbeats_every_peer_directly() {
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    net.nodes[0].set_local(9, 1, None);
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
-    let out = drain(&mut net.nodes[0]);
+    let (mut net, now, out) = one_change();
     let beats: Vec<&Transmit> = out
         .iter()
         .filter(|t| kind(&net.nodes[0], &t.bytes) == Kind::Heartbeat)
@@ -348,13 +341,8 @@ fn a_busy_relaying_tick_also_heartbeats_every_peer_directly() {
 /// (`direct`: as a relaying node sends it, to node 1 only) is delivered `times` times. Returns
 /// the repair datagrams node 1 sent (destination and flags).
 fn repairs_of_a_nack(direct: bool, times: usize) -> Vec<(Dest, u16)> {
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    net.nodes[0].set_local(9, 1, None);
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
+    let (mut net, now, _) = one_change();
     let seq = net.nodes[0].sent_seq();
-    drop(drain(&mut net.nodes[0]));
     let f = &net.nodes[5];
     let mut nack = f
         .enc
@@ -443,12 +431,8 @@ fn a_node_the_relayed_datagrams_miss_nacks_what_the_direct_heartbeat_announced()
     // tree while views differ, or a relay that lost them): an interval later it counts them
     // missed and nacks them, to node 1 directly. (Before, a copy that matched an older
     // declaration stayed "converged" and wrong for good: found in a 64-node simulation.)
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    net.nodes[0].set_local(9, 1, None);
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
-    let beat = drain(&mut net.nodes[0])
+    let (mut net, now, out) = one_change();
+    let beat = out
         .into_iter()
         .find(|t| t.dest == Dest::Group)
         .expect("the direct heartbeat");
