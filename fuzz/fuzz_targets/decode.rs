@@ -325,7 +325,7 @@ fn structured(data: &[u8]) {
                     Gap::new(ME, lo, lo.saturating_add(u64::from(g[1])))
                 })
                 .collect();
-            let mut d = enc.nacks(seal(), &st, &gaps);
+            let mut d = enc.nacks(seal(), 0, &st, &gaps);
             d.pop().unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
         } else if aimed && kind == Kind::DigestRequest {
             let ranges: Vec<(u64, u64)> = body

@@ -82,6 +82,10 @@ pub struct ClusterOptions {
     // The library's `defaults::RELAY_FANOUT`, as text for clap (a test checks they agree).
     #[arg(long, value_name = "N", default_value = "16")]
     pub relay_fanout: usize,
+    /// Repair with plain datagrams only, not parity (while some nodes run a version without
+    /// it).
+    #[arg(long)]
+    pub no_parity: bool,
     /// How often --peers-dns names are resolved again.
     // The library's `defaults::DNS_INTERVAL`, as text for clap (a test checks they agree).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
@@ -320,6 +324,8 @@ pub struct Cluster {
     pub dns_interval: Duration,
     /// The relay tree's fan-out (unicast).
     pub relay_fanout: usize,
+    /// Parity repairs on.
+    pub parity: bool,
 }
 
 impl Cluster {
@@ -352,6 +358,7 @@ impl Cluster {
             peers_dns: o.peers_dns.clone(),
             dns_interval: o.dns_interval,
             relay_fanout: o.relay_fanout,
+            parity: !o.no_parity,
             error,
         }
     }
@@ -396,7 +403,8 @@ impl Cluster {
         }
         b = b
             .dns_interval(self.dns_interval)
-            .relay_fanout(self.relay_fanout);
+            .relay_fanout(self.relay_fanout)
+            .parity(self.parity);
         if let Some(d) = self.dead_after {
             b = b.dead_after(d);
         }
@@ -409,51 +417,6 @@ impl Cluster {
             None => {}
         }
         Ok(b)
-    }
-
-    /// The key file in use: the one given, or the default one for a loopback cluster.
-    pub fn key_description(&self) -> String {
-        match (&self.key_file, &self.transport) {
-            (Some(p), _) => p.display().to_string(),
-            (None, None) => "none".into(),
-            (None, _) if self.insecure => {
-                "none (--insecure: anyone who can send to it can forge counts)".into()
-            }
-            (None, _) => crate::identity::default_key_path()
-                .map_or_else(|| "none".into(), |p| format!("{} (default)", p.display())),
-        }
-    }
-
-    /// One line for the log: how this node finds its peers.
-    pub fn describe(&self) -> String {
-        match &self.transport {
-            None => "standalone (no cluster)".into(),
-            Some(Transport::Multicast {
-                group, interface, ..
-            }) => format!(
-                "cluster {:?} on multicast {group} via {interface}",
-                self.name
-            ),
-            Some(Transport::Multicast6 {
-                group, interface, ..
-            }) => format!(
-                "cluster {:?} on IPv6 multicast {group} via interface {interface}",
-                self.name
-            ),
-            Some(Transport::Unicast { bind, peers }) if self.peers_dns.is_empty() => format!(
-                "cluster {:?} on unicast {bind} with {} peers",
-                self.name,
-                peers.len()
-            ),
-            Some(Transport::Unicast { bind, peers }) => format!(
-                "cluster {:?} on unicast {bind} with {} peers and the peers DNS lists for {} \
-                 (every {})",
-                self.name,
-                peers.len(),
-                self.peers_dns.join(", "),
-                humantime::format_duration(self.dns_interval)
-            ),
-        }
     }
 }
 
@@ -594,6 +557,7 @@ impl Settings {
     }
 }
 
+mod describe;
 mod transport;
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //!            digest request:     target node · target incarnation · request number
 //!                                · count × range    (FLAG_STATE: their entries; none: reconcile)
 //!            digest reply:       range · count × child digest  (count ≥ 2 equal children)
+//!            parity:             block (first seq, member bitmap) · coded bytes  (count: index)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
 //! gap      = node id (u64) · first seq (u64) · last seq (u64)           24 bytes
@@ -48,6 +49,14 @@
 //! of now: one delta or names datagram (`lo == hi`), or nothing (a run of sequence numbers that
 //! carried no topics: heartbeats, refresh slices). Deltas and names datagrams leave room for the
 //! sequence range, so that their repair fits the same budget.
+//!
+//! A parity datagram is a coded repair ([`crate::cluster::erasure`]): parity symbol `count` of
+//! the sender's block of up to [`BLOCK`] sequence numbers from `lo`, over the delta and names
+//! datagrams the member bitmap lists (bit `i`: sequence number `lo + i`), each in its coded form
+//! ([`coded`]: kind, count, length, body; the header's other fields and the tag are not coded).
+//! A receiver that holds the block's other members and as many parity datagrams as it misses
+//! members decodes them; what it decodes is authentic because every input was. A node without
+//! the kind refuses it as `kind` and is repaired as before once it asks with [`FLAG_PLAIN`].
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -75,6 +84,11 @@ pub const FLAG_REPLY: u16 = 16;
 /// datagrams along a relay tree: it may overtake them, so its sequence number says nothing of
 /// which of them were missed.
 pub const FLAG_DIRECT: u16 = 32;
+/// Nack flag: answer with plain repairs, not parity (the sender cannot decode these gaps).
+pub const FLAG_PLAIN: u16 = 64;
+/// Nack flag: a later round; the sender already counted the parity it holds (what the first
+/// round's answer brought it), so what it asks for is new symbols beyond those.
+pub const FLAG_AGAIN: u16 = 128;
 /// The header flags' high byte: the fan-out of the relay tree the sender sends a group
 /// datagram along (0: sent to every peer itself). Each receiver forwards it to its children in
 /// the sender's tree (see `cluster::protocol::relay`).
@@ -120,6 +134,9 @@ pub enum Kind {
     /// The digest and size of each child of a hash range of the sender's table (unicast, in
     /// answer to a digest request, or to a nack of datagrams older than the sender's history).
     DigestReply = 12,
+    /// A parity symbol of a block of the sender's delta and names datagrams (to the group, in
+    /// answer to nacks; see the module docs).
+    Parity = 13,
 }
 
 impl Kind {
@@ -137,6 +154,7 @@ impl Kind {
             10 => Kind::Repair,
             11 => Kind::DigestRequest,
             12 => Kind::DigestReply,
+            13 => Kind::Parity,
             _ => return None,
         })
     }
@@ -586,6 +604,23 @@ impl Seal {
                 }
                 Body::Digests(range.lo.get(), range.hi.get(), children)
             }
+            Kind::Parity => {
+                let (range, payload) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let (lo, members) = (range.lo.get(), range.hi.get());
+                if lo == 0
+                    || members == 0
+                    || count >= crate::cluster::erasure::PARITY
+                    || payload.len() < CODED_HEAD
+                {
+                    return Err(Reject::Malformed);
+                }
+                Body::Parity {
+                    lo,
+                    members,
+                    index: count,
+                    payload,
+                }
+            }
             Kind::Nack => match <[Gap]>::ref_from_bytes(body) {
                 Ok(g) if g.len() == count => {
                     if g.iter().any(|g| g.lo.get() > g.hi.get()) {
@@ -681,6 +716,65 @@ pub enum Body<'a> {
     /// Digest reply: `[lo, hi]` and its children's digests (2 to [`MAX_FANOUT`] of them; child
     /// `i` of `n` is [`child_range`]`(lo, hi, n, i)`).
     Digests(u64, u64, &'a [Digest]),
+    /// Parity symbol `index` of the block of sequence numbers from `lo` (never 0) over the
+    /// members the bitmap lists (never none).
+    Parity {
+        /// The block's first sequence number.
+        lo: u64,
+        /// Bit `i`: sequence number `lo + i` is coded.
+        members: u64,
+        /// The parity symbol's index (below [`crate::cluster::erasure::PARITY`]).
+        index: usize,
+        /// The symbol (at least [`CODED_HEAD`] bytes).
+        payload: &'a [u8],
+    },
+}
+
+/// Sequence numbers in a parity block (one bit each in its member bitmap).
+pub const BLOCK: u64 = crate::cluster::erasure::DATA as u64;
+/// The coded form's head: kind (u8), count (u16), body length (u16).
+pub const CODED_HEAD: usize = 5;
+
+/// The coded form of a sealed delta or names datagram (see the module docs): what parity
+/// covers of it. `None` for another kind or a datagram too short for a header.
+pub fn coded(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (h, _) = Header::ref_from_prefix(bytes).ok()?;
+    let body = bytes.get(HEADER_LEN..bytes.len().checked_sub(TAG_LEN)?)?;
+    let kind = Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Delta | Kind::Names))?;
+    (body.len() <= usize::from(u16::MAX)).then(|| coded_parts(kind, h.count.get(), body))
+}
+
+/// The coded form of a delta or names datagram of `kind` with `count` entries and `body`
+/// (at most 65,535 bytes: longer is cut, and then does not read back).
+pub fn coded_parts(kind: Kind, count: u16, body: &[u8]) -> Vec<u8> {
+    let body = &body[..body.len().min(usize::from(u16::MAX))];
+    let mut out = Vec::with_capacity(CODED_HEAD + body.len());
+    out.push(kind as u8);
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A coded form read back (zero padding after the body allowed): a delta's entries or a
+/// names datagram's names.
+pub fn uncode(coded: &[u8]) -> Result<Body<'_>, Reject> {
+    if coded.len() < CODED_HEAD {
+        return Err(Reject::Length);
+    }
+    let count = usize::from(u16::from_le_bytes([coded[1], coded[2]]));
+    let len = usize::from(u16::from_le_bytes([coded[3], coded[4]]));
+    let body = coded
+        .get(CODED_HEAD..CODED_HEAD + len)
+        .ok_or(Reject::Length)?;
+    if coded[CODED_HEAD + len..].iter().any(|&b| b != 0) {
+        return Err(Reject::Malformed);
+    }
+    match Kind::from_u8(coded[0]) {
+        Some(Kind::Delta) => Ok(Body::Entries(entries(body, count)?)),
+        Some(Kind::Names) => Ok(Body::Names(names(body, count)?)),
+        _ => Err(Reject::Kind),
+    }
 }
 
 /// The entries of a names datagram (already validated).
@@ -688,6 +782,13 @@ pub enum Body<'a> {
 pub struct Names<'a> {
     bytes: &'a [u8],
     left: usize,
+}
+
+impl<'a> Names<'a> {
+    /// The body they were read from (all of it, before any was taken).
+    pub fn body(&self) -> &'a [u8] {
+        self.bytes
+    }
 }
 
 struct NameEntry<'a> {
@@ -1003,6 +1104,40 @@ impl Encoder {
         buf
     }
 
+    /// The most coded bytes a parity datagram carries (a member's coded form must fit).
+    pub fn parity_room(&self) -> usize {
+        self.budget - HEADER_LEN - RANGE_LEN - TAG_LEN
+    }
+
+    /// Parity symbol `index` of this node's block from `lo` over `members` (see the module
+    /// docs), flagged [`FLAG_REPLY`] and `flags` (`st` has the current sequence number).
+    #[allow(clippy::too_many_arguments)]
+    pub fn parity(
+        &self,
+        seal: &Seal,
+        flags: u16,
+        st: &Stamp,
+        (lo, members): (u64, u64),
+        index: usize,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(HEADER_LEN + RANGE_LEN + payload.len() + TAG_LEN);
+        buf.extend_from_slice(
+            self.header(Kind::Parity, flags | FLAG_REPLY, index, st)
+                .as_bytes(),
+        );
+        buf.extend_from_slice(
+            Range {
+                lo: U64::new(lo),
+                hi: U64::new(members),
+            }
+            .as_bytes(),
+        );
+        buf.extend_from_slice(payload);
+        seal.seal(&mut buf);
+        buf
+    }
+
     /// Members datagrams listing `members` (each within the budget); `seq` gives each its
     /// sequence number.
     pub fn members(
@@ -1028,13 +1163,13 @@ impl Encoder {
 
     /// Nack datagrams listing `gaps` (each within the budget), flagged [`FLAG_REPLY`]: they
     /// carry the sender's current sequence number in `st`.
-    pub fn nacks(&self, seal: &Seal, st: &Stamp, gaps: &[Gap]) -> Vec<Vec<u8>> {
+    pub fn nacks(&self, seal: &Seal, flags: u16, st: &Stamp, gaps: &[Gap]) -> Vec<Vec<u8>> {
         let per = ((self.budget - HEADER_LEN - TAG_LEN) / GAP_LEN).max(1);
         gaps.chunks(per)
             .map(|chunk| {
                 let mut buf = Vec::with_capacity(HEADER_LEN + chunk.len() * GAP_LEN + TAG_LEN);
                 buf.extend_from_slice(
-                    self.header(Kind::Nack, FLAG_REPLY, chunk.len(), st)
+                    self.header(Kind::Nack, flags | FLAG_REPLY, chunk.len(), st)
                         .as_bytes(),
                 );
                 buf.extend_from_slice(chunk.as_bytes());
@@ -1114,8 +1249,14 @@ impl Encoder {
         let mut out = Vec::new();
         let mut body: Vec<u8> = Vec::new();
         let mut hashes: Vec<u64> = Vec::new();
-        // Room for a range in every one: a names datagram's repair must fit as it did.
-        let room = self.budget - HEADER_LEN - TAG_LEN - RANGE_LEN;
+        // Room for a range in every one: a names datagram's repair must fit as it did; and
+        // (where the budget is not tiny) for the coded form's head, so that parity covers it.
+        let full = self.budget - HEADER_LEN - TAG_LEN - RANGE_LEN;
+        let room = if full >= 64 + CODED_HEAD {
+            full - CODED_HEAD
+        } else {
+            full
+        };
         let mut flush = |body: &mut Vec<u8>, hashes: &mut Vec<u64>, out: &mut Vec<_>| {
             if hashes.is_empty() {
                 return;
@@ -1308,8 +1449,91 @@ mod tests {
         );
     }
 
+    /// A parity datagram round-trips within the budget; one whose block, bitmap, index or
+    /// payload cannot be is refused; the coded form of a delta or names datagram reads back,
+    /// zero padding and all, and garbage in it is refused.
+    #[test]
+    fn parity_and_coded_forms() {
+        let (s, e) = enc();
+        let payload = vec![7u8; e.parity_room()];
+        let p = e.parity(&s, FLAG_END, &st(9, 1, 2), (65, 0b1011), 5, &payload);
+        assert!(p.len() <= 1400, "{} bytes", p.len());
+        let d = s.open(&p).unwrap();
+        assert_eq!(d.kind, Kind::Parity);
+        assert_eq!(d.header.flags.get(), FLAG_END | FLAG_REPLY);
+        match d.body {
+            Body::Parity {
+                lo,
+                members,
+                index,
+                payload: got,
+            } => assert_eq!((lo, members, index, got), (65, 0b1011, 5, &payload[..])),
+            other => panic!("{other:?}"),
+        }
+        let forge = |count: u16, lo: u64, members: u64, payload: &[u8]| {
+            let mut b = e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2));
+            b.truncate(HEADER_LEN);
+            b[3] = Kind::Parity as u8;
+            b[6..8].copy_from_slice(&count.to_be_bytes());
+            b.extend_from_slice(&lo.to_be_bytes());
+            b.extend_from_slice(&members.to_be_bytes());
+            b.extend_from_slice(payload);
+            s.seal(&mut b);
+            b
+        };
+        assert!(s.open(&forge(0, 1, 1, &[0; CODED_HEAD])).is_ok());
+        for bad in [
+            forge(0, 0, 1, &[0; 9]),
+            forge(0, 1, 0, &[0; 9]),
+            forge(crate::cluster::erasure::PARITY as u16, 1, 1, &[0; 9]),
+            forge(0, 1, 1, &[0; CODED_HEAD - 1]),
+        ] {
+            assert_eq!(s.open(&bad).unwrap_err(), Reject::Malformed);
+        }
+        assert_eq!(
+            s.open(&forge(0, 1, 1, &[])[..HEADER_LEN + 8]).unwrap_err(),
+            Reject::Length
+        );
+
+        let delta = e.entries(&s, Kind::Delta, 0, &st(3, 0, 0), None, &[(1, 2), (3, 4)]);
+        let mut c = coded(&delta).unwrap();
+        c.extend_from_slice(&[0; 40]);
+        match uncode(&c).unwrap() {
+            Body::Entries(x) => assert_eq!(
+                x.iter()
+                    .map(|x| (x.hash.get(), x.count.get()))
+                    .collect::<Vec<_>>(),
+                vec![(1, 2), (3, 4)]
+            ),
+            other => panic!("{other:?}"),
+        }
+        let names = e.names(&s, 0, &mut || 4, &st(4, 0, 0), [(9, "room:9"), (8, "x")]);
+        match uncode(&coded(&names[0]).unwrap()).unwrap() {
+            Body::Names(n) => assert_eq!(n.collect::<Vec<_>>(), vec![(9, "room:9"), (8, "x")]),
+            other => panic!("{other:?}"),
+        }
+        assert!(coded(&e.bare(&s, Kind::Heartbeat, 0, &st(1, 0, 0))).is_none());
+        let mut dirty = coded(&delta).unwrap();
+        dirty.push(1);
+        assert_eq!(uncode(&dirty).unwrap_err(), Reject::Malformed);
+        let short = coded(&delta).unwrap();
+        assert_eq!(
+            uncode(&short[..short.len() - 1]).unwrap_err(),
+            Reject::Length
+        );
+        let mut kind = coded(&delta).unwrap();
+        kind[0] = Kind::Refresh as u8;
+        assert_eq!(uncode(&kind).unwrap_err(), Reject::Kind);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever a decode produced, reading it back never panics.
+        #[test]
+        fn uncode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = uncode(&bytes);
+        }
 
         #[test]
         fn round_trip(entries in proptest::collection::vec((any::<u64>(), any::<u32>()), 0..=108),
@@ -1349,7 +1573,7 @@ mod tests {
         fn nacks_round_trip(gaps in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..200), seq in any::<u64>()) {
             let (s, e) = enc();
             let list: Vec<Gap> = gaps.iter().map(|&(n, a, b)| Gap::new(n, a.min(b), a.max(b))).collect();
-            let dgs = e.nacks(&s, &st(seq, 3, 4), &list);
+            let dgs = e.nacks(&s, 0, &st(seq, 3, 4), &list);
             prop_assert_eq!(dgs.len(), list.len().div_ceil(55));
             let mut got = Vec::new();
             for d in &dgs {
@@ -1432,7 +1656,7 @@ mod tests {
                 2 => e.request(&s, 0, &st(5, 1, 2), 11, 12, 13),
                 3 => {
                     let g: Vec<Gap> = entries.iter().map(|&(h, c)| Gap::new(h, u64::from(c), u64::from(c) + 1)).collect();
-                    e.nacks(&s, &st(5, 1, 2), &g).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
+                    e.nacks(&s, 0, &st(5, 1, 2), &g).pop().unwrap_or_else(|| e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2)))
                 }
                 4 => {
                     let r: Vec<(u64, u64)> = entries.iter().map(|&(h, c)| (h.min(u64::from(c)), h.max(u64::from(c)))).collect();

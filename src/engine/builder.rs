@@ -61,6 +61,7 @@ struct ClusterOptions {
     max_tick_datagrams: usize,
     max_remote_topics: usize,
     relay_fanout: usize,
+    parity: bool,
     observer: bool,
     /// `name:port`s resolved for peers (unicast).
     dns: Vec<String>,
@@ -88,6 +89,7 @@ impl Default for ClusterOptions {
             max_tick_datagrams: defaults::MAX_TICK_DATAGRAMS,
             max_remote_topics: defaults::MAX_REMOTE_TOPICS,
             relay_fanout: defaults::RELAY_FANOUT,
+            parity: true,
             observer: false,
             dns: Vec::new(),
             dns_interval: defaults::DNS_INTERVAL,
@@ -277,6 +279,13 @@ impl Builder {
     /// otherwise 2 to 255. Multicast needs none.
     pub fn relay_fanout(mut self, k: usize) -> Self {
         self.cluster.relay_fanout = k;
+        self
+    }
+
+    /// Repair with parity (default on: one datagram repairs a different loss at each peer).
+    /// Off: plain repairs both ways, while some nodes run a version without parity.
+    pub fn parity(mut self, on: bool) -> Self {
+        self.cluster.parity = on;
         self
     }
 
@@ -556,6 +565,7 @@ impl Builder {
         // Relaying sends to peers' learned addresses: only where this node learns them (unicast
         // with a key).
         pc.relay_fanout = if learn { self.cluster.relay_fanout } else { 0 };
+        pc.parity = self.cluster.parity;
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
         (proto, link)
     }

@@ -55,6 +55,9 @@ pub struct Args {
     /// The burst's joins land on the first this many nodes only (0: all; 1: one hot node).
     #[arg(long, default_value_t = 0)]
     senders: usize,
+    /// Plain repairs only, no parity (the protocol's `parity` off): the side-by-side baseline.
+    #[arg(long)]
+    no_parity: bool,
 }
 
 /// Checks the flags, runs [`converge`] and prints its figures.
@@ -82,6 +85,7 @@ pub fn run(a: &Args) {
                 cap,
                 relay_fanout: a.relay_fanout,
                 senders: a.senders,
+                plain: a.no_parity,
             },
         ),
     )
@@ -110,6 +114,8 @@ pub struct Setup {
     pub relay_fanout: usize,
     /// The burst's joins land on the first this many nodes (0: all of them).
     pub senders: usize,
+    /// Every node's `parity` off: plain repairs only.
+    pub plain: bool,
 }
 
 fn total_bytes(sim: &Sim) -> u64 {
@@ -138,6 +144,9 @@ struct Run {
     resyncs: u64,
     /// Bytes sent answering resync requests, cluster-wide, from the burst to exactness.
     repair_bytes: u64,
+    /// Plain repair and parity datagrams sent, and datagrams recovered from parity,
+    /// cluster-wide, from the burst to exactness.
+    repairs: [u64; 3],
     /// Datagrams full send and receive buffers dropped, cluster-wide, over the whole run.
     dropped: (u64, u64),
     /// The most bytes one node handed its socket in one tick.
@@ -155,6 +164,20 @@ fn repair_bytes(sim: &Sim) -> u64 {
         .sum()
 }
 
+/// Plain repairs sent, parity sent, datagrams recovered: cluster-wide.
+fn repair_counts(sim: &Sim) -> [u64; 3] {
+    (0..sim.len())
+        .filter_map(|i| sim.node(i))
+        .map(|p| p.stats())
+        .fold([0; 3], |a, s| {
+            [
+                a[0] + s.repairs_sent,
+                a[1] + s.parity_sent,
+                a[2] + s.recovered,
+            ]
+        })
+}
+
 /// One seed's run; `idle`: also the idle ticks after exactness and the memory they leave (a
 /// baseline needs only the burst's bytes).
 fn run_seed(
@@ -167,7 +190,11 @@ fn run_seed(
     idle: bool,
 ) -> Run {
     let relay = setup.relay_fanout;
-    let mut sim = Sim::new(nodes, seed, TICK, move |c| c.relay_fanout = relay);
+    let plain = setup.plain;
+    let mut sim = Sim::new(nodes, seed, TICK, move |c| {
+        c.relay_fanout = relay;
+        c.parity = !plain;
+    });
     sim.faults = Faults {
         loss,
         delay: DELAY,
@@ -180,6 +207,7 @@ fn run_seed(
 
     let (b0, r0, t0) = (total_bytes(&sim), resync_requests(&sim), sim.elapsed());
     let p0 = repair_bytes(&sim);
+    let c0 = repair_counts(&sim);
     if idle {
         counting::track_bytes(true);
     }
@@ -207,6 +235,8 @@ fn run_seed(
     let burst_bytes = window_bytes - b0;
     let resyncs = resync_requests(&sim) - r0;
     let repair = repair_bytes(&sim) - p0;
+    let c1 = repair_counts(&sim);
+    let repairs = [c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]];
 
     let b1 = total_bytes(&sim);
     if idle {
@@ -234,6 +264,7 @@ fn run_seed(
         idle_bytes,
         resyncs,
         repair_bytes: repair,
+        repairs,
         dropped: (
             links.iter().map(|l| l.dropped_send).sum(),
             links.iter().map(|l| l.dropped_recv).sum(),
@@ -265,6 +296,8 @@ fn run_seed(
 /// - `bytes_vs_lossless`: the burst's bytes per node over those of the same seed's burst without
 ///   loss (same capacity), worst over seeds (`_median` too): what loss costs in bytes.
 /// - `repair_bytes_per_node`: bytes sent answering resync requests, burst to exact, per node.
+/// - `plain_repairs_per_node`, `parity_per_node`, `recovered_per_node`: repair datagrams and
+///   parity datagrams sent, and peers' datagrams recovered from parity, burst to exact, per node.
 /// - `peak_egress_bytes_per_tick`: the most bytes one node handed its socket in one tick window,
 ///   over the whole run (settling, burst, idle), worst over seeds.
 /// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
@@ -300,6 +333,7 @@ pub fn converge(
     let mut resyncs = Vec::new();
     let mut vs_lossless = Vec::new();
     let mut repair = Vec::new();
+    let mut counts = [0f64; 3];
     let mut peak = 0u64;
     let mut dropped = (0.0, 0.0);
     let mut wall = 0f64;
@@ -324,6 +358,9 @@ pub fn converge(
         wall = wall.max(started.elapsed().as_secs_f64());
         vs_lossless.push(r.burst_bytes as f64 / lossless.max(1) as f64);
         repair.push(r.repair_bytes as f64 / nodes as f64);
+        for (c, n) in counts.iter_mut().zip(r.repairs) {
+            *c += n as f64 / nodes as f64 / seeds as f64;
+        }
         peak = peak.max(r.peak_per_tick);
         dropped.0 += r.dropped.0 as f64 / seeds as f64;
         dropped.1 += r.dropped.1 as f64 / seeds as f64;
@@ -361,6 +398,9 @@ pub fn converge(
         "bytes_vs_lossless": round(worst(&vs_lossless), 2),
         "bytes_vs_lossless_median": round(median(&vs_lossless), 2),
         "repair_bytes_per_node": round(mean(&repair), 1),
+        "plain_repairs_per_node": round(counts[0], 1),
+        "parity_per_node": round(counts[1], 1),
+        "recovered_per_node": round(counts[2], 1),
         "peak_egress_bytes_per_tick": peak,
         "dropped_send": round(dropped.0, 1),
         "dropped_recv": round(dropped.1, 1),
@@ -370,6 +410,7 @@ pub fn converge(
         "recv_buffer": cap.recv_buffer,
         "unicast": cap.unicast_fanout,
         "relay_fanout": setup.relay_fanout,
+        "parity": !setup.plain,
         "senders": if setup.senders == 0 { nodes } else { setup.senders.min(nodes) },
         "sim_seconds_per_seed": round(wall, 2),
         "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },

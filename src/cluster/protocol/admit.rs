@@ -268,6 +268,7 @@ impl Protocol {
                 digests_asked: std::collections::VecDeque::new(),
                 direct_time: 0,
                 marker: None,
+                recover: Default::default(),
             },
         );
         if observer {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::peer::{Counts, Table, Tomb};
 use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
 use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
+use zerocopy::IntoBytes;
 
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
@@ -78,6 +79,7 @@ impl Protocol {
                 if next > p.last_seq {
                     p.lost += next - p.last_seq;
                     super::repair::add_gap(&mut p.gaps, p.last_seq + 1, next);
+                    super::repair::add_gap(&mut p.recover.missed, p.last_seq + 1, next);
                 }
                 p.last_seq = p.last_seq.max(seq);
             }
@@ -107,7 +109,7 @@ impl Protocol {
             p.received += 1;
             if let Body::Gaps(g) = d.body {
                 // A nack: for this node, or what another receiver already asks of a peer.
-                self.on_nack(now, node, g, direct);
+                self.on_nack(now, node, g, direct, h.flags.get());
                 return;
             }
             let p = self.peers.get_mut(&node).expect("admitted");
@@ -122,9 +124,23 @@ impl Protocol {
                 return;
             }
         }
+        // One of its own numbered delta or names datagrams, sent to the group itself: held for
+        // decoding its parity (`repair/recover.rs`).
+        let numbered = !reply && wire::relay_fanout(h.flags.get()) == 0 && self.cfg.parity;
+        let count = h.count.get();
+        if numbered {
+            self.heard_numbered(node, seq);
+        }
         match d.body {
-            Body::Entries(e) => self.peer_set_all(node, e),
+            Body::Entries(e) => {
+                if numbered {
+                    self.hold(now, node, seq, (Kind::Delta, count, e.as_bytes()));
+                }
+                self.note_set(node, seq, e.iter().map(|x| x.hash.get()));
+                self.peer_set_all(node, e);
+            }
             Body::Range(lo, hi, e) => {
+                self.note_range(node, seq, lo, hi);
                 let (peers, mut agg) = self.aggregate();
                 let p = peers.get_mut(&node).expect("admitted");
                 for h in unlisted(&p.table.map, lo, hi, e) {
@@ -133,6 +149,7 @@ impl Protocol {
                 agg.set_all(&mut p.table, e);
             }
             Body::Repair(lo, hi, e) => {
+                self.note_set(node, seq, e.iter().map(|x| x.hash.get()));
                 self.repaired(node, lo, hi);
                 self.peer_set_all(node, e);
             }
@@ -140,7 +157,18 @@ impl Protocol {
                 self.repaired(node, lo, hi);
                 self.learn_names(names);
             }
-            Body::Names(names) => self.learn_names(names),
+            Body::Names(names) => {
+                if numbered {
+                    self.hold(now, node, seq, (Kind::Names, count, names.body()));
+                }
+                self.learn_names(names);
+            }
+            Body::Parity {
+                lo,
+                members,
+                index,
+                payload,
+            } => self.on_parity(node, (lo, members), index, payload),
             Body::Members(m) => {
                 for m in m {
                     let (n, addr) = (m.node.get(), m.addr());
@@ -157,6 +185,7 @@ impl Protocol {
             Body::Digests(lo, hi, children) => self.on_digests(now, node, (lo, hi), children),
             Body::Empty | Body::Target { .. } | Body::Ranges { .. } | Body::Gaps(_) => {}
         }
+        self.trim_held(now, node);
         if end || d.kind == Kind::Heartbeat {
             let unnamed = !self.unnamed.is_empty();
             let p = self.peers.get_mut(&node).expect("admitted");
@@ -187,7 +216,7 @@ impl Protocol {
     }
 
     /// Names a peer sent (with a count, in a reply or a repair).
-    fn learn_names(&mut self, mut names: wire::Names) {
+    pub(super) fn learn_names(&mut self, mut names: wire::Names) {
         const CHUNK: usize = 64;
         let mut chunk = [(0, ""); CHUNK];
         loop {
@@ -230,7 +259,7 @@ impl Protocol {
     }
 
     /// Peer `node` repaired its sequence numbers `lo..=hi`: they are no longer missing here.
-    fn repaired(&mut self, node: u64, lo: u64, hi: u64) {
+    pub(super) fn repaired(&mut self, node: u64, lo: u64, hi: u64) {
         if let Some(p) = self.peers.get_mut(&node)
             && !p.gaps.is_empty()
         {
@@ -279,6 +308,7 @@ impl Protocol {
         let Some(p) = self.peers.remove(&node) else {
             return;
         };
+        self.release_held(&p.recover);
         self.membership += 1;
         self.repairs.cancel(p.addr);
         if p.observer {
@@ -348,7 +378,7 @@ impl Protocol {
     }
 
     /// Sets peer `node`'s counts of `entries`, in order.
-    fn peer_set_all(&mut self, node: u64, entries: &[wire::Entry]) {
+    pub(super) fn peer_set_all(&mut self, node: u64, entries: &[wire::Entry]) {
         let (peers, mut agg) = self.aggregate();
         if let Some(p) = peers.get_mut(&node) {
             agg.set_all(&mut p.table, entries);

@@ -95,6 +95,10 @@ pub struct Config {
     /// about what it hears instead of growing with the cluster. 0 or 1: never relay. Only for
     /// unicast clusters that learn their peers' addresses (with a key); multicast needs none.
     pub relay_fanout: usize,
+    /// Answer other nodes' nacks with parity (coded repairs: one datagram repairs a different
+    /// loss at each receiver) and decode theirs. Off: plain repairs only, both ways (for a
+    /// cluster with nodes that predate parity, until all are upgraded). Default on.
+    pub parity: bool,
 }
 
 /// Every default of the protocol's settings, written once: [`Config::new`] and the engine's
@@ -178,6 +182,7 @@ impl Config {
             observer: false,
             gossip_members: false,
             relay_fanout: 0,
+            parity: true,
         }
     }
 

@@ -244,6 +244,8 @@ pub struct Protocol {
     members_due: u64,
     /// Members heard of from peers and not reported yet.
     members_learned: VecDeque<(u64, SocketAddr)>,
+    /// Bytes of peers' datagrams and parity held for decoding (`repair/recover.rs`).
+    held_bytes: usize,
     stats: ProtoStats,
 }
 
@@ -309,6 +311,7 @@ impl Protocol {
             wake: None,
             members_due: 0,
             members_learned: VecDeque::new(),
+            held_bytes: 0,
             stats: ProtoStats::default(),
         }
     }

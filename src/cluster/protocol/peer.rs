@@ -347,6 +347,8 @@ pub(super) struct Peer {
     /// are missed (this node may be in a hole of its tree, or they were lost): see
     /// `Protocol::overdue`.
     pub(super) marker: Option<Marker>,
+    /// What this node holds of it to decode its parity (`repair/recover.rs`).
+    pub(super) recover: super::repair::recover::Recover,
 }
 
 /// A relaying peer's last number and declaration, heard directly before its relayed datagrams.

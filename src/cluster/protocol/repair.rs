@@ -43,8 +43,12 @@ use std::time::{Duration, Instant};
 use super::{Dest, Protocol};
 
 mod digest;
+mod gaps;
 mod nack;
+mod parity;
+pub(super) mod recover;
 use crate::cluster::wire::{FLAG_END, Gap, Kind};
+pub(super) use gaps::{add_asked, add_gap, subtract};
 
 /// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
 /// the whole table) instead.
@@ -70,10 +74,6 @@ pub(super) const SMALL_TABLE: usize = 16;
 /// Ranges waiting per requester; past them a request's rest is dropped (its copy stays wrong, and
 /// it asks again).
 const MAX_RANGES: usize = 256;
-/// Gaps kept per peer (more are merged into one).
-const MAX_GAPS: usize = 32;
-/// Others' nacks remembered per peer, for suppression.
-const MAX_ASKED: usize = 64;
 /// Whole-table replies queued at once; a request past them is refused (`Reject::Budget`).
 pub(super) const MAX_TABLE_REPLIES: usize = 16;
 /// Repairs queued at most (a nack of a long history cannot make the queue, or the work to fill
@@ -101,6 +101,25 @@ struct Sent {
     /// Who was sent it directly, and when (a nack from one of them soon after is a replay, or
     /// the same loss: not answered again within the nack window).
     served: Vec<(SocketAddr, Instant)>,
+    /// Its coded form, what parity covers ([`wire::coded`]; none if it does not fit a parity
+    /// datagram: it is repaired plainly).
+    coded: Option<Box<[u8]>>,
+    /// The first sequence number of its parity block.
+    block: u64,
+}
+
+/// A block of this node's history that has been answered with parity (`parity.rs`).
+#[derive(Debug)]
+struct Block {
+    /// Its first sequence number.
+    lo: u64,
+    /// The members its parity covers (bit `i`: `lo + i`).
+    members: u64,
+    /// The next parity index.
+    next: usize,
+    /// The current round of first nacks, and of later ones ([`crate::cluster::wire::FLAG_AGAIN`]): when it
+    /// began, and the most any nack in it needed.
+    round: [Option<(Instant, usize)>; 2],
 }
 
 /// A repair waiting for the bucket.
@@ -111,6 +130,8 @@ enum Job {
     /// Sequence numbers that carried no topics; to one requester (this node relays), or to the
     /// group.
     Empty(u64, u64, Option<SocketAddr>),
+    /// Parity symbol `index` of the block from `lo` over `members` (see `parity.rs`).
+    Parity { lo: u64, members: u64, index: usize },
 }
 
 /// A range asked for by a digest request (or the whole range, in answer to a nack of datagrams
@@ -167,8 +188,15 @@ impl TableReply {
 pub(super) struct Repairs {
     /// Deltas and names datagrams sent, oldest first.
     history: VecDeque<Sent>,
+    /// Blocks of the history answered with parity, oldest first (see `parity.rs`).
+    blocks: VecDeque<Block>,
     /// Topics in `history`.
     kept: usize,
+    /// The newest sequence number that left the history (0: none did).
+    forgotten: u64,
+    /// The parity block new history entries join: its first sequence number, and when the
+    /// last entry joined it.
+    open: Option<(u64, Instant)>,
     queue: VecDeque<Job>,
     tables: VecDeque<TableReply>,
     tokens: f64,
@@ -182,7 +210,10 @@ impl Repairs {
     pub(super) fn new(now: Instant, burst: f64, seed: u64) -> Repairs {
         Repairs {
             history: VecDeque::new(),
+            blocks: VecDeque::new(),
             kept: 0,
+            forgotten: 0,
+            open: None,
             queue: VecDeque::new(),
             tables: VecDeque::new(),
             tokens: burst,
@@ -229,10 +260,11 @@ impl Repairs {
         }
     }
 
-    /// The oldest sequence number the history can repair (`seq`: this node's last, so an
-    /// empty history repairs none).
-    fn oldest(&self, seq: u64) -> u64 {
-        self.history.front().map_or(seq + 1, |s| s.seq)
+    /// The oldest sequence number the history can repair: every delta and names datagram
+    /// from there on is in it (those before it were forgotten; a number in between that is not
+    /// in it carried no topics, as before the first delta).
+    fn oldest(&self) -> u64 {
+        self.forgotten + 1
     }
 
     /// Whether anything waits.
@@ -245,6 +277,12 @@ impl Repairs {
         let i = self.history.partition_point(|s| s.seq < seq);
         self.history.get_mut(i).filter(|s| s.seq == seq)
     }
+
+    /// The history entries from `lo` to `hi`, in order.
+    fn span(&self, lo: u64, hi: u64) -> impl Iterator<Item = &Sent> {
+        let i = self.history.partition_point(|s| s.seq < lo);
+        self.history.range(i..).take_while(move |s| s.seq <= hi)
+    }
 }
 
 /// The most the repair bucket holds: one burst (at most a second's rate), at least one
@@ -253,77 +291,7 @@ pub(super) fn burst(cfg: &super::Config) -> f64 {
     (cfg.repair_burst.min(cfg.max_repair_rate.max(1) as usize) as f64).max(cfg.budget as f64)
 }
 
-/// `gaps` less every range in `asked` (both inclusive ranges; the result in order).
-pub(super) fn subtract(gaps: &[(u64, u64)], asked: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(lo, hi) in gaps {
-        let mut parts = vec![(lo, hi)];
-        for &(a, b) in asked {
-            parts = parts
-                .into_iter()
-                .flat_map(|(l, h)| {
-                    let mut v = Vec::with_capacity(2);
-                    if b < l || a > h {
-                        v.push((l, h));
-                    } else {
-                        if a > l {
-                            v.push((l, a - 1));
-                        }
-                        if b < h {
-                            v.push((b + 1, h));
-                        }
-                    }
-                    v
-                })
-                .collect();
-        }
-        out.extend(parts);
-    }
-    out
-}
-
-/// Adds the gap `lo..=hi` to a peer's list, merging everything once the list is full.
-pub(super) fn add_gap(gaps: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
-    if gaps.len() >= MAX_GAPS {
-        let first = gaps.first().map_or(lo, |g| g.0.min(lo));
-        gaps.clear();
-        gaps.push((first, hi));
-    } else {
-        gaps.push((lo, hi));
-    }
-}
-
-/// Remembers another receiver's nack of `lo..=hi` (oldest forgotten first).
-pub(super) fn add_asked(asked: &mut Vec<(u64, u64, Instant)>, lo: u64, hi: u64, now: Instant) {
-    if asked.len() >= MAX_ASKED {
-        asked.remove(0);
-    }
-    asked.push((lo, hi, now));
-}
-
 impl Protocol {
-    /// Keeps the topics of the delta or names datagram `seq` for repairs, within
-    /// [`Config::repair_history`](super::Config::repair_history) topics.
-    pub(super) fn keep_sent(&mut self, seq: u64, names: bool, hashes: Vec<u64>) {
-        let r = &mut self.repairs;
-        r.kept += hashes.len();
-        r.history.push_back(Sent {
-            seq,
-            names,
-            hashes: hashes.into(),
-            queued: false,
-            repaired: None,
-            to_group: false,
-            waiting: Vec::new(),
-            served: Vec::new(),
-        });
-        while r.kept > self.cfg.repair_history
-            && let Some(s) = r.history.pop_front()
-        {
-            r.kept -= s.hashes.len();
-        }
-    }
-
     /// A live peer missed this node's sequence numbers `lo..=hi`: queue a repair of each delta
     /// and names datagram among them, and an empty one for each run of the others. A gap older
     /// than the history is answered by reconciling the whole range with that peer (`to`: its
@@ -342,12 +310,14 @@ impl Protocol {
     ) {
         let hold = self.cfg.nack_window;
         let direct = to.filter(|_| direct);
+        // (Sequence numbers begin at 1: there is no 0 to repair.)
+        let lo = lo.max(1);
         let hi = hi.min(self.seq);
         if lo > hi {
             return;
         }
         let r = &mut self.repairs;
-        let oldest = r.oldest(self.seq);
+        let oldest = r.oldest();
         // The history has every delta and names datagram from `oldest` on; before it, the
         // table is all that is left, and the peer's copy is reconciled with it by range.
         if let Some(to) = to.filter(|&to| lo < oldest && r.table_room(to)) {
@@ -468,6 +438,12 @@ impl Protocol {
                     to.extend(dest);
                     vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])]
                 }
+                Job::Parity { lo, members, index } => {
+                    let Some(d) = self.parity_datagram(flags, &st, (lo, members), index) else {
+                        return 0;
+                    };
+                    vec![d]
+                }
                 Job::Seq(seq) => {
                     let Some(s) = self.repairs.sent(seq) else {
                         return 0;
@@ -507,7 +483,11 @@ impl Protocol {
                 }
             };
             for d in dgs {
-                self.stats.repairs_sent += 1;
+                if matches!(job, Job::Parity { .. }) {
+                    self.stats.parity_sent += 1;
+                } else {
+                    self.stats.repairs_sent += 1;
+                }
                 match to.split_last() {
                     None => self.push(Dest::Group, d),
                     Some((last, rest)) => {

@@ -100,7 +100,8 @@ impl Protocol {
         let dest = to.map_or(Dest::Group, Dest::To);
         for (i, (d, hashes)) in dgs.into_iter().enumerate() {
             if !is_reply {
-                self.keep_sent(first + i as u64, true, hashes);
+                let coded = self.coded(&d);
+                self.keep_sent(now, first + i as u64, true, hashes, coded);
             }
             self.push(dest, d);
         }
@@ -172,8 +173,15 @@ impl Protocol {
                 None,
                 &entries,
             );
+            let coded = self.coded(&d);
             self.push(Dest::Group, d);
-            self.keep_sent(seq, false, entries.iter().map(|e| e.0).collect());
+            self.keep_sent(
+                now,
+                seq,
+                false,
+                entries.iter().map(|e| e.0).collect(),
+                coded,
+            );
             budget = budget.saturating_sub(1);
         }
 
@@ -505,6 +513,7 @@ fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<I
     }
     p.lost += m.seq - p.last_seq;
     super::repair::add_gap(&mut p.gaps, p.last_seq + 1, m.seq);
+    super::repair::add_gap(&mut p.recover.missed, p.last_seq + 1, m.seq);
     p.last_seq = m.seq;
     if m.declared.is_some() {
         p.declared = m.declared;

@@ -105,6 +105,10 @@ pub struct ProtoStats {
     pub nacks_suppressed: u64,
     /// Repair datagrams sent (current counts and names of what peers nacked).
     pub repairs_sent: u64,
+    /// Parity datagrams sent (coded repairs: each repairs a different loss at each receiver).
+    pub parity_sent: u64,
+    /// Peers' datagrams this node recovered from parity.
+    pub recovered: u64,
     /// Copies of peers' datagrams forwarded along their relay trees.
     pub relayed: u64,
     /// Bytes of those copies.

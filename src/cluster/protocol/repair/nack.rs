@@ -15,6 +15,12 @@ impl Protocol {
     /// were all asked for is held back: the repair to the group serves it too).
     pub(in crate::cluster::protocol) fn send_nacks(&mut self, now: Instant, due: &[u64]) {
         let every = self.cfg.resync_interval;
+        // Gaps to be answered with parity, and gaps for plain repairs (see `recover.rs`). The
+        // first are held back only when another receiver asked for all of them: parity is sent
+        // for the largest loss asked for, and one that asked for less would leave this node
+        // short.
+        let mut coded: Vec<Gap> = Vec::new();
+        let mut again: Vec<Gap> = Vec::new();
         let mut list: Vec<Gap> = Vec::new();
         for &node in due {
             let Some(p) = self.peers.get_mut(&node) else {
@@ -23,21 +29,46 @@ impl Protocol {
             p.asked
                 .retain(|a| now.saturating_duration_since(a.2) < every);
             let asked: Vec<(u64, u64)> = p.asked.iter().map(|a| (a.0, a.1)).collect();
-            let left = subtract(&p.gaps, &asked);
+            let (mut by_parity, plain) = if self.cfg.parity {
+                p.recover.split(&p.gaps)
+            } else {
+                (Vec::new(), p.gaps.clone())
+            };
+            let left = subtract(&plain, &asked);
+            // A later round asks for symbols beyond those it counted: another's nack may be
+            // answered by the very symbols it counted, so it is never held back.
+            let later = p.nacks > 0;
+            if !later && subtract(&by_parity, &asked).is_empty() {
+                by_parity.clear();
+            }
             p.nack_at = None;
             p.last_request = Some(now);
             p.nacks += 1;
-            if left.is_empty() {
+            if left.is_empty() && by_parity.is_empty() {
                 self.stats.nacks_suppressed += 1;
                 continue;
             }
+            let to = if later { &mut again } else { &mut coded };
+            to.extend(by_parity.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
             list.extend(left.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
         }
-        if list.is_empty() {
+        if list.is_empty() && coded.is_empty() && again.is_empty() {
             return;
         }
         self.stats.nacks_sent += 1;
         let st = self.stamp(now, self.sent_seq());
+        if self.relay_k().is_none() {
+            for (flags, gaps) in [(0, &coded), (wire::FLAG_AGAIN, &again)] {
+                for d in self.enc.nacks(&self.seal, flags, &st, gaps) {
+                    self.push(Dest::Group, d);
+                }
+            }
+        } else {
+            // (Direct nacks are answered plainly.)
+            list.append(&mut coded);
+            list.append(&mut again);
+        }
+        let plain = wire::FLAG_PLAIN;
         if self.relay_k().is_some() {
             // Relayed, a nack would take as many hops as the repair it asks for, each a chance
             // of loss: to each sender directly, at its settled address (the others' nacks are
@@ -49,7 +80,7 @@ impl Protocol {
                 let to = self.peers.get(&chunk[0].node.get());
                 match to.filter(|p| p.settled()).map(|p| p.addr) {
                     Some(addr) => {
-                        for d in self.enc.nacks(&self.seal, &st, chunk) {
+                        for d in self.enc.nacks(&self.seal, plain, &st, chunk) {
                             self.push(Dest::To(addr), d);
                         }
                     }
@@ -58,7 +89,7 @@ impl Protocol {
             }
             list = group;
         }
-        for d in self.enc.nacks(&self.seal, &st, &list) {
+        for d in self.enc.nacks(&self.seal, plain, &st, &list) {
             self.push(Dest::Group, d);
         }
     }
@@ -72,34 +103,46 @@ impl Protocol {
         requester: u64,
         gaps: &[wire::Gap],
         direct: bool,
+        flags: u16,
     ) {
         let from = self
             .peers
             .get(&requester)
             .filter(|p| p.settled())
             .map(|p| p.addr);
-        let oldest = self.repairs.oldest(self.seq);
+        let oldest = self.repairs.oldest();
         // A gap older than the history is answered by reconciling the whole range, which scans
         // the table: that counts against the requester's digest budget, like a digest request
         // for the whole space (a replayed nack would otherwise have the table scanned at the
         // repair bucket's pace). Charged once per nack.
         let mut old_gap_to: Option<Option<SocketAddr>> = None;
+        let mut own: Vec<(u64, u64)> = Vec::new();
         for g in gaps {
             let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
             if node == self.cfg.node {
-                if !self.cfg.observer {
-                    let to = if lo < oldest {
-                        *old_gap_to.get_or_insert_with(|| {
-                            from.filter(|_| self.charge_scan(now, requester, 1u128 << 64))
-                        })
-                    } else {
-                        from
-                    };
-                    self.nacked(now, to, (lo, hi), direct);
-                }
+                own.push((lo, hi));
             } else if let Some(p) = self.peers.get_mut(&node) {
                 add_asked(&mut p.asked, lo, hi, now);
             }
+        }
+        if self.cfg.observer || own.is_empty() {
+            return;
+        }
+        // A group nack is answered with parity where it can be (`parity.rs`); the rest, and
+        // every direct nack (this node relays), plainly.
+        let plain = flags & wire::FLAG_PLAIN != 0;
+        if !direct && !plain && self.cfg.parity && self.relay_k().is_none() {
+            own = self.code_nack(now, &own, flags & wire::FLAG_AGAIN != 0);
+        }
+        for (lo, hi) in own {
+            let to = if lo < oldest {
+                *old_gap_to.get_or_insert_with(|| {
+                    from.filter(|_| self.charge_scan(now, requester, 1u128 << 64))
+                })
+            } else {
+                from
+            };
+            self.nacked(now, to, (lo, hi), direct);
         }
     }
 }

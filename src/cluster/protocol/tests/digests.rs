@@ -203,6 +203,8 @@ fn old_gap_nacks_are_charged_to_the_digest_budget() {
     let mut b = proto(2, 1400);
     a.cfg.refresh_cycle = 1_000_000;
     b.cfg.refresh_cycle = 1_000_000;
+    // A history of about ten datagrams: the first ones are forgotten.
+    a.cfg.repair_history = 1_000;
     for h in 0..20_000u64 {
         a.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
     }
@@ -219,7 +221,7 @@ fn old_gap_nacks_are_charged_to_the_digest_budget() {
     let st = b.stamp(t, b.seq);
     let nack = b
         .enc
-        .nacks(&b.seal, &st, &[wire::Gap::new(1, 0, 0)])
+        .nacks(&b.seal, 0, &st, &[wire::Gap::new(1, 1, 1)])
         .pop()
         .expect("a nack");
     for i in 0..200u32 {

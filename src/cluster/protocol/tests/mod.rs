@@ -13,6 +13,7 @@ mod admission;
 mod digests;
 mod names;
 mod pacing;
+mod parity;
 mod relay;
 
 fn proto(node: u64, budget: usize) -> Protocol {

@@ -103,6 +103,7 @@ fn answers_during_a_paced_tick_carry_the_last_number_sent() {
         .enc
         .nacks(
             &a.seal,
+            0,
             &a.stamp(t, a.sent_seq()),
             &[wire::Gap::new(99, 1, 1)],
         )

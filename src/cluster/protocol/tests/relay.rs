@@ -256,7 +256,7 @@ fn a_direct_answer_does_not_make_the_relayed_datagrams_before_it_missed() {
         let seq = a.sent_seq();
         let mut nack = a
             .enc
-            .nacks(&a.seal, &a.stamp(now, seq), &[wire::Gap::new(5, 1, 1)]);
+            .nacks(&a.seal, 0, &a.stamp(now, seq), &[wire::Gap::new(5, 1, 1)]);
         let mut nack = nack.remove(0);
         if direct {
             a.mark_relayed(&mut nack, Dest::To(addr(6)), 2);
@@ -348,6 +348,7 @@ fn repairs_of_a_nack(direct: bool, times: usize) -> Vec<(Dest, u16)> {
         .enc
         .nacks(
             &f.seal,
+            0,
             &f.stamp(now, f.sent_seq()),
             &[wire::Gap::new(1, seq, seq)],
         )
@@ -410,7 +411,7 @@ fn a_datagram_admitted_twice_is_forwarded_once() {
     let st = a.stamp(now, a.sent_seq());
     let nack = a
         .enc
-        .nacks(&a.seal, &st, &[wire::Gap::new(7, 1, 1)])
+        .nacks(&a.seal, 0, &st, &[wire::Gap::new(7, 1, 1)])
         .remove(0);
     a.push(Dest::Group, nack);
     let to2 = drain(a)

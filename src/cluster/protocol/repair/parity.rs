@@ -1,0 +1,226 @@
+//! Coded repairs, the sending side: a nack's gaps among this node's delta and names datagrams
+//! are answered with parity ([`crate::cluster::erasure`]) instead of the datagrams themselves.
+//!
+//! The history is cut into blocks of at most [`wire::BLOCK`] sequence numbers: a block begins
+//! with a delta or names datagram and takes those that follow within `BLOCK` numbers, unless
+//! the node was quiet (no delta or names datagram) for more than two ticks in between, which
+//! begins a new one (so a receiver may stop holding a quiet peer's datagrams). A block's
+//! members are its delta and names datagrams whose coded form is kept. A nack missing `m` members of a block is answered with `m` parity
+//! symbols of it, to the group; nacks from other receivers within the nack window (the same
+//! loss) add only what the largest of them needs beyond what went out, so a block costs its
+//! worst receiver's loss, not the union of everyone's. A later round sends fresh symbols (new
+//! indices): a receiver that lost some keeps the others, and asks only for what it still
+//! lacks. Gaps that are not members (heartbeats, refresh slices, datagrams without a coded
+//! form), nacks that ask for plain repairs ([`wire::FLAG_PLAIN`]: the receiver cannot decode
+//! them), direct nacks (this node relays), and blocks out of parity indices, go the plain way.
+
+use std::time::Instant;
+
+use super::super::Protocol;
+use super::{Block, Job, MAX_QUEUE, Sent, subtract};
+use crate::cluster::erasure;
+use crate::cluster::wire::{self, BLOCK, Stamp};
+
+/// Blocks answered with parity that are remembered (the oldest forgotten first: a nack for
+/// one starts again at index 0 with a new bitmap only if its members changed).
+const MAX_BLOCKS: usize = 1024;
+
+impl Protocol {
+    /// Keeps the topics of the delta or names datagram `seq` for repairs, within
+    /// [`Config::repair_history`](super::Config::repair_history) topics.
+    pub(in crate::cluster::protocol) fn keep_sent(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        names: bool,
+        hashes: Vec<u64>,
+        coded: Option<Box<[u8]>>,
+    ) {
+        let r = &mut self.repairs;
+        r.kept += hashes.len();
+        // Its parity block (`parity.rs`): the open one, unless that is full or this node sent
+        // no delta or names datagram for more than two ticks (receivers stop holding a quiet
+        // peer's datagrams after four).
+        let block = match r.open {
+            Some((lo, at))
+                if seq - lo < wire::BLOCK
+                    && now.saturating_duration_since(at) <= self.cfg.tick * 2 =>
+            {
+                lo
+            }
+            _ => seq,
+        };
+        r.open = Some((block, now));
+        r.history.push_back(Sent {
+            seq,
+            block,
+            names,
+            hashes: hashes.into(),
+            queued: false,
+            repaired: None,
+            to_group: false,
+            waiting: Vec::new(),
+            served: Vec::new(),
+            coded,
+        });
+        while r.kept > self.cfg.repair_history
+            && let Some(s) = r.history.pop_front()
+        {
+            r.kept -= s.hashes.len();
+            r.forgotten = s.seq;
+        }
+        let oldest = r.oldest();
+        while r
+            .blocks
+            .front()
+            .is_some_and(|b| b.lo + wire::BLOCK <= oldest)
+        {
+            r.blocks.pop_front();
+        }
+    }
+
+    /// Answers with parity what `gaps` (this node's sequence numbers a peer nacked to the group)
+    /// miss of its coded members; returns the gaps left for plain repairs.
+    pub(in crate::cluster::protocol) fn code_nack(
+        &mut self,
+        now: Instant,
+        gaps: &[(u64, u64)],
+        again: bool,
+    ) -> Vec<(u64, u64)> {
+        let upto = self.sent_seq();
+        // The members missed, per block (bounded: a nack of a long history is answered a
+        // bounded part at a time, the rest plainly).
+        let mut missed: Vec<(u64, u64)> = Vec::new();
+        for &(lo, hi) in gaps {
+            for s in self.repairs.span(lo, hi.min(upto)) {
+                if s.coded.is_none() {
+                    continue;
+                }
+                let b = s.block;
+                if let Some((l, m)) = missed.last_mut()
+                    && *l == b
+                {
+                    *m |= 1 << (s.seq - b);
+                    continue;
+                }
+                if missed.len() >= MAX_BLOCKS {
+                    break;
+                }
+                missed.push((b, 1 << (s.seq - b)));
+            }
+        }
+        missed.sort_unstable_by_key(|m| m.0);
+        missed.dedup_by(|b, a| {
+            // (Gaps need not come in order: one block may have several entries.)
+            let same = a.0 == b.0;
+            if same {
+                a.1 |= b.1;
+            }
+            same
+        });
+        let hold = self.cfg.nack_window;
+        let mut coded: Vec<(u64, u64)> = Vec::new();
+        for (lo, miss) in missed {
+            let members = self
+                .repairs
+                .span(lo, (lo + BLOCK - 1).min(upto))
+                .filter(|s| s.coded.is_some() && s.block == lo)
+                .fold(0u64, |m, s| m | 1 << (s.seq - lo));
+            let miss = miss & members;
+            let need = miss.count_ones() as usize;
+            // A later round means symbols were lost on the way: one more than asked for, so
+            // that one more loss does not cost another round.
+            let need = if again && need > 0 { need + 1 } else { need };
+            if need == 0 || self.repairs.queue.len() + need > MAX_QUEUE {
+                continue;
+            }
+            let r = &mut self.repairs;
+            let i = r.blocks.partition_point(|b| b.lo < lo);
+            if r.blocks.get(i).is_none_or(|b| b.lo != lo) {
+                if r.blocks.len() >= MAX_BLOCKS {
+                    r.blocks.pop_front();
+                }
+                let i = r.blocks.partition_point(|b| b.lo < lo);
+                r.blocks.insert(
+                    i,
+                    Block {
+                        lo,
+                        members,
+                        next: 0,
+                        round: [None; 2],
+                    },
+                );
+            }
+            let i = r.blocks.partition_point(|b| b.lo < lo);
+            let b = &mut r.blocks[i];
+            if b.members != members {
+                // Members changed (the block grew, or its oldest left the history): symbols of
+                // the old bitmap do not combine with new ones.
+                *b = Block {
+                    lo,
+                    members,
+                    next: 0,
+                    round: [None; 2],
+                };
+            }
+            // Nacks of one round (within the nack window) count what the largest of them
+            // needs; first and later rounds apart (a later nack counted the first round's
+            // symbols: it needs new ones, however recent they are).
+            let round = &mut b.round[usize::from(again)];
+            let (extra, next_round) = match *round {
+                Some((t, n)) if now.saturating_duration_since(t) < hold => {
+                    (need.saturating_sub(n), (t, n.max(need)))
+                }
+                _ => (need, (now, need)),
+            };
+            if b.next + extra > erasure::PARITY {
+                // Out of indices: plain repairs for this block's gaps.
+                continue;
+            }
+            *round = Some(next_round);
+            for index in b.next..b.next + extra {
+                r.queue.push_back(Job::Parity { lo, members, index });
+            }
+            b.next += extra;
+            coded.extend(
+                (0..BLOCK)
+                    .filter(|i| miss & (1 << i) != 0)
+                    .map(|i| (lo + i, lo + i)),
+            );
+        }
+        if coded.is_empty() {
+            return gaps.to_vec();
+        }
+        self.pump_repairs(now);
+        subtract(gaps, &coded)
+    }
+
+    /// Parity symbol `index` of the block from `lo` over `members`, sealed (flags `flags`,
+    /// stamp `st`); `None` if a member has left the history since it was asked for.
+    pub(in crate::cluster::protocol) fn parity_datagram(
+        &self,
+        flags: u16,
+        st: &Stamp,
+        (lo, members): (u64, u64),
+        index: usize,
+    ) -> Option<Vec<u8>> {
+        let mut data: Vec<(usize, &[u8])> = Vec::with_capacity(members.count_ones() as usize);
+        for i in (0..BLOCK).filter(|i| members & (1 << i) != 0) {
+            let s = self.repairs.span(lo + i, lo + i).next()?;
+            data.push((i as usize, s.coded.as_deref()?));
+        }
+        let payload = erasure::encode(index, &data)?;
+        Some(
+            self.enc
+                .parity(&self.seal, flags, st, (lo, members), index, &payload),
+        )
+    }
+
+    /// The coded form of a delta or names datagram this node sends to the group, if parity can
+    /// carry it.
+    pub(in crate::cluster::protocol) fn coded(&self, bytes: &[u8]) -> Option<Box<[u8]>> {
+        wire::coded(bytes)
+            .filter(|c| c.len() <= self.enc.parity_room())
+            .map(Into::into)
+    }
+}

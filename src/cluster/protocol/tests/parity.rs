@@ -1,0 +1,258 @@
+//! Coded repairs between a few nodes wired by hand: what a nack is answered with, and what a
+//! receiver does with parity.
+
+use super::*;
+use crate::cluster::wire::{FLAG_AGAIN, FLAG_PLAIN, Gap};
+
+/// Nodes 1..=n (addresses 1..=n), formed: two ticks of everyone hearing everyone.
+fn formed(n: u16) -> (Vec<Protocol>, Instant) {
+    let mut ps: Vec<Protocol> = (1..=n).map(|i| proto(u64::from(i), 1400)).collect();
+    for p in &mut ps {
+        p.cfg.refresh_cycle = 1_000_000;
+    }
+    let mut t = Instant::now();
+    for _ in 0..2 {
+        exchange(&mut ps, t, &[]);
+        t += Duration::from_millis(100);
+    }
+    (ps, t)
+}
+
+/// One tick of every node, each datagram delivered to every other node except where
+/// `lost` holds (receiver index, sender index, datagram index in the sender's tick).
+fn exchange(ps: &mut [Protocol], t: Instant, lost: &[(usize, usize, usize)]) {
+    for p in ps.iter_mut() {
+        p.handle_tick(t);
+    }
+    let out: Vec<Vec<Transmit>> = ps.iter_mut().map(drain).collect();
+    for (s, ds) in out.iter().enumerate() {
+        for (i, d) in ds.iter().enumerate() {
+            for (r, p) in ps.iter_mut().enumerate() {
+                if r != s && !lost.contains(&(r, s, i)) {
+                    p.handle_datagram(t, addr(s as u16 + 1), &d.bytes);
+                }
+            }
+        }
+    }
+}
+
+fn kinds(ds: &[Transmit], seal: &Seal) -> Vec<Kind> {
+    ds.iter()
+        .filter_map(|d| seal.open(&d.bytes).ok().map(|x| x.kind))
+        .collect()
+}
+
+/// The indices of `p`'s next tick's deltas, and the tick's datagrams (undelivered).
+fn deltas(ds: &[Transmit], seal: &Seal) -> Vec<usize> {
+    kinds(ds, seal)
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k == Kind::Delta)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Lets each of `who` nack (its wait ends), delivers the nacks to every node, and returns
+/// when the last one went.
+fn nack(ps: &mut [Protocol], who: &[usize]) -> Instant {
+    let mut last = None;
+    let mut nacks = Vec::new();
+    for &r in who {
+        let w = ps[r]
+            .poll_timeout()
+            .expect("a receiver with a gap waits to nack");
+        ps[r].handle_timeout(w);
+        let out = drain(&mut ps[r]);
+        assert!(
+            kinds(&out, &ps[r].seal).contains(&Kind::Nack),
+            "node {} nacked",
+            r + 1
+        );
+        nacks.extend(out.into_iter().map(|d| (r, d)));
+        last = Some(last.map_or(w, |l: Instant| l.max(w)));
+    }
+    let t = last.expect("someone nacked");
+    for (r, d) in &nacks {
+        for (i, p) in ps.iter_mut().enumerate() {
+            if i != *r {
+                p.handle_datagram(t, addr(*r as u16 + 1), &d.bytes);
+            }
+        }
+    }
+    t
+}
+
+/// Two receivers miss a different delta each; a third misses none. Their nacks are answered
+/// with one parity datagram, which repairs both: the largest loss, not the union.
+#[test]
+fn one_parity_datagram_repairs_a_different_loss_at_each_receiver() {
+    let (mut ps, t) = formed(4);
+    for h in 0..500u64 {
+        ps[0].set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+    }
+    ps[0].handle_tick(t);
+    let burst = drain(&mut ps[0]);
+    let d = deltas(&burst, &ps[0].seal);
+    assert!(d.len() >= 4, "{} deltas", d.len());
+    for (i, x) in burst.iter().enumerate() {
+        for (r, lost) in [(1, d[0]), (2, d[2]), (3, usize::MAX)] {
+            if i != lost {
+                ps[r].handle_datagram(t, addr(1), &x.bytes);
+            }
+        }
+    }
+    let tn = nack(&mut ps, &[1, 2]);
+    let answer = drain_paced(&mut ps[0], tn, tn + Duration::from_millis(50));
+    let k = kinds(&answer, &ps[0].seal);
+    assert_eq!(k.iter().filter(|k| **k == Kind::Parity).count(), 1, "{k:?}");
+    assert!(!k.contains(&Kind::Repair), "{k:?}");
+    for p in ps.iter_mut().skip(1) {
+        for x in &answer {
+            p.handle_datagram(tn, addr(1), &x.bytes);
+        }
+        assert_eq!(p.remote_total(), 500);
+        assert!(p.converged());
+    }
+    assert_eq!(
+        (
+            ps[1].stats().recovered,
+            ps[2].stats().recovered,
+            ps[3].stats().recovered
+        ),
+        (1, 1, 0)
+    );
+}
+
+/// A receiver misses a delta, then a later one sets a topic it carried again: the delta
+/// recovered from parity is older, and must not set that topic back.
+#[test]
+fn a_recovered_delta_does_not_set_a_topic_back() {
+    let (mut ps, mut t) = formed(2);
+    let hot = 1005u64;
+    for h in 1000..1200u64 {
+        ps[0].set_local(h, 1, None);
+    }
+    ps[0].handle_tick(t);
+    let burst = drain(&mut ps[0]);
+    let d = deltas(&burst, &ps[0].seal);
+    let first = ps[0].seal.open(&burst[d[0]].bytes).expect("a delta");
+    let Body::Entries(e) = first.body else {
+        panic!("a delta's entries");
+    };
+    assert!(
+        e.iter().any(|x| x.hash.get() == hot),
+        "the hot topic is in it"
+    );
+    for (i, x) in burst.iter().enumerate() {
+        if i != d[0] {
+            ps[1].handle_datagram(t, addr(1), &x.bytes);
+        }
+    }
+    // The next tick sets the hot topic again; it comes.
+    t += Duration::from_millis(100);
+    ps[0].set_local(hot, 7, None);
+    ps[0].handle_tick(t);
+    for x in drain(&mut ps[0]) {
+        ps[1].handle_datagram(t, addr(1), &x.bytes);
+    }
+    assert_eq!(ps[1].remote(hot), 7);
+    let tn = nack(&mut ps, &[1]);
+    let answer = drain_paced(&mut ps[0], tn, tn + Duration::from_millis(50));
+    assert!(kinds(&answer, &ps[0].seal).contains(&Kind::Parity));
+    for x in &answer {
+        ps[1].handle_datagram(tn, addr(1), &x.bytes);
+    }
+    assert_eq!(ps[1].stats().recovered, 1);
+    assert_eq!(
+        ps[1].remote(hot),
+        7,
+        "set back to the recovered delta's count"
+    );
+    assert_eq!(ps[1].remote_total(), 199 + 7);
+    assert!(ps[1].converged());
+}
+
+/// A nack that asks for plain repairs gets them; one that does not gets parity; a later
+/// round's nack is answered with what it asks for and one more, however recent the last.
+#[test]
+fn nacks_get_what_they_ask_for() {
+    let (mut ps, t) = formed(2);
+    for h in 0..300u64 {
+        ps[0].set_local(h, 1, None);
+    }
+    ps[0].handle_tick(t);
+    let burst = drain(&mut ps[0]);
+    let d = deltas(&burst, &ps[0].seal);
+    let seq_of = |i: usize| {
+        ps[0]
+            .seal
+            .open(&burst[i].bytes)
+            .expect("a delta")
+            .header
+            .seq
+            .get()
+    };
+    let (s0, s1) = (seq_of(d[0]), seq_of(d[1]));
+    let ask = |p: &mut Vec<Protocol>, flags: u16, at: Instant| {
+        let st = p[1].stamp(at, p[1].seq);
+        let n = p[1]
+            .enc
+            .nacks(
+                &p[1].seal,
+                flags,
+                &st,
+                &[Gap::new(1, s0, s0), Gap::new(1, s1, s1)],
+            )
+            .pop()
+            .expect("a nack");
+        p[0].handle_datagram(at, addr(2), &n);
+        let out = drain_paced(&mut p[0], at, at + Duration::from_millis(50));
+        kinds(&out, &p[0].seal)
+    };
+    let k = ask(&mut ps, FLAG_PLAIN, t);
+    assert_eq!(k.iter().filter(|k| **k == Kind::Repair).count(), 2, "{k:?}");
+    assert!(!k.contains(&Kind::Parity));
+    let k = ask(&mut ps, 0, t + Duration::from_millis(1));
+    assert_eq!(k.iter().filter(|k| **k == Kind::Parity).count(), 2, "{k:?}");
+    // The same round again (within the nack window): nothing more.
+    let k = ask(&mut ps, 0, t + Duration::from_millis(2));
+    assert!(!k.contains(&Kind::Parity), "{k:?}");
+    // A later round: new symbols, one more than asked.
+    let k = ask(&mut ps, FLAG_AGAIN, t + Duration::from_millis(3));
+    assert_eq!(k.iter().filter(|k| **k == Kind::Parity).count(), 3, "{k:?}");
+    assert_eq!(ps[0].stats().parity_sent, 5);
+}
+
+/// Parity off: nacks are answered plainly, and a receiver asks for plain repairs.
+#[test]
+fn with_parity_off_repairs_are_plain_both_ways() {
+    let (mut ps, t) = formed(3);
+    for p in ps.iter_mut().skip(1) {
+        p.cfg.parity = false;
+    }
+    for h in 0..300u64 {
+        ps[0].set_local(h, 1, None);
+    }
+    ps[0].handle_tick(t);
+    let burst = drain(&mut ps[0]);
+    let d = deltas(&burst, &ps[0].seal);
+    for (i, x) in burst.iter().enumerate() {
+        if i != d[1] {
+            ps[1].handle_datagram(t, addr(1), &x.bytes);
+            ps[2].handle_datagram(t, addr(1), &x.bytes);
+        }
+    }
+    let tn = nack(&mut ps, &[1]);
+    let answer = drain_paced(&mut ps[0], tn, tn + Duration::from_millis(50));
+    let k = kinds(&answer, &ps[0].seal);
+    assert!(
+        k.contains(&Kind::Repair) && !k.contains(&Kind::Parity),
+        "{k:?}"
+    );
+    for p in ps.iter_mut().skip(1) {
+        for x in &answer {
+            p.handle_datagram(tn, addr(1), &x.bytes);
+        }
+        assert_eq!(p.remote_total(), 300);
+    }
+}
