@@ -16,19 +16,22 @@
 //!    reaches the body parsers and the protocol's state changes (peers, incarnations, sequence
 //!    numbers, ranges, names, resync requests and replies, nacks — some aimed at this node, so
 //!    that it repairs — repairs, and digest requests — some aimed at this node, so that it
-//!    answers — and digest replies, so that it reconciles).
+//!    answers — digest replies, so that it reconciles, and parity symbols computed over the
+//!    deltas and names the same run sent, so that it decodes).
 
 #![no_main]
 
+use std::collections::HashMap;
 use std::mem::offset_of;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use headcount::cluster::protocol::{Clock, Config, Protocol};
+use headcount::cluster::erasure;
 use headcount::cluster::wire::{
-    Body, DIGEST_LEN, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap,
-    HEADER_LEN, Header, Kind, MAX_FANOUT, RANGE_LEN, Seal, Stamp, TARGET_LEN, child_range,
+    Body, CODED_HEAD, DIGEST_LEN, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap,
+    HEADER_LEN, Header, Kind, MAX_FANOUT, RANGE_LEN, Seal, Stamp, TARGET_LEN, child_range, coded,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -158,6 +161,17 @@ fn consume(bytes: &[u8]) -> usize {
                     .map(|c| (c.digest.get() ^ u64::from(c.topics.get())) as usize & 1)
                     .sum()
             }
+            Body::Parity {
+                lo,
+                members,
+                index,
+                payload,
+            } => {
+                assert!(lo > 0 && lo.checked_add(63).is_some());
+                assert!(members != 0 && index < erasure::PARITY);
+                assert!(payload.len() >= CODED_HEAD);
+                payload.len() & 1
+            }
             Body::Members(m) => {
                 assert_eq!(m.len(), usize::from(d.header.count.get()));
                 m.iter()
@@ -246,6 +260,8 @@ fn structured(data: &[u8]) {
     let mut now = base();
     let mut r = Reader(data);
     let mut n = 0;
+    // The coded form of every delta and names datagram built so far, by (node, seq).
+    let mut sent: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     while let (Some(kind_byte), Some(fb), Some(who), Some(seq), Some(misc), Some(len)) =
         (r.byte(), r.byte(), r.byte(), r.byte(), r.byte(), r.byte())
     {
@@ -253,7 +269,7 @@ fn structured(data: &[u8]) {
         if n > 64 {
             break;
         }
-        let kind = match kind_byte % 12 {
+        let kind = match kind_byte % 13 {
             0 => Kind::Delta,
             1 => Kind::Heartbeat,
             2 => Kind::Refresh,
@@ -265,12 +281,13 @@ fn structured(data: &[u8]) {
             9 => Kind::Repair,
             10 => Kind::DigestRequest,
             11 => Kind::DigestReply,
+            12 => Kind::Parity,
             // A resync request aimed at this node, body and all built by the encoder.
             _ => Kind::ResyncRequest,
         };
         let aimed = matches!(
             kind,
-            Kind::ResyncRequest | Kind::Nack | Kind::DigestRequest
+            Kind::ResyncRequest | Kind::Nack | Kind::DigestRequest | Kind::Parity
         ) && misc & 0x80 != 0;
         // Peers 2..=6 (one more than max_peers), incarnations 0..=3; node 1 is this node.
         let node = 1 + u64::from(who % 6);
@@ -338,6 +355,22 @@ fn structured(data: &[u8]) {
             let mut d = enc.digest_requests(seal(), flags, &st, (ME, MY_INC), &mut || seq, &ranges);
             d.truncate(1);
             d.pop().unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
+        } else if aimed && kind == Kind::Parity {
+            // A real parity symbol over this sender's earlier deltas and names the input
+            // picks (those not sent count as absent): some decode, some decode garbage.
+            let lo = seq_of(body.first().copied().unwrap_or(0)).max(1);
+            let members = body.get(1..9).map_or(1, |b| {
+                u64::from_le_bytes(b.try_into().unwrap_or_default()) | 1
+            });
+            let data: Vec<(usize, &[u8])> = (0..64)
+                .filter(|i| members & (1 << i) != 0)
+                .filter_map(|i| sent.get(&(node, lo.wrapping_add(i))).map(|c| (i as usize, &c[..])))
+                .collect();
+            let index = usize::from(misc & 7);
+            match erasure::encode(index, &data).filter(|p| p.len() >= CODED_HEAD) {
+                Some(p) => enc.parity(seal(), flags, &st, (lo, members), index, &p),
+                None => enc.bare(seal(), Kind::Heartbeat, flags, &st),
+            }
         } else if aimed {
             enc.request(seal(), flags, &st, ME, MY_INC, seq)
         } else {
@@ -360,6 +393,7 @@ fn structured(data: &[u8]) {
                     Kind::Repair => body.len().saturating_sub(RANGE_LEN) / ENTRY_LEN,
                     Kind::DigestRequest => body.len().saturating_sub(TARGET_LEN) / RANGE_LEN,
                     Kind::DigestReply => body.len().saturating_sub(RANGE_LEN) / DIGEST_LEN,
+                    Kind::Parity => usize::from(misc & 7),
                     _ => 0,
                 };
                 if misc & 0x80 != 0 {
@@ -380,6 +414,9 @@ fn structured(data: &[u8]) {
                 seal().open(&bytes).is_ok(),
                 "a well-formed delta was rejected"
             );
+        }
+        if let Some(c) = coded(&bytes) {
+            sent.insert((node, seq), c);
         }
         consume(&bytes);
         let _ = p.handle_datagram(now, from(node), &bytes);

@@ -607,7 +607,9 @@ impl Seal {
             Kind::Parity => {
                 let (range, payload) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
                 let (lo, members) = (range.lo.get(), range.hi.get());
+                // (The block's numbers must exist: `lo + 63` does not overflow.)
                 if lo == 0
+                    || lo > u64::MAX - (BLOCK - 1)
                     || members == 0
                     || count >= crate::cluster::erasure::PARITY
                     || payload.len() < CODED_HEAD
@@ -716,8 +718,8 @@ pub enum Body<'a> {
     /// Digest reply: `[lo, hi]` and its children's digests (2 to [`MAX_FANOUT`] of them; child
     /// `i` of `n` is [`child_range`]`(lo, hi, n, i)`).
     Digests(u64, u64, &'a [Digest]),
-    /// Parity symbol `index` of the block of sequence numbers from `lo` (never 0) over the
-    /// members the bitmap lists (never none).
+    /// Parity symbol `index` of the block of sequence numbers from `lo` (never 0, and
+    /// `lo + 63` does not overflow) over the members the bitmap lists (never none).
     Parity {
         /// The block's first sequence number.
         lo: u64,
@@ -1484,6 +1486,7 @@ mod tests {
         assert!(s.open(&forge(0, 1, 1, &[0; CODED_HEAD])).is_ok());
         for bad in [
             forge(0, 0, 1, &[0; 9]),
+            forge(0, u64::MAX - 62, 1, &[0; 9]),
             forge(0, 1, 0, &[0; 9]),
             forge(crate::cluster::erasure::PARITY as u16, 1, 1, &[0; 9]),
             forge(0, 1, 1, &[0; CODED_HEAD - 1]),

@@ -10,7 +10,10 @@
 //! (or names) of now, once for every receiver that missed it; a run of sequence numbers that
 //! carried no topics (heartbeats, refresh slices) is answered with one empty repair. A receiver
 //! crosses each repaired range off its gaps, so a later nack asks only for what is still
-//! missing. Only what was lost is sent again, not the table. (In a cluster that relays its
+//! missing. Only what was lost is sent again, not the table. A delta or names datagram is
+//! answered with **parity** rather than itself where it can be (`parity.rs` sends it,
+//! `recover.rs` decodes it): a block's worth of parity symbols as many as the worst-off
+//! receiver lacks, each repairing a different loss at every receiver. (In a cluster that relays its
 //! group datagrams along trees, see `relay.rs`, a relaying receiver nacks each sender
 //! directly, and a repair goes to those who asked directly: a relayed one would take the
 //! same lossy hops.)
