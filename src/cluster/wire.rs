@@ -55,8 +55,10 @@
 //! datagrams the member bitmap lists (bit `i`: sequence number `lo + i`), each in its coded form
 //! ([`coded`]: kind, count, length, body; the header's other fields and the tag are not coded).
 //! A receiver that holds the block's other members and as many parity datagrams as it misses
-//! members decodes them; what it decodes is authentic because every input was. A node without
-//! the kind refuses it as `kind` and is repaired as before once it asks with [`FLAG_PLAIN`].
+//! members decodes them; what it decodes is authentic because every input was. A nack flagged
+//! [`FLAG_PLAIN`] asks for plain repairs instead. A node without the kind refuses it as `kind`
+//! and never sets that flag: its copy is reconciled by range digests once its nack rounds run
+//! out; a cluster with such nodes runs its new ones with parity off until all are upgraded.
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};

@@ -185,7 +185,6 @@ impl Protocol {
             Body::Digests(lo, hi, children) => self.on_digests(now, node, (lo, hi), children),
             Body::Empty | Body::Target { .. } | Body::Ranges { .. } | Body::Gaps(_) => {}
         }
-        self.trim_held(now, node);
         if end || d.kind == Kind::Heartbeat {
             let unnamed = !self.unnamed.is_empty();
             let p = self.peers.get_mut(&node).expect("admitted");
@@ -213,6 +212,7 @@ impl Protocol {
                 self.request_where_needed(now);
             }
         }
+        self.trim_held(now, node);
     }
 
     /// Names a peer sent (with a count, in a reply or a repair).

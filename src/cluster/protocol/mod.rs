@@ -244,8 +244,10 @@ pub struct Protocol {
     members_due: u64,
     /// Members heard of from peers and not reported yet.
     members_learned: VecDeque<(u64, SocketAddr)>,
-    /// Bytes of peers' datagrams and parity held for decoding (`repair/recover.rs`).
+    /// Bytes of peers' datagrams and parity held for decoding, and topics whose newest setter
+    /// is tracked, over all peers (`repair/recover.rs`).
     held_bytes: usize,
+    set_at_len: usize,
     stats: ProtoStats,
 }
 
@@ -312,6 +314,7 @@ impl Protocol {
             members_due: 0,
             members_learned: VecDeque::new(),
             held_bytes: 0,
+            set_at_len: 0,
             stats: ProtoStats::default(),
         }
     }

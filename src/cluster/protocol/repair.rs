@@ -120,9 +120,10 @@ struct Block {
     members: u64,
     /// The next parity index.
     next: usize,
-    /// The current round of first nacks, and of later ones ([`crate::cluster::wire::FLAG_AGAIN`]): when it
-    /// began, and the most any nack in it needed.
-    round: [Option<(Instant, usize)>; 2],
+    /// Its symbols waiting for the bucket.
+    queued: usize,
+    /// The current round of first nacks: when it began, and the most any nack in it needed.
+    round: Option<(Instant, usize)>,
 }
 
 /// A repair waiting for the bucket.
@@ -442,6 +443,11 @@ impl Protocol {
                     vec![self.enc.repair(&self.seal, flags, &st, (lo, hi), &[])]
                 }
                 Job::Parity { lo, members, index } => {
+                    let r = &mut self.repairs;
+                    let i = r.blocks.partition_point(|b| b.lo < lo);
+                    if let Some(b) = r.blocks.get_mut(i).filter(|b| b.lo == lo) {
+                        b.queued = b.queued.saturating_sub(1);
+                    }
                     let Some(d) = self.parity_datagram(flags, &st, (lo, members), index) else {
                         return 0;
                     };

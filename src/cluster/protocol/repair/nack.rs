@@ -37,7 +37,7 @@ impl Protocol {
             let left = subtract(&plain, &asked);
             // A later round asks for symbols beyond those it counted: another's nack may be
             // answered by the very symbols it counted, so it is never held back.
-            let later = p.nacks > 0;
+            let later = p.nacks > 0 || p.recover.has_symbols();
             if !later && subtract(&by_parity, &asked).is_empty() {
                 by_parity.clear();
             }

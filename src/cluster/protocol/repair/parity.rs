@@ -5,12 +5,14 @@
 //! with a delta or names datagram and takes those that follow within `BLOCK` numbers, unless
 //! the node was quiet (no delta or names datagram) for more than two ticks in between, which
 //! begins a new one (so a receiver may stop holding a quiet peer's datagrams). A block's
-//! members are its delta and names datagrams whose coded form is kept. A nack missing `m` members of a block is answered with `m` parity
-//! symbols of it, to the group; nacks from other receivers within the nack window (the same
-//! loss) add only what the largest of them needs beyond what went out, so a block costs its
-//! worst receiver's loss, not the union of everyone's. A later round sends fresh symbols (new
-//! indices): a receiver that lost some keeps the others, and asks only for what it still
-//! lacks. Gaps that are not members (heartbeats, refresh slices, datagrams without a coded
+//! members are its delta and names datagrams whose coded form is kept; a block answered with
+//! parity is closed (its members fixed, so every round's symbols combine). A nack missing `m`
+//! members of a block is answered with `m` parity symbols of it, to the group; first nacks
+//! from other receivers within the nack window (the same loss) add only what the largest of
+//! them needs beyond what went out, so a block costs its worst receiver's loss, not the union
+//! of everyone's. A receiver that holds some symbols already asks for what it still lacks
+//! ([`wire::FLAG_AGAIN`]) and gets fresh symbols (new indices), less any still waiting for the
+//! bucket. Gaps that are not members (heartbeats, refresh slices, datagrams without a coded
 //! form), nacks that ask for plain repairs ([`wire::FLAG_PLAIN`]: the receiver cannot decode
 //! them), direct nacks (this node relays), and blocks out of parity indices, go the plain way.
 
@@ -22,7 +24,8 @@ use crate::cluster::erasure;
 use crate::cluster::wire::{self, BLOCK, Stamp};
 
 /// Blocks answered with parity that are remembered (the oldest forgotten first: a nack for
-/// one starts again at index 0 with a new bitmap only if its members changed).
+/// one forgotten starts it again at index 0, whose symbols its receivers may hold already:
+/// a wasted round, no harm).
 const MAX_BLOCKS: usize = 1024;
 
 impl Protocol {
@@ -121,21 +124,29 @@ impl Protocol {
         let hold = self.cfg.nack_window;
         let mut coded: Vec<(u64, u64)> = Vec::new();
         for (lo, miss) in missed {
-            let members = self
+            // The members its parity covers: fixed by its first symbol (a block answered with
+            // parity is closed: what this node sends next begins a new one), so that symbols of
+            // every round combine.
+            let kept = self
                 .repairs
                 .span(lo, (lo + BLOCK - 1).min(upto))
                 .filter(|s| s.coded.is_some() && s.block == lo)
                 .fold(0u64, |m, s| m | 1 << (s.seq - lo));
-            let miss = miss & members;
-            let need = miss.count_ones() as usize;
-            // A later round means symbols were lost on the way: one more than asked for, so
-            // that one more loss does not cost another round.
-            let need = if again && need > 0 { need + 1 } else { need };
-            if need == 0 || self.repairs.queue.len() + need > MAX_QUEUE {
-                continue;
-            }
             let r = &mut self.repairs;
             let i = r.blocks.partition_point(|b| b.lo < lo);
+            let members = match r.blocks.get(i) {
+                Some(b) if b.lo == lo => b.members,
+                _ => kept,
+            };
+            // A member that left the history cannot be coded any more: plainly, all of them.
+            if members & !kept != 0 {
+                continue;
+            }
+            let miss = miss & members;
+            let need = miss.count_ones() as usize;
+            if need == 0 || r.queue.len() + need > MAX_QUEUE {
+                continue;
+            }
             if r.blocks.get(i).is_none_or(|b| b.lo != lo) {
                 if r.blocks.len() >= MAX_BLOCKS {
                     r.blocks.pop_front();
@@ -147,41 +158,39 @@ impl Protocol {
                         lo,
                         members,
                         next: 0,
-                        round: [None; 2],
+                        queued: 0,
+                        round: None,
                     },
                 );
+                if r.open.is_some_and(|(o, _)| o == lo) {
+                    r.open = None;
+                }
             }
             let i = r.blocks.partition_point(|b| b.lo < lo);
             let b = &mut r.blocks[i];
-            if b.members != members {
-                // Members changed (the block grew, or its oldest left the history): symbols of
-                // the old bitmap do not combine with new ones.
-                *b = Block {
-                    lo,
-                    members,
-                    next: 0,
-                    round: [None; 2],
-                };
-            }
-            // Nacks of one round (within the nack window) count what the largest of them
-            // needs; first and later rounds apart (a later nack counted the first round's
-            // symbols: it needs new ones, however recent they are).
-            let round = &mut b.round[usize::from(again)];
-            let (extra, next_round) = match *round {
-                Some((t, n)) if now.saturating_duration_since(t) < hold => {
-                    (need.saturating_sub(n), (t, n.max(need)))
+            // First nacks of one round (within the nack window, from receivers that hold no
+            // symbol yet) count what the largest of them needs. A later one (`FLAG_AGAIN`)
+            // counted the symbols it holds, maybe this very round's: it gets new ones, however
+            // recent the round. Symbols still waiting for the bucket have reached nobody: they
+            // serve any nack.
+            let (extra, next_round) = match b.round {
+                Some((t, n)) if !again && now.saturating_duration_since(t) < hold => {
+                    (need.saturating_sub(n), Some((t, n.max(need))))
                 }
-                _ => (need, (now, need)),
+                _ if again => (need, b.round),
+                _ => (need, Some((now, need))),
             };
+            let extra = extra.min(need.saturating_sub(b.queued));
             if b.next + extra > erasure::PARITY {
                 // Out of indices: plain repairs for this block's gaps.
                 continue;
             }
-            *round = Some(next_round);
+            b.round = next_round;
             for index in b.next..b.next + extra {
                 r.queue.push_back(Job::Parity { lo, members, index });
             }
             b.next += extra;
+            b.queued += extra;
             coded.extend(
                 (0..BLOCK)
                     .filter(|i| miss & (1 << i) != 0)

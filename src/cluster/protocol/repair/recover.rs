@@ -2,19 +2,24 @@
 //! be needed to decode its parity, decoding what was missed, and applying it without setting a
 //! topic back.
 //!
-//! A receiver holds each peer's delta and names datagrams (their coded form) from the block of
-//! its oldest gap on (with no gap, its newest block only). A parity datagram of a block whose
-//! members it holds or misses is kept; once it has as many as it misses members, it decodes
-//! them and applies them as if they had come. A recovered datagram is older than what came
+//! A receiver holds each peer's delta and names datagrams (their coded form) from a block's
+//! length before its oldest gap on (with no gap, the last block's length of numbers; nothing
+//! once the peer is quiet and its copy right). A parity datagram of a block whose members it
+//! holds or lacks is kept; once it has as many as it lacks members, it decodes them and applies
+//! those it missed as if they had come (those from before it began holding only complete the
+//! block). A recovered datagram is older than what came
 //! after it: a topic set since by a newer datagram (a later delta, a repair, a refresh slice or
-//! reply covering it) keeps its newer count. For that, while a peer has gaps, the newest
-//! sequence number that set each topic is kept (bounded; past the bound nothing is decoded
-//! for that peer until its copy is right, and its gaps are nacked for plain repairs).
+//! reply covering it, even one stamped with its own number) keeps its newer count. For that,
+//! while a peer has gaps, the newest sequence number that set each topic is kept (bounded per
+//! peer and over all peers; past a bound nothing is decoded for that peer until its copy is
+//! right, and its gaps are nacked for plain repairs). Nothing is decoded of a peer over this
+//! node's caps.
 //!
-//! Its nacks say what it still needs: for a block whose parity it holds some of, only as many
-//! of its missing members as it lacks symbols (the sender sends that many new ones); for a block
-//! it cannot decode (it began holding the peer's datagrams after the block began, or gave them
-//! up to the bound), plain repairs ([`wire::FLAG_PLAIN`]).
+//! Its nacks say what it still needs: the members it lacks (missed, crossed off since without
+//! the datagram coming, or from before it began holding), and for a block whose parity it holds
+//! some of, only as many as it lacks symbols (the sender sends that many new ones); for gaps
+//! from before it began holding, or a block it cannot decode, plain repairs
+//! ([`wire::FLAG_PLAIN`]).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -27,8 +32,15 @@ use crate::cluster::wire::{self, BLOCK, Body, Kind};
 /// Bytes of peers' datagrams and parity held for decoding, at most, over all peers: past it a
 /// peer's are given up and its gaps repaired plainly.
 const HELD_BYTES: usize = 32 << 20;
-/// Topics whose newest setter is tracked per peer while it has gaps (see the module docs).
+/// The most one peer may hold of [`HELD_BYTES`] (one peer's long gap does not leave every other
+/// peer to plain repairs).
+const PEER_HELD_BYTES: usize = HELD_BYTES / 4;
+/// Topics whose newest setter is tracked per peer while it has gaps (see the module docs)...
 const MAX_SET_AT: usize = 1 << 18;
+/// ...and over all peers.
+const ALL_SET_AT: usize = 1 << 21;
+/// Nack ranges per peer for parity (more are left for a later round).
+const MAX_CODED_RANGES: usize = 256;
 /// Ranges set whole tracked per peer likewise.
 const MAX_RANGES_AT: usize = 256;
 /// Parity symbols held per peer.
@@ -65,6 +77,12 @@ pub(in crate::cluster::protocol) struct Recover {
 }
 
 impl Recover {
+    /// Whether it holds parity symbols (of a block not decoded yet): what it asks for then is
+    /// beyond them (a later round, [`wire::FLAG_AGAIN`]).
+    pub(in crate::cluster::protocol) fn has_symbols(&self) -> bool {
+        !self.symbols.is_empty()
+    }
+
     /// Whether its datagram `seq` is held.
     fn holds(&self, seq: u64) -> bool {
         self.held.binary_search_by_key(&seq, |h| h.0).is_ok()
@@ -78,11 +96,13 @@ impl Recover {
 
     /// Whether a topic `h` set by datagram `seq` would set it back (a newer datagram set it).
     fn newer(&self, h: u64, seq: u64) -> bool {
-        self.set_at.get(&h).is_some_and(|&s| s > seq)
+        // (An answer stamped with the very number recovered carries counts of its sending,
+        // newer than the datagram: that number was missed, so nothing else has it.)
+        self.set_at.get(&h).is_some_and(|&s| s >= seq)
             || self
                 .ranges_at
                 .iter()
-                .any(|&(s, lo, hi)| s > seq && (lo..=hi).contains(&h))
+                .any(|&(s, lo, hi)| s >= seq && (lo..=hi).contains(&h))
     }
 
     /// Splits a peer's gaps into those to nack for parity and those to nack for plain repairs;
@@ -99,6 +119,28 @@ impl Recover {
         } else {
             subtract(gaps, &[(0, from - 1)])
         };
+        // Missed before and crossed off since (not held): a block with a gap needs them too,
+        // so the first round asks for those near the gaps.
+        let near: Vec<(u64, u64)> = self
+            .missed
+            .iter()
+            .filter(|&&(l, h)| {
+                coded
+                    .iter()
+                    .any(|&(a, b)| l <= b.saturating_add(BLOCK) && a <= h.saturating_add(BLOCK))
+            })
+            .copied()
+            .collect();
+        for (l, h) in near.into_iter() {
+            coded.extend(
+                (l.max(from)..=h)
+                    .filter(|&s| !self.holds(s))
+                    .take(BLOCK as usize)
+                    .map(|s| (s, s)),
+            );
+        }
+        coded.sort_unstable();
+        coded.dedup();
         let mut blocks: Vec<(u64, u64)> = self.symbols.iter().map(|s| (s.0, s.1)).collect();
         blocks.sort_unstable();
         blocks.dedup_by_key(|b| b.0);
@@ -141,28 +183,8 @@ impl Recover {
             coded.extend(subtract(&inside, &ours));
             coded.extend(missing[have..].iter().map(|&s| (s, s)));
         }
-        // Missed before and crossed off since (not held): a block with a gap needs them too,
-        // so the first round asks for those near the gaps.
-        let near: Vec<(u64, u64)> = self
-            .missed
-            .iter()
-            .filter(|&&(l, h)| {
-                coded
-                    .iter()
-                    .any(|&(a, b)| l <= b.saturating_add(BLOCK) && a <= h.saturating_add(BLOCK))
-            })
-            .copied()
-            .collect();
-        for (l, h) in near {
-            coded.extend(
-                (l.max(from)..=h)
-                    .filter(|&s| !self.holds(s))
-                    .take(BLOCK as usize)
-                    .map(|s| (s, s)),
-            );
-        }
-        coded.sort_unstable();
-        coded.dedup();
+        let mut coded = super::gaps::merge(&coded);
+        coded.truncate(MAX_CODED_RANGES);
         (coded, plain)
     }
 }
@@ -196,25 +218,27 @@ impl Protocol {
         let r = &mut p.recover;
         r.from.get_or_insert(seq);
         let coded = wire::coded_parts(kind, count, body);
-        if self.held_bytes + coded.len() > HELD_BYTES {
+        if self.held_bytes + coded.len() > HELD_BYTES || r.bytes + coded.len() > PEER_HELD_BYTES {
             // Given up: what it held, and every block up to this datagram.
             self.held_bytes -= r.bytes;
             r.held.clear();
             r.symbols.clear();
             r.bytes = 0;
-            r.from = Some(seq + 1);
+            r.from = Some(seq.saturating_add(1));
             return;
         }
         r.bytes += coded.len();
         self.held_bytes += coded.len();
         r.held.push_back((seq, coded.into()));
         r.last_member = Some(now);
-        let blocks: Vec<u64> = r
+        let mut blocks: Vec<u64> = r
             .symbols
             .iter()
             .map(|s| s.0)
             .filter(|&lo| (lo..lo.saturating_add(BLOCK)).contains(&seq))
             .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
         for lo in blocks {
             self.retry_block(node, lo);
         }
@@ -235,12 +259,15 @@ impl Protocol {
         if p.gaps.is_empty() || r.blind {
             return;
         }
+        let before = r.set_at.len();
         for h in hashes {
             let s = r.set_at.entry(h).or_insert(seq);
             *s = (*s).max(seq);
         }
-        if r.set_at.len() > MAX_SET_AT {
+        self.set_at_len += r.set_at.len() - before;
+        if r.set_at.len() > MAX_SET_AT || self.set_at_len > ALL_SET_AT {
             r.blind = true;
+            self.set_at_len -= r.set_at.len();
             r.set_at = HashMap::default();
         }
     }
@@ -285,7 +312,7 @@ impl Protocol {
         let r = &mut p.recover;
         let keep = if quiet {
             r.last_member = None;
-            p.last_seq + 1
+            p.last_seq.saturating_add(1)
         } else {
             let oldest = p.gaps.iter().map(|g| g.0).min().unwrap_or(p.last_seq);
             oldest.saturating_sub(BLOCK - 1)
@@ -315,6 +342,7 @@ impl Protocol {
         }
         if p.gaps.is_empty() {
             if !r.set_at.is_empty() {
+                self.set_at_len -= r.set_at.len();
                 r.set_at = HashMap::default();
             }
             r.ranges_at.clear();
@@ -325,6 +353,7 @@ impl Protocol {
     /// Forgets what was held of a peer that is dropped.
     pub(in crate::cluster::protocol) fn release_held(&mut self, r: &Recover) {
         self.held_bytes -= r.bytes;
+        self.set_at_len -= r.set_at.len();
     }
 
     /// A parity symbol of peer `node`'s block from `lo` over `members`: kept, and the block
@@ -341,6 +370,7 @@ impl Protocol {
         };
         let r = &mut p.recover;
         if r.blind
+            || p.over_cap
             || r.symbols.len() >= MAX_SYMBOLS
             || self.held_bytes + payload.len() > HELD_BYTES
             || r.symbols
@@ -373,6 +403,9 @@ impl Protocol {
             return;
         };
         let r = &p.recover;
+        if r.blind || p.over_cap {
+            return;
+        }
         let from = r.from.unwrap_or(u64::MAX);
         let mut known: Vec<(usize, &[u8])> = Vec::new();
         let mut missing: Vec<usize> = Vec::new();
@@ -417,6 +450,11 @@ impl Protocol {
             return;
         };
         let r = &mut p.recover;
+        // Without the decode's zero padding (a later symbol of the block may be shorter).
+        let len = data
+            .get(3..5)
+            .map_or(0, |l| usize::from(u16::from_le_bytes([l[0], l[1]])));
+        let data = &data[..(wire::CODED_HEAD + len).min(data.len())];
         if self.held_bytes + data.len() > HELD_BYTES {
             return;
         }

@@ -173,7 +173,7 @@ fn a_recovered_delta_does_not_set_a_topic_back() {
 }
 
 /// A nack that asks for plain repairs gets them; one that does not gets parity; a later
-/// round's nack is answered with what it asks for and one more, however recent the last.
+/// round's nack gets new symbols, however recent the last round.
 #[test]
 fn nacks_get_what_they_ask_for() {
     let (mut ps, t) = formed(2);
@@ -217,10 +217,10 @@ fn nacks_get_what_they_ask_for() {
     // The same round again (within the nack window): nothing more.
     let k = ask(&mut ps, 0, t + Duration::from_millis(2));
     assert!(!k.contains(&Kind::Parity), "{k:?}");
-    // A later round: new symbols, one more than asked.
+    // A later round, however soon: new symbols, as many as asked.
     let k = ask(&mut ps, FLAG_AGAIN, t + Duration::from_millis(3));
-    assert_eq!(k.iter().filter(|k| **k == Kind::Parity).count(), 3, "{k:?}");
-    assert_eq!(ps[0].stats().parity_sent, 5);
+    assert_eq!(k.iter().filter(|k| **k == Kind::Parity).count(), 2, "{k:?}");
+    assert_eq!(ps[0].stats().parity_sent, 4);
 }
 
 /// Parity off: nacks are answered plainly, and a receiver asks for plain repairs.
@@ -255,4 +255,151 @@ fn with_parity_off_repairs_are_plain_both_ways() {
         }
         assert_eq!(p.remote_total(), 300);
     }
+}
+
+/// A peer (buggy, or replaying) whose sequence number reached u64::MAX: once its copy is right
+/// and it has been quiet for four ticks, the next reply at that number has its held datagrams
+/// trimmed from the number after the last (an overflow panic, found in review).
+#[test]
+fn a_peer_at_the_last_sequence_number_does_not_overflow_trimming() {
+    let (mut ps, mut t) = formed(2);
+    let name: Arc<str> = "room:77".into();
+    ps[1].set_local(77, 3, Some(&name));
+    ps[1].handle_tick(t);
+    for x in drain(&mut ps[1]) {
+        ps[0].handle_datagram(t, addr(2), &x.bytes);
+    }
+    assert_eq!(ps[0].remote(77), 3);
+    // A final heartbeat at the last number, digest right: the gap it opens is cleared.
+    let st = ps[1].stamp(t, u64::MAX);
+    let hb = ps[1].enc.bare(&ps[1].seal, Kind::Heartbeat, FLAG_END, &st);
+    ps[0].handle_datagram(t, addr(2), &hb);
+    assert!(
+        ps[0].peers[&2].gaps.is_empty(),
+        "{:?}",
+        ps[0].peers[&2].gaps
+    );
+    // Quiet for more than four ticks, then any reply at that number (a repair here).
+    t += Duration::from_millis(500);
+    let st = ps[1].stamp(t, u64::MAX);
+    let r = ps[1].enc.repair(&ps[1].seal, 0, &st, (1, 1), &[]);
+    ps[0].handle_datagram(t, addr(2), &r);
+}
+
+/// A delta numbered u64::MAX arriving when the held bytes are at their bound: holding gives up
+/// from the number after it (an overflow panic, found in review; the bound is reached here by
+/// setting the counter).
+#[test]
+fn holding_gives_up_at_the_last_sequence_number_without_overflow() {
+    let (mut ps, t) = formed(2);
+    ps[0].held_bytes = (32 << 20) - 4;
+    let st = ps[1].stamp(t, u64::MAX);
+    let d = ps[1]
+        .enc
+        .entries(&ps[1].seal, Kind::Delta, 0, &st, None, &[(5, 1)]);
+    ps[0].handle_datagram(t, addr(2), &d);
+}
+
+/// An answer (a resync reply's range here; a plain repair likewise) carries the sender's counts
+/// of now stamped with its last sent number `S`. The delta numbered `S` itself, lost and
+/// recovered from parity after the answer, is older: it does not set the answer's count back
+/// (it did, found in review).
+#[test]
+fn a_recovered_delta_does_not_set_back_an_answer_stamped_with_its_number() {
+    let (mut ps, t) = formed(2);
+    for h in 0..300u64 {
+        ps[0].set_local(h, 1, None);
+    }
+    ps[0].handle_tick(t);
+    let burst = drain(&mut ps[0]);
+    let opened: Vec<_> = burst
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| ps[0].seal.open(&d.bytes).ok().map(|x| (i, x)))
+        .filter(|(_, x)| x.kind == Kind::Delta)
+        .map(|(i, x)| {
+            let Body::Entries(e) = x.body else {
+                panic!("a delta")
+            };
+            (
+                i,
+                x.header.seq.get(),
+                e.iter().map(|e| e.hash.get()).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let (last_i, s, hashes) = opened.last().cloned().unwrap();
+    assert_eq!(s, ps[0].sent_seq());
+    let hot = hashes[0];
+    for (i, x) in burst.iter().enumerate() {
+        if i != last_i {
+            ps[1].handle_datagram(t, addr(1), &x.bytes);
+        }
+    }
+    // The hot topic changes; before the next tick, node 1 answers with a range of its table.
+    ps[0].set_local(hot, 7, None);
+    let st = ps[0].stamp(t, ps[0].sent_seq());
+    let entries: Vec<(u64, u32)> = ps[0].table.map.range(hot, hot).collect();
+    let reply = ps[0].enc.entries(
+        &ps[0].seal,
+        Kind::ResyncReply,
+        FLAG_END,
+        &st,
+        Some((hot, hot)),
+        &entries,
+    );
+    ps[1].handle_datagram(t, addr(1), &reply);
+    assert_eq!(ps[1].remote(hot), 7);
+    // Node 2 nacks the delta it missed; node 1 answers with parity.
+    let at = t + Duration::from_millis(20);
+    let st = ps[1].stamp(at, ps[1].seq);
+    let n = ps[1]
+        .enc
+        .nacks(&ps[1].seal, 0, &st, &[Gap::new(1, s, s)])
+        .remove(0);
+    ps[0].handle_datagram(at, addr(2), &n);
+    let answer = drain_paced(&mut ps[0], at, at + Duration::from_millis(50));
+    for x in &answer {
+        ps[1].handle_datagram(at, addr(1), &x.bytes);
+    }
+    assert_eq!(ps[1].stats().recovered, 1);
+    assert_eq!(ps[1].remote(hot), 7, "set back by the recovered delta");
+}
+
+/// While the repair bucket is backlogged, the same nack (a replay, or the same receiver's nack
+/// again) arriving each time just after the nack window: symbols still queued serve it, so
+/// parity sends no more than twice what plain repairs do (it queued `need` symbols each time,
+/// 39 for plain's 2, found in review). Counted over the minute the bucket takes to send it all.
+#[test]
+fn a_nack_repeated_while_the_bucket_is_backlogged_queues_no_more_symbols() {
+    let run = |flags: u16| {
+        let (mut ps, t) = formed(2);
+        ps[0].cfg.max_repair_rate = 1_000;
+        for h in 0..300u64 {
+            ps[0].set_local(h, 1, None);
+        }
+        ps[0].handle_tick(t);
+        let burst = drain(&mut ps[0]);
+        let seqs: Vec<u64> = burst
+            .iter()
+            .filter_map(|d| ps[0].seal.open(&d.bytes).ok())
+            .filter(|d| d.kind == Kind::Delta)
+            .map(|d| d.header.seq.get())
+            .collect();
+        let gaps = [Gap::new(1, seqs[0], seqs[0]), Gap::new(1, seqs[1], seqs[1])];
+        let window = ps[0].cfg.nack_window;
+        let mut at = t;
+        let mut sent = 0;
+        for _ in 0..20 {
+            let st = ps[1].stamp(at, ps[1].seq);
+            let n = ps[1].enc.nacks(&ps[1].seal, flags, &st, &gaps).remove(0);
+            ps[0].handle_datagram(at, addr(2), &n);
+            sent += drain(&mut ps[0]).len();
+            at += window + Duration::from_millis(1);
+        }
+        sent + drain_paced(&mut ps[0], at, at + Duration::from_secs(60)).len()
+    };
+    let plain = run(FLAG_PLAIN);
+    let parity = run(0);
+    assert!(parity <= 2 * plain, "plain {plain}, parity {parity}");
 }
