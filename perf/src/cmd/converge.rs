@@ -144,9 +144,9 @@ struct Run {
     resyncs: u64,
     /// Bytes sent answering resync requests, cluster-wide, from the burst to exactness.
     repair_bytes: u64,
-    /// Plain repair and parity datagrams sent, and datagrams recovered from parity,
+    /// Plain repair and parity datagrams sent, datagrams recovered from parity, and nack bytes,
     /// cluster-wide, from the burst to exactness.
-    repairs: [u64; 3],
+    repairs: [u64; 4],
     /// Datagrams full send and receive buffers dropped, cluster-wide, over the whole run.
     dropped: (u64, u64),
     /// The most bytes one node handed its socket in one tick.
@@ -164,16 +164,17 @@ fn repair_bytes(sim: &Sim) -> u64 {
         .sum()
 }
 
-/// Plain repairs sent, parity sent, datagrams recovered: cluster-wide.
-fn repair_counts(sim: &Sim) -> [u64; 3] {
+/// Plain repairs sent, parity sent, datagrams recovered, nack bytes: cluster-wide.
+fn repair_counts(sim: &Sim) -> [u64; 4] {
     (0..sim.len())
         .filter_map(|i| sim.node(i))
         .map(|p| p.stats())
-        .fold([0; 3], |a, s| {
+        .fold([0; 4], |a, s| {
             [
                 a[0] + s.repairs_sent,
                 a[1] + s.parity_sent,
                 a[2] + s.recovered,
+                a[3] + s.nack_bytes,
             ]
         })
 }
@@ -236,7 +237,7 @@ fn run_seed(
     let resyncs = resync_requests(&sim) - r0;
     let repair = repair_bytes(&sim) - p0;
     let c1 = repair_counts(&sim);
-    let repairs = [c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]];
+    let repairs = [c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2], c1[3] - c0[3]];
 
     let b1 = total_bytes(&sim);
     if idle {
@@ -296,8 +297,9 @@ fn run_seed(
 /// - `bytes_vs_lossless`: the burst's bytes per node over those of the same seed's burst without
 ///   loss (same capacity), worst over seeds (`_median` too): what loss costs in bytes.
 /// - `repair_bytes_per_node`: bytes sent answering resync requests, burst to exact, per node.
-/// - `plain_repairs_per_node`, `parity_per_node`, `recovered_per_node`: repair datagrams and
-///   parity datagrams sent, and peers' datagrams recovered from parity, burst to exact, per node.
+/// - `plain_repairs_per_node`, `parity_per_node`, `recovered_per_node`, `nack_bytes_per_node`:
+///   repair datagrams and parity datagrams sent, peers' datagrams recovered from parity, and
+///   bytes of nacks sent, burst to exact, per node.
 /// - `peak_egress_bytes_per_tick`: the most bytes one node handed its socket in one tick window,
 ///   over the whole run (settling, burst, idle), worst over seeds.
 /// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
@@ -333,7 +335,7 @@ pub fn converge(
     let mut resyncs = Vec::new();
     let mut vs_lossless = Vec::new();
     let mut repair = Vec::new();
-    let mut counts = [0f64; 3];
+    let mut counts = [0f64; 4];
     let mut peak = 0u64;
     let mut dropped = (0.0, 0.0);
     let mut wall = 0f64;
@@ -401,6 +403,7 @@ pub fn converge(
         "plain_repairs_per_node": round(counts[0], 1),
         "parity_per_node": round(counts[1], 1),
         "recovered_per_node": round(counts[2], 1),
+        "nack_bytes_per_node": round(counts[3], 1),
         "peak_egress_bytes_per_tick": peak,
         "dropped_send": round(dropped.0, 1),
         "dropped_recv": round(dropped.1, 1),

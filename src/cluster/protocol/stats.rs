@@ -101,6 +101,8 @@ pub struct ProtoStats {
     /// Nack datagrams sent (this node missed some of a peer's datagrams, and its copy was
     /// wrong).
     pub nacks_sent: u64,
+    /// Bytes of those nacks (every copy, with a unicast peer list).
+    pub nack_bytes: u64,
     /// Nacks this node held back because other receivers had asked for the same.
     pub nacks_suppressed: u64,
     /// Repair datagrams sent (current counts and names of what peers nacked).

@@ -56,6 +56,7 @@ impl Protocol {
             return;
         }
         self.stats.nacks_sent += 1;
+        let before = self.stats.bytes_sent;
         let st = self.stamp(now, self.sent_seq());
         if self.relay_k().is_none() {
             for (flags, gaps) in [(0, &coded), (wire::FLAG_AGAIN, &again)] {
@@ -92,6 +93,7 @@ impl Protocol {
         for d in self.enc.nacks(&self.seal, plain, &st, &list) {
             self.push(Dest::Group, d);
         }
+        self.stats.nack_bytes += self.stats.bytes_sent - before;
     }
 
     /// A nack from peer `requester`: this node's gaps are repaired (to the requester if it sent
