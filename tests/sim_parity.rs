@@ -1,22 +1,15 @@
 //! Coded repairs (issue 14), over many seeds of the simulator: what loss costs with parity
 //! against plain repairs side by side, and recovered datagrams that never set a topic back.
 
-use std::time::Duration;
-
 use headcount::cluster::protocol::{Config, ProtoStats};
 use headcount::cluster::sim::{Sim, topic_hash};
 
-const TICK: Duration = Duration::from_millis(100);
+mod common;
+use common::TICK;
 
 /// `n` nodes, formed and exact without loss, then `loss` of every delivery lost.
 fn formed(n: usize, seed: u64, loss: f64, cfg: impl Fn(&mut Config) + 'static) -> Sim {
-    let mut s = Sim::new(n, seed, TICK, cfg);
-    s.faults.delay = Duration::from_millis(1);
-    s.run_for(TICK * 3);
-    assert!(
-        s.ticks_to_exact(50).is_some(),
-        "seed {seed}: the cluster forms"
-    );
+    let mut s = common::formed(n, seed, cfg);
     s.faults.loss = loss;
     s
 }

@@ -7,23 +7,8 @@ use std::time::Duration;
 use headcount::cluster::protocol::ProtoStats;
 use headcount::cluster::sim::{Capacity, Sim, topic_hash};
 
-const TICK: Duration = Duration::from_millis(100);
-
-/// `n` nodes, formed and exact, 1 ms apart; `cfg` adjusts every node's settings.
-fn formed(
-    n: usize,
-    seed: u64,
-    cfg: impl Fn(&mut headcount::cluster::protocol::Config) + 'static,
-) -> Sim {
-    let mut s = Sim::new(n, seed, TICK, cfg);
-    s.faults.delay = Duration::from_millis(1);
-    s.run_for(TICK * 3);
-    assert!(
-        s.ticks_to_exact(50).is_some(),
-        "seed {seed}: the cluster forms"
-    );
-    s
-}
+mod common;
+use common::{TICK, formed};
 
 fn stats(s: &Sim) -> Vec<ProtoStats> {
     (0..s.len())

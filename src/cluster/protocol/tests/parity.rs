@@ -36,6 +36,15 @@ fn exchange(ps: &mut [Protocol], t: Instant, lost: &[(usize, usize, usize)]) {
     }
 }
 
+/// `p` counts each of `hashes` once and ticks: the tick's datagrams (undelivered).
+fn burst(p: &mut Protocol, hashes: impl Iterator<Item = u64>, t: Instant) -> Vec<Transmit> {
+    for h in hashes {
+        p.set_local(h, 1, None);
+    }
+    p.handle_tick(t);
+    drain(p)
+}
+
 fn kinds(ds: &[Transmit], seal: &Seal) -> Vec<Kind> {
     ds.iter()
         .filter_map(|d| seal.open(&d.bytes).ok().map(|x| x.kind))
@@ -87,11 +96,8 @@ fn nack(ps: &mut [Protocol], who: &[usize]) -> Instant {
 #[test]
 fn one_parity_datagram_repairs_a_different_loss_at_each_receiver() {
     let (mut ps, t) = formed(4);
-    for h in 0..500u64 {
-        ps[0].set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
-    }
-    ps[0].handle_tick(t);
-    let burst = drain(&mut ps[0]);
+    let hashes = (0..500u64).map(|h| h.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let burst = burst(&mut ps[0], hashes, t);
     let d = deltas(&burst, &ps[0].seal);
     assert!(d.len() >= 4, "{} deltas", d.len());
     for (i, x) in burst.iter().enumerate() {
@@ -129,11 +135,7 @@ fn one_parity_datagram_repairs_a_different_loss_at_each_receiver() {
 fn a_recovered_delta_does_not_set_a_topic_back() {
     let (mut ps, mut t) = formed(2);
     let hot = 1005u64;
-    for h in 1000..1200u64 {
-        ps[0].set_local(h, 1, None);
-    }
-    ps[0].handle_tick(t);
-    let burst = drain(&mut ps[0]);
+    let burst = burst(&mut ps[0], 1000..1200u64, t);
     let d = deltas(&burst, &ps[0].seal);
     let first = ps[0].seal.open(&burst[d[0]].bytes).expect("a delta");
     let Body::Entries(e) = first.body else {
@@ -177,11 +179,7 @@ fn a_recovered_delta_does_not_set_a_topic_back() {
 #[test]
 fn nacks_get_what_they_ask_for() {
     let (mut ps, t) = formed(2);
-    for h in 0..300u64 {
-        ps[0].set_local(h, 1, None);
-    }
-    ps[0].handle_tick(t);
-    let burst = drain(&mut ps[0]);
+    let burst = burst(&mut ps[0], 0..300u64, t);
     let d = deltas(&burst, &ps[0].seal);
     let seq_of = |i: usize| {
         ps[0]
@@ -230,11 +228,7 @@ fn with_parity_off_repairs_are_plain_both_ways() {
     for p in ps.iter_mut().skip(1) {
         p.cfg.parity = false;
     }
-    for h in 0..300u64 {
-        ps[0].set_local(h, 1, None);
-    }
-    ps[0].handle_tick(t);
-    let burst = drain(&mut ps[0]);
+    let burst = burst(&mut ps[0], 0..300u64, t);
     let d = deltas(&burst, &ps[0].seal);
     for (i, x) in burst.iter().enumerate() {
         if i != d[1] {
@@ -307,11 +301,7 @@ fn holding_gives_up_at_the_last_sequence_number_without_overflow() {
 #[test]
 fn a_recovered_delta_does_not_set_back_an_answer_stamped_with_its_number() {
     let (mut ps, t) = formed(2);
-    for h in 0..300u64 {
-        ps[0].set_local(h, 1, None);
-    }
-    ps[0].handle_tick(t);
-    let burst = drain(&mut ps[0]);
+    let burst = burst(&mut ps[0], 0..300u64, t);
     let opened: Vec<_> = burst
         .iter()
         .enumerate()
@@ -375,11 +365,7 @@ fn a_nack_repeated_while_the_bucket_is_backlogged_queues_no_more_symbols() {
     let run = |flags: u16| {
         let (mut ps, t) = formed(2);
         ps[0].cfg.max_repair_rate = 1_000;
-        for h in 0..300u64 {
-            ps[0].set_local(h, 1, None);
-        }
-        ps[0].handle_tick(t);
-        let burst = drain(&mut ps[0]);
+        let burst = burst(&mut ps[0], 0..300u64, t);
         let seqs: Vec<u64> = burst
             .iter()
             .filter_map(|d| ps[0].seal.open(&d.bytes).ok())
