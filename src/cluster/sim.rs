@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
-use std::rc::Rc;
+use std::sync::Arc;
 
 mod event;
 mod link;
@@ -381,7 +381,7 @@ impl Sim {
         Some(done)
     }
 
-    fn send(&mut self, from: usize, to: usize, bytes: &Rc<[u8]>, left: Duration) {
+    fn send(&mut self, from: usize, to: usize, bytes: &Arc<[u8]>, left: Duration) {
         if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
             return;
         }
@@ -457,7 +457,7 @@ impl Sim {
     fn flush(&mut self, i: usize, p: &mut Protocol) {
         let tick = self.tick.as_nanos().max(1);
         while let Some(t) = p.poll_transmit() {
-            let bytes: Rc<[u8]> = t.bytes.as_slice().into();
+            let bytes: Arc<[u8]> = t.bytes.as_slice().into();
             let w = (self.now.as_nanos() / tick) as u64;
             let copies = match t.dest {
                 Dest::Group if self.capacity.unicast_fanout => self.nodes.len() as u64 - 1,
@@ -562,7 +562,7 @@ impl Sim {
                     };
                     if let Some(mut p) = self.nodes[to].proto.take() {
                         self.delivered += 1;
-                        p.handle_datagram(self.base + self.now, addr(from), &bytes);
+                        p.handle_shared(self.base + self.now, addr(from), &bytes);
                         self.flush(to, &mut p);
                         self.nodes[to].proto = Some(p);
                         self.rewake(to);

@@ -788,13 +788,6 @@ pub struct Names<'a> {
     left: usize,
 }
 
-impl<'a> Names<'a> {
-    /// The body they were read from (all of it, before any was taken).
-    pub fn body(&self) -> &'a [u8] {
-        self.bytes
-    }
-}
-
 struct NameEntry<'a> {
     hash: u64,
     name: &'a str,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use super::peer::{Counts, Table, Tomb};
 use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
 use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
-use zerocopy::IntoBytes;
 
 /// Most names kept for topics with no count yet.
 const PENDING_NAMES: usize = 1 << 16;
@@ -35,7 +34,13 @@ impl Protocol {
     /// Applies an admitted datagram (admission made its sender a peer, unless it is a goodbye):
     /// the sender's sequence, address and clock, then its body; a final digest that does not
     /// match asks for a resync.
-    pub(super) fn apply(&mut self, now: Instant, from: SocketAddr, d: wire::Datagram) {
+    pub(super) fn apply(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        d: wire::Datagram,
+        raw: impl FnOnce() -> Arc<[u8]>,
+    ) {
         let h = d.header;
         let (node, seq, time) = (h.node.get(), h.seq.get(), h.time.get());
         if d.kind == Kind::Goodbye {
@@ -127,14 +132,13 @@ impl Protocol {
         // One of its own numbered delta or names datagrams, sent to the group itself: held for
         // decoding its parity (`repair/recover.rs`).
         let numbered = !reply && wire::relay_fanout(h.flags.get()) == 0 && self.cfg.parity;
-        let count = h.count.get();
         if numbered {
             self.heard_numbered(node, seq);
         }
         match d.body {
             Body::Entries(e) => {
                 if numbered {
-                    self.hold(now, node, seq, (Kind::Delta, count, e.as_bytes()));
+                    self.hold(now, node, seq, raw());
                 }
                 self.note_set(node, seq, e.iter().map(|x| x.hash.get()));
                 self.peer_set_all(node, e);
@@ -159,7 +163,7 @@ impl Protocol {
             }
             Body::Names(names) => {
                 if numbered {
-                    self.hold(now, node, seq, (Kind::Names, count, names.body()));
+                    self.hold(now, node, seq, raw());
                 }
                 self.learn_names(names);
             }

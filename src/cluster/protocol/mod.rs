@@ -358,12 +358,30 @@ impl Protocol {
     /// One received datagram: admission (see the module docs), then its effect: counts applied
     /// to its sender's table, or a resync request answered (queued for its sender only).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Outcome {
+        self.receive(now, from, bytes, None)
+    }
+
+    /// [`Protocol::handle_datagram`] for a datagram the caller holds shared: what the protocol
+    /// keeps of it (a peer's delta held to decode its parity) is that allocation, not a copy
+    /// (a simulator delivering one datagram to many nodes keeps it once).
+    pub fn handle_shared(&mut self, now: Instant, from: SocketAddr, bytes: &Arc<[u8]>) -> Outcome {
+        self.receive(now, from, bytes, Some(bytes))
+    }
+
+    fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        shared: Option<&Arc<[u8]>>,
+    ) -> Outcome {
         match self.admit(now, from, bytes) {
             Ok(Admitted::Own) => Outcome::Own,
             Ok(Admitted::Update(d)) => {
                 self.stats.received += 1;
                 self.forward(d.header, bytes);
-                self.apply(now, from, d);
+                let raw = || shared.cloned().unwrap_or_else(|| bytes.into());
+                self.apply(now, from, d, raw);
                 Outcome::Applied
             }
             Ok(Admitted::Request { names, state, only }) => {

@@ -1,7 +1,7 @@
 //! The simulation's events and their order.
 
 use std::cmp::Ordering;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One event of the simulation. In time order; at the same time, ticks (by node) before
@@ -20,7 +20,7 @@ pub(super) enum What {
     Datagram {
         to: usize,
         from: usize,
-        bytes: Rc<[u8]>,
+        bytes: Arc<[u8]>,
         arrived: bool,
     },
 }

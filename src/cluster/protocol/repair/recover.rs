@@ -21,13 +21,15 @@
 //! from before it began holding, or a block it cannot decode, plain repairs
 //! ([`wire::FLAG_PLAIN`]).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::super::{HashMap, Protocol};
 use super::subtract;
 use crate::cluster::erasure;
-use crate::cluster::wire::{self, BLOCK, Body, Kind};
+use crate::cluster::wire::{self, BLOCK, Body};
 
 /// Bytes of peers' datagrams and parity held for decoding, at most, over all peers: past it a
 /// peer's are given up and its gaps repaired plainly.
@@ -49,11 +51,37 @@ const MAX_SYMBOLS: usize = 512;
 /// Inclusive ranges of sequence numbers.
 type Ranges = Vec<(u64, u64)>;
 
+/// A held datagram: as it came (shared with whoever else keeps it), or recovered (its coded
+/// form).
+#[derive(Debug)]
+enum Held {
+    Sealed(Arc<[u8]>),
+    Coded(Box<[u8]>),
+}
+
+impl Held {
+    /// Its coded form ([`wire::coded`]).
+    fn coded(&self) -> Cow<'_, [u8]> {
+        match self {
+            Held::Sealed(b) => Cow::Owned(wire::coded(b).unwrap_or_default()),
+            Held::Coded(c) => Cow::Borrowed(c),
+        }
+    }
+
+    /// What it counts against the held bytes.
+    fn len(&self) -> usize {
+        match self {
+            Held::Sealed(b) => b.len(),
+            Held::Coded(c) => c.len(),
+        }
+    }
+}
+
 /// What a receiver keeps of one peer for decoding its parity.
 #[derive(Debug, Default)]
 pub(in crate::cluster::protocol) struct Recover {
-    /// Its delta and names datagrams in coded form, by sequence number.
-    held: VecDeque<(u64, Box<[u8]>)>,
+    /// Its delta and names datagrams, by sequence number.
+    held: VecDeque<(u64, Held)>,
     /// Every delta and names datagram received with this sequence number or a later one is in
     /// `held` (`None`: none received yet).
     from: Option<u64>,
@@ -210,15 +238,16 @@ impl Protocol {
         now: Instant,
         node: u64,
         seq: u64,
-        (kind, count, body): (Kind, u16, &[u8]),
+        sealed: Arc<[u8]>,
     ) {
         let Some(p) = self.peers.get_mut(&node) else {
             return;
         };
         let r = &mut p.recover;
         r.from.get_or_insert(seq);
-        let coded = wire::coded_parts(kind, count, body);
-        if self.held_bytes + coded.len() > HELD_BYTES || r.bytes + coded.len() > PEER_HELD_BYTES {
+        let held = Held::Sealed(sealed);
+        let len = held.len();
+        if self.held_bytes + len > HELD_BYTES || r.bytes + len > PEER_HELD_BYTES {
             // Given up: what it held, and every block up to this datagram.
             self.held_bytes -= r.bytes;
             r.held.clear();
@@ -227,9 +256,9 @@ impl Protocol {
             r.from = Some(seq.saturating_add(1));
             return;
         }
-        r.bytes += coded.len();
-        self.held_bytes += coded.len();
-        r.held.push_back((seq, coded.into()));
+        r.bytes += len;
+        self.held_bytes += len;
+        r.held.push_back((seq, held));
         r.last_member = Some(now);
         let mut blocks: Vec<u64> = r
             .symbols
@@ -407,12 +436,12 @@ impl Protocol {
             return;
         }
         let from = r.from.unwrap_or(u64::MAX);
-        let mut known: Vec<(usize, &[u8])> = Vec::new();
+        let mut held: Vec<(usize, usize)> = Vec::new();
         let mut missing: Vec<usize> = Vec::new();
         for i in (0..BLOCK as usize).filter(|&i| members & (1 << i) != 0) {
             let seq = lo + i as u64;
             if let Ok(k) = r.held.binary_search_by_key(&seq, |h| h.0) {
-                known.push((i, &r.held[k].1));
+                held.push((i, k));
             } else if r.lacks(seq) || in_gaps(&p.gaps, seq) {
                 // Missed (applied once decoded), or from before holding began (only decoded).
                 missing.push(i);
@@ -430,6 +459,11 @@ impl Protocol {
         if symbols.len() < missing.len() {
             return;
         }
+        let coded: Vec<(usize, Cow<[u8]>)> = held
+            .iter()
+            .map(|&(i, k)| (i, r.held[k].1.coded()))
+            .collect();
+        let known: Vec<(usize, &[u8])> = coded.iter().map(|(i, c)| (*i, &c[..])).collect();
         let out = erasure::decode(&symbols, &known, &missing);
         self.drop_symbols(node, lo);
         for (i, data) in missing.into_iter().zip(out.unwrap_or_default()) {
@@ -461,7 +495,7 @@ impl Protocol {
         if let Err(k) = r.held.binary_search_by_key(&seq, |h| h.0) {
             r.bytes += data.len();
             self.held_bytes += data.len();
-            r.held.insert(k, (seq, data.into()));
+            r.held.insert(k, (seq, Held::Coded(data.into())));
         }
     }
 
