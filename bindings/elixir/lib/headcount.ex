@@ -48,6 +48,10 @@ defmodule Headcount do
     * `:max_topics` - the topic table's capacity (default 2^20)
     * `:max_subscriber_queue` - a subscriber with more messages queued than this is skipped
       (and told it lagged when it catches up); default 1000
+    * `:parity` - repair lost datagrams with parity (default `true`); `false` while some nodes
+      of the cluster run a version without it
+    * `:relay_fanout` - with unicast peers and a key: the relay tree's fan-out (default 16;
+      0 never relays, else 2 to 255); `0` while some nodes run a version without relaying
 
   An unknown option or a bad value raises `ArgumentError` naming it.
 

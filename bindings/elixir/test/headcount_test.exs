@@ -286,6 +286,8 @@ defmodule HeadcountTest do
           {[cluster: [multicast: {{239, 1, 2, 3}, 7000}, wat: 1]],
            ~r/unknown :cluster option :wat/},
           {[insecure: "yes"], ~r/:insecure must be a boolean/},
+          {[parity: "no"], ~r/:parity must be a boolean/},
+          {[relay_fanout: -1], ~r/:relay_fanout must be a non-negative integer/},
           {[key: ""], ~r/:key must be a non-empty binary/},
           {[key: "k", key_file: "/k"], ~r/exclude each other/},
           {[cluster_name: :x], ~r/:cluster_name must be a non-empty string/},
@@ -313,6 +315,16 @@ defmodule HeadcountTest do
 
     assert msg =~ ~r/in use|bind/i
     :gen_udp.close(sock)
+  end
+
+  test "parity and relay_fanout reach the engine's builder" do
+    Headcount.stop()
+    Process.flag(:trap_exit, true)
+    # The builder checks the fan-out: 1 is refused, naming the option.
+    assert {:error, {:headcount, msg}} = Headcount.start_link(relay_fanout: 1)
+    assert msg =~ "relay_fanout"
+    assert {:ok, _} = Headcount.start_link(parity: false, relay_fanout: 0)
+    Headcount.stop()
   end
 
   test "without an engine, calls raise instead of counting nothing" do

@@ -17,7 +17,9 @@ defmodule Headcount.Options do
     :insecure,
     :node_name,
     :max_topics,
-    :max_subscriber_queue
+    :max_subscriber_queue,
+    :parity,
+    :relay_fanout
   ]
   @cluster [:multicast, :interface, :unicast, :peers, :peers_dns, :dns_interval]
 
@@ -45,6 +47,8 @@ defmodule Headcount.Options do
       key_file: string(opts, :key_file),
       key: key(opts, erlang?),
       insecure: bool(opts, :insecure),
+      parity: bool(opts, :parity),
+      relay_fanout: non_neg_int(opts, :relay_fanout),
       node_name:
         string(opts, :node_name) ||
           if(erlang? and node() != :nonode@nohost, do: Atom.to_string(node())),
@@ -79,6 +83,9 @@ defmodule Headcount.Options do
     do: check(opts, k, &(is_binary(&1) and byte_size(&1) > 0), "a non-empty string")
 
   defp bool(opts, k), do: check(opts, k, &is_boolean/1, "a boolean")
+
+  defp non_neg_int(opts, k),
+    do: check(opts, k, &(is_integer(&1) and &1 >= 0), "a non-negative integer")
 
   # The value of option `k` (nil when absent), or an ArgumentError naming it.
   defp check(opts, k, valid?, what) do

@@ -74,6 +74,12 @@ pub(crate) fn decode(map: Term<'_>) -> Result<Config, String> {
     if let Some(on) = get::<bool>(map, "insecure")? {
         b = b.insecure(on);
     }
+    if let Some(on) = get::<bool>(map, "parity")? {
+        b = b.parity(on);
+    }
+    if let Some(k) = get::<usize>(map, "relay_fanout")? {
+        b = b.relay_fanout(k);
+    }
     if let Some(name) = get::<String>(map, "node_name")? {
         b = b.node_name(&name);
     }
