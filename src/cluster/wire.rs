@@ -744,20 +744,14 @@ pub const CODED_HEAD: usize = 5;
 pub fn coded(bytes: &[u8]) -> Option<Vec<u8>> {
     let (h, _) = Header::ref_from_prefix(bytes).ok()?;
     let body = bytes.get(HEADER_LEN..bytes.len().checked_sub(TAG_LEN)?)?;
-    let kind = Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Delta | Kind::Names))?;
-    (body.len() <= usize::from(u16::MAX)).then(|| coded_parts(kind, h.count.get(), body))
-}
-
-/// The coded form of a delta or names datagram of `kind` with `count` entries and `body`
-/// (at most 65,535 bytes: longer is cut, and then does not read back).
-pub fn coded_parts(kind: Kind, count: u16, body: &[u8]) -> Vec<u8> {
-    let body = &body[..body.len().min(usize::from(u16::MAX))];
+    Kind::from_u8(h.kind).filter(|k| matches!(k, Kind::Delta | Kind::Names))?;
+    let len = u16::try_from(body.len()).ok()?;
     let mut out = Vec::with_capacity(CODED_HEAD + body.len());
-    out.push(kind as u8);
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    out.push(h.kind);
+    out.extend_from_slice(&h.count.get().to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(body);
-    out
+    Some(out)
 }
 
 /// A coded form read back (zero padding after the body allowed): a delta's entries or a

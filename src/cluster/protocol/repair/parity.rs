@@ -19,7 +19,7 @@
 use std::time::Instant;
 
 use super::super::Protocol;
-use super::{Block, Job, MAX_QUEUE, Sent, subtract};
+use super::{Block, Job, MAX_QUEUE, Repairs, Sent, subtract};
 use crate::cluster::erasure;
 use crate::cluster::wire::{self, BLOCK, Stamp};
 
@@ -27,6 +27,31 @@ use crate::cluster::wire::{self, BLOCK, Stamp};
 /// one forgotten starts it again at index 0, whose symbols its receivers may hold already:
 /// a wasted round, no harm).
 const MAX_BLOCKS: usize = 1024;
+
+impl Repairs {
+    /// Closes the block from `lo` with `members` (its first parity is about to go: what this
+    /// node sends next begins a new block); returns its index in `blocks`.
+    fn close(&mut self, lo: u64, members: u64) -> usize {
+        if self.blocks.len() >= MAX_BLOCKS {
+            self.blocks.pop_front();
+        }
+        if self.open.is_some_and(|(o, _)| o == lo) {
+            self.open = None;
+        }
+        let i = self.blocks.partition_point(|b| b.lo < lo);
+        self.blocks.insert(
+            i,
+            Block {
+                lo,
+                members,
+                next: 0,
+                queued: 0,
+                round: None,
+            },
+        );
+        i
+    }
+}
 
 impl Protocol {
     /// Keeps the topics of the delta or names datagram `seq` for repairs, within
@@ -133,11 +158,8 @@ impl Protocol {
                 .filter(|s| s.coded.is_some() && s.block == lo)
                 .fold(0u64, |m, s| m | 1 << (s.seq - lo));
             let r = &mut self.repairs;
-            let i = r.blocks.partition_point(|b| b.lo < lo);
-            let members = match r.blocks.get(i) {
-                Some(b) if b.lo == lo => b.members,
-                _ => kept,
-            };
+            let known = r.blocks.binary_search_by_key(&lo, |b| b.lo).ok();
+            let members = known.map_or(kept, |i| r.blocks[i].members);
             // A member that left the history cannot be coded any more: plainly, all of them.
             if members & !kept != 0 {
                 continue;
@@ -147,26 +169,10 @@ impl Protocol {
             if need == 0 || r.queue.len() + need > MAX_QUEUE {
                 continue;
             }
-            if r.blocks.get(i).is_none_or(|b| b.lo != lo) {
-                if r.blocks.len() >= MAX_BLOCKS {
-                    r.blocks.pop_front();
-                }
-                let i = r.blocks.partition_point(|b| b.lo < lo);
-                r.blocks.insert(
-                    i,
-                    Block {
-                        lo,
-                        members,
-                        next: 0,
-                        queued: 0,
-                        round: None,
-                    },
-                );
-                if r.open.is_some_and(|(o, _)| o == lo) {
-                    r.open = None;
-                }
-            }
-            let i = r.blocks.partition_point(|b| b.lo < lo);
+            let i = match known {
+                Some(i) => i,
+                None => r.close(lo, members),
+            };
             let b = &mut r.blocks[i];
             // First nacks of one round (within the nack window, from receivers that hold no
             // symbol yet) count what the largest of them needs. A later one (`FLAG_AGAIN`)

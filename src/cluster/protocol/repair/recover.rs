@@ -231,8 +231,8 @@ impl Protocol {
         }
     }
 
-    /// Holds peer `node`'s delta or names datagram `seq` (its kind, count and body) for
-    /// decoding, within [`HELD_BYTES`].
+    /// Holds peer `node`'s delta or names datagram `seq` (as sealed) for decoding, within
+    /// [`HELD_BYTES`] and [`PEER_HELD_BYTES`].
     pub(in crate::cluster::protocol) fn hold(
         &mut self,
         now: Instant,
@@ -244,7 +244,6 @@ impl Protocol {
             return;
         };
         let r = &mut p.recover;
-        r.from.get_or_insert(seq);
         let held = Held::Sealed(sealed);
         let len = held.len();
         if self.held_bytes + len > HELD_BYTES || r.bytes + len > PEER_HELD_BYTES {
@@ -295,9 +294,19 @@ impl Protocol {
         }
         self.set_at_len += r.set_at.len() - before;
         if r.set_at.len() > MAX_SET_AT || self.set_at_len > ALL_SET_AT {
+            self.go_blind(node);
+        }
+    }
+
+    /// Peer `node`'s tracking overflowed: dropped, and nothing of it decoded until its copy is
+    /// right.
+    fn go_blind(&mut self, node: u64) {
+        if let Some(p) = self.peers.get_mut(&node) {
+            let r = &mut p.recover;
             r.blind = true;
             self.set_at_len -= r.set_at.len();
             r.set_at = HashMap::default();
+            r.ranges_at = Vec::new();
         }
     }
 
@@ -318,8 +327,7 @@ impl Protocol {
             return;
         }
         if r.ranges_at.len() >= MAX_RANGES_AT {
-            r.blind = true;
-            r.ranges_at.clear();
+            self.go_blind(node);
         } else {
             r.ranges_at.push((seq, lo, hi));
         }

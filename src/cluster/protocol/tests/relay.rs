@@ -314,27 +314,23 @@ fn a_busy_relaying_tick_also_heartbeats_every_peer_directly() {
         .find(|t| t.dest == Dest::To(addr(2)))
         .expect("a delta to node 2");
     let b = &mut net.nodes[1];
+    let lost_of_1 = |b: &Protocol| {
+        b.nodes(now)
+            .iter()
+            .find(|n| n.node == 1)
+            .expect("node 1")
+            .lost
+    };
     assert_eq!(
         b.handle_datagram(now, addr(1), &delta.bytes),
         Outcome::Applied
     );
-    let lost = b
-        .nodes(now)
-        .iter()
-        .find(|n| n.node == 1)
-        .expect("node 1")
-        .lost;
+    let lost = lost_of_1(b);
     assert_eq!(
         b.handle_datagram(now, addr(1), &beats[0].bytes),
         Outcome::Applied
     );
-    let after = b
-        .nodes(now)
-        .iter()
-        .find(|n| n.node == 1)
-        .expect("node 1")
-        .lost;
-    assert_eq!(after, lost);
+    assert_eq!(lost_of_1(b), lost);
 }
 
 /// Node 1 of a formed 7-node cluster (fan-out 2) sends a delta; a nack of it from node 6
