@@ -9,6 +9,7 @@
 //! headcount-perf reducer [--json] [--topics N] [--ticks N] [--shards 2,16] [--cases 0pct,1pct,…]
 //! headcount-perf converge [--json] [--nodes N] [--loss P] [--seeds N] [--topics N] [--joins N]
 //! headcount-perf wire [--json]
+//! headcount-perf receive [--json] [--peers N] [--topics N] [--pool N]
 //! headcount-perf conns [--json] [--connections N]
 //! headcount-perf load [--json] [--nodes N] [--workers N] [--connections N] [--topics N]
 //!                     [--rate JOINS_PER_S] [--duration S] [--clients N] [--tick T]
@@ -69,6 +70,9 @@ enum Cmd {
     Converge(cmd::converge::Args),
     /// The datagram format: bytes per changed topic, heartbeat size, encode and decode speed.
     Wire(cmd::wire::Args),
+    /// One node's receive path: ns per entry heard from many peers, new to it and already held
+    /// (the rotating refresh).
+    Receive(cmd::receive::Args),
     /// Memory per client connection of `headcount serve` (idle, and holding one presence),
     /// beside redis-server (idle, and after one INCR) when installed.
     Conns(cmd::conns::Args),
@@ -103,6 +107,7 @@ fn main() {
         Cmd::Reducer(a) => cmd::reducer::run(&a),
         Cmd::Converge(a) => cmd::converge::run(&a),
         Cmd::Wire(a) => cmd::wire::run(&a),
+        Cmd::Receive(a) => cmd::receive::run(&a),
         Cmd::Conns(a) => cmd::conns::run(&a),
         Cmd::Load(a) => cmd::load::run(&a),
         Cmd::BaselineRedis(a) => cmd::baseline_redis::run(&a),

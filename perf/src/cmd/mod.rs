@@ -7,6 +7,7 @@ pub mod converge;
 pub mod hotpath;
 pub mod load;
 pub mod overhead;
+pub mod receive;
 pub mod reducer;
 pub mod soak;
 pub mod wire;

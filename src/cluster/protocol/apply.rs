@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::peer::{Counts, Table, Tomb};
+use super::sums::Sums;
 use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
 use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
 
@@ -19,10 +20,8 @@ const PENDING_NAMES: usize = 1 << 16;
 struct Aggregate<'a> {
     /// This node's own table (a topic it counts keeps its name).
     local: &'a Table,
-    remote: &'a mut HashMap<u64, u64>,
-    remote_total: &'a mut u64,
+    remote: &'a mut Sums,
     remote_topics: &'a mut usize,
-    remote_changed: &'a mut HashSet<u64>,
     names: &'a mut HashMap<u64, Arc<str>>,
     unnamed: &'a mut HashSet<u64>,
     pending_names: &'a mut HashMap<u64, Arc<str>>,
@@ -247,7 +246,7 @@ impl Protocol {
                 }
                 // Names of topics not counted yet (the counts may be in flight) wait in a
                 // bounded side table, so that names alone cannot grow memory.
-                if !self.remote.contains_key(&h) && !self.table.map.contains_key(&h) {
+                if !self.remote.contains(h) && !self.table.map.contains_key(&h) {
                     if self.pending_names.len() >= PENDING_NAMES {
                         self.pending_names.clear();
                     }
@@ -361,9 +360,7 @@ impl Protocol {
         let agg = Aggregate {
             local: &self.table,
             remote: &mut self.remote,
-            remote_total: &mut self.remote_total,
             remote_topics: &mut self.remote_topics,
-            remote_changed: &mut self.remote_changed,
             names: &mut self.names,
             unnamed: &mut self.unnamed,
             pending_names: &mut self.pending_names,
@@ -409,30 +406,17 @@ fn unlisted(map: &Counts, lo: u64, hi: u64, listed: &[wire::Entry]) -> Vec<u64> 
 impl Aggregate<'_> {
     /// A peer's count `c` of `h` leaves the aggregate.
     fn sub(&mut self, h: u64, c: u32) {
-        if c == 0 {
-            return;
-        }
-        if let Some(s) = self.remote.get_mut(&h) {
-            *s -= u64::from(c);
-            *self.remote_total -= u64::from(c);
-            if *s == 0 {
-                self.remote.remove(&h);
-                self.unnamed.remove(&h);
-                if !self.local.map.contains_key(&h) {
-                    self.names.remove(&h);
-                }
+        if c != 0 && self.remote.sub(h, c) {
+            self.unnamed.remove(&h);
+            if !self.local.map.contains_key(&h) {
+                self.names.remove(&h);
             }
         }
-        self.remote_changed.insert(h);
     }
 
     /// A peer's count `c` of `h` joins the aggregate.
     fn add(&mut self, h: u64, c: u32) {
-        if c == 0 {
-            return;
-        }
-        let s = self.remote.entry(h).or_insert(0);
-        if *s == 0 && !self.names.contains_key(&h) {
+        if c != 0 && self.remote.add(h, c) && !self.names.contains_key(&h) {
             match self.pending_names.remove(&h) {
                 Some(n) => {
                     self.names.insert(h, n.clone());
@@ -445,16 +429,13 @@ impl Aggregate<'_> {
                 }
             }
         }
-        *s += u64::from(c);
-        *self.remote_total += u64::from(c);
-        self.remote_changed.insert(h);
     }
 
     /// Sets a peer's counts of `entries` in its `table`, in order, and follows them here.
     ///
-    /// Nearly all of it is waiting on cache misses: each entry is a lookup in `remote` and in
-    /// `remote_changed` (each a topic-sized table) and a search and a move in a bucket of the
-    /// peer's table, none of them likely in cache. So each chunk's entries are first only
+    /// Nearly all of it is waiting on cache misses: each entry is a lookup in `remote` (a
+    /// topic-sized table, which also marks what changed) and a search and a move in a bucket of
+    /// the peer's table, none of them likely in cache. So each chunk's entries are first only
     /// looked up, in a loop of their own: those loads do not depend on each other, their misses
     /// overlap, and the changes that follow find what they need in cache. (Loads, not changes:
     /// the changes are made in order, exactly as before.)
@@ -462,10 +443,16 @@ impl Aggregate<'_> {
         for chunk in entries.chunks(32) {
             let mut seen = 0u64;
             for e in chunk {
+                seen ^= table.map.peek(e.hash.get());
+            }
+            // An entry the copy already holds (the rotating refresh's, nearly all of them)
+            // changes nothing else: only the others' aggregate lookups are made ahead. (Which
+            // is a guess made before the chunk's changes; each change checks again.)
+            for e in chunk {
                 let h = e.hash.get();
-                seen ^= table.map.peek(h);
-                seen = seen.wrapping_add(u64::from(self.remote.contains_key(&h)));
-                seen = seen.wrapping_add(u64::from(self.remote_changed.contains(&h)));
+                if table.map.get(&h).copied().unwrap_or(0) != e.count.get() {
+                    seen = seen.wrapping_add(u64::from(self.remote.contains(h)));
+                }
             }
             // The loads' values are not needed, only their having been made.
             std::hint::black_box(seen);
@@ -487,11 +474,7 @@ impl Aggregate<'_> {
         if old != 0 && c != 0 {
             // A count that changes without leaving: the sum moves in one step (through zero,
             // a topic only one peer counts would lose its name and be asked for again).
-            if let Some(s) = self.remote.get_mut(&h) {
-                *s = *s - u64::from(old) + u64::from(c);
-                *self.remote_total = *self.remote_total - u64::from(old) + u64::from(c);
-            }
-            self.remote_changed.insert(h);
+            self.remote.replace(h, old, c);
         } else {
             self.sub(h, old);
             self.add(h, c);

@@ -104,6 +104,7 @@ mod relay;
 mod repair;
 mod send;
 mod stats;
+mod sums;
 #[cfg(all(test, not(loom), not(miri)))]
 mod tests;
 
@@ -120,6 +121,7 @@ use super::wire::{Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
 use peer::{Peer, Table, Tomb};
 use repair::Repairs;
+use sums::Sums;
 
 /// Maps with a fixed hasher: iteration order depends only on what was inserted, so a seeded
 /// simulation replays exactly. (Keys are node ids and keyed topic hashes: not attacker-chosen.)
@@ -213,13 +215,12 @@ pub struct Protocol {
     /// Names received before any count of their topic.
     pending_names: HashMap<u64, Arc<str>>,
     tombs: HashMap<u64, Tomb>,
-    remote: HashMap<u64, u64>,
-    remote_total: u64,
+    /// Each topic's sum over the peers' tables, and which sums changed since last reported.
+    remote: Sums,
     /// Topics over all peers' tables.
     remote_topics: usize,
-    /// Hashes whose peer sum changed and that were not reported yet.
-    remote_changed: HashSet<u64>,
-    /// Hashes taken from `remote_changed` and being reported, the next one last.
+    /// Hashes whose peer sum changed, taken from `remote` and being reported, the next one
+    /// last.
     reporting: Vec<u64>,
     /// Names learned from peers and not reported yet, oldest first.
     learned: VecDeque<(u64, Arc<str>)>,
@@ -295,10 +296,8 @@ impl Protocol {
             unnamed: HashSet::default(),
             pending_names: HashMap::default(),
             tombs: HashMap::default(),
-            remote: HashMap::default(),
-            remote_total: 0,
+            remote: Sums::default(),
             remote_topics: 0,
-            remote_changed: HashSet::default(),
             reporting: Vec::new(),
             learned: VecDeque::new(),
             out: VecDeque::new(),
@@ -334,10 +333,10 @@ impl Protocol {
             // Nobody counts it here any more: keep its name only while a peer counts it (the
             // engine gives it again if it comes back), so names cannot pile up with churn.
             self.new_names.remove(&hash);
-            if !self.remote.contains_key(&hash) {
+            if !self.remote.contains(hash) {
                 self.names.remove(&hash);
             }
-        } else if old == 0 && self.names.contains_key(&hash) && !self.remote.contains_key(&hash) {
+        } else if old == 0 && self.names.contains_key(&hash) && !self.remote.contains(hash) {
             // A topic (re)appearing here that no peer counts: announce its name with its count.
             // (One a peer counts was announced by that peer; a node that missed it asks the
             // nodes counting the topic, this one among them.)
@@ -461,8 +460,8 @@ impl Protocol {
     /// polling once it is spent: the rest wait, in order, for the next call (and the changes
     /// that come meanwhile are reported before them).
     pub fn poll_event(&mut self) -> Option<Event> {
-        if self.reporting.is_empty() && !self.remote_changed.is_empty() {
-            self.reporting.extend(self.remote_changed.drain());
+        if self.reporting.is_empty() && self.remote.any_changed() {
+            self.reporting = self.remote.take_changed();
             self.reporting.reverse();
         }
         if let Some(hash) = self.reporting.pop() {
@@ -500,12 +499,12 @@ impl Protocol {
 
     /// The sum of every live peer's count for `hash`.
     pub fn remote(&self, hash: u64) -> u64 {
-        self.remote.get(&hash).copied().unwrap_or(0)
+        self.remote.get(hash)
     }
 
     /// The sum of every live peer's counts.
     pub fn remote_total(&self) -> u64 {
-        self.remote_total
+        self.remote.total()
     }
 
     /// The name of `hash`, if known.

@@ -1,0 +1,160 @@
+//! The cluster aggregate: each topic's sum over the peers' tables, their total, and which sums
+//! changed since they were last reported ([`Sums`]).
+
+/// A sum whose change waits to be reported (the top bit of its value: a sum over peers' u32
+/// counts, at most 2^21 peers, stays far below it).
+const CHANGED: u64 = 1 << 63;
+
+/// Each topic some peer counts, with the sum of the peers' counts (never 0: a topic no peer
+/// counts is not here), their total, and the topics whose sums changed since
+/// [`Sums::take_changed`].
+///
+/// A change is marked in the sum's own entry, which the change had to find anyway: one lookup
+/// an entry, where a set of changed topics beside the map was a second cache miss for every
+/// entry a peer sends (each is a lookup in a topic-sized table). The changed topics are also
+/// listed, once each, as their marks are set; a topic whose sum left (and so its entry and its
+/// mark) is listed again if it comes back: [`Sums::take_changed`] removes the repeats.
+#[derive(Debug, Default)]
+pub(super) struct Sums {
+    map: std::collections::HashMap<u64, u64, foldhash::fast::FixedState>,
+    total: u64,
+    changed: Vec<u64>,
+}
+
+impl Sums {
+    /// The sum of `hash` (0: no peer counts it).
+    pub(super) fn get(&self, hash: u64) -> u64 {
+        self.map.get(&hash).map_or(0, |s| s & !CHANGED)
+    }
+
+    /// Whether some peer counts `hash`.
+    pub(super) fn contains(&self, hash: u64) -> bool {
+        self.map.contains_key(&hash)
+    }
+
+    /// The sum of every count of every peer.
+    pub(super) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether some sum changed since the last [`Sums::take_changed`].
+    pub(super) fn any_changed(&self) -> bool {
+        !self.changed.is_empty()
+    }
+
+    /// Marks `hash`'s `sum` changed, and lists it unless it was marked already.
+    fn mark(changed: &mut Vec<u64>, hash: u64, sum: &mut u64) {
+        if *sum & CHANGED == 0 {
+            *sum |= CHANGED;
+            changed.push(hash);
+        }
+    }
+
+    /// A peer's count `c` (not 0) of `hash` joins the sum; true when it is new (no peer
+    /// counted the topic before).
+    pub(super) fn add(&mut self, hash: u64, c: u32) -> bool {
+        let s = self.map.entry(hash).or_insert(0);
+        let new = *s & !CHANGED == 0;
+        *s += u64::from(c);
+        self.total += u64::from(c);
+        Self::mark(&mut self.changed, hash, s);
+        new
+    }
+
+    /// A peer's count `c` (not 0) of `hash` leaves the sum; true when the topic left (no peer
+    /// counts it now). The change is marked either way.
+    pub(super) fn sub(&mut self, hash: u64, c: u32) -> bool {
+        let Some(s) = self.map.get_mut(&hash) else {
+            self.changed.push(hash);
+            return false;
+        };
+        debug_assert!(*s & !CHANGED >= u64::from(c));
+        *s -= u64::from(c);
+        self.total -= u64::from(c);
+        if *s & !CHANGED != 0 {
+            Self::mark(&mut self.changed, hash, s);
+            return false;
+        }
+        let marked = *s & CHANGED != 0;
+        self.map.remove(&hash);
+        if !marked {
+            self.changed.push(hash);
+        }
+        if self.changed.len() > 2 * self.map.len() + 1024 {
+            // Topics coming and going with nobody taking the changes: drop the repeats, so the
+            // list stays within the topics.
+            self.changed.sort_unstable();
+            self.changed.dedup();
+        }
+        true
+    }
+
+    /// A peer's count of `hash` moves from `old` to `c` (neither 0): the sum moves in one step.
+    pub(super) fn replace(&mut self, hash: u64, old: u32, c: u32) {
+        match self.map.get_mut(&hash) {
+            Some(s) => {
+                debug_assert!(*s & !CHANGED >= u64::from(old));
+                *s = *s - u64::from(old) + u64::from(c);
+                self.total = self.total - u64::from(old) + u64::from(c);
+                Self::mark(&mut self.changed, hash, s);
+            }
+            None => self.changed.push(hash),
+        }
+    }
+
+    /// The topics whose sums changed since the last call, each once (in hash order); their
+    /// marks are cleared.
+    pub(super) fn take_changed(&mut self) -> Vec<u64> {
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort_unstable();
+        changed.dedup();
+        for h in &changed {
+            if let Some(s) = self.map.get_mut(h) {
+                *s &= !CHANGED;
+            }
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_follow_counts_and_report_each_change_once() {
+        let mut s = Sums::default();
+        assert!(s.add(7, 2));
+        assert!(!s.add(7, 3));
+        s.replace(7, 3, 4);
+        assert_eq!((s.get(7), s.total()), (6, 6));
+        assert!(s.add(9, 1));
+        assert_eq!(s.take_changed(), vec![7, 9]);
+        assert!(!s.any_changed());
+        // Gone and back before the report: listed once, with its mark cleared after.
+        assert!(s.sub(9, 1));
+        assert!(!s.contains(9));
+        assert!(s.add(9, 5));
+        assert!(!s.sub(7, 2));
+        assert_eq!((s.get(7), s.get(9), s.total()), (4, 5, 9));
+        assert_eq!(s.take_changed(), vec![7, 9]);
+        s.add(9, 1);
+        assert_eq!(s.take_changed(), vec![9], "marked again after the report");
+        // A change to a topic not counted (a peer's count the sum never saw) is still a change.
+        assert!(!s.sub(11, 1));
+        assert_eq!(s.take_changed(), vec![11]);
+        assert_eq!(s.get(11), 0);
+    }
+
+    #[test]
+    fn changes_nobody_takes_stay_within_the_topics() {
+        let mut s = Sums::default();
+        for round in 0..10_000u64 {
+            s.add(round % 3, 1);
+            s.sub(round % 3, 1);
+        }
+        assert!(s.changed.len() <= 2 * s.map.len() + 1024 + 1);
+        assert_eq!(s.take_changed(), vec![0, 1, 2]);
+        assert_eq!(s.total(), 0);
+    }
+}
