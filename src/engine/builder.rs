@@ -55,6 +55,7 @@ struct ClusterOptions {
     dead_after: Option<Duration>,
     budget: usize,
     refresh_cycle: u32,
+    idle_refresh: u32,
     max_clock_skew: Duration,
     max_repair_rate: u64,
     repair_burst: usize,
@@ -83,6 +84,7 @@ impl Default for ClusterOptions {
             dead_after: None,
             budget: defaults::PAYLOAD_BUDGET,
             refresh_cycle: defaults::REFRESH_CYCLE,
+            idle_refresh: defaults::IDLE_REFRESH,
             max_clock_skew: defaults::MAX_CLOCK_SKEW,
             max_repair_rate: defaults::MAX_REPAIR_RATE,
             repair_burst: defaults::REPAIR_BURST,
@@ -309,9 +311,20 @@ impl Builder {
         self
     }
 
-    /// Ticks over which the rotating refresh resends the whole table (default 10).
+    /// Ticks over which the rotating refresh resends the whole table (default 10) while it
+    /// runs at its full rate: for that many ticks after a peer appears.
     pub fn refresh_cycle(mut self, ticks: u32) -> Self {
         self.cluster.refresh_cycle = ticks;
+        self
+    }
+
+    /// The rotating refresh's datagrams per tick at most the rest of the time (default 1; 0:
+    /// none, a copy gone wrong is then found by the digest every tick carries and asked for).
+    /// Every node hears every peer's refresh: at the full rate, with `T` topics a node and `N`
+    /// nodes, that is `N × T × 12.7` bytes every cycle, idle (256 nodes of 100,000 topics:
+    /// 325 MB a second); at this rate, at most `N` datagrams a tick.
+    pub fn idle_refresh(mut self, datagrams_per_tick: u32) -> Self {
+        self.cluster.idle_refresh = datagrams_per_tick;
         self
     }
 
@@ -554,6 +567,7 @@ impl Builder {
         }
         pc.budget = self.cluster.budget;
         pc.refresh_cycle = self.cluster.refresh_cycle;
+        pc.idle_refresh = self.cluster.idle_refresh;
         pc.max_clock_skew = self.cluster.max_clock_skew;
         pc.max_repair_rate = self.cluster.max_repair_rate;
         pc.repair_burst = self.cluster.repair_burst;

@@ -202,8 +202,9 @@ fn run_seed(
         ..Faults::default()
     };
     sim.capacity = setup.cap;
-    // Settle: every node has heard every other (heartbeats), so the burst meets a formed cluster.
-    sim.run_for(TICK * 3);
+    // Settle: every node has heard every other (heartbeats), and the refresh at full rate that
+    // new peers start is over, so the burst meets a formed cluster.
+    sim.run_for(TICK * (IDLE_TICKS + 3));
     let _ = sim.ticks_to_exact(MAX_TICKS);
 
     let (b0, r0, t0) = (total_bytes(&sim), resync_requests(&sim), sim.elapsed());

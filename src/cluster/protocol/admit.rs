@@ -201,7 +201,17 @@ impl Protocol {
                 if p.observer != observer && d.kind != Kind::Goodbye {
                     return Err(Reject::Malformed);
                 }
-                return self.check_caps(node, d);
+                let r = self.check_caps(node, d);
+                if r.is_err()
+                    && let Some(p) = self.peers.get_mut(&node)
+                    && p.addr == from
+                {
+                    // Authentic and fresh from its address, only too big for this node: the
+                    // peer is alive. (A tick's datagram may be all it sent: a refresh slice
+                    // refused alone would make it look dead, and its counts leave.)
+                    p.last_heard = now;
+                }
+                return r;
             }
             None => {}
         }
@@ -228,9 +238,12 @@ impl Protocol {
             None if reply => (seq, 0),
             None => (seq.saturating_sub(1), 0),
         };
-        // A new peer: tell every peer about it at the next tick (membership gossip).
+        // A new peer: tell every peer about it at the next tick (membership gossip), and
+        // refresh this node's table at the full rate for a cycle (the peer lacks it; on
+        // multicast, so do all the others that appeared with it, and one refresh serves them).
         self.members_due = 0;
         self.membership += 1;
+        self.refresh_full = self.cfg.refresh_cycle;
         self.peers.insert(
             node,
             Peer {

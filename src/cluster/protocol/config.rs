@@ -48,8 +48,13 @@ pub struct Config {
     pub dead_after: Duration,
     /// Largest datagram.
     pub budget: usize,
-    /// Ticks over which the rotating refresh covers the whole table.
+    /// Ticks over which the rotating refresh covers the whole table while it runs at full
+    /// rate: for `refresh_cycle` ticks after a peer appears or asks for the whole table.
     pub refresh_cycle: u32,
+    /// The rotating refresh's datagrams per tick at most the rest of the time (0: none). What
+    /// every node hears idle is then bounded by the peers, not by their tables: at the
+    /// full rate it is the whole of every peer's table every `refresh_cycle` ticks.
+    pub idle_refresh: u32,
     /// Most peers tracked.
     pub max_peers: usize,
     /// Most observers tracked (they never count; they may ask for resyncs).
@@ -112,6 +117,8 @@ pub mod defaults {
     pub const BUDGET: usize = 1400;
     /// Ticks per full rotating refresh.
     pub const REFRESH_CYCLE: u32 = 10;
+    /// The idle refresh's datagrams per tick.
+    pub const IDLE_REFRESH: u32 = 1;
     /// Allowed distance between a sender's clock and the receiver's.
     pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
     /// Resync replies and repairs per second, in bytes: a tenth of a 1 Gbit/s link.
@@ -166,6 +173,7 @@ impl Config {
             dead_after: defaults::dead_after(tick),
             budget: defaults::BUDGET,
             refresh_cycle: defaults::REFRESH_CYCLE,
+            idle_refresh: defaults::IDLE_REFRESH,
             max_peers: defaults::MAX_PEERS,
             max_observers: defaults::MAX_OBSERVERS,
             max_topics_per_peer: defaults::MAX_TOPICS_PER_PEER,

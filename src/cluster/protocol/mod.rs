@@ -204,6 +204,8 @@ pub struct Protocol {
     new_names: HashSet<u64>,
     cursor: u64,
     refresh_credit: f64,
+    /// Ticks left at the refresh's full rate (see [`Config::idle_refresh`]).
+    refresh_full: u32,
     peers: HashMap<u64, Peer>,
     /// Bumped whenever a peer is added or dropped ([`Protocol::membership`]).
     membership: u64,
@@ -289,6 +291,7 @@ impl Protocol {
             new_names: HashSet::default(),
             cursor: 0,
             refresh_credit: 0.0,
+            refresh_full: 0,
             peers: HashMap::default(),
             membership: 0,
             observers: 0,

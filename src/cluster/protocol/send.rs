@@ -185,15 +185,22 @@ impl Protocol {
             budget = budget.saturating_sub(1);
         }
 
-        // The rotating refresh: the whole table every `refresh_cycle` ticks. Not while changes
-        // wait: a slice would list topics whose names peers have not been sent yet, and the
-        // backlog carries their counts anyway.
+        // The rotating refresh: the whole table every `refresh_cycle` ticks while a peer may
+        // lack it (one appeared, or asked for it), at most `idle_refresh` datagrams a tick
+        // otherwise. Not while changes wait: a slice would list topics whose names peers have
+        // not been sent yet, and the backlog carries their counts anyway.
         let mut batch: Vec<Planned> = Vec::new();
         let per_r = self.enc.entries_per_datagram(Kind::Refresh);
         let dgrams = self.table.len().div_ceil(per_r).max(1) as f64;
         if self.changed.is_empty() {
-            self.refresh_credit += dgrams / f64::from(self.cfg.refresh_cycle.max(1));
+            let full = dgrams / f64::from(self.cfg.refresh_cycle.max(1));
+            self.refresh_credit += if self.refresh_full > 0 {
+                full
+            } else {
+                full.min(f64::from(self.cfg.idle_refresh))
+            };
         }
+        self.refresh_full = self.refresh_full.saturating_sub(1);
         while self.refresh_credit >= 1.0 {
             self.refresh_credit -= 1.0;
             let (lo, hi, e) = self.slice(self.cursor, u64::MAX, per_r);

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 pub use crate::cluster::protocol::defaults::{
-    BUDGET as PAYLOAD_BUDGET, MAX_CLOCK_SKEW, MAX_REMOTE_TOPICS, MAX_REPAIR_RATE,
+    BUDGET as PAYLOAD_BUDGET, IDLE_REFRESH, MAX_CLOCK_SKEW, MAX_REMOTE_TOPICS, MAX_REPAIR_RATE,
     MAX_TICK_DATAGRAMS, REFRESH_CYCLE, RELAY_FANOUT, REPAIR_BURST, dead_after,
 };
 

@@ -422,6 +422,9 @@ fn a_peer_over_the_cap_is_flagged_and_asked_with_backoff() {
     // 60 s at a 25 ms resync interval: 2,400 requests without backoff.
     let asked = b.stats().resync_requests;
     assert!(asked <= 20, "{asked} resync requests in 60 s");
+    // Its datagrams refused for the cap still say it is alive (a tick's one refresh slice, all
+    // it sends idle, made it die and come back every few seconds).
+    assert_eq!(b.stats().peers_died, 0);
 }
 
 /// Found by the fuzzer: a copy of a fresh datagram that reached a node first from another
