@@ -205,10 +205,14 @@ impl Protocol {
                 if r.is_err()
                     && let Some(p) = self.peers.get_mut(&node)
                     && p.addr == from
+                    && seq > p.refused_seq
                 {
                     // Authentic and fresh from its address, only too big for this node: the
                     // peer is alive. (A tick's datagram may be all it sent: a refresh slice
-                    // refused alone would make it look dead, and its counts leave.)
+                    // refused alone would make it look dead, and its counts leave.) Once per
+                    // sequence number: a refused datagram leaves `last_seq` as it was, and
+                    // its bytes replayed must not keep a stopped peer alive.
+                    p.refused_seq = seq;
                     p.last_heard = now;
                 }
                 return r;
@@ -259,6 +263,7 @@ impl Protocol {
                 incarnation: inc,
                 last_seq,
                 last_heard: now,
+                refused_seq: 0,
                 tick: Duration::from_millis(u64::from(h.tick_ms.get())),
                 table: Table::default(),
                 declared: None,

@@ -49,7 +49,7 @@ pub struct Config {
     /// Largest datagram.
     pub budget: usize,
     /// Ticks over which the rotating refresh covers the whole table while it runs at full
-    /// rate: for `refresh_cycle` ticks after a peer appears or asks for the whole table.
+    /// rate: for `refresh_cycle` ticks after a peer appears (new, restarted, or back).
     pub refresh_cycle: u32,
     /// The rotating refresh's datagrams per tick at most the rest of the time (0: none). What
     /// every node hears idle is then bounded by the peers, not by their tables: at the

@@ -296,6 +296,9 @@ pub(super) struct Peer {
     pub(super) incarnation: u64,
     pub(super) last_seq: u64,
     pub(super) last_heard: Instant,
+    /// The highest sequence number of its datagrams refused for a cap: each newer one says it
+    /// is alive (they leave `last_seq` where it was: the same bytes again are not newer).
+    pub(super) refused_seq: u64,
     pub(super) tick: Duration,
     pub(super) table: Table,
     /// The digest and size the peer last declared final (a

@@ -186,7 +186,7 @@ impl Protocol {
         }
 
         // The rotating refresh: the whole table every `refresh_cycle` ticks while a peer may
-        // lack it (one appeared, or asked for it), at most `idle_refresh` datagrams a tick
+        // lack it (one appeared: new, restarted or back), at most `idle_refresh` datagrams a tick
         // otherwise. Not while changes wait: a slice would list topics whose names peers have
         // not been sent yet, and the backlog carries their counts anyway.
         let mut batch: Vec<Planned> = Vec::new();

@@ -89,7 +89,9 @@ impl Builder {
     }
 
     /// The rotating refresh's datagrams per tick at most the rest of the time (default 1; 0:
-    /// none, a copy gone wrong is then found by the digest every tick carries and asked for).
+    /// none, a copy gone wrong is then found by the digest every tick carries and asked for,
+    /// which needs the way back to the peer: across a path that loses every request, only the
+    /// refresh mends a copy, in as many ticks as the table has datagrams at 1).
     /// Every node hears every peer's refresh: at the full rate, with `T` topics a node and `N`
     /// nodes, that is `N × T × 12.7` bytes every cycle, idle (256 nodes of 100,000 topics:
     /// 325 MB a second); at this rate, at most `N` datagrams a tick.

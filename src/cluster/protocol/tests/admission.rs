@@ -486,3 +486,50 @@ fn a_copy_from_another_address_does_not_move_a_peer() {
     assert_eq!(b.remote_total(), 2000);
     assert!(b.converged());
 }
+
+/// Found in review: a datagram refused for a cap leaves the peer's sequence number where it
+/// was, so the same bytes replayed from its address (an attacker on the path, a duplicating
+/// network) kept a stopped peer alive, counts and all, until the clock window refused them
+/// (30 s, where `dead_after` is 3 s). A refused datagram says the peer is alive once.
+#[test]
+fn a_replayed_datagram_refused_for_the_cap_does_not_keep_a_stopped_peer_alive() {
+    let t0 = Instant::now();
+    let mut c = Config::new(2, 1, Duration::from_millis(100));
+    c.max_topics_per_peer = 1000;
+    let mut b = Protocol::new(c, Seal::new("p", b"k"));
+    let mut a = proto(1, 1400);
+    for h in 0..5000u64 {
+        a.set_local(h, 1, None);
+    }
+    let mut now = t0;
+    let mut refused: Option<Vec<u8>> = None;
+    for _ in 0..50 {
+        if refused.is_some() && now > t0 + Duration::from_secs(2) {
+            break;
+        }
+        a.handle_tick(now);
+        b.handle_tick(now);
+        for t in drain(&mut a) {
+            if t.dest == Dest::Group || t.dest == Dest::To(addr(2)) {
+                let o = b.handle_datagram(now, addr(1), &t.bytes);
+                refused = (o == Outcome::Rejected(Reject::TooManyTopics)).then(|| t.bytes.clone());
+            }
+        }
+        deliver(&mut b, addr(2), &mut a, addr(1), now);
+        now += Duration::from_millis(100);
+    }
+    let replay = refused.expect("a datagram refused for the cap");
+    assert_eq!(b.nodes(now).len(), 1);
+    // `a` stopped; its last datagram is replayed from its address once a tick for 10 s.
+    for _ in 0..100 {
+        b.handle_tick(now);
+        drain(&mut b);
+        let _ = b.handle_datagram(now, addr(1), &replay);
+        now += Duration::from_millis(100);
+    }
+    assert!(
+        b.nodes(now).iter().all(|n| !n.alive),
+        "a peer silent for 10 s is still alive: {:?}",
+        b.nodes(now)
+    );
+}
