@@ -396,18 +396,24 @@ fn node_id_conflicts_and_clock_skew_are_refused() {
     assert_eq!((a.remote(5), a.remote(6)), (0, 0));
 }
 
+/// Node 1 counting 5,000 topics, and node 2 that keeps at most 1,000 of a peer's.
+fn over_the_cap() -> (Protocol, Protocol) {
+    let mut c = Config::new(2, 1, Duration::from_millis(100));
+    c.max_topics_per_peer = 1000;
+    let b = Protocol::new(c, Seal::new("p", b"k"));
+    let mut a = proto(1, 1400);
+    for h in 0..5000u64 {
+        a.set_local(h, 1, None);
+    }
+    (a, b)
+}
+
 /// A peer whose table is over this node's cap is flagged, and asked for its table with
 /// exponential backoff instead of every resync interval forever.
 #[test]
 fn a_peer_over_the_cap_is_flagged_and_asked_with_backoff() {
     let t0 = Instant::now();
-    let mut c = Config::new(2, 1, Duration::from_millis(100));
-    c.max_topics_per_peer = 1000;
-    let mut b = Protocol::new(c, Seal::new("p", b"k"));
-    let mut a = proto(1, 1400);
-    for h in 0..5000u64 {
-        a.set_local(h, 1, None);
-    }
+    let (mut a, mut b) = over_the_cap();
     let mut now = t0;
     for _ in 0..600 {
         a.handle_tick(now);
@@ -494,13 +500,7 @@ fn a_copy_from_another_address_does_not_move_a_peer() {
 #[test]
 fn a_replayed_datagram_refused_for_the_cap_does_not_keep_a_stopped_peer_alive() {
     let t0 = Instant::now();
-    let mut c = Config::new(2, 1, Duration::from_millis(100));
-    c.max_topics_per_peer = 1000;
-    let mut b = Protocol::new(c, Seal::new("p", b"k"));
-    let mut a = proto(1, 1400);
-    for h in 0..5000u64 {
-        a.set_local(h, 1, None);
-    }
+    let (mut a, mut b) = over_the_cap();
     let mut now = t0;
     let mut refused: Option<Vec<u8>> = None;
     for _ in 0..50 {
