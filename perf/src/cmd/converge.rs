@@ -238,7 +238,7 @@ fn run_seed(
     let resyncs = resync_requests(&sim) - r0;
     let repair = repair_bytes(&sim) - p0;
     let c1 = repair_counts(&sim);
-    let repairs = [c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2], c1[3] - c0[3]];
+    let repairs: [u64; 4] = std::array::from_fn(|i| c1[i] - c0[i]);
 
     let b1 = total_bytes(&sim);
     if idle {

@@ -4,13 +4,13 @@
 //! Every node pays this for every change of every peer: at 256 nodes of 4,000 topics each,
 //! a million entries a burst.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
-use headcount::cluster::protocol::{Config, Outcome, Protocol};
-use headcount::cluster::sim::topic_hash;
+use headcount::cluster::protocol::{Config, Outcome, Protocol, defaults};
+use headcount::cluster::sim::{addr, topic_hash};
 use headcount::cluster::wire::{Body, Kind, Seal};
 use serde_json::{Value, json};
 
@@ -41,14 +41,6 @@ pub fn run(a: &Args) {
     print(a.json, &receive(a.peers, a.topics, a.pool))
 }
 
-/// Peer `i`'s address.
-fn addr(i: u64) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::new(10, 78, (i >> 8) as u8, i as u8),
-        7380,
-    ))
-}
-
 /// What each peer sends for one kind of tick, in the order a receiver hears it (peer by
 /// peer, each peer's datagrams in order), with how many entries they carry.
 struct Heard {
@@ -72,7 +64,7 @@ fn tick_all(peers: &mut [Protocol], seal: &Seal, at: Instant, keep: &[Kind]) -> 
             if let Body::Entries(e) | Body::Range(_, _, e) = d.body {
                 heard.entries += e.len() as u64;
             }
-            heard.datagrams.push((addr(i as u64 + 1), t.bytes.into()));
+            heard.datagrams.push((addr(i), t.bytes.into()));
         }
     }
     heard
@@ -129,7 +121,7 @@ pub fn receive(peers: u64, topics: u64, pool: u64) -> Value {
     let mut at = base + step * hello.datagrams.len() as u32;
     // The refresh: a tick's slice at a time, over a whole cycle.
     let (mut held, mut held_entries, mut datagrams) = (Duration::ZERO, 0u64, hello.datagrams.len());
-    for _ in 0..Config::new(0, 1, TICK).refresh_cycle {
+    for _ in 0..defaults::REFRESH_CYCLE {
         at += TICK;
         let r = tick_all(&mut senders, &seal, at, &[Kind::Refresh]);
         let (t, n) = feed(&mut node, &r, at, step);
