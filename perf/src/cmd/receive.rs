@@ -87,7 +87,8 @@ fn feed(node: &mut Protocol, heard: &Heard, from: Instant, step: Duration) -> (D
 /// - `ns_per_new_entry`: a delta's entry of a topic new to the peer's copy here, with the
 ///   names datagrams that come with them (every byte of the receive path: MAC, decoding,
 ///   the peer's table, the cluster sum, names), over the entries.
-/// - `ns_per_held_entry`: the rotating refresh of the same tables (every entry already held).
+/// - `ns_per_held_entry`: one cycle of the rotating refresh at its full rate (as after a peer
+///   appears), the same tables (every entry already held).
 /// - `entries_new`, `entries_held`, `datagrams`: what was heard.
 /// - `refused`: datagrams not applied (0 unless something is wrong with the measurement).
 pub fn receive(peers: u64, topics: u64, pool: u64) -> Value {
@@ -95,7 +96,13 @@ pub fn receive(peers: u64, topics: u64, pool: u64) -> Value {
     let pool = pool.max(topics).max(1);
     let base = Instant::now();
     let mut senders: Vec<Protocol> = (1..=peers)
-        .map(|i| Protocol::new(Config::new(i, 1, TICK), seal.clone()))
+        .map(|i| {
+            // The refresh at its full rate (as after a peer appears): the whole table in a
+            // cycle.
+            let mut c = Config::new(i, 1, TICK);
+            c.idle_refresh = u32::MAX;
+            Protocol::new(c, seal.clone())
+        })
         .collect();
     let mut cfg = Config::new(peers + 1, 1, TICK);
     cfg.max_rate = u32::MAX;
@@ -151,12 +158,13 @@ mod tests {
 
     #[test]
     fn receive_reports_sane_figures() {
-        let v = receive(4, 500, 1_000);
+        // 2,000 topics a peer: 19 datagrams, more than ten ticks of the idle refresh carry.
+        let v = receive(4, 2_000, 4_000);
         assert_eq!(v["refused"], 0, "{v}");
-        assert_eq!(v["entries_new"], 4 * 500, "{v}");
-        assert_eq!(v["entries_held"], 4 * 500, "one refresh cycle: {v}");
-        // Every peer counts 500 topics, 1 to 5 each (0..500 % 5 + 1 sums to 1,500).
-        assert_eq!(v["remote_total"], 4 * 1_500, "{v}");
+        assert_eq!(v["entries_new"], 4 * 2_000, "{v}");
+        assert_eq!(v["entries_held"], 4 * 2_000, "one refresh cycle: {v}");
+        // Every peer counts 2,000 topics, 1 to 5 each (0..2000 % 5 + 1 sums to 6,000).
+        assert_eq!(v["remote_total"], 4 * 6_000, "{v}");
         assert!(v["ns_per_new_entry"].as_f64().unwrap() > 0.0, "{v}");
         assert!(v["ns_per_held_entry"].as_f64().unwrap() > 0.0, "{v}");
     }
