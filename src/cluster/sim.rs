@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 mod event;
 mod link;
+mod zone;
 
 use event::{Event, What};
 pub use link::{Capacity, Faults, LinkStats};
+pub use zone::{SPEAK_AFTER, TAKEOVER_TICKS};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -40,6 +42,8 @@ struct Node {
     /// The current tick window and the bytes handed to the socket in it.
     window: (u64, u64),
     link: LinkStats,
+    /// The group its group datagrams go to (an index of `Sim::nets`).
+    net: usize,
 }
 
 /// A simulated cluster.
@@ -59,7 +63,12 @@ pub struct Sim {
     /// Every node's link capacity, from now on.
     pub capacity: Capacity,
     universe: BTreeSet<u64>,
-    /// Bytes each node sent (one group datagram counts once).
+    /// Each group's members (one group of every node, unless zoned).
+    nets: Vec<Vec<usize>>,
+    /// Zones, when the cluster has them ([`Sim::zoned`]).
+    zones: Option<zone::Zones>,
+    /// Bytes each node sent (one group datagram counts once); in a zoned simulation, each
+    /// endpoint ([`Sim::endpoints`]).
     pub bytes_sent: Vec<u64>,
     /// Datagrams delivered.
     pub delivered: u64,
@@ -102,18 +111,35 @@ impl Sim {
     /// `n` nodes ticking every `tick` with staggered first ticks, seeded with `seed`; `cfg`
     /// adjusts each node's protocol settings.
     pub fn new(n: usize, seed: u64, tick: Duration, cfg: impl Fn(&mut Config) + 'static) -> Sim {
+        Sim::build(n, None, seed, tick, Box::new(cfg))
+    }
+
+    /// `n` endpoints (nodes, or a zoned cluster's endpoints, as `zones` says).
+    fn build(
+        n: usize,
+        zones: Option<zone::Zones>,
+        seed: u64,
+        tick: Duration,
+        cfg: Box<dyn Fn(&mut Config)>,
+    ) -> Sim {
+        let nets = match &zones {
+            Some(z) => z.nets(),
+            None => vec![(0..n).collect()],
+        };
         let mut s = Sim {
             base: Instant::now(),
             now: Duration::ZERO,
             rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
             tick,
-            cfg: Box::new(cfg),
+            cfg,
             nodes: Vec::new(),
             events: BinaryHeap::new(),
             next_id: 0,
             faults: Faults::default(),
             capacity: Capacity::default(),
             universe: BTreeSet::new(),
+            nets,
+            zones,
             bytes_sent: vec![0; n],
             delivered: 0,
         };
@@ -131,6 +157,7 @@ impl Sim {
                 rx_free: Duration::ZERO,
                 window: (0, 0),
                 link: LinkStats::default(),
+                net: s.zones.as_ref().map_or(0, |z| z.net(i)),
             };
             node.proto = Some(s.make(i, 1));
             s.events.push(Reverse(Event::tick(phase, i)));
@@ -140,7 +167,9 @@ impl Sim {
     }
 
     fn make(&self, i: usize, incarnation: u64) -> Protocol {
-        let mut c = Config::new(i as u64 + 1, incarnation, self.tick);
+        let (node, zone) = self.identity(i);
+        let mut c = Config::new(node, incarnation, self.tick);
+        c.zone = zone;
         // Every node's clock agrees (a test may skew one in `cfg`).
         c.clock = Clock {
             base: self.base,
@@ -173,15 +202,16 @@ impl Sim {
 
     /// How many nodes (crashed ones included).
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.zones.as_ref().map_or(self.nodes.len(), |z| z.len())
     }
 
     /// Whether the simulation has no nodes.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len() == 0
     }
 
-    /// What capacity cost node `i` so far.
+    /// What capacity cost node `i` so far (in a zoned simulation, endpoint `i`: see
+    /// [`Sim::endpoints`]).
     pub fn link(&self, i: usize) -> LinkStats {
         self.nodes[i].link
     }
@@ -205,6 +235,7 @@ impl Sim {
             let name: std::sync::Arc<str> = format!("topic-{hash:x}").into();
             p.set_local(hash, count, Some(&name));
         }
+        self.zone_publish(i, hash);
     }
 
     /// Adds `delta` to node `i`'s own count of `hash`.
@@ -220,12 +251,12 @@ impl Sim {
     /// A burst of `joins` joins spread over the running nodes and `topics` topics, long-tailed
     /// (low topic numbers are hot; topic `t` has hash [`topic_hash`]`(t)`), from `seed`.
     pub fn burst(&mut self, seed: u64, joins: u64, topics: u64) {
-        self.burst_on(seed, joins, topics, self.nodes.len());
+        self.burst_on(seed, joins, topics, self.len());
     }
 
     /// [`Sim::burst`] on the first `senders` nodes only (a hot node: `1`).
     pub fn burst_on(&mut self, seed: u64, joins: u64, topics: u64, senders: usize) {
-        let senders = senders.clamp(1, self.nodes.len().max(1)) as u64;
+        let senders = senders.clamp(1, self.len().max(1)) as u64;
         let topics = topics.max(1);
         let mut x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
         for _ in 0..joins {
@@ -246,11 +277,12 @@ impl Sim {
         let n = &self.nodes[i];
         u64::from(n.local.get(&hash).copied().unwrap_or(0))
             + n.proto.as_ref().map_or(0, |p| p.remote(hash))
+            + self.outer(i).map_or(0, |p| p.remote(hash))
     }
 
     /// The true count of `hash`: the sum over running nodes.
     pub fn truth(&self, hash: u64) -> u64 {
-        self.nodes
+        self.nodes[..self.len()]
             .iter()
             .filter(|n| n.proto.is_some())
             .map(|n| u64::from(n.local.get(&hash).copied().unwrap_or(0)))
@@ -260,7 +292,7 @@ impl Sim {
     /// Whether every running node's view of every topic ever counted equals the truth. Stops
     /// at the first difference (the convergence loops call it often; most calls find one).
     pub fn exact(&self) -> bool {
-        let running: Vec<usize> = (0..self.nodes.len())
+        let running: Vec<usize> = (0..self.len())
             .filter(|&i| self.nodes[i].proto.is_some())
             .collect();
         // A node whose total differs is not exact: a check of N totals settles most calls
@@ -268,7 +300,10 @@ impl Sim {
         let total: u64 = running.iter().map(|&i| self.nodes[i].local_total).sum();
         if running.iter().any(|&i| {
             let n = &self.nodes[i];
-            n.local_total + n.proto.as_ref().map_or(0, Protocol::remote_total) != total
+            n.local_total
+                + n.proto.as_ref().map_or(0, Protocol::remote_total)
+                + self.outer(i).map_or(0, Protocol::remote_total)
+                != total
         }) {
             return false;
         }
@@ -283,7 +318,7 @@ impl Sim {
         let mut out = Vec::new();
         for &h in &self.universe {
             let t = self.truth(h);
-            for i in 0..self.nodes.len() {
+            for i in 0..self.len() {
                 if self.nodes[i].proto.is_some() {
                     let v = self.view(i, h);
                     if v != t {
@@ -307,37 +342,48 @@ impl Sim {
 
     /// Node `i` stops silently (a crash, SIGKILL): no goodbye.
     pub fn crash(&mut self, i: usize) {
-        self.nodes[i].proto = None;
-        self.nodes[i].local.clear();
-        self.nodes[i].local_total = 0;
+        for e in self.endpoints_of(i) {
+            self.nodes[e].proto = None;
+            self.nodes[e].local.clear();
+            self.nodes[e].local_total = 0;
+        }
+        self.zone_reset(i);
     }
 
     /// Node `i` shuts down gracefully: it sends a goodbye, then stops.
     pub fn stop(&mut self, i: usize) {
-        if let Some(mut p) = self.nodes[i].proto.take() {
-            p.goodbye(self.base + self.now);
-            self.flush(i, &mut p);
+        for e in self.endpoints_of(i) {
+            if let Some(mut p) = self.nodes[e].proto.take() {
+                p.goodbye(self.base + self.now);
+                self.flush(e, &mut p);
+            }
+            self.nodes[e].local.clear();
+            self.nodes[e].local_total = 0;
         }
-        self.nodes[i].local.clear();
-        self.nodes[i].local_total = 0;
+        self.zone_reset(i);
     }
 
     /// Node `i` starts again with a new incarnation and an empty table.
     pub fn restart(&mut self, i: usize) {
-        let inc = self.nodes[i].incarnation + 1;
-        self.nodes[i].incarnation = inc;
-        self.nodes[i].local.clear();
-        self.nodes[i].local_total = 0;
-        self.nodes[i].proto = Some(self.make(i, inc));
-        self.nodes[i].next_tick = self.now;
-        self.nodes[i].wake = None;
-        self.events.push(Reverse(Event::tick(self.now, i)));
+        for e in self.endpoints_of(i) {
+            let inc = self.nodes[e].incarnation + 1;
+            self.nodes[e].incarnation = inc;
+            self.nodes[e].local.clear();
+            self.nodes[e].local_total = 0;
+            self.nodes[e].proto = Some(self.make(e, inc));
+            self.nodes[e].next_tick = self.now;
+            self.nodes[e].wake = None;
+            self.events.push(Reverse(Event::tick(self.now, e)));
+        }
+        self.zone_reset(i);
     }
 
     /// Splits the cluster: node `i` goes to group `groups[i]`.
     pub fn partition(&mut self, groups: &[u32]) {
-        for (n, &g) in self.nodes.iter_mut().zip(groups) {
-            n.group = g;
+        for (i, &g) in groups.iter().enumerate().take(self.len()) {
+            for e in self.endpoints_of(i) {
+                self.nodes[e].group = g;
+            }
         }
     }
 
@@ -346,39 +392,6 @@ impl Sim {
         for n in &mut self.nodes {
             n.group = 0;
         }
-    }
-
-    /// How long `len` bytes take at `rate` bytes a second (0: unlimited).
-    fn wire_time(len: usize, rate: u64) -> Duration {
-        if rate == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos((len as u128 * 1_000_000_000 / u128::from(rate)) as u64)
-    }
-
-    /// Bytes still queued on a link that is busy until `free`, at `rate`.
-    fn backlog(&self, free: Duration, rate: u64) -> u64 {
-        let wait = free.saturating_sub(self.now);
-        (wait.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
-    }
-
-    /// Puts `len` bytes on node `i`'s uplink; when they have left, or `None` if its send buffer
-    /// is full.
-    fn uplink(&mut self, i: usize, len: usize) -> Option<Duration> {
-        let c = self.capacity;
-        let free = self.nodes[i].tx_free;
-        if c.egress_bytes_per_sec == 0 {
-            return Some(self.now);
-        }
-        if c.send_buffer > 0
-            && self.backlog(free, c.egress_bytes_per_sec) + len as u64 > c.send_buffer
-        {
-            self.nodes[i].link.dropped_send += 1;
-            return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.egress_bytes_per_sec);
-        self.nodes[i].tx_free = done;
-        Some(done)
     }
 
     fn send(&mut self, from: usize, to: usize, bytes: &Arc<[u8]>, left: Duration) {
@@ -406,38 +419,6 @@ impl Sim {
         }
     }
 
-    /// Datagram `ev` reached its receiver's downlink now: queued behind the ones before it (or
-    /// dropped if its receive buffer is full); given back if it can be handled now.
-    fn downlink(&mut self, mut ev: Event) -> Option<Event> {
-        let c = self.capacity;
-        let What::Datagram {
-            to,
-            ref bytes,
-            ref mut arrived,
-            ..
-        } = ev.what
-        else {
-            return Some(ev);
-        };
-        if c.ingress_bytes_per_sec == 0 || *arrived {
-            return Some(ev);
-        }
-        let len = bytes.len();
-        let free = self.nodes[to].rx_free;
-        if c.recv_buffer > 0
-            && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
-        {
-            self.nodes[to].link.dropped_recv += 1;
-            return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
-        self.nodes[to].rx_free = done;
-        *arrived = true;
-        ev.at = done;
-        self.events.push(Reverse(ev));
-        None
-    }
-
     /// Queues node `i`'s wake if its protocol asks for a new one.
     fn rewake(&mut self, i: usize) {
         let node = &mut self.nodes[i];
@@ -459,8 +440,9 @@ impl Sim {
         while let Some(t) = p.poll_transmit() {
             let bytes: Arc<[u8]> = t.bytes.as_slice().into();
             let w = (self.now.as_nanos() / tick) as u64;
+            let net = self.nodes[i].net;
             let copies = match t.dest {
-                Dest::Group if self.capacity.unicast_fanout => self.nodes.len() as u64 - 1,
+                Dest::Group if self.capacity.unicast_fanout => self.nets[net].len() as u64 - 1,
                 _ => 1,
             };
             let node = &mut self.nodes[i];
@@ -472,7 +454,8 @@ impl Sim {
             match t.dest {
                 Dest::Group if self.capacity.unicast_fanout => {
                     // A copy per peer, each through the uplink.
-                    for j in 0..self.nodes.len() {
+                    for k in 0..self.nets[net].len() {
+                        let j = self.nets[net][k];
                         if j != i
                             && let Some(left) = self.uplink(i, t.bytes.len())
                         {
@@ -487,7 +470,8 @@ impl Sim {
                         continue;
                     };
                     self.bytes_sent[i] += t.bytes.len() as u64;
-                    for j in 0..self.nodes.len() {
+                    for k in 0..self.nets[net].len() {
+                        let j = self.nets[net][k];
                         if j != i {
                             self.send(i, j, &bytes, left);
                         }
@@ -526,6 +510,7 @@ impl Sim {
                         continue; // stale: crashed, or restarted since
                     }
                     self.now = ev.at;
+                    self.zone_before_tick(i);
                     let mut p = self.nodes[i].proto.take().expect("running node");
                     p.handle_tick(self.base + self.now);
                     self.flush(i, &mut p);

@@ -385,11 +385,15 @@ pub enum Reject {
     Budget,
     /// Another process uses this node's id (a newer incarnation of it): misconfiguration.
     NodeId,
+    /// From a node of this node's own zone, in the cross-zone group of a zoned cluster (see
+    /// [`Config::zone`](crate::cluster::protocol::Config::zone)): its zone's counts reach this
+    /// node through the zone's own group.
+    Zone,
 }
 
 impl Reject {
     /// How many reasons there are.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, for counters.
     pub const ALL: [Reject; Reject::COUNT] = [
@@ -409,6 +413,7 @@ impl Reject {
         Reject::NotPeer,
         Reject::Budget,
         Reject::NodeId,
+        Reject::Zone,
     ];
 
     /// A short snake_case name (for metrics labels).
@@ -430,6 +435,7 @@ impl Reject {
             Reject::NotPeer => "not_peer",
             Reject::Budget => "budget",
             Reject::NodeId => "node_id",
+            Reject::Zone => "zone",
         }
     }
 

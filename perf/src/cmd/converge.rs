@@ -58,12 +58,19 @@ pub struct Args {
     /// Plain repairs only, no parity (the protocol's `parity` off): the side-by-side baseline.
     #[arg(long)]
     no_parity: bool,
+    /// Group the nodes in this many zones (0: a flat cluster): each node keeps its zone peers'
+    /// tables and one table per other zone (`headcount::cluster::sim::Sim::zoned`).
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
 }
 
 /// Checks the flags, runs [`converge`] and prints its figures.
 pub fn run(a: &Args) {
-    if !(0.0..1.0).contains(&a.loss) || a.nodes < 2 || a.nodes > 4096 {
-        eprintln!("headcount-perf converge: --loss must be in [0, 1) and --nodes in 2..=4096");
+    if !(0.0..1.0).contains(&a.loss) || a.nodes < 2 || a.nodes > 4096 || a.zones > a.nodes {
+        eprintln!(
+            "headcount-perf converge: --loss must be in [0, 1), --nodes in 2..=4096 and \
+             --zones at most --nodes"
+        );
         std::process::exit(2);
     }
     let cap = Capacity {
@@ -86,6 +93,7 @@ pub fn run(a: &Args) {
                 relay_fanout: a.relay_fanout,
                 senders: a.senders,
                 plain: a.no_parity,
+                zones: a.zones,
             },
         ),
     )
@@ -116,17 +124,21 @@ pub struct Setup {
     pub senders: usize,
     /// Every node's `parity` off: plain repairs only.
     pub plain: bool,
+    /// Zones (0: a flat cluster).
+    pub zones: usize,
 }
 
 fn total_bytes(sim: &Sim) -> u64 {
     sim.bytes_sent.iter().sum()
 }
 
+/// Every running protocol: a node's, or both of a zoned node's.
+fn protocols(sim: &Sim) -> impl Iterator<Item = &headcount::cluster::protocol::Protocol> {
+    (0..sim.endpoints()).filter_map(|e| sim.endpoint(e))
+}
+
 fn resync_requests(sim: &Sim) -> u64 {
-    (0..sim.len())
-        .filter_map(|i| sim.node(i))
-        .map(|p| p.stats().resync_requests)
-        .sum()
+    protocols(sim).map(|p| p.stats().resync_requests).sum()
 }
 
 /// One seed's run.
@@ -158,25 +170,19 @@ struct Run {
 }
 
 fn repair_bytes(sim: &Sim) -> u64 {
-    (0..sim.len())
-        .filter_map(|i| sim.node(i))
-        .map(|p| p.stats().repair_bytes)
-        .sum()
+    protocols(sim).map(|p| p.stats().repair_bytes).sum()
 }
 
 /// Plain repairs sent, parity sent, datagrams recovered, nack bytes: cluster-wide.
 fn repair_counts(sim: &Sim) -> [u64; 4] {
-    (0..sim.len())
-        .filter_map(|i| sim.node(i))
-        .map(|p| p.stats())
-        .fold([0; 4], |a, s| {
-            [
-                a[0] + s.repairs_sent,
-                a[1] + s.parity_sent,
-                a[2] + s.recovered,
-                a[3] + s.nack_bytes,
-            ]
-        })
+    protocols(sim).map(|p| p.stats()).fold([0; 4], |a, s| {
+        [
+            a[0] + s.repairs_sent,
+            a[1] + s.parity_sent,
+            a[2] + s.recovered,
+            a[3] + s.nack_bytes,
+        ]
+    })
 }
 
 /// One seed's run; `idle`: also the idle ticks after exactness and the memory they leave (a
@@ -192,10 +198,15 @@ fn run_seed(
 ) -> Run {
     let relay = setup.relay_fanout;
     let plain = setup.plain;
-    let mut sim = Sim::new(nodes, seed, TICK, move |c| {
+    let cfg = move |c: &mut headcount::cluster::protocol::Config| {
         c.relay_fanout = relay;
         c.parity = !plain;
-    });
+    };
+    let mut sim = if setup.zones > 0 {
+        Sim::zoned(nodes, setup.zones, seed, TICK, cfg)
+    } else {
+        Sim::new(nodes, seed, TICK, cfg)
+    };
     sim.faults = Faults {
         loss,
         delay: DELAY,
@@ -251,13 +262,12 @@ fn run_seed(
         counting::track_bytes(false);
     }
     let now = std::time::Instant::now();
-    let peer_entries: u64 = (0..sim.len())
-        .filter_map(|i| sim.node(i))
+    let peer_entries: u64 = protocols(&sim)
         .flat_map(|p| p.nodes(now))
         .filter(|n| n.alive)
         .map(|n| n.topics as u64)
         .sum();
-    let links: Vec<_> = (0..sim.len()).map(|i| sim.link(i)).collect();
+    let links: Vec<_> = (0..sim.endpoints()).map(|e| sim.endpoint_link(e)).collect();
     Run {
         ms,
         window_bytes,
@@ -313,6 +323,10 @@ fn run_seed(
 ///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
 ///   so it bounds the peer-table entry's cost from above, closer as nodes grow. `null` where
 ///   the counting allocator is not the global one.
+/// - `peer_entries_per_node`: the (peer, topic) entries a node holds of its peers' tables after
+///   the burst, mean over nodes and seeds: what its memory grows with (a zoned node's peers are
+///   its zone peers and the other zones' nodes, of which only the speakers have tables).
+/// - `zones`: `setup.zones` (0: a flat cluster).
 ///
 /// `setup`: the links, relaying, and which nodes take the burst.
 pub fn converge(
@@ -341,6 +355,7 @@ pub fn converge(
     let mut dropped = (0.0, 0.0);
     let mut wall = 0f64;
     let mut per_entry = Vec::new();
+    let mut entries = Vec::new();
     for seed in 0..seeds {
         let started = std::time::Instant::now();
         // Without loss the run is its own lossless baseline (the simulation is seeded); with
@@ -358,6 +373,7 @@ pub fn converge(
         if r.peer_entries > 0 {
             per_entry.push(r.live_bytes.max(0) as f64 / r.peer_entries as f64);
         }
+        entries.push(r.peer_entries as f64 / nodes as f64);
         wall = wall.max(started.elapsed().as_secs_f64());
         vs_lossless.push(r.burst_bytes as f64 / lossless.max(1) as f64);
         repair.push(r.repair_bytes as f64 / nodes as f64);
@@ -418,6 +434,8 @@ pub fn converge(
         "senders": if setup.senders == 0 { nodes } else { setup.senders.min(nodes) },
         "sim_seconds_per_seed": round(wall, 2),
         "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
+        "peer_entries_per_node": round(mean(&entries), 1),
+        "zones": setup.zones,
     })
 }
 
@@ -468,6 +486,35 @@ mod tests {
         assert_eq!(
             (v["dropped_send"].as_f64(), v["dropped_recv"].as_f64()),
             (Some(0.0), Some(0.0))
+        );
+    }
+
+    /// Zoned, a node holds its zone peers' tables and the other zones' sums: fewer entries than
+    /// a flat cluster's node, which holds every peer's table.
+    #[test]
+    fn zones_hold_fewer_peer_entries_than_a_flat_cluster() {
+        let run = |zones| {
+            converge(
+                12,
+                0.05,
+                1,
+                300,
+                6_000,
+                Setup {
+                    zones,
+                    ..Setup::default()
+                },
+            )
+        };
+        let (flat, zoned) = (run(0), run(3));
+        assert_eq!(
+            (zoned["zones"].as_u64(), zoned["not_exact"].as_u64()),
+            (Some(3), Some(0))
+        );
+        let entries = |v: &Value| v["peer_entries_per_node"].as_f64().unwrap();
+        assert!(
+            entries(&zoned) > 0.0 && entries(&zoned) < entries(&flat),
+            "{flat}\n{zoned}"
         );
     }
 

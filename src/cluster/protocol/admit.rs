@@ -78,6 +78,11 @@ impl Protocol {
                 Ordering::Less => Err(self.reject(Reject::Incarnation, None)),
             };
         }
+        if self.cfg.zone != 0 && super::zone_of(node) == self.cfg.zone {
+            // A zone mate, in the cross-zone group: what it says here is the zone's sum, which
+            // this node already has from the zone's own group.
+            return Err(self.reject(Reject::Zone, None));
+        }
         let here = self.cfg.clock.unix_ms(now);
         if here.abs_diff(time) > self.cfg.max_clock_skew.as_millis() as u64 {
             return Err(self.reject(Reject::Clock, Some(node)));

@@ -104,6 +104,17 @@ pub struct Config {
     /// loss at each receiver) and decode theirs. Off: plain repairs only, both ways (for a
     /// cluster with nodes that predate parity, until all are upgraded). Default on.
     pub parity: bool,
+    /// In the cross-zone group of a zoned cluster, this node's zone (0: not zoned): datagrams
+    /// from nodes of the same zone (by [`zone_of`] their id) are refused
+    /// ([`Reject::Zone`](crate::cluster::wire::Reject::Zone)), so that the zone's own sum, which
+    /// one of them publishes there, is not counted twice. Zones are simulated
+    /// ([`crate::cluster::sim::Sim::zoned`]), not yet offered by the engine.
+    pub zone: u16,
+}
+
+/// The zone of a node id in a zoned cluster: its top 16 bits.
+pub fn zone_of(node: u64) -> u16 {
+    (node >> 48) as u16
 }
 
 /// Every default of the protocol's settings, written once: [`Config::new`] and the engine's
@@ -191,6 +202,7 @@ impl Config {
             gossip_members: false,
             relay_fanout: 0,
             parity: true,
+            zone: 0,
         }
     }
 

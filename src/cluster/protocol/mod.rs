@@ -113,7 +113,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use config::{Clock, Config, defaults};
+pub use config::{Clock, Config, defaults, zone_of};
 pub use peer::mix;
 pub use stats::{Found, NodeInfo, ProtoStats};
 
@@ -503,6 +503,11 @@ impl Protocol {
     /// The sum of every live peer's count for `hash`.
     pub fn remote(&self, hash: u64) -> u64 {
         self.remote.get(hash)
+    }
+
+    /// Every topic some live peer counts, with the sum of their counts, in no particular order.
+    pub fn remote_sums(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.remote.iter()
     }
 
     /// The sum of every live peer's counts.

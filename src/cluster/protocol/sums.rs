@@ -41,6 +41,11 @@ impl Sums {
         self.total
     }
 
+    /// Every topic some peer counts, with its sum, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.map.iter().map(|(&h, &s)| (h, s & !CHANGED))
+    }
+
     /// Whether some sum changed since the last [`Sums::take_changed`].
     pub(super) fn any_changed(&self) -> bool {
         !self.changed.is_empty()

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use super::Sim;
+use super::event::{Event, What};
+use std::cmp::Reverse;
+
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -46,4 +50,72 @@ pub struct LinkStats {
     /// The most bytes the node's protocol handed to its socket within one tick window (of the
     /// simulation's tick, aligned on multiples of it), sent or dropped.
     pub peak_bytes_per_tick: u64,
+}
+
+/// The links: each node's uplink and downlink, and its socket buffers.
+impl Sim {
+    /// How long `len` bytes take at `rate` bytes a second (0: unlimited).
+    fn wire_time(len: usize, rate: u64) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((len as u128 * 1_000_000_000 / u128::from(rate)) as u64)
+    }
+
+    /// Bytes still queued on a link that is busy until `free`, at `rate`.
+    fn backlog(&self, free: Duration, rate: u64) -> u64 {
+        let wait = free.saturating_sub(self.now);
+        (wait.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
+    }
+
+    /// Puts `len` bytes on node `i`'s uplink; when they have left, or `None` if its send buffer
+    /// is full.
+    pub(super) fn uplink(&mut self, i: usize, len: usize) -> Option<Duration> {
+        let c = self.capacity;
+        let free = self.nodes[i].tx_free;
+        if c.egress_bytes_per_sec == 0 {
+            return Some(self.now);
+        }
+        if c.send_buffer > 0
+            && self.backlog(free, c.egress_bytes_per_sec) + len as u64 > c.send_buffer
+        {
+            self.nodes[i].link.dropped_send += 1;
+            return None;
+        }
+        let done = free.max(self.now) + Self::wire_time(len, c.egress_bytes_per_sec);
+        self.nodes[i].tx_free = done;
+        Some(done)
+    }
+
+    /// Datagram `ev` reached its receiver's downlink now: queued behind the ones before it (or
+    /// dropped if its receive buffer is full); given back if it can be handled now.
+    pub(super) fn downlink(&mut self, mut ev: Event) -> Option<Event> {
+        let c = self.capacity;
+        let What::Datagram {
+            to,
+            ref bytes,
+            ref mut arrived,
+            ..
+        } = ev.what
+        else {
+            return Some(ev);
+        };
+        if c.ingress_bytes_per_sec == 0 || *arrived {
+            return Some(ev);
+        }
+        let len = bytes.len();
+        let free = self.nodes[to].rx_free;
+        if c.recv_buffer > 0
+            && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
+        {
+            self.nodes[to].link.dropped_recv += 1;
+            return None;
+        }
+        let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
+        self.nodes[to].rx_free = done;
+        *arrived = true;
+        ev.at = done;
+        self.events.push(Reverse(ev));
+        None
+    }
 }

@@ -396,6 +396,49 @@ fn node_id_conflicts_and_clock_skew_are_refused() {
     assert_eq!((a.remote(5), a.remote(6)), (0, 0));
 }
 
+/// In a cross-zone group, a zone mate's datagrams (its id's top bits are this node's zone) are
+/// refused whole, and counted; another zone's are applied.
+#[test]
+fn a_zone_mate_is_refused_in_the_cross_zone_group() {
+    let now = Instant::now();
+    let tick = Duration::from_millis(100);
+    let zoned = |zone: u16, id: u64| {
+        let mut c = Config::new((u64::from(zone) << 48) | id, 1, tick);
+        c.zone = zone;
+        Protocol::new(c, Seal::new("p", b"k"))
+    };
+    let mut a = zoned(1, 1);
+    let mut mate = zoned(1, 2);
+    let mut other = zoned(2, 3);
+    mate.set_local(5, 4, None);
+    other.set_local(6, 7, None);
+    mate.handle_tick(now);
+    other.handle_tick(now);
+    let sent = drain(&mut mate);
+    assert!(!sent.is_empty());
+    for t in &sent {
+        assert_eq!(
+            a.handle_datagram(now, addr(2), &t.bytes),
+            Outcome::Rejected(Reject::Zone)
+        );
+    }
+    for t in drain(&mut other) {
+        assert_eq!(a.handle_datagram(now, addr(3), &t.bytes), Outcome::Applied);
+    }
+    assert_eq!((a.remote(5), a.remote(6)), (0, 7));
+    assert_eq!(a.stats().rejected[Reject::Zone.index()], sent.len() as u64);
+    assert_eq!(a.nodes(now).len(), 1, "the zone mate is no peer");
+    // Outside zones (zone 0) the same id is an ordinary peer.
+    let mut flat = proto(9, 1400);
+    for t in &sent {
+        assert_eq!(
+            flat.handle_datagram(now, addr(2), &t.bytes),
+            Outcome::Applied
+        );
+    }
+    assert_eq!(flat.remote(5), 4);
+}
+
 /// Node 1 counting 5,000 topics, and node 2 that keeps at most 1,000 of a peer's.
 fn over_the_cap() -> (Protocol, Protocol) {
     let mut c = Config::new(2, 1, Duration::from_millis(100));
