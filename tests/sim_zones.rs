@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::TICK;
 use headcount::cluster::protocol::Config;
-use headcount::cluster::sim::{Sim, topic_hash};
+use headcount::cluster::sim::{LISTENER_HEARTBEAT_EVERY, Sim, topic_hash};
 
 /// `n` nodes in `zones` zones, formed: every zone has its speaker and every view is exact.
 fn zoned(n: usize, zones: usize, seed: u64) -> Sim {
@@ -167,4 +167,28 @@ fn a_restarted_elder_does_not_take_its_zone_back() {
     assert!(s.exact());
     assert_eq!(speakers(&s, 1), vec![1]);
     assert_eq!(s.speaker_switches(), switches);
+}
+
+/// In the cross-zone group, where every node of every zone is a member, a node that does not
+/// speak for its zone sends a heartbeat every `LISTENER_HEARTBEAT_EVERY` ticks and nothing
+/// else; its zone's speaker sends every tick.
+#[test]
+fn listeners_are_quiet_in_the_cross_zone_group() {
+    let mut s = zoned(16, 4, 2);
+    s.burst(2, 8_000, 800);
+    assert!(s.ticks_to_exact(30).is_some());
+    s.run_for(TICK * 12);
+    let n = s.len();
+    let before: Vec<u64> = s.bytes_sent.clone();
+    s.run_for(TICK * 20);
+    for i in 0..n {
+        let sent = s.bytes_sent[n + i] - before[n + i];
+        if s.speaks(i) {
+            assert!(sent >= 20 * 60, "speaker {i}: {sent} B in 20 ticks");
+        } else {
+            // 4 heartbeats (of at most 120 bytes), where one a tick was 20.
+            assert_eq!(LISTENER_HEARTBEAT_EVERY, 5);
+            assert!(sent <= 4 * 120, "listener {i}: {sent} B in 20 ticks");
+        }
+    }
 }

@@ -13,7 +13,7 @@ mod zone;
 
 use event::{Event, What};
 pub use link::{Capacity, Faults, LinkStats};
-pub use zone::{SPEAK_AFTER, TAKEOVER_TICKS};
+pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -169,7 +169,9 @@ impl Sim {
     fn make(&self, i: usize, incarnation: u64) -> Protocol {
         let (node, zone) = self.identity(i);
         let mut c = Config::new(node, incarnation, self.tick);
-        c.zone = zone;
+        if zone != 0 {
+            self.outer_config(&mut c, zone);
+        }
         // Every node's clock agrees (a test may skew one in `cfg`).
         c.clock = Clock {
             base: self.base,

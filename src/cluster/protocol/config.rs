@@ -110,6 +110,12 @@ pub struct Config {
     /// one of them publishes there, is not counted twice. Zones are simulated
     /// ([`crate::cluster::sim::Sim::zoned`]), not yet offered by the engine.
     pub zone: u16,
+    /// Ticks between heartbeats of a node whose table is empty and that sends nothing else
+    /// (1: every tick, the default). A zoned cluster's nodes that do not speak for their zone
+    /// count nothing in the cross-zone group, where every node of every zone is a member: 5
+    /// there makes what each node hears idle about a fifth (`dead_after` is 30 ticks, so each
+    /// peer still hears six of them before it would drop the node).
+    pub empty_heartbeat_every: u32,
 }
 
 /// The zone of a node id in a zoned cluster: its top 16 bits.
@@ -203,6 +209,7 @@ impl Config {
             relay_fanout: 0,
             parity: true,
             zone: 0,
+            empty_heartbeat_every: 1,
         }
     }
 

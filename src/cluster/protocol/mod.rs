@@ -206,6 +206,9 @@ pub struct Protocol {
     refresh_credit: f64,
     /// Ticks left at the refresh's full rate (see [`Config::idle_refresh`]).
     refresh_full: u32,
+    /// Ticks in a row that sent nothing but a heartbeat, if any (see
+    /// [`Config::empty_heartbeat_every`]; the first tick always sends).
+    quiet_ticks: u32,
     peers: HashMap<u64, Peer>,
     /// Bumped whenever a peer is added or dropped ([`Protocol::membership`]).
     membership: u64,
@@ -292,6 +295,7 @@ impl Protocol {
             cursor: 0,
             refresh_credit: 0.0,
             refresh_full: 0,
+            quiet_ticks: u32::MAX,
             peers: HashMap::default(),
             membership: 0,
             observers: 0,

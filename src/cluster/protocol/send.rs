@@ -215,7 +215,21 @@ impl Protocol {
             self.push(Dest::Group, d);
         }
 
-        if self.out.len() == first {
+        // A node with an empty table that sent nothing for a while says it is alive; one
+        // with counts says so every tick (its heartbeat carries its final digest).
+        let quiet = self.out.len() == first;
+        self.quiet_ticks = if quiet {
+            self.quiet_ticks.saturating_add(1)
+        } else {
+            0
+        };
+        let every = if self.table.len() == 0 {
+            self.cfg.empty_heartbeat_every.max(1)
+        } else {
+            1
+        };
+        if quiet && self.quiet_ticks >= every {
+            self.quiet_ticks = 0;
             let seq = self.next_seq();
             let flags = if self.changed.is_empty() { FLAG_END } else { 0 };
             let d = self

@@ -22,13 +22,12 @@
 //! the dead speaker's table from their outer view (a brief gap, or a brief double count when
 //! two members both speak, until the views agree again).
 //!
-//! [`Config::zone`]: crate::cluster::protocol::Config::zone
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{LinkStats, Sim};
-use crate::cluster::protocol::{Event, Protocol};
+use crate::cluster::protocol::{Config, Event, Protocol};
 
 /// Ticks a node runs before it may speak for its zone.
 pub const SPEAK_AFTER: u32 = 3;
@@ -41,6 +40,11 @@ pub const SPEAK_AFTER: u32 = 3;
 /// zones, the speaker crashed); one tick later, in 2 of 12; two ticks later, in none, for the
 /// zone's counts missing elsewhere up to two ticks longer.
 pub const TAKEOVER_TICKS: u32 = 2;
+
+/// Ticks between the heartbeats of a node that does not speak for its zone, in the cross-zone
+/// group ([`Config::empty_heartbeat_every`]): every node of every zone is a member there, so
+/// its heartbeats are most of what every node hears idle.
+pub const LISTENER_HEARTBEAT_EVERY: u32 = 5;
 
 /// Which zone each node is in, and which nodes speak for their zone now.
 pub(super) struct Zones {
@@ -99,7 +103,7 @@ impl Sim {
         zones: usize,
         seed: u64,
         tick: Duration,
-        cfg: impl Fn(&mut crate::cluster::protocol::Config) + 'static,
+        cfg: impl Fn(&mut Config) + 'static,
     ) -> Sim {
         assert!(
             (1..=n.min(usize::from(u16::MAX))).contains(&zones),
@@ -164,6 +168,15 @@ impl Sim {
             }
             _ => (e as u64 + 1, 0),
         }
+    }
+
+    /// An outer endpoint's settings, in zone `zone`: it refuses its zone mates, heartbeats
+    /// every [`LISTENER_HEARTBEAT_EVERY`] ticks while it publishes nothing, and tracks every
+    /// node of the cluster as a peer.
+    pub(super) fn outer_config(&self, c: &mut Config, zone: u16) {
+        c.zone = zone;
+        c.empty_heartbeat_every = LISTENER_HEARTBEAT_EVERY;
+        c.max_peers = c.max_peers.max(self.len());
     }
 
     /// Node `i`'s outer protocol, if zoned and running.

@@ -123,3 +123,34 @@ fn answers_during_a_paced_tick_carry_the_last_number_sent() {
     let p = &b.peers[&1];
     assert!(p.gaps.is_empty(), "nothing counted missed: {:?}", p.gaps);
 }
+
+/// A node with an empty table that has nothing else to send heartbeats every
+/// `empty_heartbeat_every` ticks (the first tick at once); once it counts something, every
+/// tick again; with the default, every tick.
+#[test]
+fn an_empty_node_heartbeats_every_few_ticks() {
+    let t0 = Instant::now();
+    let tick = Duration::from_millis(100);
+    let sent_per_tick = |every: u32, ticks: u32, count_from: u32| {
+        let mut c = Config::new(1, 1, tick);
+        c.empty_heartbeat_every = every;
+        let mut p = Protocol::new(c, Seal::new("p", b"k"));
+        (0..ticks)
+            .map(|k| {
+                if k == count_from {
+                    p.set_local(5, 1, None);
+                }
+                p.handle_tick(t0 + tick * k);
+                drain(&mut p).len()
+            })
+            .collect::<Vec<_>>()
+    };
+    // Empty, every 5 ticks: a heartbeat at ticks 0, 5 and 10, and nothing else.
+    let quiet = sent_per_tick(5, 12, u32::MAX);
+    assert_eq!(quiet, vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]);
+    // The default: every tick.
+    assert!(sent_per_tick(1, 12, u32::MAX).iter().all(|&n| n >= 1));
+    // Counting from tick 3: every tick from then on.
+    let busy = sent_per_tick(5, 12, 3);
+    assert!(busy[3..].iter().all(|&n| n >= 1), "{busy:?}");
+}
