@@ -186,9 +186,65 @@ fn listeners_are_quiet_in_the_cross_zone_group() {
         if s.speaks(i) {
             assert!(sent >= 20 * 60, "speaker {i}: {sent} B in 20 ticks");
         } else {
-            // 4 heartbeats (of at most 120 bytes), where one a tick was 20.
+            // 4 heartbeats (of 60 to 120 bytes), where one a tick was 20.
             assert_eq!(LISTENER_HEARTBEAT_EVERY, 5);
-            assert!(sent <= 4 * 120, "listener {i}: {sent} B in 20 ticks");
+            assert!(
+                (3 * 60..=4 * 120).contains(&sent),
+                "listener {i}: {sent} B in 20 ticks"
+            );
         }
     }
+}
+
+/// A speaker that stops speaking while alive (its elder, cut off by a partition, is heard
+/// again) zeroes everything it published, also a topic whose sum left the zone in the same
+/// outer tick (found in review: 17 of 40 runs kept such a count in the other zones for good).
+#[test]
+fn a_speaker_that_steps_down_zeroes_all_it_published() {
+    let x = topic_hash(7);
+    for seed in 0..4 {
+        for offset in 0..10 {
+            let mut s = zoned(9, 3, seed);
+            s.set(2, x, 5);
+            assert!(s.ticks_to_exact(10).is_some());
+            // Node 0 alone: node 1 speaks for the rest of zone 1, node 0 for itself.
+            s.partition(&[1, 0, 0, 0, 0, 0, 0, 0, 0]);
+            s.run_for(TICK * 40);
+            assert_eq!(speakers(&s, 1), vec![0, 1], "seed {seed}");
+            s.heal();
+            s.run_for(Duration::from_millis(10 * offset));
+            s.set(2, x, 0);
+            s.run_for(TICK * 60);
+            assert_eq!(speakers(&s, 1), vec![0], "seed {seed}, {offset}");
+            assert!(
+                s.exact(),
+                "seed {seed}, {offset} × 10 ms: {:?}",
+                s.mismatches().first()
+            );
+        }
+    }
+}
+
+/// Which mate is eldest goes by start, not by how often a node restarted: a node restarted
+/// after the current speaker started, however low its id, does not take the zone over (found
+/// in review: with per-node restart counts, it did, and the zone went missing meanwhile).
+#[test]
+fn a_later_start_with_a_lower_id_does_not_take_over() {
+    let mut s = zoned(4, 2, 1);
+    s.restart(1);
+    s.run_for(TICK * 10);
+    assert_eq!(speakers(&s, 1), vec![0]);
+    s.stop(0);
+    s.run_for(TICK * 10);
+    assert_eq!(speakers(&s, 1), vec![1]);
+    s.set(1, topic_hash(1), 4);
+    assert!(s.ticks_to_exact(10).is_some());
+    let switches = s.speaker_switches();
+    s.restart(0);
+    for _ in 0..20 {
+        s.run_for(TICK / 2);
+        assert_eq!(s.view(2, topic_hash(1)), 4, "zone 1 missing from zone 2");
+    }
+    assert_eq!(speakers(&s, 1), vec![1]);
+    assert_eq!(s.speaker_switches(), switches);
 }

@@ -67,6 +67,9 @@ pub struct Sim {
     nets: Vec<Vec<usize>>,
     /// Zones, when the cluster has them ([`Sim::zoned`]).
     zones: Option<zone::Zones>,
+    /// The incarnation the next restart takes: every restart's is above every earlier one's,
+    /// of any node, as a process's start time would be.
+    next_incarnation: u64,
     /// Bytes each node sent (one group datagram counts once); in a zoned simulation, each
     /// endpoint ([`Sim::endpoints`]).
     pub bytes_sent: Vec<u64>,
@@ -140,6 +143,7 @@ impl Sim {
             universe: BTreeSet::new(),
             nets,
             zones,
+            next_incarnation: 2,
             bytes_sent: vec![0; n],
             delivered: 0,
         };
@@ -365,10 +369,12 @@ impl Sim {
         self.zone_reset(i);
     }
 
-    /// Node `i` starts again with a new incarnation and an empty table.
+    /// Node `i` starts again with a new incarnation (above every incarnation so far, of any
+    /// node) and an empty table.
     pub fn restart(&mut self, i: usize) {
         for e in self.endpoints_of(i) {
-            let inc = self.nodes[e].incarnation + 1;
+            let inc = self.next_incarnation.max(self.nodes[e].incarnation + 1);
+            self.next_incarnation = inc + 1;
             self.nodes[e].incarnation = inc;
             self.nodes[e].local.clear();
             self.nodes[e].local_total = 0;

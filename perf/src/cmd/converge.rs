@@ -326,7 +326,9 @@ fn run_seed(
 /// - `peer_entries_per_node`: the (peer, topic) entries a node holds of its peers' tables after
 ///   the burst, mean over nodes and seeds: what its memory grows with (a zoned node's peers are
 ///   its zone peers and the other zones' nodes, of which only the speakers have tables).
-/// - `zones`: `setup.zones` (0: a flat cluster).
+/// - `zones`: `setup.zones` (0: a flat cluster). A zoned node's two endpoints each have a link
+///   of their own (capacity limits apply to each), and `peak_egress_bytes_per_tick` is then
+///   the busiest endpoint's.
 ///
 /// `setup`: the links, relaying, and which nodes take the burst.
 pub fn converge(

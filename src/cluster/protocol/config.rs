@@ -116,6 +116,12 @@ pub struct Config {
     /// there makes what each node hears idle about a fifth (`dead_after` is 30 ticks, so each
     /// peer still hears six of them before it would drop the node).
     pub empty_heartbeat_every: u32,
+    /// The most bytes a tick that ends a burst hands to the socket at once; a bigger one is
+    /// spread over the tick like a tick of a longer burst (see `repair_burst`). Default:
+    /// Linux's default socket buffer, 208 KiB. (At once, a 600 kB tick into such a buffer on
+    /// a 1 Gbit/s link lost most of itself, and its repairs ran out of rounds; spreading every
+    /// tick above `repair_burst` cost a tick of delay on unlimited links.)
+    pub max_unpaced_tick: usize,
 }
 
 /// The zone of a node id in a zoned cluster: its top 16 bits.
@@ -140,6 +146,8 @@ pub mod defaults {
     pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
     /// Resync replies and repairs per second, in bytes: a tenth of a 1 Gbit/s link.
     pub const MAX_REPAIR_RATE: u64 = 12_500_000;
+    /// The most bytes a tick that ends a burst sends at once: Linux's default socket buffer.
+    pub const MAX_UNPACED_TICK: usize = 212_992;
     /// The repair bucket's depth: 64 KiB, a third of Linux's default socket buffer.
     pub const REPAIR_BURST: usize = 64 * 1024;
     /// Topics of recent deltas and names kept for repairs (8 bytes each: 2 MiB).
@@ -210,6 +218,7 @@ impl Config {
             parity: true,
             zone: 0,
             empty_heartbeat_every: 1,
+            max_unpaced_tick: defaults::MAX_UNPACED_TICK,
         }
     }
 

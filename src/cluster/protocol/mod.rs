@@ -206,9 +206,10 @@ pub struct Protocol {
     refresh_credit: f64,
     /// Ticks left at the refresh's full rate (see [`Config::idle_refresh`]).
     refresh_full: u32,
-    /// Ticks in a row that sent nothing but a heartbeat, if any (see
-    /// [`Config::empty_heartbeat_every`]; the first tick always sends).
+    /// Ticks in a row with an empty table and no change to send, and ticks since the last tick
+    /// that sent something, a heartbeat or else (see [`Config::empty_heartbeat_every`]).
     quiet_ticks: u32,
+    beat_ticks: u32,
     peers: HashMap<u64, Peer>,
     /// Bumped whenever a peer is added or dropped ([`Protocol::membership`]).
     membership: u64,
@@ -296,6 +297,7 @@ impl Protocol {
             refresh_credit: 0.0,
             refresh_full: 0,
             quiet_ticks: u32::MAX,
+            beat_ticks: u32::MAX,
             peers: HashMap::default(),
             membership: 0,
             observers: 0,
@@ -507,6 +509,11 @@ impl Protocol {
     /// The sum of every live peer's count for `hash`.
     pub fn remote(&self, hash: u64) -> u64 {
         self.remote.get(hash)
+    }
+
+    /// This node's own counts ([`Protocol::set_local`]), by hash.
+    pub fn local_counts(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.table.map.iter()
     }
 
     /// Every topic some live peer counts, with the sum of their counts, in no particular order.

@@ -134,6 +134,8 @@ impl Protocol {
         self.send_members(now);
         let first = self.out.len();
         let mut budget = self.cfg.max_tick_datagrams.max(1);
+        // Counts, or changes to send: this tick is not one of an empty node's quiet ones.
+        let counting = self.table.len() > 0 || !self.changed.is_empty();
 
         // What changed, oldest first: each topic's name (when new here), then its count.
         let per = self.enc.entries_per_datagram(Kind::Delta);
@@ -215,38 +217,44 @@ impl Protocol {
             self.push(Dest::Group, d);
         }
 
-        // A node with an empty table that sent nothing for a while says it is alive; one
-        // with counts says so every tick (its heartbeat carries its final digest).
+        // A quiet tick (nothing else to send) sends a heartbeat. Every tick, but for a node
+        // with an empty table and no change to send: for the first `empty_heartbeat_every`
+        // ticks after its last change went out (so that the loss of its last datagrams, those
+        // that emptied its table, shows at once), then every `empty_heartbeat_every` ticks.
         let quiet = self.out.len() == first;
-        self.quiet_ticks = if quiet {
-            self.quiet_ticks.saturating_add(1)
-        } else {
+        self.quiet_ticks = if counting {
             0
-        };
-        let every = if self.table.len() == 0 {
-            self.cfg.empty_heartbeat_every.max(1)
         } else {
-            1
+            self.quiet_ticks.saturating_add(1)
         };
-        if quiet && self.quiet_ticks >= every {
-            self.quiet_ticks = 0;
+        self.beat_ticks = self.beat_ticks.saturating_add(1);
+        let every = self.cfg.empty_heartbeat_every.max(1);
+        if quiet && (self.quiet_ticks <= every || self.beat_ticks >= every) {
+            self.beat_ticks = 0;
             let seq = self.next_seq();
             let flags = if self.changed.is_empty() { FLAG_END } else { 0 };
             let d = self
                 .enc
                 .bare(&self.seal, Kind::Heartbeat, flags, &self.stamp(now, seq));
             self.push(Dest::Group, d);
-        } else if self.changed.is_empty() {
-            // The tick's last datagram says the digest is final. (All of them are ours and
-            // sealed just now: set the flag and seal again.)
-            if let Some(last) = self.out.back_mut() {
-                self.seal.reflag(&mut last.bytes, |f| f | FLAG_END);
+        } else if !quiet {
+            self.beat_ticks = 0;
+            if self.changed.is_empty() {
+                // The tick's last datagram says the digest is final. (All of them are ours
+                // and sealed just now: set the flag and seal again.)
+                if let Some(last) = self.out.back_mut() {
+                    self.seal.reflag(&mut last.bytes, |f| f | FLAG_END);
+                }
             }
         }
         if self.relay_k().is_some() {
             self.send_direct_heartbeat(now);
         }
-        if !self.changed.is_empty() || self.relay_k().is_some() {
+        let tick_bytes: usize = self.out.iter().skip(first).map(|t| t.bytes.len()).sum();
+        if !self.changed.is_empty()
+            || self.relay_k().is_some()
+            || tick_bytes > self.cfg.max_unpaced_tick
+        {
             self.pace_tick(now, first);
         }
         self.request_where_needed(now);
@@ -258,7 +266,9 @@ impl Protocol {
     /// Handed to the socket at once, such ticks from many peers together overflow the send
     /// buffer and the receivers' buffers, and the loss costs repairs; spread, they fit any link
     /// that carries the cluster's ticks at all. (A tick that ends a burst leaves at once: its
-    /// last datagram makes the peers exact, and pacing it would only delay that. Unless this
+    /// last datagram makes the peers exact, and pacing it would only delay that; unless it is
+    /// bigger than [`Config::max_unpaced_tick`](super::Config::max_unpaced_tick), a socket
+    /// buffer: handed over at once, most of it is dropped on a 1 Gbit/s link. Unless this
     /// node relays: then each datagram leaves as one copy per child, and so does every peer's it
     /// forwards, so a tick whose copies pass `repair_burst` is spread too. Paced at the
     /// uplink's rate instead, 256 nodes relaying a burst at once overflowed their send buffers

@@ -227,7 +227,6 @@ impl Sim {
     pub(super) fn zone_before_tick(&mut self, e: usize) {
         let Some(z) = &self.zones else { return };
         let Some(i) = e.checked_sub(z.n) else { return };
-        self.elect(i);
         let mut changed = Vec::new();
         if let Some(p) = self.nodes[i].proto.as_mut() {
             // A name learned after its count went out is given to the outer protocol too: its
@@ -246,6 +245,9 @@ impl Sim {
                 self.zone_publish(i, h);
             }
         }
+        // Then whether it speaks (publishing first: a topic whose sum left the zone is no
+        // longer among the zone's topics, and a speaker that stops must have zeroed it).
+        self.elect(i);
         if let Some(p) = self.nodes[e].proto.as_mut() {
             while p.poll_event().is_some() {}
         }
@@ -277,15 +279,25 @@ impl Sim {
             return;
         }
         let p = self.nodes[i].proto.as_ref().expect("running");
-        // Every topic of the zone: this node's own and its inner peers'.
-        let mut topics: Vec<u64> = self.nodes[i].local.keys().copied().collect();
-        topics.extend(p.remote_sums().map(|(h, _)| h));
-        topics.sort_unstable();
-        topics.dedup();
+        let e = self.zones.as_ref().expect("zoned").n + i;
+        // Starting: every topic of the zone (this node's own and its inner peers'). Stopping:
+        // every topic of its outer table, whatever the zone counts now.
+        let topics: Vec<u64> = if speak {
+            let mut t: Vec<u64> = self.nodes[i].local.keys().copied().collect();
+            t.extend(p.remote_sums().map(|(h, _)| h));
+            t.sort_unstable();
+            t.dedup();
+            t
+        } else {
+            self.nodes[e]
+                .proto
+                .as_ref()
+                .map(|o| o.local_counts().map(|(h, _)| h).collect())
+                .unwrap_or_default()
+        };
         let z = self.zones.as_mut().expect("zoned");
         z.speaking[i] = speak;
         z.switches += 1;
-        let e = z.n + i;
         for h in topics {
             if speak {
                 self.zone_publish(i, h);

@@ -5,7 +5,8 @@ use super::*;
 /// A tick of a burst bigger than one tick's datagrams leaves its first `repair_burst` bytes at
 /// once and the rest spread over nine tenths of the tick, in order (handed to the socket at
 /// once, such ticks from many peers overflow the buffers: the storm `converge` showed with
-/// 1 Gbit/s links); a tick that ends the burst leaves at once.
+/// 1 Gbit/s links); a tick that ends the burst leaves at once, unless it is bigger than
+/// `max_unpaced_tick`.
 #[test]
 fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
     let now = Instant::now();
@@ -64,6 +65,23 @@ fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
         b.poll_timeout().is_none_or(|w| w > now + tick),
         "nothing held back"
     );
+
+    // The same tick on a node whose socket takes less at once: spread too.
+    let mut c = proto(3, 1400);
+    c.cfg.max_tick_datagrams = 512;
+    c.cfg.max_unpaced_tick = bytes(&sent) - 1;
+    for h in 0..12_000u64 {
+        c.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+    }
+    c.handle_tick(now);
+    let at_once = drain(&mut c);
+    assert!(
+        bytes(&at_once) <= c.cfg.repair_burst,
+        "{} B",
+        bytes(&at_once)
+    );
+    let w = c.poll_timeout().expect("the rest is paced");
+    assert!(w > now && w <= now + tick, "{:?}", w - now);
 }
 
 /// While a backlog tick's datagrams wait, what this node answers carries the number of the last
@@ -125,32 +143,51 @@ fn answers_during_a_paced_tick_carry_the_last_number_sent() {
 }
 
 /// A node with an empty table that has nothing else to send heartbeats every
-/// `empty_heartbeat_every` ticks (the first tick at once); once it counts something, every
-/// tick again; with the default, every tick.
+/// `empty_heartbeat_every` ticks (the first tick at once); one that counts, every tick; one
+/// whose table just emptied, every tick for that many ticks (the loss of the datagram that
+/// emptied it shows at once), then every few again; with the default, every tick.
 #[test]
 fn an_empty_node_heartbeats_every_few_ticks() {
     let t0 = Instant::now();
     let tick = Duration::from_millis(100);
-    let sent_per_tick = |every: u32, ticks: u32, count_from: u32| {
+    // Datagrams sent at each of `ticks` ticks, counting topic 5 at ticks `from..to`.
+    let sent_per_tick = |every: u32, ticks: u32, from: u32, to: u32| {
         let mut c = Config::new(1, 1, tick);
         c.empty_heartbeat_every = every;
+        c.idle_refresh = 0; // no refresh slices between the heartbeats
         let mut p = Protocol::new(c, Seal::new("p", b"k"));
         (0..ticks)
             .map(|k| {
-                if k == count_from {
+                if k == from {
                     p.set_local(5, 1, None);
+                }
+                if k == to {
+                    p.set_local(5, 0, None);
                 }
                 p.handle_tick(t0 + tick * k);
                 drain(&mut p).len()
             })
             .collect::<Vec<_>>()
     };
-    // Empty, every 5 ticks: a heartbeat at ticks 0, 5 and 10, and nothing else.
-    let quiet = sent_per_tick(5, 12, u32::MAX);
+    let beats = |v: &[usize]| v.iter().map(|&n| n.min(1)).collect::<Vec<_>>();
+    // Empty, every 5 ticks: ticks 0, 5 and 10, nothing else.
+    let quiet = sent_per_tick(5, 12, u32::MAX, u32::MAX);
     assert_eq!(quiet, vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]);
     // The default: every tick.
-    assert!(sent_per_tick(1, 12, u32::MAX).iter().all(|&n| n >= 1));
+    assert!(
+        sent_per_tick(1, 12, u32::MAX, u32::MAX)
+            .iter()
+            .all(|&n| n >= 1)
+    );
     // Counting from tick 3: every tick from then on.
-    let busy = sent_per_tick(5, 12, 3);
+    let busy = sent_per_tick(5, 12, 3, u32::MAX);
     assert!(busy[3..].iter().all(|&n| n >= 1), "{busy:?}");
+    // Counting at ticks 2 and 3, empty again from tick 4 (its delta): every tick up to 9, then
+    // tick 14.
+    let emptied = sent_per_tick(5, 16, 2, 4);
+    assert_eq!(
+        beats(&emptied),
+        vec![1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0],
+        "{emptied:?}"
+    );
 }
