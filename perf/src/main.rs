@@ -10,6 +10,7 @@
 //! headcount-perf converge [--json] [--nodes N] [--loss P] [--seeds N] [--topics N] [--joins N]
 //! headcount-perf wire [--json]
 //! headcount-perf receive [--json] [--peers N] [--topics N] [--pool N]
+//! headcount-perf failover [--json] [--nodes N] [--zones N] [--loss P] [--seeds N] [--graceful]
 //! headcount-perf conns [--json] [--connections N]
 //! headcount-perf load [--json] [--nodes N] [--workers N] [--connections N] [--topics N]
 //!                     [--rate JOINS_PER_S] [--duration S] [--clients N] [--tick T]
@@ -68,6 +69,9 @@ enum Cmd {
     /// A simulated cluster (seeded, simulated time) after a burst of joins: ticks and
     /// milliseconds until every node is exact, and bytes per node per tick.
     Converge(cmd::converge::Args),
+    /// A zoned simulated cluster whose zone speaker crashes (or stops): milliseconds until every
+    /// view is exact, how long other zones miss the zone, whether any node counts it twice.
+    Failover(cmd::failover::Args),
     /// The datagram format: bytes per changed topic, heartbeat size, encode and decode speed.
     Wire(cmd::wire::Args),
     /// One node's receive path: ns per entry heard from many peers, new to it and already held
@@ -106,6 +110,7 @@ fn main() {
         Cmd::Async(a) => cmd::async_rt::run(&a),
         Cmd::Reducer(a) => cmd::reducer::run(&a),
         Cmd::Converge(a) => cmd::converge::run(&a),
+        Cmd::Failover(a) => cmd::failover::run(&a),
         Cmd::Wire(a) => cmd::wire::run(&a),
         Cmd::Receive(a) => cmd::receive::run(&a),
         Cmd::Conns(a) => cmd::conns::run(&a),

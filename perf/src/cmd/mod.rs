@@ -4,6 +4,7 @@ pub mod async_rt;
 pub mod baseline_redis;
 pub mod conns;
 pub mod converge;
+pub mod failover;
 pub mod hotpath;
 pub mod load;
 pub mod overhead;
