@@ -10,6 +10,7 @@ use std::sync::Arc;
 mod event;
 mod link;
 mod zone;
+mod zones;
 
 use event::{Event, What};
 pub use link::{Capacity, Faults, LinkStats};
@@ -66,7 +67,7 @@ pub struct Sim {
     /// Each group's members (one group of every node, unless zoned).
     nets: Vec<Vec<usize>>,
     /// Zones, when the cluster has them ([`Sim::zoned`]).
-    zones: Option<zone::Zones>,
+    zones: Option<zones::Zones>,
     /// The incarnation the next restart takes: every restart's is above every earlier one's,
     /// of any node, as a process's start time would be.
     next_incarnation: u64,
@@ -120,7 +121,7 @@ impl Sim {
     /// `n` endpoints (nodes, or a zoned cluster's endpoints, as `zones` says).
     fn build(
         n: usize,
-        zones: Option<zone::Zones>,
+        zones: Option<zones::Zones>,
         seed: u64,
         tick: Duration,
         cfg: Box<dyn Fn(&mut Config)>,
@@ -402,31 +403,6 @@ impl Sim {
         }
     }
 
-    fn send(&mut self, from: usize, to: usize, bytes: &Arc<[u8]>, left: Duration) {
-        if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
-            return;
-        }
-        let copies = if self.chance(self.faults.dup) { 2 } else { 1 };
-        for _ in 0..copies {
-            let mut at = left + self.faults.delay;
-            if self.chance(self.faults.reorder) && !self.faults.jitter.is_zero() {
-                at += Duration::from_nanos(self.rand() % self.faults.jitter.as_nanos() as u64);
-            }
-            let id = self.next_id;
-            self.next_id += 1;
-            self.events.push(Reverse(Event {
-                at,
-                key: (1, id),
-                what: What::Datagram {
-                    to,
-                    from,
-                    bytes: bytes.clone(),
-                    arrived: false,
-                },
-            }));
-        }
-    }
-
     /// Queues node `i`'s wake if its protocol asks for a new one.
     fn rewake(&mut self, i: usize) {
         let node = &mut self.nodes[i];
@@ -445,6 +421,7 @@ impl Sim {
 
     fn flush(&mut self, i: usize, p: &mut Protocol) {
         let tick = self.tick.as_nanos().max(1);
+        let mut out = Vec::new();
         while let Some(t) = p.poll_transmit() {
             let bytes: Arc<[u8]> = t.bytes.as_slice().into();
             let w = (self.now.as_nanos() / tick) as u64;
@@ -468,7 +445,7 @@ impl Sim {
                             && let Some(left) = self.uplink(i, t.bytes.len())
                         {
                             self.bytes_sent[i] += t.bytes.len() as u64;
-                            self.send(i, j, &bytes, left);
+                            self.send(i, j, left, &mut out);
                         }
                     }
                 }
@@ -481,7 +458,7 @@ impl Sim {
                     for k in 0..self.nets[net].len() {
                         let j = self.nets[net][k];
                         if j != i {
-                            self.send(i, j, &bytes, left);
+                            self.send(i, j, left, &mut out);
                         }
                     }
                 }
@@ -491,10 +468,11 @@ impl Sim {
                             continue;
                         };
                         self.bytes_sent[i] += t.bytes.len() as u64;
-                        self.send(i, j, &bytes, left);
+                        self.send(i, j, left, &mut out);
                     }
                 }
             }
+            self.emit(i, &bytes, &mut out);
         }
     }
 
@@ -542,25 +520,13 @@ impl Sim {
                     self.nodes[i].proto = Some(p);
                     self.rewake(i);
                 }
-                What::Datagram { .. } => {
-                    self.now = ev.at;
-                    let Some(ev) = self.downlink(ev) else {
-                        continue; // queued for the downlink, or dropped
-                    };
-                    let What::Datagram {
-                        to, from, bytes, ..
-                    } = ev.what
-                    else {
-                        continue;
-                    };
-                    if let Some(mut p) = self.nodes[to].proto.take() {
-                        self.delivered += 1;
-                        p.handle_shared(self.base + self.now, addr(from), &bytes);
-                        self.flush(to, &mut p);
-                        self.nodes[to].proto = Some(p);
-                        self.rewake(to);
-                    }
-                }
+                What::Datagram { .. } => self.deliver(ev),
+                What::Copies {
+                    copies,
+                    next,
+                    from,
+                    bytes,
+                } => self.deliver_copies(ev.at, copies, next, from, bytes),
             }
         }
         self.now = until;

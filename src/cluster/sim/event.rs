@@ -23,6 +23,15 @@ pub(super) enum What {
         bytes: Arc<[u8]>,
         arrived: bool,
     },
+    /// Copies of one datagram that arrive at the same time, for `copies[next..]` (each
+    /// receiver with its copy's number, which orders it among the other events as a
+    /// `Datagram` of its own would be).
+    Copies {
+        copies: Vec<(usize, u64)>,
+        next: usize,
+        from: usize,
+        bytes: Arc<[u8]>,
+    },
 }
 
 impl Event {

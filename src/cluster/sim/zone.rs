@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::zones::Zones;
 use super::{LinkStats, Sim};
 use crate::cluster::protocol::{Config, Event, Protocol};
 
@@ -45,48 +46,6 @@ pub const TAKEOVER_TICKS: u32 = 2;
 /// group ([`Config::empty_heartbeat_every`]): every node of every zone is a member there, so
 /// its heartbeats are most of what every node hears idle.
 pub const LISTENER_HEARTBEAT_EVERY: u32 = 5;
-
-/// Which zone each node is in, and which nodes speak for their zone now.
-pub(super) struct Zones {
-    /// Nodes (endpoints `0..n` are their inner protocols, `n..2n` their outer ones).
-    n: usize,
-    /// Each node's zone, from 1.
-    zone: Vec<u16>,
-    /// Whether the node publishes its zone's sum in the outer group now.
-    speaking: Vec<bool>,
-    /// When the node (re)started.
-    since: Vec<Duration>,
-    /// Since when the node has found no elder alive in its zone (`None`: it has one).
-    eldest: Vec<Option<Duration>>,
-    /// Times some node started or stopped speaking.
-    switches: u64,
-}
-
-impl Zones {
-    pub(super) fn len(&self) -> usize {
-        self.n
-    }
-
-    /// The groups: the cross-zone group (0: every outer endpoint), then each zone's own.
-    pub(super) fn nets(&self) -> Vec<Vec<usize>> {
-        let zones = self.zone.iter().copied().max().unwrap_or(0);
-        let mut nets = vec![Vec::new(); usize::from(zones) + 1];
-        nets[0] = (self.n..2 * self.n).collect();
-        for (i, &z) in self.zone.iter().enumerate() {
-            nets[usize::from(z)].push(i);
-        }
-        nets
-    }
-
-    /// The group endpoint `e` sends its group datagrams to.
-    pub(super) fn net(&self, e: usize) -> usize {
-        if e < self.n {
-            usize::from(self.zone[e])
-        } else {
-            0
-        }
-    }
-}
 
 impl Sim {
     /// A zoned cluster of `n` nodes in `zones` zones (node `i` in zone `i × zones / n`, so
