@@ -104,7 +104,6 @@ fn run_seed(
         s.crash(speaker);
     }
     let truth: u64 = hashes.iter().map(|&h| s.truth(h)).sum();
-    let others: Vec<usize> = (0..s.len()).filter(|&i| s.zone(i) != Some(1)).collect();
     let mut under = vec![0u64; s.len()];
     let mut over = 0u64;
     let mut t = Duration::ZERO;
@@ -118,7 +117,7 @@ fn run_seed(
         for i in (0..s.len()).filter(|&i| i != speaker) {
             let v = sum(&s, i);
             over = over.max(v.saturating_sub(before));
-            if others.contains(&i) && v < truth {
+            if s.zone(i) != Some(1) && v < truth {
                 under[i] += STEP.as_millis() as u64;
             }
         }

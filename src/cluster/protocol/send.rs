@@ -250,13 +250,7 @@ impl Protocol {
         if self.relay_k().is_some() {
             self.send_direct_heartbeat(now);
         }
-        let tick_bytes: usize = self.out.iter().skip(first).map(|t| t.bytes.len()).sum();
-        if !self.changed.is_empty()
-            || self.relay_k().is_some()
-            || tick_bytes > self.cfg.max_unpaced_tick
-        {
-            self.pace_tick(now, first);
-        }
+        self.pace_tick(now, first);
         self.request_where_needed(now);
     }
 
@@ -278,7 +272,14 @@ impl Protocol {
         // (A relayed datagram leaves as one copy per child: so many bytes in the buffers.)
         let size = |t: &Transmit| t.bytes.len() * relay::copies(t);
         let total: usize = self.out.iter().skip(first).map(size).sum();
-        if total <= burst || self.cfg.tick.is_zero() {
+        // What leaves at once: a tick that ends a burst of a node that does not relay, up to a
+        // socket buffer; any other, its first `repair_burst` bytes.
+        let at_once = if self.changed.is_empty() && self.relay_k().is_none() {
+            burst.max(self.cfg.max_unpaced_tick)
+        } else {
+            burst
+        };
+        if total <= at_once || self.cfg.tick.is_zero() {
             return;
         }
         let mut at = first;

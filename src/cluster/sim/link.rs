@@ -145,8 +145,8 @@ impl Sim {
         }
     }
 
-    /// Queues the copies `send` made of one datagram: those that arrive at the same time as
-    /// one event ([`What::Copies`]), which hands them over one by one in their order, each
+    /// Queues the copies `send` made of one datagram: each run of them that arrive at the same
+    /// time as one event ([`What::Copies`]), which hands them over one by one in their order, each
     /// when its own event would have come up: the same order as one event per copy, whose
     /// queue was as long as the group (512 nodes in 16 zones: 44 s a seed, 38 s batched, the
     /// same figures).
@@ -156,13 +156,9 @@ impl Sim {
         bytes: &Arc<[u8]>,
         out: &mut Vec<(Duration, usize, u64)>,
     ) {
-        while let Some(&(at, ..)) = out.first() {
-            let copies: Vec<(usize, u64)> = out
-                .iter()
-                .filter(|c| c.0 == at)
-                .map(|c| (c.1, c.2))
-                .collect();
-            out.retain(|c| c.0 != at);
+        for run in out.chunk_by(|a, b| a.0 == b.0) {
+            let at = run[0].0;
+            let copies: Vec<(usize, u64)> = run.iter().map(|c| (c.1, c.2)).collect();
             let key = (1, copies[0].1);
             let what = if copies.len() == 1 {
                 What::Datagram {
@@ -181,6 +177,7 @@ impl Sim {
             };
             self.events.push(Reverse(Event { at, key, what }));
         }
+        out.clear();
     }
 
     /// Datagram event `ev` came up: through the receiver's downlink, then to its protocol.

@@ -11,12 +11,20 @@ use super::*;
 fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
     let now = Instant::now();
     let tick = Duration::from_millis(100);
-    let mut a = proto(1, 1400);
-    a.cfg.max_tick_datagrams = 200;
-    for h in 0..40_000u64 {
-        a.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
-    }
-    a.handle_tick(now);
+    // Node `id` counting `topics` topics, at most `per_tick` datagrams a tick, after its tick.
+    let ticked = |id: u64, topics: u64, per_tick: usize, unpaced: Option<usize>| {
+        let mut p = proto(id, 1400);
+        p.cfg.max_tick_datagrams = per_tick;
+        if let Some(u) = unpaced {
+            p.cfg.max_unpaced_tick = u;
+        }
+        for h in 0..topics {
+            p.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
+        }
+        p.handle_tick(now);
+        p
+    };
+    let mut a = ticked(1, 40_000, 200, None);
     let at_once: Vec<Transmit> = drain(&mut a);
     let bytes = |v: &[Transmit]| v.iter().map(|t| t.bytes.len()).sum::<usize>();
     assert!(
@@ -52,12 +60,7 @@ fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
 
     // A burst one tick carries: the whole tick at once, though above the burst.
-    let mut b = proto(2, 1400);
-    b.cfg.max_tick_datagrams = 512;
-    for h in 0..12_000u64 {
-        b.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
-    }
-    b.handle_tick(now);
+    let mut b = ticked(2, 12_000, 512, None);
     let sent = drain(&mut b);
     assert!(bytes(&sent) > b.cfg.repair_burst, "{} B", bytes(&sent));
     assert!(b.changed.is_empty());
@@ -67,13 +70,7 @@ fn a_backlog_tick_is_paced_and_a_final_tick_is_not() {
     );
 
     // The same tick on a node whose socket takes less at once: spread too.
-    let mut c = proto(3, 1400);
-    c.cfg.max_tick_datagrams = 512;
-    c.cfg.max_unpaced_tick = bytes(&sent) - 1;
-    for h in 0..12_000u64 {
-        c.set_local(h.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1, None);
-    }
-    c.handle_tick(now);
+    let mut c = ticked(3, 12_000, 512, Some(bytes(&sent) - 1));
     let at_once = drain(&mut c);
     assert!(
         bytes(&at_once) <= c.cfg.repair_burst,
