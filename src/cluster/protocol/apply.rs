@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::open::Names;
 use super::peer::{Counts, Table, Tomb};
 use super::sums::Sums;
 use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
@@ -22,7 +23,7 @@ struct Aggregate<'a> {
     local: &'a Table,
     remote: &'a mut Sums,
     remote_topics: &'a mut usize,
-    names: &'a mut HashMap<u64, Arc<str>>,
+    names: &'a mut Names,
     unnamed: &'a mut HashSet<u64>,
     pending_names: &'a mut HashMap<u64, Arc<str>>,
     learned: &'a mut VecDeque<(u64, Arc<str>)>,
@@ -232,16 +233,13 @@ impl Protocol {
                 return;
             }
             // Most names come more than once (every node that counts a topic announces it):
-            // one lookup settles those. The chunk's lookups go first, in a loop of their own:
-            // they do not depend on each other, so their cache misses overlap.
-            let mut known = [false; CHUNK];
-            for (k, (h, _)) in known.iter_mut().zip(&chunk[..n]) {
-                *k = self.names.contains_key(h);
+            // one lookup settles those. The chunk's slots are prefetched first, so that their
+            // misses overlap.
+            for (h, _) in &chunk[..n] {
+                self.names.prefetch(*h);
             }
-            for (&(h, n), &k) in chunk[..n].iter().zip(&known) {
-                // Known before the chunk is known now (nothing here forgets a name); one that
-                // was not may have come earlier in it.
-                if k || self.names.contains_key(&h) {
+            for &(h, n) in &chunk[..n] {
+                if self.names.contains_key(h) {
                     continue;
                 }
                 // Names of topics not counted yet (the counts may be in flight) wait in a
@@ -409,14 +407,14 @@ impl Aggregate<'_> {
         if c != 0 && self.remote.sub(h, c) {
             self.unnamed.remove(&h);
             if !self.local.map.contains_key(&h) {
-                self.names.remove(&h);
+                self.names.remove(h);
             }
         }
     }
 
     /// A peer's count `c` of `h` joins the aggregate.
     fn add(&mut self, h: u64, c: u32) {
-        if c != 0 && self.remote.add(h, c) && !self.names.contains_key(&h) {
+        if c != 0 && self.remote.add(h, c) && !self.names.contains_key(h) {
             match self.pending_names.remove(&h) {
                 Some(n) => {
                     self.names.insert(h, n.clone());
@@ -433,29 +431,23 @@ impl Aggregate<'_> {
 
     /// Sets a peer's counts of `entries` in its `table`, in order, and follows them here.
     ///
-    /// Nearly all of it is waiting on cache misses: each entry is a lookup in `remote` (a
-    /// topic-sized table, which also marks what changed) and a search and a move in a bucket of
-    /// the peer's table, none of them likely in cache. So each chunk's entries are first only
-    /// looked up, in a loop of their own: those loads do not depend on each other, their misses
-    /// overlap, and the changes that follow find what they need in cache. (Loads, not changes:
-    /// the changes are made in order, exactly as before.)
+    /// Nearly all of it is waiting on cache misses: each entry is a search and a move in a
+    /// bucket of the peer's table and a lookup in `remote` (a topic-sized table, which also
+    /// marks what changed), none of them likely in cache. So each chunk's places in the
+    /// peer's table are prefetched first, then, for the entries that change it (not the
+    /// rotating refresh's, nearly all held already), their sums: the misses overlap, and the
+    /// changes, made in order as before, find what they need in cache.
     fn set_all(&mut self, table: &mut Table, entries: &[wire::Entry]) {
         for chunk in entries.chunks(32) {
-            let mut seen = 0u64;
             for e in chunk {
-                seen ^= table.map.peek(e.hash.get());
+                table.map.prefetch(e.hash.get());
             }
-            // An entry the copy already holds (the rotating refresh's, nearly all of them)
-            // changes nothing else: only the others' aggregate lookups are made ahead. (Which
-            // is a guess made before the chunk's changes; each change checks again.)
             for e in chunk {
                 let h = e.hash.get();
                 if table.map.get(&h).copied().unwrap_or(0) != e.count.get() {
-                    seen = seen.wrapping_add(u64::from(self.remote.contains(h)));
+                    self.remote.prefetch(h);
                 }
             }
-            // The loads' values are not needed, only their having been made.
-            std::hint::black_box(seen);
             for e in chunk {
                 self.set(table, e.hash.get(), e.count.get());
             }

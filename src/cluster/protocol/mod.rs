@@ -34,8 +34,10 @@
 //!   digests (the ranges served, the ranges asked for, and what a receiver asks next from a
 //!   digest reply); `relay.rs`: the relay trees of big unicast clusters (what is marked,
 //!   forwarded, and to whom);
-//! - `peer.rs`: a peer's table and state, tombstones; `config.rs`: [`Config`], [`Clock`] and
-//!   the [`defaults`]; `stats.rs`: [`ProtoStats`], [`NodeInfo`];
+//! - `peer.rs`: a peer's table and state, tombstones; `sums.rs`: the aggregate's per-topic
+//!   sums; `open.rs`: the hash table under the sums and the names, whose lookups a receiver
+//!   prefetches; `config.rs`: [`Config`], [`Clock`] and the [`defaults`]; `stats.rs`:
+//!   [`ProtoStats`], [`NodeInfo`];
 //! - `tests/`: unit tests, two or a few nodes wired by hand (`admission.rs`: the rules below,
 //!   each against a defect it once had or could have; `digests.rs`, `names.rs`, `pacing.rs`,
 //!   `relay.rs`: reconciliation, names, paced ticks, relaying).
@@ -99,6 +101,7 @@
 mod admit;
 mod apply;
 mod config;
+mod open;
 mod peer;
 mod relay;
 mod repair;
@@ -119,6 +122,7 @@ pub use stats::{Found, NodeInfo, ProtoStats};
 
 use super::wire::{Encoder, Reject, Seal};
 use admit::{Admitted, Bucket};
+use open::Names;
 use peer::{Peer, Table, Tomb};
 use repair::Repairs;
 use sums::Sums;
@@ -199,7 +203,7 @@ pub struct Protocol {
     /// Hashes whose count changed and was not sent yet, oldest first (each once: `queued`).
     changed: VecDeque<u64>,
     queued: HashSet<u64>,
-    names: HashMap<u64, Arc<str>>,
+    names: Names,
     /// Hashes whose names go out with their next delta.
     new_names: HashSet<u64>,
     cursor: u64,
@@ -291,7 +295,7 @@ impl Protocol {
             table: Table::default(),
             changed: VecDeque::new(),
             queued: HashSet::default(),
-            names: HashMap::default(),
+            names: Names::default(),
             new_names: HashSet::default(),
             cursor: 0,
             refresh_credit: 0.0,
@@ -335,17 +339,19 @@ impl Protocol {
         if old != count && self.queued.insert(hash) {
             self.changed.push_back(hash);
         }
-        if let Some(n) = name {
-            self.names.entry(hash).or_insert_with(|| n.clone());
+        if let Some(n) = name
+            && !self.names.contains_key(hash)
+        {
+            self.names.insert(hash, n.clone());
         }
         if count == 0 {
             // Nobody counts it here any more: keep its name only while a peer counts it (the
             // engine gives it again if it comes back), so names cannot pile up with churn.
             self.new_names.remove(&hash);
             if !self.remote.contains(hash) {
-                self.names.remove(&hash);
+                self.names.remove(hash);
             }
-        } else if old == 0 && self.names.contains_key(&hash) && !self.remote.contains(hash) {
+        } else if old == 0 && self.names.contains_key(hash) && !self.remote.contains(hash) {
             // A topic (re)appearing here that no peer counts: announce its name with its count.
             // (One a peer counts was announced by that peer; a node that missed it asks the
             // nodes counting the topic, this one among them.)
@@ -528,7 +534,7 @@ impl Protocol {
 
     /// The name of `hash`, if known.
     pub fn name(&self, hash: u64) -> Option<&Arc<str>> {
-        self.names.get(&hash)
+        self.names.get(hash)
     }
 
     /// Counters.

@@ -110,17 +110,15 @@ impl Counts {
         find(&b.keys, *hash, self.bits).ok().map(|i| &b.vals[i])
     }
 
-    /// The key and count where a search for `hash` starts, mixed (anything, if the bucket is
-    /// empty): a load made ahead of need, so that its cache miss overlaps others' (see
+    /// Starts loading the key and count where a search for `hash` starts into the cache (see
     /// `Aggregate::set_all` in `apply.rs`).
-    pub(super) fn peek(&self, hash: u64) -> u64 {
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
         let b = &self.buckets[self.index(hash)];
-        match b.keys.len() {
-            0 => 0,
-            n => {
-                let at = guess(hash, self.bits, n);
-                b.keys[at] ^ u64::from(b.vals[at])
-            }
+        if !b.keys.is_empty() {
+            let at = guess(hash, self.bits, b.keys.len());
+            super::open::prefetch(&b.keys[at]);
+            super::open::prefetch(&b.vals[at]);
         }
     }
 

@@ -72,7 +72,7 @@ impl Protocol {
     ) -> usize {
         let list: Vec<(u64, Arc<str>)> = hashes
             .iter()
-            .filter_map(|h| self.names.get(h).map(|n| (*h, n.clone())))
+            .filter_map(|h| self.names.get(*h).map(|n| (*h, n.clone())))
             .collect();
         if list.is_empty() {
             return 0;
@@ -148,7 +148,7 @@ impl Protocol {
                 .changed
                 .range(..n)
                 .filter(|h| self.new_names.contains(h))
-                .filter_map(|h| self.names.get(h))
+                .filter_map(|h| self.names.get(*h))
                 .map(|name| 9 + name.len())
                 .sum();
             if name_bytes.div_ceil(room) + 1 > budget && budget < self.cfg.max_tick_datagrams {

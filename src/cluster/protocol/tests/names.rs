@@ -61,7 +61,7 @@ fn missing_names_are_asked_for_by_topic() {
     assert_eq!(b.name(7).map(|n| &**n), Some("room:7"));
     // b loses two names (as if their datagram never came and no repair brought them).
     for h in [7u64, 300] {
-        b.names.remove(&h);
+        b.names.remove(h);
         b.unnamed.insert(h);
     }
     b.newly_unnamed = 2;

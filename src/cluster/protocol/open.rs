@@ -1,0 +1,328 @@
+//! [`Open`]: a hash table of topic hashes whose lookups cost one cache miss and can be
+//! prefetched, for the per-topic tables every entry a peer sends is looked up in (the sums, the
+//! names).
+//!
+//! A topic hash is a keyed hash already, spread evenly: its top bits are the slot where its
+//! search starts (no hashing), and a search walks on from there (linear probing) in one array
+//! of `(key, value)` slots. A lookup in a general-purpose map (`hashbrown`) loads a control group
+//! first, then the slot it points to: two dependent misses, neither known ahead. Here the
+//! slot's address is known from the hash alone, so a receiver prefetches a whole run of entries'
+//! slots ([`Open::prefetch`]) before it looks them up, and their misses overlap (in the
+//! simulator, where hundreds of nodes' tables are far out of cache, these lookups were a fifth
+//! of the time).
+//!
+//! A slot is free when its value is vacant ([`Vacant`]): 0 for a sum (a topic no peer counts
+//! has no sum), `None` for a name; so any key, 0 included, can be stored. Removal shifts the
+//! run after it back (no tombstones), so searches stay as short as the load allows; the table
+//! grows past three quarters full and never shrinks (like `std`'s map).
+
+use std::sync::Arc;
+
+/// A value whose one special state marks a free slot.
+pub(super) trait Vacant {
+    /// The free slot's value.
+    fn vacant() -> Self;
+    /// Whether this is the free slot's value.
+    fn is_vacant(&self) -> bool;
+}
+
+impl Vacant for u64 {
+    fn vacant() -> u64 {
+        0
+    }
+    fn is_vacant(&self) -> bool {
+        *self == 0
+    }
+}
+
+impl<T> Vacant for Option<T> {
+    fn vacant() -> Option<T> {
+        None
+    }
+    fn is_vacant(&self) -> bool {
+        self.is_none()
+    }
+}
+
+/// Slots a table starts with.
+const MIN_SLOTS: usize = 8;
+
+/// A map from `u64` keys (evenly spread: topic hashes) to non-vacant `V`.
+#[derive(Debug, Clone)]
+pub(super) struct Open<V> {
+    slots: Vec<(u64, V)>,
+    /// `slots.len() == 1 << bits` (or 0 slots, before the first insert).
+    bits: u32,
+    len: usize,
+}
+
+impl<V> Default for Open<V> {
+    fn default() -> Open<V> {
+        Open {
+            slots: Vec::new(),
+            bits: 0,
+            len: 0,
+        }
+    }
+}
+
+impl<V: Vacant> Open<V> {
+    /// Where the search for `key` starts (`slots` not empty).
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        // `bits` ≥ 3 once there are slots: the shift is in range.
+        (key >> (64 - self.bits)) as usize
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot holding `key`, or the free slot where its search ended.
+    #[inline]
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        let mask = self.mask();
+        let mut i = self.home(key);
+        loop {
+            let (k, v) = &self.slots[i];
+            if v.is_vacant() {
+                return Err(i);
+            }
+            if *k == key {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Keys with a value.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub(super) fn get(&self, key: u64) -> Option<&V> {
+        if self.len == 0 {
+            return None;
+        }
+        self.find(key).ok().map(|i| &self.slots[i].1)
+    }
+
+    /// The value of `key`, to change; never to the vacant value (that would free the slot in
+    /// place, and the entries searched past it would be lost): [`Open::remove`] instead.
+    #[inline]
+    pub(super) fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        if self.len == 0 {
+            return None;
+        }
+        self.find(key).ok().map(|i| &mut self.slots[i].1)
+    }
+
+    /// Whether `key` has a value.
+    #[inline]
+    pub(super) fn contains_key(&self, key: u64) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key`'s value (`value` not vacant); returns the old one.
+    pub(super) fn insert(&mut self, key: u64, value: V) -> Option<V> {
+        debug_assert!(!value.is_vacant());
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        match self.find(key) {
+            Ok(i) => Some(std::mem::replace(&mut self.slots[i].1, value)),
+            Err(i) => {
+                self.slots[i] = (key, value);
+                self.len += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes `key`; returns its value.
+    pub(super) fn remove(&mut self, key: u64) -> Option<V> {
+        if self.len == 0 {
+            return None;
+        }
+        let mut hole = self.find(key).ok()?;
+        let old = std::mem::replace(&mut self.slots[hole], (0, V::vacant())).1;
+        self.len -= 1;
+        // Shift back the entries after the hole whose searches pass through it.
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            if self.slots[j].1.is_vacant() {
+                return Some(old);
+            }
+            let home = self.home(self.slots[j].0);
+            // Its search starts at `home` and ends at `j`: it must move back when the hole lies
+            // on that path (cyclically within home..=j, hole != j).
+            let passes = if hole <= j {
+                home <= hole || home > j
+            } else {
+                home <= hole && home > j
+            };
+            if passes {
+                self.slots.swap(hole, j);
+                hole = j;
+            }
+        }
+    }
+
+    /// Every key with its value, in no particular order (near hash order).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
+        self.slots
+            .iter()
+            .filter(|(_, v)| !v.is_vacant())
+            .map(|(k, v)| (*k, v))
+    }
+
+    /// Starts loading the slot where `key`'s search starts into the cache, and returns: a
+    /// lookup of it soon after finds it there (see `Aggregate::set_all` in `apply.rs`).
+    #[inline]
+    pub(super) fn prefetch(&self, key: u64) {
+        if !self.slots.is_empty() {
+            prefetch(&self.slots[self.home(key)]);
+        }
+    }
+
+    /// Doubles the slots and puts every entry back.
+    fn grow(&mut self) {
+        let bits = if self.slots.is_empty() {
+            MIN_SLOTS.trailing_zeros()
+        } else {
+            self.bits + 1
+        };
+        let old = std::mem::replace(
+            &mut self.slots,
+            std::iter::repeat_with(|| (0, V::vacant()))
+                .take(1 << bits)
+                .collect(),
+        );
+        self.bits = bits;
+        let mask = self.mask();
+        for (k, v) in old {
+            if v.is_vacant() {
+                continue;
+            }
+            let mut i = self.home(k);
+            while !self.slots[i].1.is_vacant() {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = (k, v);
+        }
+    }
+}
+
+/// Topic names by hash: an [`Open`] table of names.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Names(Open<Option<Arc<str>>>);
+
+impl Names {
+    /// The name of `hash`.
+    #[inline]
+    pub(super) fn get(&self, hash: u64) -> Option<&Arc<str>> {
+        self.0.get(hash).and_then(Option::as_ref)
+    }
+
+    /// Whether `hash` has a name.
+    #[inline]
+    pub(super) fn contains_key(&self, hash: u64) -> bool {
+        self.0.contains_key(hash)
+    }
+
+    /// Names `hash`; returns its old name.
+    pub(super) fn insert(&mut self, hash: u64, name: Arc<str>) -> Option<Arc<str>> {
+        self.0.insert(hash, Some(name)).flatten()
+    }
+
+    /// Forgets `hash`'s name; returns it.
+    pub(super) fn remove(&mut self, hash: u64) -> Option<Arc<str>> {
+        self.0.remove(hash).flatten()
+    }
+
+    /// Starts loading `hash`'s slot into the cache (see [`Open::prefetch`]).
+    #[inline]
+    pub(super) fn prefetch(&self, hash: u64) {
+        self.0.prefetch(hash);
+    }
+}
+
+/// Starts loading `*at`'s cache line, without waiting for it (a hint: it changes nothing a
+/// program can observe but its speed).
+#[inline]
+pub(super) fn prefetch<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` reads nothing a program sees and cannot fault (on any address,
+    // and this one is a live reference's); its one requirement, SSE, is part of every x86_64
+    // target. (Run under Miri by CI: `cluster::protocol::open::`.)
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(at).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Random inserts, updates and removals against `std`'s map, with keys crowded into a few
+    /// home slots (their top bits equal) so that runs wrap around the end and removals shift.
+    #[test]
+    fn agrees_with_a_map_through_inserts_and_removals() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for crowd in [0u32, 3, 60] {
+            let mut t: Open<u64> = Open::default();
+            let mut m: HashMap<u64, u64> = HashMap::new();
+            for step in 0..if cfg!(miri) { 2_000 } else { 20_000 } {
+                // 512 distinct keys; `crowd` top bits forced to ones: near the end, wrapping.
+                let k = (next() % 512).wrapping_mul(0x9E37_79B9_7F4A_7C15) | !(u64::MAX >> crowd);
+                match next() % 3 {
+                    0 => assert_eq!(t.remove(k), m.remove(&k), "step {step}"),
+                    _ => {
+                        let v = next() % 1000 + 1;
+                        assert_eq!(t.insert(k, v), m.insert(k, v), "step {step}");
+                    }
+                }
+                assert_eq!(t.len(), m.len());
+                if step % 997 == 0 {
+                    for (k, v) in &m {
+                        assert_eq!(t.get(*k), Some(v));
+                    }
+                    assert_eq!(t.iter().count(), m.len());
+                }
+            }
+            for (k, v) in &m {
+                assert_eq!(t.get(*k), Some(v));
+                t.prefetch(*k);
+            }
+        }
+    }
+
+    #[test]
+    fn any_key_is_a_key_and_vacant_values_mark_free_slots() {
+        let mut t: Open<Option<std::sync::Arc<str>>> = Open::default();
+        assert!(t.get(0).is_none() && t.remove(0).is_none());
+        t.prefetch(0);
+        t.insert(0, Some("zero".into()));
+        t.insert(u64::MAX, Some("max".into()));
+        assert_eq!(t.get(0).cloned().flatten().as_deref(), Some("zero"));
+        assert_eq!(t.get(u64::MAX).cloned().flatten().as_deref(), Some("max"));
+        assert_eq!(t.remove(0).flatten().as_deref(), Some("zero"));
+        assert!(!t.contains_key(0) && t.contains_key(u64::MAX) && t.len() == 1);
+        assert_eq!(t.iter().count(), 1);
+    }
+}
