@@ -482,6 +482,8 @@ impl Builder {
         // with a key).
         pc.relay_fanout = if learn { self.cluster.relay_fanout } else { 0 };
         pc.parity = self.cluster.parity;
+        // Secret: peers cannot aim the topic hashes they send at one slot of this node's tables.
+        pc.table_seed = random_u64();
         let proto = Protocol::new(pc, Seal::new(&self.cluster.name, key));
         (proto, link)
     }

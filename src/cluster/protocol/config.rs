@@ -122,6 +122,11 @@ pub struct Config {
     /// a 1 Gbit/s link lost most of itself, and its repairs ran out of rounds; spreading every
     /// tick above `repair_burst` cost a tick of delay on unlimited links.)
     pub max_unpaced_tick: usize,
+    /// Seeds where the per-topic tables (the aggregate's sums, the names) place a topic hash
+    /// (`open.rs`). The engine gives a secret random one, so that no peer can crowd the hashes
+    /// it sends into one run of slots and make every lookup a long search; the default, derived
+    /// from `node` and `incarnation`, keeps a simulation reproducible.
+    pub table_seed: u64,
 }
 
 /// The zone of a node id in a zoned cluster: its top 16 bits.
@@ -219,6 +224,7 @@ impl Config {
             zone: 0,
             empty_heartbeat_every: 1,
             max_unpaced_tick: defaults::MAX_UNPACED_TICK,
+            table_seed: super::open::spread(node ^ incarnation.rotate_left(32)),
         }
     }
 

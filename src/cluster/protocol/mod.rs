@@ -275,6 +275,7 @@ impl Protocol {
     /// A node's protocol state.
     pub fn new(cfg: Config, seal: Seal) -> Protocol {
         let tick_ms = cfg.tick.as_millis().min(u128::from(u32::MAX)) as u32;
+        let seed = cfg.table_seed;
         let enc = Encoder::new(
             seal.cluster(),
             cfg.node,
@@ -295,7 +296,7 @@ impl Protocol {
             table: Table::default(),
             changed: VecDeque::new(),
             queued: HashSet::default(),
-            names: Names::default(),
+            names: Names::new(seed),
             new_names: HashSet::default(),
             cursor: 0,
             refresh_credit: 0.0,
@@ -309,7 +310,7 @@ impl Protocol {
             unnamed: HashSet::default(),
             pending_names: HashMap::default(),
             tombs: HashMap::default(),
-            remote: Sums::default(),
+            remote: Sums::new(seed.rotate_left(32)),
             remote_topics: 0,
             reporting: Vec::new(),
             learned: VecDeque::new(),

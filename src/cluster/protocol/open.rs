@@ -2,9 +2,10 @@
 //! prefetched, for the per-topic tables every entry a peer sends is looked up in (the sums, the
 //! names).
 //!
-//! A topic hash is a keyed hash already, spread evenly: its top bits are the slot where its
-//! search starts (no hashing), and a search walks on from there (linear probing) in one array
-//! of `(key, value)` slots. A lookup in a general-purpose map (`hashbrown`) loads a control group
+//! A topic hash is a keyed hash already, spread evenly: one multiplication by the table's odd
+//! number (a secret in the engine: a peer cannot aim hashes at one slot) and the product's top
+//! bits are the slot where its search starts, and a search walks on from there (linear
+//! probing) in one array of `(key, value)` slots. A lookup in a general-purpose map (`hashbrown`) loads a control group
 //! first, then the slot it points to: two dependent misses, neither known ahead. Here the
 //! slot's address is known from the hash alone, so a receiver prefetches a whole run of entries'
 //! slots ([`Open::prefetch`]) before it looks them up, and their misses overlap (in the
@@ -44,6 +45,13 @@ impl<T> Vacant for Option<T> {
     }
 }
 
+/// `x` mixed (the splitmix64 finalizer): seeds made from small numbers still spread.
+pub(super) fn spread(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Slots a table starts with.
 const MIN_SLOTS: usize = 8;
 
@@ -51,6 +59,9 @@ const MIN_SLOTS: usize = 8;
 #[derive(Debug, Clone)]
 pub(super) struct Open<V> {
     slots: Vec<(u64, V)>,
+    /// A key's home is the top bits of its product with this odd number (multiply-shift): a
+    /// peer that does not know it cannot choose hashes that share a home.
+    mul: u64,
     /// `slots.len() == 1 << bits` (or 0 slots, before the first insert).
     bits: u32,
     len: usize,
@@ -58,10 +69,29 @@ pub(super) struct Open<V> {
 
 impl<V> Default for Open<V> {
     fn default() -> Open<V> {
+        Open::new(0)
+    }
+}
+
+impl<V> Open<V> {
+    /// An empty table whose homes `seed` chooses (a secret random seed, against hashes chosen
+    /// to collide).
+    pub(super) fn new(seed: u64) -> Open<V> {
         Open {
             slots: Vec::new(),
+            mul: spread(seed) | 1,
             bits: 0,
             len: 0,
+        }
+    }
+
+    /// An empty table whose homes are the keys' top bits (multiplier 1): tests crowd keys into
+    /// one run with it.
+    #[cfg(test)]
+    pub(super) fn unmixed() -> Open<V> {
+        Open {
+            mul: 1,
+            ..Open::new(0)
         }
     }
 }
@@ -71,7 +101,7 @@ impl<V: Vacant> Open<V> {
     #[inline]
     fn home(&self, key: u64) -> usize {
         // `bits` ≥ 3 once there are slots: the shift is in range.
-        (key >> (64 - self.bits)) as usize
+        (key.wrapping_mul(self.mul) >> (64 - self.bits)) as usize
     }
 
     #[inline]
@@ -223,6 +253,11 @@ impl<V: Vacant> Open<V> {
 pub(super) struct Names(Open<Option<Arc<str>>>);
 
 impl Names {
+    /// No names; `seed` places the hashes in the table ([`Open::new`]).
+    pub(super) fn new(seed: u64) -> Names {
+        Names(Open::new(seed))
+    }
+
     /// The name of `hash`.
     #[inline]
     pub(super) fn get(&self, hash: u64) -> Option<&Arc<str>> {
@@ -274,7 +309,8 @@ mod tests {
     use std::collections::HashMap;
 
     /// Random inserts, updates and removals against `std`'s map, with keys crowded into a few
-    /// home slots (their top bits equal) so that runs wrap around the end and removals shift.
+    /// home slots (their top bits equal, homes taken from them) so that runs wrap around the end
+    /// and removals shift.
     #[test]
     fn agrees_with_a_map_through_inserts_and_removals() {
         let mut rng = 0x1234_5678_9abc_def1u64;
@@ -285,7 +321,8 @@ mod tests {
             rng
         };
         for crowd in [0u32, 3, 60] {
-            let mut t: Open<u64> = Open::default();
+            // Homes straight from the top bits (multiplier 1), so that the crowd is one run.
+            let mut t: Open<u64> = Open::unmixed();
             let mut m: HashMap<u64, u64> = HashMap::new();
             // (Miri runs a few hundred steps over fewer keys: enough to wrap and shift.)
             let (steps, keys) = if cfg!(miri) { (300, 24) } else { (20_000, 512) };
@@ -311,6 +348,33 @@ mod tests {
                 assert_eq!(t.get(*k), Some(v));
                 t.prefetch(*k);
             }
+        }
+    }
+
+    /// The longest way from a key's home to its slot.
+    fn longest_search<V: Vacant>(t: &Open<V>) -> usize {
+        let mask = t.mask();
+        (0..t.slots.len())
+            .filter(|&i| !t.slots[i].1.is_vacant())
+            .map(|i| i.wrapping_sub(t.home(t.slots[i].0)) & mask)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Hashes a peer chose to share their top bits (which, were they the slot, would make one
+    /// run of them all, and every lookup a walk along it) spread like any others.
+    #[test]
+    fn hashes_aimed_at_one_slot_spread() {
+        for seed in [1, 2, 0xfeed] {
+            let mut t: Open<u64> = Open::new(seed);
+            for i in 0..if cfg!(miri) { 64 } else { 4096 } {
+                t.insert((0xabcd << 48) | i, 1);
+            }
+            assert!(
+                longest_search(&t) < 40,
+                "seed {seed}: {}",
+                longest_search(&t)
+            );
         }
     }
 

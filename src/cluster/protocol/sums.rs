@@ -28,6 +28,14 @@ pub(super) struct Sums {
 }
 
 impl Sums {
+    /// No sums; `seed` places the hashes in the table ([`Open::new`]).
+    pub(super) fn new(seed: u64) -> Sums {
+        Sums {
+            map: Open::new(seed),
+            ..Sums::default()
+        }
+    }
+
     /// The sum of `hash` (0: no peer counts it).
     pub(super) fn get(&self, hash: u64) -> u64 {
         self.map.get(hash).map_or(0, |s| s & !CHANGED)
@@ -184,7 +192,10 @@ mod tests {
     /// stays, after each leaves.
     #[test]
     fn a_sum_that_leaves_keeps_its_neighbours() {
-        let mut s = Sums::default();
+        let mut s = Sums {
+            map: Open::unmixed(),
+            ..Sums::default()
+        };
         let same_home = |i: u64| (1 << 60) | i;
         for i in 0..6 {
             s.add(same_home(i), 1);
@@ -212,7 +223,10 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut s = Sums::default();
+        let mut s = Sums {
+            map: Open::unmixed(),
+            ..Sums::default()
+        };
         // counts[(peer, topic)]
         let mut counts: std::collections::HashMap<(u64, u64), u32> = Default::default();
         let mut touched = std::collections::BTreeSet::new();
