@@ -238,10 +238,11 @@ impl Sim {
             n.local.insert(hash, count)
         };
         n.local_total = n.local_total - u64::from(old.unwrap_or(0)) + u64::from(count);
+        let name: std::sync::Arc<str> = format!("topic-{hash:x}").into();
         if let Some(p) = n.proto.as_mut() {
-            let name: std::sync::Arc<str> = format!("topic-{hash:x}").into();
             p.set_local(hash, count, Some(&name));
         }
+        self.zone_name(i, hash, &name);
         self.zone_publish(i, hash);
     }
 

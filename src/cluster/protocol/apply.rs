@@ -239,24 +239,37 @@ impl Protocol {
                 self.names.prefetch(*h);
             }
             for &(h, n) in &chunk[..n] {
-                if self.names.contains_key(h) {
-                    continue;
+                if !self.names.contains_key(h) {
+                    self.learn_new_name(h, n);
                 }
-                // Names of topics not counted yet (the counts may be in flight) wait in a
-                // bounded side table, so that names alone cannot grow memory.
-                if !self.remote.contains(h) && !self.table.map.contains_key(&h) {
-                    if self.pending_names.len() >= PENDING_NAMES {
-                        self.pending_names.clear();
-                    }
-                    self.pending_names.insert(h, n.into());
-                    continue;
-                }
-                let n: Arc<str> = n.into();
-                self.names.insert(h, n.clone());
-                self.unnamed.remove(&h);
-                self.learned.push_back((h, n));
             }
         }
+    }
+
+    /// Topic `hash` is called `name`, as this node learned other than from its peers here (a
+    /// zoned node's other group): taken as a peer's announcement would be (kept while the topic
+    /// is counted, or waits for its count in a bounded side table).
+    pub fn learn_name(&mut self, hash: u64, name: &str) {
+        if !self.names.contains_key(hash) {
+            self.learn_new_name(hash, name);
+        }
+    }
+
+    /// The name `n` of `h`, not known here yet.
+    pub(super) fn learn_new_name(&mut self, h: u64, n: &str) {
+        // Names of topics not counted yet (the counts may be in flight) wait in a bounded side
+        // table, so that names alone cannot grow memory.
+        if !self.remote.contains(h) && !self.table.map.contains_key(&h) {
+            if self.pending_names.len() >= PENDING_NAMES {
+                self.pending_names.clear();
+            }
+            self.pending_names.insert(h, n.into());
+            return;
+        }
+        let n: Arc<str> = n.into();
+        self.names.insert(h, n.clone());
+        self.unnamed.remove(&h);
+        self.learned.push_back((h, n));
     }
 
     /// Peer `node` repaired its sequence numbers `lo..=hi`: they are no longer missing here.

@@ -152,6 +152,16 @@ impl Sim {
         (own + peers).min(u64::from(u32::MAX)) as u32
     }
 
+    /// Node `i` named `hash` (its own topic): its outer protocol knows the name too (see
+    /// `zone_before_tick`).
+    pub(super) fn zone_name(&mut self, i: usize, hash: u64, name: &str) {
+        let Some(z) = &self.zones else { return };
+        let e = z.n + i;
+        if let Some(p) = self.nodes[e].proto.as_mut() {
+            p.learn_name(hash, name);
+        }
+    }
+
     /// If node `i` speaks: its zone's sum of `hash` as its outer table's count.
     pub(super) fn zone_publish(&mut self, i: usize, hash: u64) {
         let Some(z) = &self.zones else { return };
@@ -187,16 +197,28 @@ impl Sim {
         let Some(z) = &self.zones else { return };
         let Some(i) = e.checked_sub(z.n) else { return };
         let mut changed = Vec::new();
+        let mut names = Vec::new();
         if let Some(p) = self.nodes[i].proto.as_mut() {
             // A name learned after its count went out is given to the outer protocol too: its
             // peers may ask for it.
             while let Some(ev) = p.poll_event() {
                 match ev {
-                    Event::RemoteChanged { hash, .. } | Event::NameLearned { hash, .. } => {
+                    Event::RemoteChanged { hash, .. } => changed.push(hash),
+                    Event::NameLearned { hash, name } => {
                         changed.push(hash);
+                        names.push((hash, name));
                     }
                     _ => {}
                 }
+            }
+        }
+        // Every name the zone knows is known to the node's outer protocol as well (one names
+        // table, in effect): in the cross-zone group a speaker does not announce a name another
+        // zone's speaker counts, and that zone's own members refuse their speaker's datagrams
+        // there, so they would otherwise ask for it.
+        if let Some(p) = self.nodes[e].proto.as_mut() {
+            for (h, n) in &names {
+                p.learn_name(*h, n);
             }
         }
         if self.speaks(i) {
