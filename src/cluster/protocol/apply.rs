@@ -239,9 +239,7 @@ impl Protocol {
                 self.names.prefetch(*h);
             }
             for &(h, n) in &chunk[..n] {
-                if !self.names.contains_key(h) {
-                    self.learn_new_name(h, n);
-                }
+                self.learn_name(h, n);
             }
         }
     }
@@ -250,26 +248,22 @@ impl Protocol {
     /// zoned node's other group): taken as a peer's announcement would be (kept while the topic
     /// is counted, or waits for its count in a bounded side table).
     pub fn learn_name(&mut self, hash: u64, name: &str) {
-        if !self.names.contains_key(hash) {
-            self.learn_new_name(hash, name);
+        if self.names.contains_key(hash) {
+            return;
         }
-    }
-
-    /// The name `n` of `h`, not known here yet.
-    pub(super) fn learn_new_name(&mut self, h: u64, n: &str) {
         // Names of topics not counted yet (the counts may be in flight) wait in a bounded side
         // table, so that names alone cannot grow memory.
-        if !self.remote.contains(h) && !self.table.map.contains_key(&h) {
+        if !self.remote.contains(hash) && !self.table.map.contains_key(&hash) {
             if self.pending_names.len() >= PENDING_NAMES {
                 self.pending_names.clear();
             }
-            self.pending_names.insert(h, n.into());
+            self.pending_names.insert(hash, name.into());
             return;
         }
-        let n: Arc<str> = n.into();
-        self.names.insert(h, n.clone());
-        self.unnamed.remove(&h);
-        self.learned.push_back((h, n));
+        let name: Arc<str> = name.into();
+        self.names.insert(hash, name.clone());
+        self.unnamed.remove(&hash);
+        self.learned.push_back((hash, name));
     }
 
     /// Peer `node` repaired its sequence numbers `lo..=hi`: they are no longer missing here.

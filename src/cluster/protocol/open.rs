@@ -5,9 +5,9 @@
 //! A topic hash is a keyed hash already, spread evenly: one multiplication by the table's odd
 //! number (a secret in the engine: a peer cannot aim hashes at one slot) and the product's top
 //! bits are the slot where its search starts, and a search walks on from there (linear
-//! probing) in one array of `(key, value)` slots. A lookup in a general-purpose map (`hashbrown`) loads a control group
-//! first, then the slot it points to: two dependent misses, neither known ahead. Here the
-//! slot's address is known from the hash alone, so a receiver prefetches a whole run of entries'
+//! probing) in one array of `(key, value)` slots. A lookup in a general-purpose map
+//! (`hashbrown`) loads a control group first, then the slot it points to: two dependent misses,
+//! neither known ahead. Here the slot's address is known from the hash alone, so a receiver prefetches a whole run of entries'
 //! slots ([`Open::prefetch`]) before it looks them up, and their misses overlap (in the
 //! simulator, where hundreds of nodes' tables are far out of cache, these lookups were a fifth
 //! of the time).
@@ -45,7 +45,8 @@ impl<T> Vacant for Option<T> {
     }
 }
 
-/// `x` mixed (the splitmix64 finalizer): seeds made from small numbers still spread.
+/// `x` mixed (the splitmix64 finalizer): seeds made from small numbers still spread, and
+/// `peer::mix`'s digest terms.
 pub(super) fn spread(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -203,7 +204,7 @@ impl<V: Vacant> Open<V> {
         }
     }
 
-    /// Every key with its value, in no particular order (near hash order).
+    /// Every key with its value, in no particular order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.slots
             .iter()
@@ -234,16 +235,13 @@ impl<V: Vacant> Open<V> {
                 .collect(),
         );
         self.bits = bits;
-        let mask = self.mask();
         for (k, v) in old {
-            if v.is_vacant() {
-                continue;
+            // (Distinct keys: each search ends at a free slot.)
+            if !v.is_vacant()
+                && let Err(i) = self.find(k)
+            {
+                self.slots[i] = (k, v);
             }
-            let mut i = self.home(k);
-            while !self.slots[i].1.is_vacant() {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = (k, v);
         }
     }
 }
@@ -303,6 +301,17 @@ pub(super) fn prefetch<T>(at: &T) {
     let _ = at;
 }
 
+/// A seeded xorshift generator, for the randomized tests of the tables.
+#[cfg(test)]
+pub(super) fn test_rng(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,13 +322,7 @@ mod tests {
     /// and removals shift.
     #[test]
     fn agrees_with_a_map_through_inserts_and_removals() {
-        let mut rng = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = test_rng(0x1234_5678_9abc_def1);
         for crowd in [0u32, 3, 60] {
             // Homes straight from the top bits (multiplier 1), so that the crowd is one run.
             let mut t: Open<u64> = Open::unmixed();

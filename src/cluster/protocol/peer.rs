@@ -11,10 +11,7 @@ pub(super) const MAX_DIGESTS_ASKED: usize = 64;
 /// The order-independent digest term of one `(hash, count)` entry (splitmix64 finalizer).
 #[inline]
 pub fn mix(hash: u64, count: u32) -> u64 {
-    let mut z = hash ^ u64::from(count).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    super::open::spread(hash ^ u64::from(count).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// Fresh datagrams a peer must have sent from its address before this node sends it requests or

@@ -216,13 +216,7 @@ mod tests {
     /// topics touched since the last report.
     #[test]
     fn sums_agree_with_the_counts_they_follow() {
-        let mut rng = 0x0dd_ba11_5eed_u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = super::super::open::test_rng(0x0dd_ba11_5eed);
         let mut s = Sums {
             map: Open::unmixed(),
             ..Sums::default()
@@ -234,7 +228,7 @@ mod tests {
             let h = (next() % 40) | ((next() % 3) << 62);
             let peer = next() % 4;
             let old = counts.get(&(peer, h)).copied().unwrap_or(0);
-            let c = if next() % 3 == 0 {
+            let c = if next().is_multiple_of(3) {
                 0
             } else {
                 (next() % 5) as u32
