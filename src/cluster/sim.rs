@@ -12,7 +12,7 @@ mod link;
 mod zone;
 mod zones;
 
-use event::{Event, What};
+use event::{Event, Sent, What};
 pub use link::{Capacity, Faults, LinkStats};
 pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 
@@ -55,9 +55,12 @@ pub struct Sim {
     tick: Duration,
     cfg: Box<dyn Fn(&mut Config)>,
     nodes: Vec<Node>,
-    /// What happens next: ticks, datagrams in flight, wakes (stale ticks and wakes are skipped
-    /// when they come up: a node's `next_tick` and `wake` say which are current).
-    events: BinaryHeap<Reverse<Event>>,
+    /// What happens next at each node (in a zoned simulation, at each node's two endpoints
+    /// together): ticks, datagrams in flight, wakes (stale ticks and wakes are skipped when
+    /// they come up: a node's `next_tick` and `wake` say which are current).
+    queues: Vec<BinaryHeap<Reverse<Event>>>,
+    /// When each queue's last event happened.
+    clocks: Vec<Duration>,
     next_id: u64,
     /// Faults applied to deliveries from now on.
     pub faults: Faults,
@@ -76,6 +79,8 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Datagrams delivered.
     pub delivered: u64,
+    /// Every node's seal (one key): a datagram's tag is checked once for all its receivers.
+    seal: Seal,
 }
 
 impl std::fmt::Debug for Sim {
@@ -137,7 +142,8 @@ impl Sim {
             tick,
             cfg,
             nodes: Vec::new(),
-            events: BinaryHeap::new(),
+            queues: Vec::new(),
+            clocks: Vec::new(),
             next_id: 0,
             faults: Faults::default(),
             capacity: Capacity::default(),
@@ -147,7 +153,11 @@ impl Sim {
             next_incarnation: 2,
             bytes_sent: vec![0; n],
             delivered: 0,
+            seal: Seal::new("sim", b"sim key"),
         };
+        let units = s.zones.as_ref().map_or(n, |z| z.n);
+        s.queues = (0..units).map(|_| BinaryHeap::new()).collect();
+        s.clocks = vec![Duration::ZERO; units];
         for i in 0..n {
             let phase = Duration::from_nanos(s.rand() % tick.as_nanos().max(1) as u64);
             let mut node = Node {
@@ -165,8 +175,8 @@ impl Sim {
                 net: s.zones.as_ref().map_or(0, |z| z.net(i)),
             };
             node.proto = Some(s.make(i, 1));
-            s.events.push(Reverse(Event::tick(phase, i)));
             s.nodes.push(node);
+            s.queue(Event::tick(phase, i));
         }
         s
     }
@@ -183,7 +193,7 @@ impl Sim {
             unix_ms: SIM_EPOCH_MS,
         };
         (self.cfg)(&mut c);
-        Protocol::new(c, Seal::new("sim", b"sim key"))
+        Protocol::new(c, self.seal.clone())
     }
 
     fn rand(&mut self) -> u64 {
@@ -383,7 +393,7 @@ impl Sim {
             self.nodes[e].proto = Some(self.make(e, inc));
             self.nodes[e].next_tick = self.now;
             self.nodes[e].wake = None;
-            self.events.push(Reverse(Event::tick(self.now, e)));
+            self.queue(Event::tick(self.now, e));
         }
         self.zone_reset(i);
     }
@@ -415,7 +425,7 @@ impl Sim {
         if w != node.wake {
             node.wake = w;
             if let Some(w) = w {
-                self.events.push(Reverse(Event::wake(w, i)));
+                self.queue(Event::wake(w, i));
             }
         }
     }
@@ -424,7 +434,6 @@ impl Sim {
         let tick = self.tick.as_nanos().max(1);
         let mut out = Vec::new();
         while let Some(t) = p.poll_transmit() {
-            let bytes: Arc<[u8]> = t.bytes.as_slice().into();
             let w = (self.now.as_nanos() / tick) as u64;
             let net = self.nodes[i].net;
             let copies = match t.dest {
@@ -473,64 +482,102 @@ impl Sim {
                     }
                 }
             }
-            self.emit(i, &bytes, &mut out);
+            if !out.is_empty() {
+                let bytes: Arc<[u8]> = t.bytes.as_slice().into();
+                let sent = Arc::new(match self.seal.check(&bytes) {
+                    Some(c) => Sent::Checked(c),
+                    None => Sent::Plain(bytes),
+                });
+                self.emit(i, &sent, &mut out);
+            }
         }
     }
 
+    /// Queues `ev` for its node.
+    fn queue(&mut self, ev: Event) {
+        let e = ev.endpoint();
+        let u = self.zones.as_ref().map_or(e, |z| e % z.n);
+        self.queues[u].push(Reverse(ev));
+    }
+
     /// Runs until simulated time `until` (from the start).
+    ///
+    /// A window at a time, node by node: nothing a node sends reaches another before the
+    /// network's delay, so within a window that long from the earliest event due, each node's
+    /// events are its own, and a node can run all of its window before the next node runs its
+    /// (without delay, a window is one instant). Each node still handles its events in time
+    /// order, with everything it could have heard of by then; only the order between nodes
+    /// within a window differs from one global time order, and with it the order the random
+    /// faults are drawn in: a seed's run changes, not how runs fare (`converge` at 64 × 2k,
+    /// 10 % loss, 16 seeds: the same worst and median times and bytes within a seed's spread).
+    /// A node then takes a window's datagrams one after another with its tables still in cache,
+    /// where each datagram went to every receiver in turn (64 × 100k at 1 %: 56–59 → 42 s a
+    /// seed; 256 × 100k: 234 → 135 s, the same day). A zoned node's two endpoints share a
+    /// queue: their glue acts on both at once.
     pub fn run_until(&mut self, until: Duration) {
         // The nodes may have been changed from outside since the last run.
         for i in 0..self.nodes.len() {
             self.rewake(i);
         }
-        while let Some(Reverse(next)) = self.events.peek() {
-            if next.at > until {
+        let span = self.faults.delay.max(Duration::from_nanos(1));
+        while let Some(start) = self
+            .queues
+            .iter()
+            .filter_map(|q| q.peek().map(|Reverse(e)| e.at))
+            .min()
+        {
+            if start > until {
                 break;
             }
-            let Some(Reverse(ev)) = self.events.pop() else {
-                break;
-            };
-            match ev.what {
-                What::Tick(i) => {
-                    let n = &self.nodes[i];
-                    if n.proto.is_none() || n.next_tick != ev.at {
-                        continue; // stale: crashed, or restarted since
-                    }
-                    self.now = ev.at;
-                    self.zone_before_tick(i);
-                    let mut p = self.nodes[i].proto.take().expect("running node");
-                    p.handle_tick(self.base + self.now);
-                    self.flush(i, &mut p);
-                    self.nodes[i].proto = Some(p);
-                    let next = ev.at + self.tick;
-                    self.nodes[i].next_tick = next;
-                    self.events.push(Reverse(Event::tick(next, i)));
-                    self.rewake(i);
-                }
-                What::Wake(i) => {
-                    if self.nodes[i].wake != Some(ev.at) {
-                        continue; // stale: the node asked for another time since
-                    }
-                    self.nodes[i].wake = None;
-                    self.now = self.now.max(ev.at);
-                    let Some(mut p) = self.nodes[i].proto.take() else {
-                        continue;
+            let end = (start + span).min(until + Duration::from_nanos(1));
+            for u in 0..self.queues.len() {
+                while self.queues[u].peek().is_some_and(|Reverse(e)| e.at < end) {
+                    let Some(Reverse(ev)) = self.queues[u].pop() else {
+                        break;
                     };
-                    p.handle_timeout(self.base + self.now);
-                    self.flush(i, &mut p);
-                    self.nodes[i].proto = Some(p);
-                    self.rewake(i);
+                    // A wake asked for a time already past runs now.
+                    self.now = ev.at.max(self.clocks[u]);
+                    self.clocks[u] = self.now;
+                    self.handle(ev);
                 }
-                What::Datagram { .. } => self.deliver(ev),
-                What::Copies {
-                    copies,
-                    next,
-                    from,
-                    bytes,
-                } => self.deliver_copies(ev.at, copies, next, from, bytes),
             }
         }
         self.now = until;
+    }
+
+    /// Event `ev` came up, at `self.now`.
+    fn handle(&mut self, ev: Event) {
+        match ev.what {
+            What::Tick(i) => {
+                let n = &self.nodes[i];
+                if n.proto.is_none() || n.next_tick != ev.at {
+                    return; // stale: crashed, or restarted since
+                }
+                self.zone_before_tick(i);
+                let mut p = self.nodes[i].proto.take().expect("running node");
+                p.handle_tick(self.base + self.now);
+                self.flush(i, &mut p);
+                self.nodes[i].proto = Some(p);
+                let next = ev.at + self.tick;
+                self.nodes[i].next_tick = next;
+                self.queue(Event::tick(next, i));
+                self.rewake(i);
+            }
+            What::Wake(i) => {
+                if self.nodes[i].wake != Some(ev.at) {
+                    return; // stale: the node asked for another time since
+                }
+                self.nodes[i].wake = None;
+                let Some(mut p) = self.nodes[i].proto.take() else {
+                    return;
+                };
+                p.handle_timeout(self.base + self.now);
+                self.flush(i, &mut p);
+                self.nodes[i].proto = Some(p);
+                self.rewake(i);
+            }
+            What::Datagram { .. } => self.deliver(ev),
+        }
     }
 
     /// Runs for `d` more.

@@ -8,10 +8,11 @@
 
 use std::cmp::Ordering;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Protocol;
 use super::peer::{Peer, Table};
+use super::{Outcome, Protocol};
 use crate::cluster::wire::{
     self, Body, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Reject,
 };
@@ -49,6 +50,49 @@ pub(super) enum Admitted<'a> {
 }
 
 impl Protocol {
+    /// One received datagram (`shared`: the same bytes, held shared; `checked`: their tag,
+    /// checked already): admitted, then applied or answered.
+    pub(super) fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        shared: Option<&Arc<[u8]>>,
+        checked: Option<&wire::Checked>,
+    ) -> Outcome {
+        match self.admit(now, from, bytes, checked) {
+            Ok(Admitted::Own) => Outcome::Own,
+            Ok(Admitted::Update(d)) => {
+                self.stats.received += 1;
+                self.forward(d.header, bytes);
+                let raw = || shared.cloned().unwrap_or_else(|| bytes.into());
+                self.apply(now, from, d, raw);
+                Outcome::Applied
+            }
+            Ok(Admitted::Request { names, state, only }) => {
+                self.stats.received += 1;
+                self.serve_resync(now, from, names, state, &only);
+                Outcome::Applied
+            }
+            Ok(Admitted::Ranges { entries, ranges }) => {
+                self.stats.received += 1;
+                self.serve_ranges(now, from, entries, &ranges);
+                Outcome::Applied
+            }
+            Err(r) => {
+                // From a peer, authentic and fresh, refused for this node's caps: the nodes below
+                // it in the sender's tree still get it. (A sender refused as one peer too many
+                // is in no tree here: nothing to forward.)
+                if r == Reject::TooManyTopics
+                    && let Ok(d) = self.seal.open_with(bytes, checked)
+                {
+                    self.forward(d.header, bytes);
+                }
+                Outcome::Rejected(r)
+            }
+        }
+    }
+
     /// Rules 1 to 8 for one received datagram. A rejection is counted (and charged to the
     /// sender's node when it is known).
     pub(super) fn admit<'a>(
@@ -56,11 +100,12 @@ impl Protocol {
         now: Instant,
         from: SocketAddr,
         bytes: &'a [u8],
+        checked: Option<&wire::Checked>,
     ) -> Result<Admitted<'a>, Reject> {
         if !self.rate_ok(from, now) {
             return Err(self.reject(Reject::Rate, None));
         }
-        let d = match self.seal.open(bytes) {
+        let d = match self.seal.open_with(bytes, checked) {
             Ok(d) => d,
             Err(r) => return Err(self.reject(r, None)),
         };

@@ -220,9 +220,10 @@ impl Protocol {
     }
 
     /// Names a peer sent (with a count, in a reply or a repair).
-    pub(super) fn learn_names(&mut self, mut names: wire::Names) {
+    pub(super) fn learn_names(&mut self, names: wire::Names) {
         const CHUNK: usize = 64;
-        let mut chunk = [(0, ""); CHUNK];
+        let mut names = names.raw();
+        let mut chunk: [(u64, &[u8]); CHUNK] = [(0, &[]); CHUNK];
         loop {
             let n = chunk
                 .iter_mut()
@@ -233,13 +234,17 @@ impl Protocol {
                 return;
             }
             // Most names come more than once (every node that counts a topic announces it):
-            // one lookup settles those. The chunk's slots are prefetched first, so that their
-            // misses overlap.
+            // one lookup settles those, before their bytes are checked again as UTF-8. The
+            // chunk's slots are prefetched first, so that their misses overlap.
             for (h, _) in &chunk[..n] {
                 self.names.prefetch(*h);
             }
-            for &(h, n) in &chunk[..n] {
-                self.learn_name(h, n);
+            for &(h, name) in &chunk[..n] {
+                if !self.names.contains_key(h)
+                    && let Ok(name) = std::str::from_utf8(name)
+                {
+                    self.learn_name(h, name);
+                }
             }
         }
     }
@@ -271,7 +276,15 @@ impl Protocol {
         if let Some(p) = self.peers.get_mut(&node)
             && !p.gaps.is_empty()
         {
-            p.gaps = super::repair::subtract(&p.gaps, &[(lo, hi)]);
+            let left = super::repair::subtract(&p.gaps, &[(lo, hi)]);
+            if left != p.gaps {
+                // A round that mended something did not fail: the rounds count afresh. (They
+                // were counted until a final digest matched, and while the peer's counts
+                // changed every tick none did: one loss a tick, each mended, used them up, and
+                // the next single loss was asked for as the whole table.)
+                p.nacks = 0;
+            }
+            p.gaps = left;
         }
     }
 

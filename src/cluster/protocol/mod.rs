@@ -120,8 +120,8 @@ pub use config::{Clock, Config, defaults, zone_of};
 pub use peer::mix;
 pub use stats::{Found, NodeInfo, ProtoStats};
 
-use super::wire::{Encoder, Reject, Seal};
-use admit::{Admitted, Bucket};
+use super::wire::{self, Encoder, Reject, Seal};
+use admit::Bucket;
 use open::Names;
 use peer::{Peer, Table, Tomb};
 use repair::Repairs;
@@ -373,54 +373,27 @@ impl Protocol {
     /// One received datagram: admission (see the module docs), then its effect: counts applied
     /// to its sender's table, or a resync request answered (queued for its sender only).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Outcome {
-        self.receive(now, from, bytes, None)
+        self.receive(now, from, bytes, None, None)
     }
 
     /// [`Protocol::handle_datagram`] for a datagram the caller holds shared: what the protocol
     /// keeps of it (a peer's delta held to decode its parity) is that allocation, not a copy
     /// (a simulator delivering one datagram to many nodes keeps it once).
     pub fn handle_shared(&mut self, now: Instant, from: SocketAddr, bytes: &Arc<[u8]>) -> Outcome {
-        self.receive(now, from, bytes, Some(bytes))
+        self.receive(now, from, bytes, Some(bytes), None)
     }
 
-    fn receive(
+    /// [`Protocol::handle_shared`] for bytes whose tag was checked already (by a seal with
+    /// this node's key, as [`crate::cluster::sim`] checks each datagram once for all its
+    /// receivers); every other rule applies as ever.
+    pub(crate) fn handle_checked(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        bytes: &[u8],
-        shared: Option<&Arc<[u8]>>,
+        checked: &wire::Checked,
     ) -> Outcome {
-        match self.admit(now, from, bytes) {
-            Ok(Admitted::Own) => Outcome::Own,
-            Ok(Admitted::Update(d)) => {
-                self.stats.received += 1;
-                self.forward(d.header, bytes);
-                let raw = || shared.cloned().unwrap_or_else(|| bytes.into());
-                self.apply(now, from, d, raw);
-                Outcome::Applied
-            }
-            Ok(Admitted::Request { names, state, only }) => {
-                self.stats.received += 1;
-                self.serve_resync(now, from, names, state, &only);
-                Outcome::Applied
-            }
-            Ok(Admitted::Ranges { entries, ranges }) => {
-                self.stats.received += 1;
-                self.serve_ranges(now, from, entries, &ranges);
-                Outcome::Applied
-            }
-            Err(r) => {
-                // From a peer, authentic and fresh, refused for this node's caps: the nodes below
-                // it in the sender's tree still get it. (A sender refused as one peer too many
-                // is in no tree here: nothing to forward.)
-                if r == Reject::TooManyTopics
-                    && let Ok(d) = self.seal.open(bytes)
-                {
-                    self.forward(d.header, bytes);
-                }
-                Outcome::Rejected(r)
-            }
-        }
+        let bytes = checked.bytes();
+        self.receive(now, from, bytes, Some(bytes), Some(checked))
     }
 
     /// Sends the resync requests and nacks that became due, and the answers the repair bucket

@@ -4,8 +4,11 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::wire::Checked;
+
 /// One event of the simulation. In time order; at the same time, ticks (by node) before
-/// datagrams (in the order they were sent) before wakes (by node).
+/// datagrams (in the order they were sent) before wakes (by node). Each node's events are
+/// queued apart (see `Sim::run_until`).
 pub(super) struct Event {
     pub(super) at: Duration,
     pub(super) key: (u8, u64),
@@ -15,26 +18,40 @@ pub(super) struct Event {
 pub(super) enum What {
     Tick(usize),
     Wake(usize),
-    /// A datagram for `to`; `arrived`: past the receiver's downlink. One group datagram's
-    /// copies share their bytes.
+    /// A datagram for `to`; `arrived`: past the receiver's downlink. A group datagram's copies
+    /// share their bytes.
     Datagram {
         to: usize,
         from: usize,
-        bytes: Arc<[u8]>,
+        bytes: Arc<Sent>,
         arrived: bool,
-    },
-    /// Copies of one datagram that arrive at the same time, for `copies[next..]` (each
-    /// receiver with its copy's number, which orders it among the other events as a
-    /// `Datagram` of its own would be).
-    Copies {
-        copies: Vec<(usize, u64)>,
-        next: usize,
-        from: usize,
-        bytes: Arc<[u8]>,
     },
 }
 
+/// A datagram's bytes, shared by its copies: with its tag checked once for all of its receivers
+/// (every simulated node has the same key), or, if it failed the check, as they are.
+pub(super) enum Sent {
+    Checked(Checked),
+    Plain(Arc<[u8]>),
+}
+
+impl Sent {
+    pub(super) fn bytes(&self) -> &Arc<[u8]> {
+        match self {
+            Sent::Checked(c) => c.bytes(),
+            Sent::Plain(b) => b,
+        }
+    }
+}
+
 impl Event {
+    /// The endpoint it happens at.
+    pub(super) fn endpoint(&self) -> usize {
+        match self.what {
+            What::Tick(i) | What::Wake(i) => i,
+            What::Datagram { to, .. } => to,
+        }
+    }
     pub(super) fn tick(at: Duration, i: usize) -> Event {
         Event {
             at,

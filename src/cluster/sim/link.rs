@@ -1,12 +1,11 @@
 //! What the simulated network does to datagrams: faults, each node's link capacity and socket
-//! buffers, and delivery (a datagram's copies to a group, in order).
+//! buffers, and delivery (each copy of a group datagram queued for its receiver).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::event::{Event, What};
+use super::event::{Event, Sent, What};
 use super::{Sim, addr};
-use std::cmp::Reverse;
 
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,7 +104,7 @@ impl Sim {
         if c.ingress_bytes_per_sec == 0 || *arrived {
             return Some(ev);
         }
-        let len = bytes.len();
+        let len = bytes.bytes().len();
         let free = self.nodes[to].rx_free;
         if c.recv_buffer > 0
             && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
@@ -117,7 +116,7 @@ impl Sim {
         self.nodes[to].rx_free = done;
         *arrived = true;
         ev.at = done;
-        self.events.push(Reverse(ev));
+        self.queue(ev);
         None
     }
 
@@ -145,44 +144,29 @@ impl Sim {
         }
     }
 
-    /// Queues the copies `send` made of one datagram: each run of them that arrive at the same
-    /// time as one event ([`What::Copies`]), which hands them over one by one in their order, each
-    /// when its own event would have come up: the same order as one event per copy, whose
-    /// queue was as long as the group (512 nodes in 16 zones: 44 s a seed, 38 s batched, the
-    /// same figures).
+    /// Queues the copies `send` made of one datagram, each for its receiver.
     pub(super) fn emit(
         &mut self,
         from: usize,
-        bytes: &Arc<[u8]>,
+        bytes: &Arc<Sent>,
         out: &mut Vec<(Duration, usize, u64)>,
     ) {
-        for run in out.chunk_by(|a, b| a.0 == b.0) {
-            let at = run[0].0;
-            let copies: Vec<(usize, u64)> = run.iter().map(|c| (c.1, c.2)).collect();
-            let key = (1, copies[0].1);
-            let what = if copies.len() == 1 {
-                What::Datagram {
-                    to: copies[0].0,
+        for (at, to, id) in out.drain(..) {
+            self.queue(Event {
+                at,
+                key: (1, id),
+                what: What::Datagram {
+                    to,
                     from,
                     bytes: bytes.clone(),
                     arrived: false,
-                }
-            } else {
-                What::Copies {
-                    copies,
-                    next: 0,
-                    from,
-                    bytes: bytes.clone(),
-                }
-            };
-            self.events.push(Reverse(Event { at, key, what }));
+                },
+            });
         }
-        out.clear();
     }
 
     /// Datagram event `ev` came up: through the receiver's downlink, then to its protocol.
     pub(super) fn deliver(&mut self, ev: Event) {
-        self.now = ev.at;
         let Some(ev) = self.downlink(ev) else {
             return; // queued for the downlink, or dropped
         };
@@ -194,53 +178,14 @@ impl Sim {
         };
         if let Some(mut p) = self.nodes[to].proto.take() {
             self.delivered += 1;
-            p.handle_shared(self.base + self.now, addr(from), &bytes);
+            let now = self.base + self.now;
+            match &*bytes {
+                Sent::Checked(c) => p.handle_checked(now, addr(from), c),
+                Sent::Plain(b) => p.handle_shared(now, addr(from), b),
+            };
             self.flush(to, &mut p);
             self.nodes[to].proto = Some(p);
             self.rewake(to);
-        }
-    }
-
-    /// Hands over the copies `copies[next..]` of one datagram due at `at`, in order, each
-    /// unless an event due before its own comes first: then the rest waits in the queue.
-    pub(super) fn deliver_copies(
-        &mut self,
-        at: Duration,
-        copies: Vec<(usize, u64)>,
-        mut next: usize,
-        from: usize,
-        bytes: Arc<[u8]>,
-    ) {
-        while let Some(&(to, id)) = copies.get(next) {
-            if next > 0
-                && self
-                    .events
-                    .peek()
-                    .is_some_and(|Reverse(e)| (e.at, e.key) < (at, (1, id)))
-            {
-                self.events.push(Reverse(Event {
-                    at,
-                    key: (1, id),
-                    what: What::Copies {
-                        copies,
-                        next,
-                        from,
-                        bytes,
-                    },
-                }));
-                return;
-            }
-            self.deliver(Event {
-                at,
-                key: (1, id),
-                what: What::Datagram {
-                    to,
-                    from,
-                    bytes: bytes.clone(),
-                    arrived: false,
-                },
-            });
-            next += 1;
         }
     }
 }
