@@ -183,7 +183,7 @@ pub struct ServeOptions {
     pub no_count: bool,
     /// This node's id in the cluster: 16 hex digits, or any name (hashed). It must stay the same
     /// across restarts and differ between servers [default: derived from the cluster name, the
-    /// host name and the listen address].
+    /// host name, the network namespace if not pid 1's, and the listen address].
     #[arg(long, value_name = "ID|NAME")]
     pub node_id: Option<String>,
     /// How long a topic's count must stay zero before its id is reused.

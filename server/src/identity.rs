@@ -3,10 +3,11 @@
 //! **Node id.** A restarted node must come back under the same id, so that its new incarnation
 //! replaces the old one's counts on every peer at once (a new id each start would leave the old
 //! process's counts in place until dead-after: a crash-and-restart counted twice). `serve`
-//! derives the id from the cluster name, the host name and the listen address, which are the same
-//! across restarts of one server and differ between servers (two on one host listen on different
-//! ports; hosts have different names). `--node-id` overrides it: 16 hex digits (as NODES and the
-//! logs print ids) are taken as they are, anything else (a pod name, say) is hashed.
+//! derives the id from the cluster name, the host name, the network namespace (when it is not
+//! pid 1's) and the listen address, which are the same across restarts of one server and differ
+//! between servers (two on one host listen on different ports or in different namespaces; hosts
+//! have different names). `--node-id` overrides it: 16 hex digits (as NODES and the logs print
+//! ids) are taken as they are, anything else (a pod name, say) is hashed.
 //!
 //! **Default key.** On loopback without a key, any local process that knows the cluster name can
 //! forge counts. So when no key is given, `serve` and `watch` use a key file of the user's own,
@@ -38,8 +39,37 @@ pub fn parse_node_id(v: &str) -> Option<u64> {
 /// The default node id of a server of cluster `cluster` listening on `listen` on this host, and
 /// the text it was derived from (for the log).
 pub fn default_node_id(cluster: &str, listen: SocketAddr) -> (u64, String) {
-    let from = format!("{cluster}/{}/{listen}", hostname());
+    let from = node_id_source(cluster, &hostname(), own_netns().as_deref(), listen);
     (headcount::node_id_for(&from), from)
+}
+
+/// The text a default node id is derived from: `cluster/host/listen`, with the network namespace
+/// between host and listen address when the server runs in one of its own (`None`: the host's).
+/// Servers in network namespaces of one host (`ip netns exec`) share its host name and may all
+/// listen on the same address: without the namespace they would share an id, and each would
+/// refuse the others' datagrams (`Reject::NodeId`).
+pub fn node_id_source(
+    cluster: &str,
+    host: &str,
+    netns: Option<&str>,
+    listen: SocketAddr,
+) -> String {
+    match netns {
+        Some(ns) => format!("{cluster}/{host}/{ns}/{listen}"),
+        None => format!("{cluster}/{host}/{listen}"),
+    }
+}
+
+/// This process's network namespace (`net:[4026532281]`, as `/proc/self/ns/net` names it) when
+/// it is not the one pid 1 runs in, `None` when it is (a host's or a container's own init: then
+/// the host name tells servers apart, and the id stays what it was before namespaces counted).
+/// Where pid 1's cannot be read (an unprivileged user on a host) the namespace is named anyway:
+/// it lives as long as the host, so the id is as stable. A namespace made with `ip netns add`
+/// keeps its number until it is deleted, across restarts of the servers in it.
+fn own_netns() -> Option<String> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let init = std::fs::read_link("/proc/1/ns/net").ok();
+    (init.as_ref() != Some(&own)).then(|| own.to_string_lossy().into_owned())
 }
 
 /// This host's name (`/proc/sys/kernel/hostname`, then `$HOSTNAME`, then "localhost").
@@ -154,6 +184,17 @@ mod tests {
         assert_eq!(default_node_id("c", a).0, default_node_id("c", a).0);
         assert_ne!(default_node_id("c", a).0, default_node_id("c", b).0);
         assert_ne!(default_node_id("c", a).0, default_node_id("d", a).0);
+        // The host's own namespace leaves the text as it was; others are named in it.
+        assert_eq!(node_id_source("c", "h", None, a), "c/h/127.0.0.1:7379");
+        let (n1, n2) = (Some("net:[4026532281]"), Some("net:[4026532345]"));
+        assert_eq!(
+            node_id_source("c", "h", n1, a),
+            "c/h/net:[4026532281]/127.0.0.1:7379"
+        );
+        assert_ne!(
+            node_id_source("c", "h", n1, a),
+            node_id_source("c", "h", n2, a)
+        );
     }
 
     #[test]

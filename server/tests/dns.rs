@@ -446,9 +446,9 @@ fn spawn_serve(net: &Net, index: u8, key: Option<&Path>, cluster: &str) -> Proc 
         format!("{}ms", TICK.as_millis()),
         format!("{}ms", DEAD_AFTER.as_millis()),
     );
-    // Every node listens on 0.0.0.0:7379 on the same host name, so the default node id (cluster,
-    // host name, listen address) would be the same on all: each gets its own --node-id.
-    let id = format!("hc-dns-node-{index}");
+    // Every node listens on 0.0.0.0:7379 on the same host name: only their network namespaces
+    // tell their default node ids apart (no --node-id: were the ids the same, each node would
+    // refuse the others' datagrams and no count would ever be exact).
     let mut args = vec![
         "serve",
         "--listen",
@@ -469,8 +469,6 @@ fn spawn_serve(net: &Net, index: u8, key: Option<&Path>, cluster: &str) -> Proc 
         &dead,
         "--cluster",
         cluster,
-        "--node-id",
-        &id,
     ];
     match key {
         Some(k) => args.extend(["--key-file", k.to_str().unwrap()]),
