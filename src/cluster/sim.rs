@@ -555,11 +555,6 @@ impl Sim {
                 }
                 self.zone_before_tick(i);
                 let mut p = self.nodes[i].proto.take().expect("running node");
-                if self.zones.is_none() {
-                    // What the engine does every tick (a zoned node's glue takes them itself):
-                    // the events are taken, so they do not pile up in memory all the run.
-                    while p.poll_event().is_some() {}
-                }
                 p.handle_tick(self.base + self.now);
                 self.flush(i, &mut p);
                 self.nodes[i].proto = Some(p);
