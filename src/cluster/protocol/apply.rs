@@ -243,7 +243,7 @@ impl Protocol {
                 if !self.names.contains_key(h)
                     && let Ok(name) = std::str::from_utf8(name)
                 {
-                    self.learn_name(h, name);
+                    self.learn_unknown_name(h, name);
                 }
             }
         }
@@ -253,9 +253,13 @@ impl Protocol {
     /// zoned node's other group): taken as a peer's announcement would be (kept while the topic
     /// is counted, or waits for its count in a bounded side table).
     pub fn learn_name(&mut self, hash: u64, name: &str) {
-        if self.names.contains_key(hash) {
-            return;
+        if !self.names.contains_key(hash) {
+            self.learn_unknown_name(hash, name);
         }
+    }
+
+    /// [`Protocol::learn_name`] for a name the caller found unknown here.
+    fn learn_unknown_name(&mut self, hash: u64, name: &str) {
         // Names of topics not counted yet (the counts may be in flight) wait in a bounded side
         // table, so that names alone cannot grow memory.
         if !self.remote.contains(hash) && !self.table.map.contains_key(&hash) {

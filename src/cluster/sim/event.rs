@@ -29,7 +29,8 @@ pub(super) enum What {
 }
 
 /// A datagram's bytes, shared by its copies: with its tag checked once for all of its receivers
-/// (every simulated node has the same key), or, if it failed the check, as they are.
+/// (every simulated node has the same key), or as they are (one receiver checks it itself, and
+/// a datagram that failed the check is refused by each).
 pub(super) enum Sent {
     Checked(Checked),
     Plain(Arc<[u8]>),
