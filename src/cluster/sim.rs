@@ -483,17 +483,7 @@ impl Sim {
                 }
             }
             if !out.is_empty() {
-                let bytes: Arc<[u8]> = t.bytes.as_slice().into();
-                // Checked here, once, for several receivers; one checks it itself.
-                let checked = if out.len() > 1 {
-                    self.seal.check(&bytes)
-                } else {
-                    None
-                };
-                let sent = Arc::new(match checked {
-                    Some(c) => Sent::Checked(c),
-                    None => Sent::Plain(bytes),
-                });
+                let sent = Arc::new(Sent::new(&self.seal, &t.bytes, out.len()));
                 self.emit(i, &sent, &mut out);
             }
         }

@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::wire::Checked;
+use crate::cluster::wire::{Checked, Seal};
 
 /// One event of the simulation. In time order; at the same time, ticks (by node) before
 /// datagrams (in the order they were sent) before wakes (by node). Each node's events are
@@ -37,6 +37,16 @@ pub(super) enum Sent {
 }
 
 impl Sent {
+    /// `bytes` for `receivers`: checked here, once, when several share them (one receiver's
+    /// own check costs the same).
+    pub(super) fn new(seal: &Seal, bytes: &[u8], receivers: usize) -> Sent {
+        let bytes: Arc<[u8]> = bytes.into();
+        match (receivers > 1).then(|| seal.check(&bytes)).flatten() {
+            Some(c) => Sent::Checked(c),
+            None => Sent::Plain(bytes),
+        }
+    }
+
     pub(super) fn bytes(&self) -> &Arc<[u8]> {
         match self {
             Sent::Checked(c) => c.bytes(),
