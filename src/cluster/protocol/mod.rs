@@ -200,7 +200,8 @@ pub struct Protocol {
     enc: Encoder,
     seq: u64,
     table: Table,
-    /// Hashes whose count changed and was not sent yet, oldest first (each once: `queued`).
+    /// Hashes whose count changed and was not sent yet, oldest first but for what a tick takes
+    /// at once, which it sorts by hash (each once: `queued`).
     changed: VecDeque<u64>,
     queued: HashSet<u64>,
     names: Names,

@@ -50,6 +50,7 @@ mod gaps;
 mod nack;
 mod parity;
 pub(super) mod recover;
+mod set_by;
 use crate::cluster::wire::{FLAG_END, Gap, Kind};
 pub(super) use gaps::{add_asked, add_gap, subtract};
 

@@ -140,6 +140,12 @@ impl Protocol {
         // What changed, oldest first: each topic's name (when new here), then its count.
         let per = self.enc.entries_per_datagram(Kind::Delta);
         let room = self.enc.budget() - wire::HEADER_LEN - wire::TAG_LEN;
+        // What this tick can send goes in hash order (the oldest changes still go first): a
+        // receiver keeps this node's table as sorted runs, which then grow at their ends where
+        // changes in any order would move their later entries up (a fifth of a simulated
+        // 64-node burst's time went to such moves).
+        let going = budget.saturating_mul(per).min(self.changed.len());
+        self.changed.make_contiguous()[..going].sort_unstable();
         while budget > 0 && !self.changed.is_empty() {
             let n = per.min(self.changed.len());
             // The names this chunk announces must fit the budget with its delta (the first

@@ -10,8 +10,8 @@
 //! block). A recovered datagram is older than what came
 //! after it: a topic set since by a newer datagram (a later delta, a repair, a refresh slice or
 //! reply covering it, even one stamped with its own number) keeps its newer count. For that,
-//! while a peer has gaps, the newest sequence number that set each topic is kept (bounded per
-//! peer and over all peers; past a bound nothing is decoded for that peer until its copy is
+//! while a peer has gaps, the topics each of its datagrams set are kept (bounded per peer and
+//! over all peers; past a bound nothing is decoded for that peer until its copy is
 //! right, and its gaps are nacked for plain repairs). Nothing is decoded of a peer over this
 //! node's caps.
 //!
@@ -26,7 +26,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::super::{HashMap, Protocol};
+use super::super::Protocol;
+use super::set_by::SetBy;
 use super::subtract;
 use crate::cluster::erasure;
 use crate::cluster::wire::{self, BLOCK, Body};
@@ -37,7 +38,8 @@ const HELD_BYTES: usize = 32 << 20;
 /// The most one peer may hold of [`HELD_BYTES`] (one peer's long gap does not leave every other
 /// peer to plain repairs).
 const PEER_HELD_BYTES: usize = HELD_BYTES / 4;
-/// Topics whose newest setter is tracked per peer while it has gaps (see the module docs)...
+/// Topics set (counted once per datagram that set them) tracked per peer while it has gaps
+/// (see the module docs)...
 const MAX_SET_AT: usize = 1 << 18;
 /// ...and over all peers.
 const ALL_SET_AT: usize = 1 << 21;
@@ -89,8 +91,8 @@ pub(in crate::cluster::protocol) struct Recover {
     bytes: usize,
     /// Parity symbols received: block, members, index, symbol.
     symbols: Vec<(u64, u64, usize, Box<[u8]>)>,
-    /// While it has gaps: the newest sequence number that set each topic...
-    set_at: HashMap<u64, u64>,
+    /// While it has gaps: the topics each datagram set...
+    set_at: SetBy,
     /// ...and the hash ranges set whole since (sequence number, lo, hi).
     ranges_at: Vec<(u64, u64, u64)>,
     /// `set_at` or `ranges_at` overflowed: nothing is decoded until the peer's copy is right.
@@ -126,7 +128,7 @@ impl Recover {
     fn newer(&self, h: u64, seq: u64) -> bool {
         // (An answer stamped with the very number recovered carries counts of its sending,
         // newer than the datagram: that number was missed, so nothing else has it.)
-        self.set_at.get(&h).is_some_and(|&s| s >= seq)
+        self.set_at.newer(h, seq)
             || self
                 .ranges_at
                 .iter()
@@ -287,12 +289,7 @@ impl Protocol {
         if p.gaps.is_empty() || r.blind {
             return;
         }
-        let before = r.set_at.len();
-        for h in hashes {
-            let s = r.set_at.entry(h).or_insert(seq);
-            *s = (*s).max(seq);
-        }
-        self.set_at_len += r.set_at.len() - before;
+        self.set_at_len += r.set_at.note(seq, hashes);
         if r.set_at.len() > MAX_SET_AT || self.set_at_len > ALL_SET_AT {
             self.go_blind(node);
         }
@@ -305,7 +302,7 @@ impl Protocol {
             let r = &mut p.recover;
             r.blind = true;
             self.set_at_len -= r.set_at.len();
-            r.set_at = HashMap::default();
+            r.set_at = SetBy::default();
             r.ranges_at = Vec::new();
         }
     }
@@ -380,7 +377,7 @@ impl Protocol {
         if p.gaps.is_empty() {
             if !r.set_at.is_empty() {
                 self.set_at_len -= r.set_at.len();
-                r.set_at = HashMap::default();
+                r.set_at = SetBy::default();
             }
             r.ranges_at.clear();
             r.blind = false;

@@ -301,6 +301,46 @@ fn a_burst_is_spread_over_ticks_and_converges_without_resyncs() {
     assert_eq!(learned, 20_000);
 }
 
+/// A tick sends its share of a backlog in hash order (a receiver's table of the sender then
+/// grows at the ends of its sorted runs), and the oldest changes still go first.
+#[test]
+fn a_tick_sends_the_oldest_changes_in_hash_order() {
+    let mut c = Config::new(1, 1, Duration::from_millis(100));
+    c.max_tick_datagrams = 4;
+    let mut a = Protocol::new(c, Seal::new("p", b"k"));
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut order = Vec::new();
+    for _ in 0..3_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.push(x);
+        a.set_local(x, 1, None);
+    }
+    let mut now = Instant::now();
+    let mut sent = Vec::new();
+    while a.stats().backlog > 0 {
+        a.handle_tick(now);
+        let mut tick = Vec::new();
+        for t in drain(&mut a) {
+            if let Ok(d) = a.seal.open(&t.bytes)
+                && d.kind == Kind::Delta
+                && let Body::Entries(e) = d.body
+            {
+                tick.extend(e.iter().map(|x| x.hash.get()));
+            }
+        }
+        assert!(!tick.is_empty(), "a tick with a backlog sent nothing");
+        assert!(tick.is_sorted(), "a tick's deltas out of hash order");
+        let mut oldest = order[sent.len()..sent.len() + tick.len()].to_vec();
+        oldest.sort_unstable();
+        assert_eq!(tick, oldest, "not the oldest changes");
+        sent.extend(tick);
+        now += Duration::from_millis(100);
+    }
+    assert_eq!(sent.len(), order.len());
+}
+
 /// `poll_event` reports every changed peer sum first (once each, with the sum at the time of the
 /// report), then the learned names in order; a caller that stops early finds the rest later,
 /// behind the changes that came meanwhile.
