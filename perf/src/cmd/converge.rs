@@ -167,6 +167,7 @@ struct Run {
     /// (peer, topic) entries every node holds of its peers' tables then.
     live_bytes: i64,
     peer_entries: u64,
+    table_bytes: u64,
 }
 
 fn repair_bytes(sim: &Sim) -> u64 {
@@ -262,11 +263,12 @@ fn run_seed(
         counting::track_bytes(false);
     }
     let now = std::time::Instant::now();
-    let peer_entries: u64 = protocols(&sim)
+    let peers: Vec<_> = protocols(&sim)
         .flat_map(|p| p.nodes(now))
         .filter(|n| n.alive)
-        .map(|n| n.topics as u64)
-        .sum();
+        .collect();
+    let peer_entries: u64 = peers.iter().map(|n| n.topics as u64).sum();
+    let table_bytes: u64 = peers.iter().map(|n| n.table_bytes as u64).sum();
     let links: Vec<_> = (0..sim.endpoints()).map(|e| sim.endpoint_link(e)).collect();
     Run {
         ms,
@@ -288,6 +290,7 @@ fn run_seed(
             .unwrap_or(0),
         live_bytes,
         peer_entries,
+        table_bytes,
     }
 }
 
@@ -323,6 +326,12 @@ fn run_seed(
 ///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
 ///   so it bounds the peer-table entry's cost from above, closer as nodes grow. `null` where
 ///   the counting allocator is not the global one.
+/// - `peer_table_bytes_per_entry`: the heap bytes the peers' tables themselves take (their
+///   buckets' capacity, as `NodeInfo::table_bytes` reports it), over their entries, mean over
+///   seeds: the entry's own cost, which is what grows with nodes × topics.
+/// - `other_bytes_per_node`: the rest of the heap the burst added, per node: what does not
+///   grow with the peers (a node's own table, its per-topic sums and names, the simulator's
+///   bookkeeping), mean over seeds. `null` with `bytes_per_peer_topic`.
 /// - `peer_entries_per_node`: the (peer, topic) entries a node holds of its peers' tables after
 ///   the burst, mean over nodes and seeds: what its memory grows with (a zoned node's peers are
 ///   its zone peers and the other zones' nodes, of which only the speakers have tables).
@@ -357,6 +366,8 @@ pub fn converge(
     let mut dropped = (0.0, 0.0);
     let mut wall = 0f64;
     let mut per_entry = Vec::new();
+    let mut table_per_entry = Vec::new();
+    let mut other_per_node = Vec::new();
     let mut entries = Vec::new();
     for seed in 0..seeds {
         let started = std::time::Instant::now();
@@ -374,6 +385,8 @@ pub fn converge(
         });
         if r.peer_entries > 0 {
             per_entry.push(r.live_bytes.max(0) as f64 / r.peer_entries as f64);
+            table_per_entry.push(r.table_bytes as f64 / r.peer_entries as f64);
+            other_per_node.push((r.live_bytes - r.table_bytes as i64).max(0) as f64 / nodes as f64);
         }
         entries.push(r.peer_entries as f64 / nodes as f64);
         wall = wall.max(started.elapsed().as_secs_f64());
@@ -437,6 +450,8 @@ pub fn converge(
         "sim_seconds_per_seed": round(wall, 2),
         "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
         "peer_entries_per_node": round(mean(&entries), 1),
+        "peer_table_bytes_per_entry": if table_per_entry.is_empty() { Value::Null } else { json!(round(mean(&table_per_entry), 1)) },
+        "other_bytes_per_node": if other_per_node.is_empty() { Value::Null } else { json!(round(mean(&other_per_node), 0)) },
         "zones": setup.zones,
     })
 }

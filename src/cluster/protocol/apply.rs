@@ -26,7 +26,7 @@ struct Aggregate<'a> {
     names: &'a mut Names,
     unnamed: &'a mut HashSet<u64>,
     pending_names: &'a mut HashMap<u64, Arc<str>>,
-    learned: &'a mut VecDeque<(u64, Arc<str>)>,
+    learned: &'a mut VecDeque<u64>,
     newly_unnamed: &'a mut usize,
 }
 
@@ -269,10 +269,9 @@ impl Protocol {
             self.pending_names.insert(hash, name.into());
             return;
         }
-        let name: Arc<str> = name.into();
-        self.names.insert(hash, name.clone());
+        self.names.insert(hash, name);
         self.unnamed.remove(&hash);
-        self.learned.push_back((hash, name));
+        self.learned.push_back(hash);
     }
 
     /// Peer `node` repaired its sequence numbers `lo..=hi`: they are no longer missing here.
@@ -355,6 +354,7 @@ impl Protocol {
                 converged: false,
                 over_cap: false,
                 topics: 0,
+                table_bytes: 0,
                 total: 0,
                 received: p.received,
                 lost: p.lost,
@@ -441,8 +441,8 @@ impl Aggregate<'_> {
         if c != 0 && self.remote.add(h, c) && !self.names.contains_key(h) {
             match self.pending_names.remove(&h) {
                 Some(n) => {
-                    self.names.insert(h, n.clone());
-                    self.learned.push_back((h, n));
+                    self.names.insert(h, &n);
+                    self.learned.push_back(h);
                 }
                 None => {
                     if self.unnamed.insert(h) {

@@ -233,8 +233,9 @@ pub struct Protocol {
     /// Hashes whose peer sum changed, taken from `remote` and being reported, the next one
     /// last.
     reporting: Vec<u64>,
-    /// Names learned from peers and not reported yet, oldest first.
-    learned: VecDeque<(u64, Arc<str>)>,
+    /// Topics whose names were learned from peers and not reported yet, oldest first (a name
+    /// is read from `names` when reported: one forgotten by then, its topic gone, is not).
+    learned: VecDeque<u64>,
     out: VecDeque<Transmit>,
     /// Copies of a relayed group datagram for this node's children after the first.
     relay_fan: VecDeque<Transmit>,
@@ -344,7 +345,7 @@ impl Protocol {
         if let Some(n) = name
             && !self.names.contains_key(hash)
         {
-            self.names.insert(hash, n.clone());
+            self.names.insert(hash, n);
         }
         if count == 0 {
             // Nobody counts it here any more: keep its name only while a peer counts it (the
@@ -460,8 +461,13 @@ impl Protocol {
                 sum: self.remote(hash),
             });
         }
-        if let Some((hash, name)) = self.learned.pop_front() {
-            return Some(Event::NameLearned { hash, name });
+        while let Some(hash) = self.learned.pop_front() {
+            if let Some(name) = self.names.get(hash) {
+                return Some(Event::NameLearned {
+                    hash,
+                    name: name.into(),
+                });
+            }
         }
         let (node, addr) = self.members_learned.pop_front()?;
         Some(Event::MemberLearned { node, addr })
@@ -508,7 +514,7 @@ impl Protocol {
     }
 
     /// The name of `hash`, if known.
-    pub fn name(&self, hash: u64) -> Option<&Arc<str>> {
+    pub fn name(&self, hash: u64) -> Option<&str> {
         self.names.get(hash)
     }
 
@@ -536,6 +542,7 @@ impl Protocol {
                 converged: p.converged(),
                 over_cap: p.over_cap,
                 topics: p.table.len(),
+                table_bytes: p.table.map.heap_bytes(),
                 total: p.total(),
                 received: p.received,
                 lost: p.lost,

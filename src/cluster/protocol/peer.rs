@@ -217,7 +217,6 @@ impl Counts {
     }
 
     /// Heap bytes held (for the memory figures).
-    #[cfg(test)]
     pub(super) fn heap_bytes(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
             + self

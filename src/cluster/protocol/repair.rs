@@ -471,7 +471,7 @@ impl Protocol {
                     if names {
                         let list: Vec<(u64, &str)> = hashes
                             .iter()
-                            .map(|h| (*h, self.names.get(*h).map_or("", |n| &**n)))
+                            .map(|h| (*h, self.names.get(*h).unwrap_or("")))
                             .filter(|(_, n)| !n.is_empty())
                             .collect();
                         let mut d = self.enc.repair_names(&self.seal, flags, &st, seq, list);

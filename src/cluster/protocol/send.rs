@@ -4,7 +4,6 @@
 //! Datagrams are queued here and taken by [`Protocol::poll_transmit`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Dest, Protocol, Transmit, relay};
@@ -70,9 +69,9 @@ impl Protocol {
         hashes: &[u64],
         to: Option<SocketAddr>,
     ) -> usize {
-        let list: Vec<(u64, Arc<str>)> = hashes
+        let list: Vec<(u64, &str)> = hashes
             .iter()
-            .filter_map(|h| self.names.get(*h).map(|n| (*h, n.clone())))
+            .filter_map(|h| self.names.get(*h).map(|n| (*h, n)))
             .collect();
         if list.is_empty() {
             return 0;
@@ -93,7 +92,7 @@ impl Protocol {
             flags,
             &mut next,
             &st,
-            list.iter().map(|(h, n)| (*h, &**n)),
+            list,
         );
         self.seq = seq;
         let n = dgs.len();

@@ -63,6 +63,8 @@ pub struct NodeInfo {
     pub over_cap: bool,
     /// Topics in its table.
     pub topics: usize,
+    /// Heap bytes this node's copy of its table takes (0 once it is dropped).
+    pub table_bytes: usize,
     /// Sum of its counts.
     pub total: u64,
     /// Datagrams accepted from it.

@@ -174,7 +174,7 @@ impl Sim {
             .proto
             .as_ref()
             .and_then(|p| p.name(hash))
-            .cloned();
+            .map(Arc::from);
         if let Some(p) = self.nodes[e].proto.as_mut() {
             p.set_local(hash, c, name.as_ref());
         }

@@ -478,7 +478,7 @@ fn a_nack_heard_within_the_wait_holds_the_same_nack_back() {
     for p in [&b, &c] {
         assert_eq!(p.remote_total(), 50);
         assert!(p.converged());
-        assert_eq!(p.name(49).map(|n| &**n), Some("room:49"));
+        assert_eq!(p.name(49), Some("room:49"));
         assert_eq!(p.stats().resync_requests, 0);
     }
 }
