@@ -17,7 +17,6 @@
 //! run after it back (no tombstones), so searches stay as short as the load allows; the table
 //! grows past three quarters full and never shrinks (like `std`'s map).
 
-
 /// A value whose one special state marks a free slot.
 pub(super) trait Vacant {
     /// The free slot's value.

@@ -87,13 +87,7 @@ impl Protocol {
             seq
         };
         let flags = if is_reply { FLAG_REPLY } else { 0 };
-        let dgs = self.enc.names_each(
-            &self.seal,
-            flags,
-            &mut next,
-            &st,
-            list,
-        );
+        let dgs = self.enc.names_each(&self.seal, flags, &mut next, &st, list);
         self.seq = seq;
         let n = dgs.len();
         let dest = to.map_or(Dest::Group, Dest::To);
