@@ -146,8 +146,10 @@ impl Counts {
             Err(_) if count == 0 => 0,
             Err(at) => {
                 if b.keys.len() == b.keys.capacity() {
-                    // Grow by a quarter, not double: the slack stays small.
-                    let more = (b.keys.len() / 4).max(4);
+                    // Grow by a quarter, not double: the slack stays small (but by 16 at least:
+                    // each growth is a copy, and a filling table's small buckets would grow
+                    // every few entries).
+                    let more = (b.keys.len() / 4).max(16);
                     b.keys.reserve_exact(more);
                     b.vals.reserve_exact(more);
                 }
