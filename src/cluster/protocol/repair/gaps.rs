@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-/// Gaps kept per peer (more are merged into one).
-const MAX_GAPS: usize = 32;
+/// Gaps kept per peer (past it, the two with the fewest numbers between them are merged).
+const MAX_GAPS: usize = 256;
 /// Others' nacks remembered per peer, for suppression.
 const MAX_ASKED: usize = 64;
 
@@ -62,14 +62,23 @@ pub(in crate::cluster::protocol) fn merge(ranges: &[(u64, u64)]) -> Vec<(u64, u6
     out
 }
 
-/// Adds the gap `lo..=hi` to a peer's list, merging everything once the list is full.
+/// Adds the gap `lo..=hi` to a peer's list; past [`MAX_GAPS`], the two gaps with the fewest
+/// numbers between them become one. A merged gap asks again for the numbers between (they
+/// came): the closest pair costs least. (Once the list held 32, everything was merged into one
+/// gap: a burst of more than about 300 datagrams at 10 % loss was asked for whole, and at
+/// 16 × 100k a node sent more parity than all its receivers had lost.)
 pub(in crate::cluster::protocol) fn add_gap(gaps: &mut Vec<(u64, u64)>, lo: u64, hi: u64) {
-    if gaps.len() >= MAX_GAPS {
-        let first = gaps.first().map_or(lo, |g| g.0.min(lo));
-        gaps.clear();
-        gaps.push((first, hi));
-    } else {
-        gaps.push((lo, hi));
+    gaps.push((lo, hi));
+    if gaps.len() > MAX_GAPS {
+        if !gaps.is_sorted() {
+            gaps.sort_unstable();
+        }
+        let closest = (0..gaps.len() - 1)
+            .min_by_key(|&i| gaps[i + 1].0.saturating_sub(gaps[i].1))
+            .unwrap_or(0);
+        let next = gaps.remove(closest + 1);
+        let g = &mut gaps[closest];
+        g.1 = g.1.max(next.1);
     }
 }
 
@@ -129,13 +138,29 @@ mod tests {
     }
 
     #[test]
-    fn a_full_gap_list_merges() {
+    fn a_full_gap_list_merges_the_closest_gaps() {
         let mut g = Vec::new();
         for i in 0..MAX_GAPS as u64 + 3 {
             add_gap(&mut g, 10 * i + 1, 10 * i + 2);
         }
-        assert!(g.len() <= MAX_GAPS);
+        // 3 gaps between 5 and 6 apart: one merge each, of two neighbours.
+        add_gap(&mut g, 10_000, 10_000);
+        add_gap(&mut g, 10_002, 10_002);
+        assert_eq!(g.len(), MAX_GAPS);
         assert_eq!(g.first().map(|x| x.0), Some(1));
-        assert_eq!(g.last().map(|x| x.1), Some(10 * (MAX_GAPS as u64 + 2) + 2));
+        assert!(g.contains(&(10_000, 10_002)), "the closest pair merged");
+        // Everything that was missed is still asked for, and few numbers that came are.
+        let asked: u64 = g.iter().map(|&(lo, hi)| hi - lo + 1).sum();
+        let missed = 2 * (MAX_GAPS as u64 + 3) + 2;
+        assert!(
+            asked >= missed && asked <= missed + 4 * 8 + 1,
+            "{asked} asked"
+        );
+        for i in 0..MAX_GAPS as u64 + 3 {
+            assert!(
+                g.iter()
+                    .any(|&(lo, hi)| lo <= 10 * i + 1 && 10 * i + 2 <= hi)
+            );
+        }
     }
 }
