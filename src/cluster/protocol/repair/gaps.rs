@@ -143,7 +143,8 @@ mod tests {
         for i in 0..MAX_GAPS as u64 + 3 {
             add_gap(&mut g, 10 * i + 1, 10 * i + 2);
         }
-        // 3 gaps between 5 and 6 apart: one merge each, of two neighbours.
+        // The list is full: the 3 gaps past it each merged two neighbours 9 numbers apart, the
+        // first gap below merges one more such pair, the second the two 1 apart.
         add_gap(&mut g, 10_000, 10_000);
         add_gap(&mut g, 10_002, 10_002);
         assert_eq!(g.len(), MAX_GAPS);
