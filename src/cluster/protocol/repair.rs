@@ -83,6 +83,8 @@ pub(super) const MAX_TABLE_REPLIES: usize = 16;
 /// Repairs queued at most (a nack of a long history cannot make the queue, or the work to fill
 /// it, grow without bound).
 const MAX_QUEUE: usize = 1 << 16;
+/// Empty repairs to the group remembered (for [`queue_empty`]).
+const MAX_EMPTIES: usize = 256;
 /// Names sent per step of a table reply's names phase.
 const NAMES_STEP: usize = 64;
 
@@ -203,6 +205,9 @@ pub(super) struct Repairs {
     /// last entry joined it.
     open: Option<(u64, Instant)>,
     queue: VecDeque<Job>,
+    /// Runs of sequence numbers without topics queued as empty repairs to the group, and when
+    /// (a nack for one soon after is the same loss at another receiver: the repair serves it).
+    empties: VecDeque<(u64, u64, Instant)>,
     tables: VecDeque<TableReply>,
     tokens: f64,
     at: Instant,
@@ -220,6 +225,7 @@ impl Repairs {
             forgotten: 0,
             open: None,
             queue: VecDeque::new(),
+            empties: VecDeque::new(),
             tables: VecDeque::new(),
             tokens: burst,
             at: now,
@@ -290,6 +296,37 @@ impl Repairs {
     }
 }
 
+/// Queues an empty repair of `lo..=hi` to `to` (none: the group). One to the group skips what
+/// another went out for within `hold` (`empties`: those sent, and when): every receiver that
+/// missed a heartbeat asks for it, and the first repair answers them all (at 256 nodes and
+/// 10 % loss, each heartbeat was otherwise repaired once a nack: twice the empty repairs).
+fn queue_empty(
+    queue: &mut VecDeque<Job>,
+    empties: &mut VecDeque<(u64, u64, Instant)>,
+    (now, hold): (Instant, Duration),
+    (lo, hi): (u64, u64),
+    to: Option<SocketAddr>,
+) {
+    if to.is_some() {
+        queue.push_back(Job::Empty(lo, hi, to));
+        return;
+    }
+    while empties
+        .front()
+        .is_some_and(|e| now.saturating_duration_since(e.2) >= hold)
+    {
+        empties.pop_front();
+    }
+    let recent: Vec<(u64, u64)> = empties.iter().map(|e| (e.0, e.1)).collect();
+    for (l, h) in subtract(&[(lo, hi)], &recent) {
+        queue.push_back(Job::Empty(l, h, None));
+    }
+    if empties.len() >= MAX_EMPTIES {
+        empties.pop_front();
+    }
+    empties.push_back((lo, hi, now));
+}
+
 /// The most the repair bucket holds: one burst (at most a second's rate), at least one
 /// datagram.
 pub(super) fn burst(cfg: &super::Config) -> f64 {
@@ -337,7 +374,8 @@ impl Protocol {
                 break;
             }
             if s.seq > next {
-                r.queue.push_back(Job::Empty(next, s.seq - 1, direct));
+                let run = (next, s.seq - 1);
+                queue_empty(&mut r.queue, &mut r.empties, (now, hold), run, direct);
             }
             next = s.seq + 1;
             // A repair soon after the last to the same asker (or to the group) was for the same
@@ -366,7 +404,13 @@ impl Protocol {
             }
         }
         if next <= hi && r.queue.len() < MAX_QUEUE {
-            r.queue.push_back(Job::Empty(next, hi, direct));
+            queue_empty(
+                &mut r.queue,
+                &mut r.empties,
+                (now, hold),
+                (next, hi),
+                direct,
+            );
         }
         self.pump_repairs(now);
     }

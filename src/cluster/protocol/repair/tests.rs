@@ -40,3 +40,46 @@ fn a_nack_of_a_long_history_queues_a_bounded_number() {
     assert_eq!(once.len(), seqs.len(), "a datagram queued twice");
     while p.poll_transmit().is_some() {}
 }
+
+/// Heartbeats several receivers missed, asked for in different nacks (overlapping gaps), are
+/// repaired to the group once within the nack window, and again after it (a receiver that
+/// missed the repair too asks again later). A repair to a direct asker is not held back.
+#[test]
+fn an_empty_run_goes_to_the_group_once_per_window() {
+    use crate::cluster::protocol::{Config, Protocol};
+    use crate::cluster::wire::Seal;
+    let now = Instant::now();
+    let tick = Duration::from_millis(100);
+    let mut c = Config::new(1, 1, tick);
+    // (A bucket that barely refills, held empty: the queue can be read.)
+    c.max_repair_rate = 1;
+    let mut p = Protocol::new(c, Seal::new("p", b"k"));
+    // Deltas at 10 and 20; the others heartbeats.
+    p.keep_sent(now, 10, false, vec![1], None);
+    p.keep_sent(now, 20, false, vec![2], None);
+    p.seq = 30;
+    let empties = |p: &mut Protocol| {
+        let mut v = Vec::new();
+        while let Some(j) = p.repairs.queue.pop_front() {
+            if let Job::Empty(lo, hi, to) = j {
+                v.push((lo, hi, to.is_some()));
+            }
+        }
+        v
+    };
+    p.repairs.tokens = 0.0;
+    p.nacked(now, None, (3, 12), false);
+    assert_eq!(empties(&mut p), [(3, 9, false), (11, 12, false)]);
+    // A second receiver missed 5..=15: only 13..=15 was not repaired yet.
+    let soon = now + Duration::from_millis(5);
+    p.nacked(soon, None, (5, 15), false);
+    assert_eq!(empties(&mut p), [(13, 15, false)]);
+    // A relaying asker gets its own.
+    let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    p.nacked(soon, Some(to), (5, 9), true);
+    assert_eq!(empties(&mut p), [(5, 9, true)]);
+    // Past the window, the same loss is repaired again.
+    let later = now + p.cfg.nack_window * 2;
+    p.nacked(later, None, (5, 9), false);
+    assert_eq!(empties(&mut p), [(5, 9, false)]);
+}
