@@ -33,6 +33,9 @@
 //! the PRNG and the counting allocator are in the crate's library (`lib.rs`: `rig`, `rng`,
 //! `counting`), shared with the criterion benches in `perf/benches/`.
 
+// (`converge`'s report is one `json!` object of more fields than the default limit expands.)
+#![recursion_limit = "256"]
+
 mod cmd;
 mod load;
 mod proc;

@@ -303,6 +303,10 @@ fn run_seed(
 ///   within 100 ticks counts as 100 ticks and in `not_exact`.
 /// - `ticks_to_exact`: the same in whole ticks, rounded up (what `Sim::ticks_to_exact`, which
 ///   checks once per tick, reports).
+/// - `ticks_after_lossless`: how much later than the same seed's lossless burst the run was
+///   exact, in whole ticks rounded up, worst over seeds: the time loss costs. A burst bigger
+///   than a node may send in one tick (`max_tick_datagrams`, the links' capacity) takes
+///   several ticks to send even without loss; this is the time after that.
 /// - `bytes_per_node_per_tick`: every byte sent from the simulation's start (the idle settling
 ///   ticks, then the burst) until exact, per node and per simulated tick, averaged over seeds.
 /// - `burst_bytes_per_node`: the bytes sent from the burst until exact, per node.
@@ -360,6 +364,7 @@ pub fn converge(
     let mut idle = Vec::new();
     let mut resyncs = Vec::new();
     let mut vs_lossless = Vec::new();
+    let mut after_lossless = Vec::new();
     let mut repair = Vec::new();
     let mut counts = [0f64; 4];
     let mut peak = 0u64;
@@ -378,8 +383,11 @@ pub fn converge(
                 .then(|| s.spawn(move || run_seed(nodes, 0.0, seed, topics, joins, setup, false)));
             let r = run_seed(nodes, loss, seed, topics, joins, setup, true);
             let lossless = match baseline {
-                Some(b) => b.join().expect("baseline run").burst_bytes,
-                None => r.burst_bytes,
+                Some(b) => {
+                    let b = b.join().expect("baseline run");
+                    (b.burst_bytes, b.ms)
+                }
+                None => (r.burst_bytes, r.ms),
             };
             (r, lossless)
         });
@@ -390,7 +398,12 @@ pub fn converge(
         }
         entries.push(r.peer_entries as f64 / nodes as f64);
         wall = wall.max(started.elapsed().as_secs_f64());
-        vs_lossless.push(r.burst_bytes as f64 / lossless.max(1) as f64);
+        vs_lossless.push(r.burst_bytes as f64 / lossless.0.max(1) as f64);
+        // What loss added to the time, in whole ticks (a lossy run ends on a step that the
+        // lossless one may have needed part of).
+        let base_ms = lossless.1.unwrap_or(u64::from(MAX_TICKS) * tick_ms);
+        let lossy_ms = r.ms.unwrap_or(u64::from(MAX_TICKS) * tick_ms);
+        after_lossless.push(lossy_ms.saturating_sub(base_ms).div_ceil(tick_ms) as f64);
         repair.push(r.repair_bytes as f64 / nodes as f64);
         for (c, n) in counts.iter_mut().zip(r.repairs) {
             *c += n as f64 / nodes as f64 / seeds as f64;
@@ -422,6 +435,7 @@ pub fn converge(
         "step_ms": STEP.as_millis() as u64,
         "ticks_to_exact": worst(&ticks) as u64,
         "ticks_to_exact_median": median(&ticks),
+        "ticks_after_lossless": worst(&after_lossless) as u64,
         "ms_to_exact": worst(&ms) as u64,
         "ms_to_exact_median": median(&ms),
         "not_exact": not_exact,
@@ -469,6 +483,7 @@ mod tests {
             "seeds",
             "ticks_to_exact",
             "ticks_to_exact_median",
+            "ticks_after_lossless",
             "ms_to_exact",
             "ms_to_exact_median",
             "bytes_per_node_per_tick",
@@ -488,6 +503,8 @@ mod tests {
         let ms = v["ms_to_exact"].as_u64().unwrap();
         assert!(ms <= ticks * 100 && ms > (ticks - 1) * 100, "{v}");
         assert!(v["ms_to_exact_median"].as_f64().unwrap() <= ms as f64);
+        // Loss's own time is within the whole time.
+        assert!(v["ticks_after_lossless"].as_u64().unwrap() <= ticks, "{v}");
         // At least a heartbeat per node per tick.
         let idle = v["idle_bytes_per_node_per_tick"].as_f64().unwrap();
         assert!(idle >= 80.0, "{v}");
