@@ -83,8 +83,6 @@ pub(super) const MAX_TABLE_REPLIES: usize = 16;
 /// Repairs queued at most (a nack of a long history cannot make the queue, or the work to fill
 /// it, grow without bound).
 const MAX_QUEUE: usize = 1 << 16;
-/// Empty repairs to the group remembered (for [`queue_empty`]).
-const MAX_EMPTIES: usize = 256;
 /// Names sent per step of a table reply's names phase.
 const NAMES_STEP: usize = 64;
 
@@ -296,35 +294,22 @@ impl Repairs {
     }
 }
 
-/// Queues an empty repair of `lo..=hi` to `to` (none: the group). One to the group skips what
-/// another went out for within `hold` (`empties`: those sent, and when): every receiver that
-/// missed a heartbeat asks for it, and the first repair answers them all (at 256 nodes and
-/// 10 % loss, each heartbeat was otherwise repaired once a nack: twice the empty repairs).
+/// Queues an empty repair of `lo..=hi` to `to`; to the group (`to` none), less what another
+/// answered within `hold` ([`gaps::unrepaired`], `empties`).
 fn queue_empty(
     queue: &mut VecDeque<Job>,
     empties: &mut VecDeque<(u64, u64, Instant)>,
-    (now, hold): (Instant, Duration),
-    (lo, hi): (u64, u64),
+    hold: (Instant, Duration),
+    run: (u64, u64),
     to: Option<SocketAddr>,
 ) {
     if to.is_some() {
-        queue.push_back(Job::Empty(lo, hi, to));
-        return;
+        queue.push_back(Job::Empty(run.0, run.1, to));
+    } else {
+        for (l, h) in gaps::unrepaired(empties, hold, run) {
+            queue.push_back(Job::Empty(l, h, None));
+        }
     }
-    while empties
-        .front()
-        .is_some_and(|e| now.saturating_duration_since(e.2) >= hold)
-    {
-        empties.pop_front();
-    }
-    let recent: Vec<(u64, u64)> = empties.iter().map(|e| (e.0, e.1)).collect();
-    for (l, h) in subtract(&[(lo, hi)], &recent) {
-        queue.push_back(Job::Empty(l, h, None));
-    }
-    if empties.len() >= MAX_EMPTIES {
-        empties.pop_front();
-    }
-    empties.push_back((lo, hi, now));
 }
 
 /// The most the repair bucket holds: one burst (at most a second's rate), at least one
