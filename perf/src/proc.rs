@@ -1,5 +1,6 @@
 //! Processes: finding and spawning `headcount serve`, stopping children, and what /proc says
-//! about a process (resident set size, CPU time). Linux: the figures come from /proc.
+//! about a process (resident set size, CPU time), and this process's allocator settings.
+//! Linux: the figures come from /proc.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -151,4 +152,43 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
     }
     let _ = Resource::NOFILE.set(hard, hard);
     Ok(hard)
+}
+
+/// What a simulation (`converge`) frees is kept by glibc's allocator for its next allocations, not handed
+/// back to the kernel: the heap's top is never trimmed, allocations up to 32 MiB come from the
+/// heap rather than their own mappings, and the heap grows 64 MiB at a time. A run allocates and
+/// frees gigabytes in small pieces (peers' tables growing bucket by bucket), and with glibc's
+/// defaults the same memory was faulted in again and again: at 256 × 100k, 4 million page
+/// faults and 32–37 s of kernel time of 70 s (on a VM where a fresh page costs ~9 µs), against
+/// 3.1 million and 19 s so kept (see `perf/RESULTS.md`).
+///
+/// The settings are tunables (`GLIBC_TUNABLES`), read when a process starts, so this process
+/// executes itself again with them once (the user's own tunables follow, and win).
+/// `HEADCOUNT_PERF_MALLOC` set (to anything) skips it: glibc's defaults.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn keep_freed_memory() {
+    use std::os::unix::process::CommandExt;
+    const GUARD: &str = "HEADCOUNT_PERF_MALLOC";
+    const KEEP: &str = "glibc.malloc.trim_threshold=4294967295:\
+                        glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=67108864";
+    if std::env::var_os(GUARD).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut tunables = KEEP.to_string();
+    if let Some(theirs) = std::env::var("GLIBC_TUNABLES")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        tunables.push(':');
+        tunables.push_str(&theirs);
+    }
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", tunables)
+        .env(GUARD, "kept")
+        .exec();
+    eprintln!("headcount-perf: not run again with the allocator's memory kept ({err})");
 }

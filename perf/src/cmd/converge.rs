@@ -66,6 +66,8 @@ pub struct Args {
 
 /// Checks the flags, runs [`converge`] and prints its figures.
 pub fn run(a: &Args) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    crate::proc::keep_freed_memory();
     if !(0.0..1.0).contains(&a.loss) || a.nodes < 2 || a.nodes > 4096 || a.zones > a.nodes {
         eprintln!(
             "headcount-perf converge: --loss must be in [0, 1), --nodes in 2..=4096 and \
