@@ -13,7 +13,7 @@ use super::{HashMap, HashSet, NodeInfo, Peer, Protocol};
 use crate::cluster::wire::{self, Body, FLAG_DIRECT, FLAG_END, FLAG_REPLY, Kind};
 
 /// Most names kept for topics with no count yet.
-const PENDING_NAMES: usize = 1 << 16;
+pub(super) const PENDING_NAMES: usize = 1 << 16;
 
 /// The cluster aggregate and what follows it (each topic's sum over the peers' tables, the
 /// topics whose sum changed, their names), borrowed apart from the peers: a datagram's entries
@@ -25,7 +25,7 @@ struct Aggregate<'a> {
     remote_topics: &'a mut usize,
     names: &'a mut Names,
     unnamed: &'a mut HashSet<u64>,
-    pending_names: &'a mut HashMap<u64, Arc<str>>,
+    pending_names: &'a mut Names,
     learned: &'a mut VecDeque<u64>,
     newly_unnamed: &'a mut usize,
 }
@@ -263,10 +263,13 @@ impl Protocol {
         // Names of topics not counted yet (the counts may be in flight) wait in a bounded side
         // table, so that names alone cannot grow memory.
         if !self.remote.contains(hash) && !self.table.map.contains_key(&hash) {
-            if self.pending_names.len() >= PENDING_NAMES {
-                self.pending_names.clear();
+            // (Every node that counts a topic announces it: the first announcement is kept.)
+            if !self.pending_names.contains_key(hash) {
+                if self.pending_names.len() >= PENDING_NAMES {
+                    self.pending_names.clear();
+                }
+                self.pending_names.insert(hash, name);
             }
-            self.pending_names.insert(hash, name.into());
             return;
         }
         self.names.insert(hash, name);
@@ -439,9 +442,10 @@ impl Aggregate<'_> {
     /// A peer's count `c` of `h` joins the aggregate.
     fn add(&mut self, h: u64, c: u32) {
         if c != 0 && self.remote.add(h, c) && !self.names.contains_key(h) {
-            match self.pending_names.remove(&h) {
+            match self.pending_names.get(h) {
                 Some(n) => {
-                    self.names.insert(h, &n);
+                    self.names.insert(h, n);
+                    self.pending_names.remove(h);
                     self.learned.push_back(h);
                 }
                 None => {

@@ -224,7 +224,7 @@ pub struct Protocol {
     /// Hashes some peer counts whose names this node does not know.
     unnamed: HashSet<u64>,
     /// Names received before any count of their topic.
-    pending_names: HashMap<u64, Arc<str>>,
+    pending_names: Names,
     tombs: HashMap<u64, Tomb>,
     /// Each topic's sum over the peers' tables, and which sums changed since last reported.
     remote: Sums,
@@ -310,7 +310,7 @@ impl Protocol {
             observers: 0,
             dead: HashMap::default(),
             unnamed: HashSet::default(),
-            pending_names: HashMap::default(),
+            pending_names: Names::new(seed.rotate_left(16)),
             tombs: HashMap::default(),
             remote: Sums::new(seed.rotate_left(32)),
             remote_topics: 0,

@@ -130,6 +130,13 @@ impl<V: Vacant> Open<V> {
         self.len
     }
 
+    /// Forgets every key, and the slots (the homes stay where they were: the same multiplier).
+    pub(super) fn clear(&mut self) {
+        self.slots = Vec::new();
+        self.bits = 0;
+        self.len = 0;
+    }
+
     /// The value of `key`.
     #[inline]
     pub(super) fn get(&self, key: u64) -> Option<&V> {
@@ -307,6 +314,18 @@ impl Names {
     #[inline]
     pub(super) fn contains_key(&self, hash: u64) -> bool {
         self.at.contains_key(hash)
+    }
+
+    /// How many hashes have a name.
+    pub(super) fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Forgets every name, and their memory.
+    pub(super) fn clear(&mut self) {
+        self.at.clear();
+        self.bytes = Vec::new();
+        self.garbage = 0;
     }
 
     /// Names `hash` (a name over [`crate::MAX_NAME_LEN`] bytes, which no datagram can carry,

@@ -155,3 +155,43 @@ fn a_topic_a_peer_counts_is_not_announced_again() {
     assert!(named, "c never learned the name");
     assert_eq!(c.name(9), Some("room:lobby"));
 }
+
+/// Names heard before any count of their topics wait for the counts and name the topics when
+/// they come, without a request; a name heard again meanwhile is kept once; the wait is
+/// bounded (past [`apply::PENDING_NAMES`] the waiting names are dropped).
+#[test]
+fn names_heard_before_their_counts_wait_for_them() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    for _ in 0..2 {
+        for h in 0..100u64 {
+            b.learn_name(h, &format!("room:{h}"));
+        }
+    }
+    assert_eq!(b.pending_names.len(), 100);
+    assert_eq!(b.name(5), None, "named before anyone counts it");
+    // a counts them without knowing their names: the names can only come from b's wait.
+    for h in 0..100u64 {
+        a.set_local(h, 1, None);
+    }
+    let mut t = now;
+    for _ in 0..2 {
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.remote_total(), 100);
+    for h in 0..100u64 {
+        assert_eq!(b.name(h), Some(format!("room:{h}").as_str()));
+    }
+    assert!(b.unnamed.is_empty());
+    assert_eq!(b.pending_names.len(), 0);
+    assert_eq!(b.stats().resync_requests, 0, "asked for names it had");
+    // The bound.
+    let over = apply::PENDING_NAMES as u64 + 1;
+    for h in 1_000..1_000 + over {
+        b.learn_name(h, "x");
+    }
+    assert_eq!(b.pending_names.len(), 1);
+}
