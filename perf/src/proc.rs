@@ -154,13 +154,13 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
     Ok(hard)
 }
 
-/// What a simulation (`converge`) frees is kept by glibc's allocator for its next allocations, not handed
-/// back to the kernel: the heap's top is never trimmed, allocations up to 32 MiB come from the
-/// heap rather than their own mappings, and the heap grows 64 MiB at a time. A run allocates and
-/// frees gigabytes in small pieces (peers' tables growing bucket by bucket), and with glibc's
-/// defaults the same memory was faulted in again and again: at 256 × 100k, 4 million page
-/// faults and 32–37 s of kernel time of 70 s (on a VM where a fresh page costs ~9 µs), against
-/// 3.1 million and 19 s so kept (see `perf/RESULTS.md`).
+/// What a simulation (`converge`) frees is kept by glibc's allocator for its next allocations,
+/// not handed back to the kernel: the heap's top is never trimmed, allocations up to 32 MiB come
+/// from the heap rather than their own mappings, and the heap grows 64 MiB at a time. A run
+/// allocates and frees gigabytes in small pieces (peers' tables growing bucket by bucket), and
+/// with glibc's defaults the same memory was faulted in again and again: at 256 × 100k, 4
+/// million page faults and 33–34 s of kernel time in a 72–73 s run (on a VM where a fresh page
+/// costs ~9 µs), against 3.1 million and 20–26 s so kept (see `perf/RESULTS.md`).
 ///
 /// The settings are tunables (`GLIBC_TUNABLES`), read when a process starts, so this process
 /// executes itself again with them once (the user's own tunables follow, and win).

@@ -1,4 +1,5 @@
-//! Sequence-number ranges: a peer's gaps, and the nacks other receivers sent for it.
+//! Sequence-number ranges: a peer's gaps, the nacks other receivers sent for it, and the runs
+//! without topics this node recently repaired to the group.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
