@@ -200,3 +200,31 @@ fn sixty_four_nodes_with_loss() {
         assert!(sim.ticks_to_exact(20).is_some(), "seed {seed}");
     }
 }
+
+/// `exact` finds a wrong copy whose error the totals hide (one count too high, another as much
+/// too low), on any node, and agrees with `mismatches`.
+#[test]
+fn exact_finds_wrong_counts_that_keep_the_totals() {
+    for seed in 0..4 {
+        let mut sim = Sim::new(6, seed, TICK, |_| {});
+        sim.faults.delay = Duration::from_millis(1);
+        settle(&mut sim);
+        for t in 0..50 {
+            sim.set(0, hash(t), 3);
+            sim.set(1 + (t as usize % 5), hash(t), 1);
+        }
+        settle(&mut sim);
+        assert!(sim.exact() && sim.mismatches().is_empty());
+        let i = 1 + seed as usize;
+        sim.corrupt_copy_for_test(i, 0, hash(7 + seed), 4);
+        sim.corrupt_copy_for_test(i, 0, hash(20 + seed), 2);
+        assert!(!sim.exact(), "seed {seed}");
+        let wrong: Vec<_> = sim.mismatches().iter().map(|m| (m.0, m.1)).collect();
+        assert_eq!(wrong, {
+            let mut w = vec![(i, hash(7 + seed)), (i, hash(20 + seed))];
+            w.sort_by_key(|&(_, h)| h);
+            w
+        });
+        assert!(sim.ticks_to_exact(20).is_some(), "seed {seed}: not mended");
+    }
+}
