@@ -413,19 +413,28 @@ impl Protocol {
 }
 
 /// The hashes of `map` in `lo..=hi` that `listed` does not hold, in hash order. A range's
-/// entries come sorted (a slice of the sender's table): each hash is a search of them; others
-/// are sorted first.
+/// entries come sorted (a slice of the sender's table): the two sorted runs are walked side by
+/// side (the rotating refresh's ranges, nearly all held already, were a binary search a hash:
+/// a third of an idle 256 × 100k cluster's time); others are sorted first.
 fn unlisted(map: &Counts, lo: u64, hi: u64, listed: &[wire::Entry]) -> Vec<u64> {
     let key = |e: &wire::Entry| e.hash.get();
     let range = map.range(lo, hi).map(|(h, _)| h);
     if listed.is_sorted_by_key(key) {
-        return range
-            .filter(|&h| listed.binary_search_by_key(&h, key).is_err())
-            .collect();
+        return not_in(range, listed.iter().map(key));
     }
     let mut sorted: Vec<u64> = listed.iter().map(key).collect();
     sorted.sort_unstable();
-    range.filter(|h| sorted.binary_search(h).is_err()).collect()
+    not_in(range, sorted.into_iter())
+}
+
+/// The hashes of `held` not in `listed`, both in ascending order.
+fn not_in(held: impl Iterator<Item = u64>, listed: impl Iterator<Item = u64>) -> Vec<u64> {
+    let mut listed = listed.peekable();
+    held.filter(|&h| {
+        while listed.next_if(|&l| l < h).is_some() {}
+        listed.peek() != Some(&h)
+    })
+    .collect()
 }
 
 impl Aggregate<'_> {
@@ -498,6 +507,25 @@ impl Aggregate<'_> {
         } else {
             self.sub(h, old);
             self.add(h, c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The side-by-side walk answers as a set difference would, repeats in `listed`
+        /// included.
+        #[test]
+        fn not_in_is_the_set_difference(
+            held in proptest::collection::btree_set(0u64..200, 0..60),
+            mut listed in proptest::collection::vec(0u64..220, 0..60),
+        ) {
+            listed.sort_unstable();
+            let want: Vec<u64> = held.iter().copied().filter(|h| !listed.contains(h)).collect();
+            prop_assert_eq!(super::not_in(held.into_iter(), listed.into_iter()), want);
         }
     }
 }
