@@ -450,6 +450,9 @@ impl Reject {
 pub(crate) struct Checked {
     key: [u8; 32],
     bytes: std::sync::Arc<[u8]>,
+    /// Whether the bytes opened whole under that seal: then the names they carry are UTF-8,
+    /// and need not be checked again by each receiver.
+    opens: bool,
 }
 
 impl Checked {
@@ -549,6 +552,7 @@ impl Seal {
         self.tag_ok(msg, tag).then(|| Checked {
             key: self.key,
             bytes: bytes.clone(),
+            opens: self.open_as(bytes, true, true).is_ok(),
         })
     }
 
@@ -559,6 +563,20 @@ impl Seal {
         &self,
         bytes: &'a [u8],
         checked: Option<&Checked>,
+    ) -> Result<Datagram<'a>, Reject> {
+        let checked = checked.filter(|c| std::ptr::eq(&*c.bytes, bytes) && c.key == self.key);
+        // (UTF-8 is a property of the bytes alone: the names of bytes that opened whole under
+        // this key are checked already.)
+        self.open_as(bytes, checked.is_some(), !checked.is_some_and(|c| c.opens))
+    }
+
+    /// [`Seal::open`], the tag taken as right if `tag_known`, and the names checked to be
+    /// UTF-8 if `utf8`.
+    fn open_as<'a>(
+        &self,
+        bytes: &'a [u8],
+        tag_known: bool,
+        utf8: bool,
     ) -> Result<Datagram<'a>, Reject> {
         if bytes.len() < HEADER_LEN + TAG_LEN {
             return Err(Reject::Length);
@@ -571,8 +589,7 @@ impl Seal {
         if hdr.version != VERSION {
             return Err(Reject::Version);
         }
-        let known = checked.is_some_and(|c| std::ptr::eq(&*c.bytes, bytes) && c.key == self.key);
-        if !known && !self.tag_ok(msg, tag) {
+        if !tag_known && !self.tag_ok(msg, tag) {
             return Err(Reject::Mac);
         }
         if hdr.cluster.get() != self.cluster {
@@ -608,7 +625,7 @@ impl Seal {
                     names,
                 }
             }
-            Kind::Names => Body::Names(names(body, count)?),
+            Kind::Names => Body::Names(names(body, count, utf8)?),
             Kind::Repair => {
                 let (range, rest) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
                 let (lo, hi) = (range.lo.get(), range.hi.get());
@@ -616,7 +633,7 @@ impl Seal {
                     return Err(Reject::Malformed);
                 }
                 if hdr.flags.get() & FLAG_NAMES != 0 {
-                    Body::RepairNames(lo, hi, names(rest, count)?)
+                    Body::RepairNames(lo, hi, names(rest, count, utf8)?)
                 } else {
                     Body::Repair(lo, hi, entries(rest, count)?)
                 }
@@ -690,10 +707,16 @@ impl Seal {
     }
 }
 
-fn names(body: &[u8], count: usize) -> Result<Names<'_>, Reject> {
+/// A names body of `count` entries, each name checked to be UTF-8 if `utf8` (it is known to be
+/// otherwise: see [`Checked`]).
+fn names(body: &[u8], count: usize, utf8: bool) -> Result<Names<'_>, Reject> {
     let mut rest = body;
     for _ in 0..count {
-        rest = NameEntry::parse(rest)?.1;
+        rest = if utf8 {
+            NameEntry::parse(rest)?.1
+        } else {
+            NameEntry::split(rest)?.2
+        };
     }
     if !rest.is_empty() {
         return Err(Reject::Length);
@@ -817,7 +840,7 @@ pub fn uncode(coded: &[u8]) -> Result<Body<'_>, Reject> {
     }
     match Kind::from_u8(coded[0]) {
         Some(Kind::Delta) => Ok(Body::Entries(entries(body, count)?)),
-        Some(Kind::Names) => Ok(Body::Names(names(body, count)?)),
+        Some(Kind::Names) => Ok(Body::Names(names(body, count, true)?)),
         _ => Err(Reject::Kind),
     }
 }
@@ -1602,6 +1625,41 @@ mod tests {
         let mut kind = coded(&delta).unwrap();
         kind[0] = Kind::Refresh as u8;
         assert_eq!(uncode(&kind).unwrap_err(), Reject::Kind);
+    }
+
+    /// A datagram checked once for many receivers (`Seal::check`, the simulator's) has its
+    /// names' UTF-8 checked once: a receiver skips it only for bytes that opened whole under its
+    /// own key, and a bad name is still refused by every receiver.
+    #[test]
+    fn names_checked_once_are_refused_or_read_as_ever() {
+        let (s, e) = enc();
+        let good = e.names(&s, 0, &mut || 4, &st(4, 0, 0), [(9, "room:9"), (8, "x")]);
+        let good: std::sync::Arc<[u8]> = good[0].clone().into();
+        let mut bad = good.to_vec();
+        let at = bad.windows(6).position(|w| w == b"room:9").unwrap();
+        bad[at] = 0xff;
+        bad.truncate(bad.len() - TAG_LEN);
+        s.seal(&mut bad);
+        let bad: std::sync::Arc<[u8]> = bad.into();
+
+        let checked = s.check(&good).unwrap();
+        assert!(checked.opens);
+        match s.open_with(&good, Some(&checked)).unwrap().body {
+            Body::Names(n) => assert_eq!(n.collect::<Vec<_>>(), vec![(9, "room:9"), (8, "x")]),
+            other => panic!("{other:?}"),
+        }
+        let checked = s.check(&bad).unwrap();
+        assert!(!checked.opens);
+        assert_eq!(
+            s.open_with(&bad, Some(&checked)).unwrap_err(),
+            Reject::Malformed
+        );
+        // Another key's check (or other bytes') vouches for nothing.
+        let other = Seal::new("test", b"another key");
+        assert_eq!(
+            other.open_with(&bad, Some(&checked)).unwrap_err(),
+            Reject::Mac
+        );
     }
 
     proptest! {
