@@ -532,7 +532,7 @@ impl Sim {
         while let Some(start) = self
             .queues
             .iter()
-            .filter_map(|q| q.peek().map(|Reverse(e)| e.at))
+            .filter_map(|q| q.peek().map(|Reverse(e)| e.at()))
             .min()
         {
             if start > until {
@@ -540,12 +540,12 @@ impl Sim {
             }
             let end = (start + span).min(until + Duration::from_nanos(1));
             for u in 0..self.queues.len() {
-                while self.queues[u].peek().is_some_and(|Reverse(e)| e.at < end) {
+                while self.queues[u].peek().is_some_and(|Reverse(e)| e.at() < end) {
                     let Some(Reverse(ev)) = self.queues[u].pop() else {
                         break;
                     };
                     // A wake asked for a time already past runs now.
-                    self.now = ev.at.max(self.clocks[u]);
+                    self.now = ev.at().max(self.clocks[u]);
                     self.clocks[u] = self.now;
                     self.handle(ev);
                 }
@@ -559,7 +559,7 @@ impl Sim {
         match ev.what {
             What::Tick(i) => {
                 let n = &self.nodes[i];
-                if n.proto.is_none() || n.next_tick != ev.at {
+                if n.proto.is_none() || n.next_tick != ev.at() {
                     return; // stale: crashed, or restarted since
                 }
                 self.zone_before_tick(i);
@@ -567,13 +567,13 @@ impl Sim {
                 p.handle_tick(self.base + self.now);
                 self.flush(i, &mut p);
                 self.nodes[i].proto = Some(p);
-                let next = ev.at + self.tick;
+                let next = ev.at() + self.tick;
                 self.nodes[i].next_tick = next;
                 self.queue(Event::tick(next, i));
                 self.rewake(i);
             }
             What::Wake(i) => {
-                if self.nodes[i].wake != Some(ev.at) {
+                if self.nodes[i].wake != Some(ev.at()) {
                     return; // stale: the node asked for another time since
                 }
                 self.nodes[i].wake = None;

@@ -104,6 +104,7 @@ impl Sim {
         if c.ingress_bytes_per_sec == 0 || *arrived {
             return Some(ev);
         }
+        let to = to as usize;
         let len = bytes.bytes().len();
         let free = self.nodes[to].rx_free;
         if c.recv_buffer > 0
@@ -115,7 +116,7 @@ impl Sim {
         let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
         self.nodes[to].rx_free = done;
         *arrived = true;
-        ev.at = done;
+        ev.set_at(done);
         self.queue(ev);
         None
     }
@@ -152,16 +153,7 @@ impl Sim {
         out: &mut Vec<(Duration, usize, u64)>,
     ) {
         for (at, to, id) in out.drain(..) {
-            self.queue(Event {
-                at,
-                key: (1, id),
-                what: What::Datagram {
-                    to,
-                    from,
-                    bytes: bytes.clone(),
-                    arrived: false,
-                },
-            });
+            self.queue(Event::datagram(at, id, to, from, bytes.clone()));
         }
     }
 
@@ -176,6 +168,7 @@ impl Sim {
         else {
             return;
         };
+        let (to, from) = (to as usize, from as usize);
         if let Some(mut p) = self.nodes[to].proto.take() {
             self.delivered += 1;
             let now = self.base + self.now;
