@@ -9,7 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The system allocator, counting the allocations (`alloc`, `alloc_zeroed`, `realloc`) made by
 /// threads that turned counting on with [`count_allocs`].
@@ -17,9 +17,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
-/// Bytes allocated and not freed by the threads that track them, since tracking began (may go
-/// below zero when memory allocated before is freed).
-static LIVE: AtomicI64 = AtomicI64::new(0);
 
 thread_local! {
     /// Whether this thread's allocations are counted. Const-initialized and without a
@@ -29,6 +26,10 @@ thread_local! {
     /// multithreaded load commands then pay nothing; and `converge` runs its lossless baseline
     /// beside the measured run, untracked).
     static TRACK: Cell<bool> = const { Cell::new(false) };
+    /// Bytes this thread allocated and did not free since it began tracking them (may go below
+    /// zero when memory allocated before is freed). Its own, not an atomic shared by all: a
+    /// 256-node `converge` run allocates tens of millions of times on the thread it measures.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
 }
 
 #[inline]
@@ -41,12 +42,12 @@ fn note_alloc() {
 #[inline]
 fn note_bytes(delta: i64) {
     if TRACK.try_with(Cell::get).unwrap_or(false) {
-        LIVE.fetch_add(delta, Ordering::Relaxed);
+        let _ = LIVE.try_with(|l| l.set(l.get() + delta));
     }
 }
 
 // SAFETY: every method forwards to `System` with the same arguments; counting touches only an
-// atomic and a thread-local `Cell`, neither of which allocates.
+// atomic and thread-local `Cell`s, none of which allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note_alloc();
@@ -85,15 +86,14 @@ pub fn count_allocs(on: bool) {
 /// Starts keeping the bytes this thread allocates and does not free ([`live_bytes`]), from
 /// zero; or stops.
 pub fn track_bytes(on: bool) {
-    LIVE.store(0, Ordering::Relaxed);
+    LIVE.with(|l| l.set(0));
     TRACK.with(|t| t.set(on));
 }
 
-/// Bytes allocated and not freed since [`track_bytes`]`(true)` by the threads tracking them
-/// (requested sizes, not the allocator's rounding; zero unless [`Counting`] is the global
-/// allocator).
+/// Bytes this thread allocated and did not free since its [`track_bytes`]`(true)` (requested
+/// sizes, not the allocator's rounding; zero unless [`Counting`] is the global allocator).
 pub fn live_bytes() -> i64 {
-    LIVE.load(Ordering::Relaxed)
+    LIVE.with(Cell::get)
 }
 
 /// Allocations counted so far, all threads together (zero unless [`Counting`] is the global
