@@ -128,6 +128,16 @@ impl Protocol {
             if p.observer {
                 return;
             }
+            if matches!(
+                d.body,
+                Body::Entries(_) | Body::Range(..) | Body::Repair(..)
+            ) {
+                // Counts come: the copy is sized for the table the peer says it has (at most
+                // what a peer may hold here), not grown a few entries at a time.
+                p.table
+                    .map
+                    .expect((declared.1 as usize).min(self.cfg.max_topics_per_peer));
+            }
         }
         // One of its own numbered delta or names datagrams, sent to the group itself: held for
         // decoding its parity (`repair/recover.rs`).

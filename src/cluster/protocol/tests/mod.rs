@@ -66,15 +66,19 @@ proptest! {
 
     /// The compact table answers every lookup and range as an ordered map would, through
     /// inserts, updates and removals that split its buckets (hashes over the whole space,
-    /// and crowded in a few buckets).
+    /// and crowded in a few buckets), sized ahead (`expect`) or not, before or midway.
     #[test]
     fn counts_agree_with_an_ordered_map(
         ops in proptest::collection::vec((any::<u64>(), 0u32..4, any::<bool>()), 0..3000),
         ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..20),
+        ahead in proptest::option::of((0usize..3000, 0usize..20_000)),
     ) {
         let mut c = peer::Counts::default();
         let mut m = std::collections::BTreeMap::new();
         for (i, (h, n, crowd)) in ops.into_iter().enumerate() {
+            if let Some((at, size)) = ahead && (at == i || at / 2 == i) {
+                c.expect(size);
+            }
             // Crowded: the same top bits, or one of a few hashes again and again.
             let h = if crowd { (h & 0xff) | 0xabc0_0000_0000_0000 } else { h };
             let old = m.get(&h).copied().unwrap_or(0);
@@ -480,6 +484,39 @@ fn a_nack_heard_within_the_wait_holds_the_same_nack_back() {
         assert!(p.converged());
         assert_eq!(p.name(49), Some("room:49"));
         assert_eq!(p.stats().resync_requests, 0);
+    }
+}
+
+/// A table told the size it will have (a peer's declared size) makes the room up front, once:
+/// filled, it holds what it was given in at most 16 bytes an entry, having grown little past
+/// that room.
+#[test]
+fn a_peer_table_sized_ahead_makes_room_once() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for n in [500usize, 4_000, 50_000] {
+        let mut c = peer::Counts::default();
+        c.expect(n);
+        let room = c.heap_bytes();
+        assert!(room >= n * 12 * 9 / 10, "{room} B made for {n}");
+        c.expect(n);
+        assert_eq!(c.heap_bytes(), room, "sized once");
+        let mut keys = Vec::new();
+        while c.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys.push(x);
+            c.set(x, 2);
+        }
+        let per = c.heap_bytes() as f64 / n as f64;
+        assert!(per <= 16.0, "{per:.1} B an entry at {n}");
+        assert!(
+            c.heap_bytes() < room * 13 / 10,
+            "{room} -> {}",
+            c.heap_bytes()
+        );
+        keys.sort_unstable();
+        assert!(c.iter().eq(keys.iter().map(|&k| (k, 2))));
     }
 }
 
