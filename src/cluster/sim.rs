@@ -7,17 +7,18 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
+mod addr;
 mod event;
 mod link;
 mod zone;
 mod zones;
 
+pub use addr::{addr, topic_hash};
 use event::{Event, Sent, What};
 pub use link::{Capacity, Faults, LinkStats};
 pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::protocol::{Clock, Config, Dest, Protocol};
@@ -89,30 +90,6 @@ impl std::fmt::Debug for Sim {
             .field("nodes", &self.nodes.len())
             .field("now", &self.now)
             .finish()
-    }
-}
-
-/// Topic number `i`'s wire hash in the simulation: spread over the whole hash space, like real
-/// keyed hashes.
-pub fn topic_hash(i: u64) -> u64 {
-    i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555
-}
-
-/// The address node `i` sends from.
-pub fn addr(i: usize) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::new(10, 77, (i >> 8) as u8, i as u8),
-        7380,
-    ))
-}
-
-fn index(a: SocketAddr) -> Option<usize> {
-    match a {
-        SocketAddr::V4(v) if v.port() == 7380 => {
-            let o = v.ip().octets();
-            Some(usize::from(o[2]) << 8 | usize::from(o[3]))
-        }
-        _ => None,
     }
 }
 
@@ -486,7 +463,7 @@ impl Sim {
                     }
                 }
                 Dest::To(a) => {
-                    if let Some(j) = index(a).filter(|&j| j < self.nodes.len()) {
+                    if let Some(j) = addr::index(a).filter(|&j| j < self.nodes.len()) {
                         let Some(left) = self.uplink(i, t.bytes.len()) else {
                             continue;
                         };

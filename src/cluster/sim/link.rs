@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Sim;
+use super::addr::addr;
 use super::event::{Event, Sent, What};
-use super::{Sim, addr};
 
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
 #[derive(Debug, Clone, Copy, Default)]
