@@ -425,7 +425,7 @@ impl Protocol {
 /// The hashes of `map` in `lo..=hi` that `listed` does not hold, in hash order. A range's
 /// entries come sorted (a slice of the sender's table): the two sorted runs are walked side by
 /// side (the rotating refresh's ranges, nearly all held already, were a binary search a hash:
-/// a third of an idle 256 × 100k cluster's time); others are sorted first.
+/// about half of an idle 256 × 100k cluster's time); others are sorted first.
 fn unlisted(map: &Counts, lo: u64, hi: u64, listed: &[wire::Entry]) -> Vec<u64> {
     let key = |e: &wire::Entry| e.hash.get();
     let range = map.range(lo, hi).map(|(h, _)| h);

@@ -492,7 +492,7 @@ fn a_nack_heard_within_the_wait_holds_the_same_nack_back() {
 /// that room.
 #[test]
 fn a_peer_table_sized_ahead_makes_room_once() {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = super::open::test_rng(0x2545_f491_4f6c_dd1d);
     for n in [500usize, 4_000, 50_000] {
         let mut c = peer::Counts::default();
         c.expect(n);
@@ -502,9 +502,7 @@ fn a_peer_table_sized_ahead_makes_room_once() {
         assert_eq!(c.heap_bytes(), room, "sized once");
         let mut keys = Vec::new();
         while c.len() < n {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next();
             keys.push(x);
             c.set(x, 2);
         }
