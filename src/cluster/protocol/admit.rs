@@ -330,6 +330,7 @@ impl Protocol {
                 gaps: Vec::new(),
                 nack_at: None,
                 nacks: 0,
+                least_need: u32::MAX,
                 asked: Vec::new(),
                 digest_rounds: 0,
                 digests_served: (0, 0, now),

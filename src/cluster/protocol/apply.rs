@@ -218,6 +218,7 @@ impl Protocol {
                     p.gaps.clear();
                     p.asked.clear();
                     p.nacks = 0;
+                    p.least_need = u32::MAX;
                     p.nack_at = None;
                 } else if !p.gaps.is_empty() {
                     self.request_where_needed(now);

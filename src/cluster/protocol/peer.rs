@@ -348,8 +348,14 @@ pub(super) struct Peer {
     pub(super) gaps: Vec<(u64, u64)>,
     /// When this node nacks them (a random moment after its copy was found wrong).
     pub(super) nack_at: Option<Instant>,
-    /// Nack rounds since its copy was last right.
+    /// Nack rounds since its copy was last right, or since a round asked for less than every
+    /// round before it.
     pub(super) nacks: u8,
+    /// The fewest sequence numbers a nack round asked of it since its copy was last right
+    /// (`u32::MAX`: no round yet). A round that asks for fewer made progress (symbols or
+    /// repairs came): the rounds count afresh. Each reset takes a new low, so they are
+    /// bounded by what the first round asked.
+    pub(super) least_need: u32,
     /// Its sequence numbers other receivers nacked, and when (this node does not ask again).
     pub(super) asked: Vec<(u64, u64, Instant)>,
     /// Digest requests for its whole range sent since its copy was last right or it last sent

@@ -55,7 +55,9 @@ use crate::cluster::wire::{FLAG_END, Gap, Kind};
 pub(super) use gaps::{add_asked, add_gap, subtract};
 
 /// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
-/// the whole table) instead.
+/// the whole table) instead. For a peer whose table is reconciled by digests (over
+/// [`SMALL_TABLE`] datagrams), a round that asks for less than every round before it (symbols
+/// or repairs came) begins the count afresh: only rounds that bring nothing count.
 pub(super) const MAX_NACKS: u8 = 4;
 /// Digest requests for a peer's whole range, unanswered, before this node asks it for its whole
 /// table instead.
