@@ -31,13 +31,22 @@ impl Protocol {
                 .retain(|a| now.saturating_duration_since(a.2) < every);
             let asked: Vec<(u64, u64)> = p.asked.iter().map(|a| (a.0, a.1)).collect();
             let (mut by_parity, plain) = if self.cfg.parity {
-                p.recover.split(&p.gaps)
+                p.recover.split(&p.gaps, false)
             } else {
                 (Vec::new(), p.gaps.clone())
             };
             let left = subtract(&plain, &asked);
             let need =
                 u32::try_from(seqs(&by_parity).saturating_add(seqs(&plain))).unwrap_or(u32::MAX);
+            // Where giving up on nacks means reconciling by range digests (see below), a round
+            // after one that brought nothing (it needs no less than the least yet) asks for a
+            // spare symbol of each block it holds symbols of: one more loss then costs no
+            // round.
+            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
+            let big = size > SMALL_TABLE * per_entries;
+            if big && self.cfg.parity && p.least_need != u32::MAX && need >= p.least_need {
+                by_parity = p.recover.split(&p.gaps, true).0;
+            }
             // A later round asks for symbols beyond those it counted: another's nack may be
             // answered by the very symbols it counted, so it is never held back.
             let later = p.nacks > 0 || p.recover.has_symbols();
@@ -51,9 +60,8 @@ impl Protocol {
             // of round trips, each of which loss can delay an interval), only rounds that
             // bring nothing count. A small table is fetched whole in one round trip instead:
             // there every round counts (more rounds made 256 × 2k slower at 10 % loss).
-            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
             if need < p.least_need {
-                if p.least_need != u32::MAX && size > SMALL_TABLE * per_entries {
+                if p.least_need != u32::MAX && big {
                     p.nacks = 0;
                 }
                 p.least_need = need;

@@ -138,7 +138,13 @@ impl Recover {
     /// Splits a peer's gaps into those to nack for parity and those to nack for plain repairs;
     /// for a block whose parity this node holds some of, only as many missing members as it
     /// lacks symbols are kept (see the module docs).
-    pub(in crate::cluster::protocol) fn split(&self, gaps: &[(u64, u64)]) -> (Ranges, Ranges) {
+    /// With `spare`, a block whose parity it holds some of is asked for one symbol more than it
+    /// lacks.
+    pub(in crate::cluster::protocol) fn split(
+        &self,
+        gaps: &[(u64, u64)],
+        spare: bool,
+    ) -> (Ranges, Ranges) {
         let Some(from) = self.from.filter(|_| !self.blind) else {
             return (Vec::new(), gaps.to_vec());
         };
@@ -211,6 +217,7 @@ impl Recover {
                 .map(|i| (lo + i, lo + i))
                 .collect();
             coded.extend(subtract(&inside, &ours));
+            let have = if spare { have.saturating_sub(1) } else { have };
             coded.extend(missing[have..].iter().map(|&s| (s, s)));
         }
         let mut coded = super::gaps::merge(&coded);
