@@ -353,7 +353,8 @@ pub(super) struct Peer {
     pub(super) nacks: u8,
     /// The fewest sequence numbers a nack round asked of it since its copy was last right
     /// (`u32::MAX`: no round yet). A round that asks for fewer made progress (symbols or
-    /// repairs came): the rounds count afresh. Each reset takes a new low, so they are
+    /// repairs came): for a table reconciled by digests, the rounds count afresh (see
+    /// [`MAX_NACKS`](super::repair::MAX_NACKS)). Each reset takes a new low, so they are
     /// bounded by what the first round asked.
     pub(super) least_need: u32,
     /// Its sequence numbers other receivers nacked, and when (this node does not ask again).

@@ -138,6 +138,7 @@ impl Recover {
     /// Splits a peer's gaps into those to nack for parity and those to nack for plain repairs;
     /// for a block whose parity this node holds some of, only as many missing members as it
     /// lacks symbols are kept (see the module docs).
+    ///
     /// With `spare`, a block whose parity it holds some of is asked for one symbol more than it
     /// lacks.
     pub(in crate::cluster::protocol) fn split(
