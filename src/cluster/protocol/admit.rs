@@ -331,6 +331,7 @@ impl Protocol {
                 nack_at: None,
                 nacks: 0,
                 least_need: u32::MAX,
+                names_rounds: false,
                 asked: Vec::new(),
                 digest_rounds: 0,
                 digests_served: (0, 0, now),

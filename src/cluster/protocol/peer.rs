@@ -357,6 +357,9 @@ pub(super) struct Peer {
     /// [`MAX_NACKS`](super::repair::MAX_NACKS)). Each reset takes a new low, so they are
     /// bounded by what the first round asked.
     pub(super) least_need: u32,
+    /// The last nack round was for names its gaps may have held, sent while its counts were
+    /// right here: when its counts go wrong next, their rounds begin afresh.
+    pub(super) names_rounds: bool,
     /// Its sequence numbers other receivers nacked, and when (this node does not ask again).
     pub(super) asked: Vec<(u64, u64, Instant)>,
     /// Digest requests for its whole range sent since its copy was last right or it last sent

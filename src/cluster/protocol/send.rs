@@ -415,6 +415,18 @@ impl Protocol {
                 continue;
             }
             let behind = p.declared.is_some() && !p.converged();
+            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
+            if behind && p.names_rounds && size > super::repair::SMALL_TABLE * per_entries {
+                // The rounds spent so far were for names, while its counts were right: this
+                // divergence gets rounds of its own. (While a topic stays unnamed — a name too
+                // long to announce never comes — they stayed spent: every later loss of this
+                // peer's went to digests. A small table is fetched whole in one round trip,
+                // faster than rounds: there they stay spent; resetting them made 64 nodes in
+                // 8 zones 50 ms slower at 10 % loss.)
+                p.nacks = 0;
+                p.least_need = u32::MAX;
+                p.names_rounds = false;
+            }
             // Its counts are right here but names are missing, and this node missed some of
             // its datagrams: they may have held the names.
             // Only once the peer declared a final digest that its copy here matches: in the
@@ -447,6 +459,7 @@ impl Protocol {
                     .get_or_insert_with(|| now + repairs.jitter(window));
                 if at <= now {
                     nack.push(n);
+                    p.names_rounds = names_gap;
                 } else {
                     wake = Some(wake.map_or(at, |w| w.min(at)));
                 }

@@ -462,3 +462,88 @@ fn a_round_that_brought_symbols_does_not_count_as_failed() {
         assert!(now < tn + Duration::from_secs(1), "gave up in time");
     }
 }
+
+/// A peer counts a topic whose name never comes (over `MAX_WIRE_NAME` bytes). Gaps of its that
+/// hid nothing but names are nacked a few rounds, then given up for a names request; that must
+/// not use up the rounds for good where running out of them means reconciling by digests: a
+/// later burst's loss is nacked again. (The rounds stayed spent while any topic was unnamed:
+/// with one such topic in the cluster, every big peer's losses went to digests once its names
+/// rounds ran out once.)
+#[test]
+fn rounds_spent_on_names_are_not_spent_for_good() {
+    let (mut ps, mut t) = formed(2);
+    let long: Arc<str> = "x".repeat(wire::MAX_WIRE_NAME + 1).into();
+    ps[0].set_local(7, 1, Some(&long));
+    // A table over `SMALL_TABLE` datagrams, each topic named.
+    for h in 10_000..12_500u64 {
+        let name: Arc<str> = format!("room:{h}").into();
+        ps[0].set_local(h, 1, Some(&name));
+    }
+    for _ in 0..3 {
+        exchange(&mut ps, t, &[]);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(ps[1].remote(7), 1);
+    assert_eq!(ps[1].remote_total(), 2_501);
+    assert!(ps[1].name(7).is_none(), "a name too long to announce");
+    // A heartbeat of node 1 is lost: its counts are right at node 2, but the gap might have
+    // held names. Every nack node 2 sends about it is lost.
+    ps[0].handle_tick(t);
+    drain(&mut ps[0]);
+    t += Duration::from_millis(100);
+    exchange(&mut ps, t, &[]);
+    assert!(ps[1].converged());
+    let mut nacks = 0;
+    let mut now = t;
+    for _ in 0..64 {
+        let Some(w) = ps[1]
+            .poll_timeout()
+            .filter(|&w| w < t + Duration::from_millis(100))
+        else {
+            break;
+        };
+        now = now.max(w);
+        ps[1].handle_timeout(now);
+        nacks += kinds(&drain(&mut ps[1]), &ps[1].seal)
+            .iter()
+            .filter(|k| **k == Kind::Nack)
+            .count();
+    }
+    assert_eq!(
+        nacks,
+        usize::from(repair::MAX_NACKS),
+        "names rounds, then given up"
+    );
+    // A burst; one of its deltas is lost at node 2.
+    t += Duration::from_millis(100);
+    let burst = burst(&mut ps[0], 1000..1300u64, t);
+    let d = deltas(&burst, &ps[0].seal);
+    for (i, x) in burst.iter().enumerate() {
+        if i != d[1] {
+            ps[1].handle_datagram(t, addr(1), &x.bytes);
+        }
+    }
+    assert!(!ps[1].converged());
+    // What it asks within a resync interval: a nack, not the table (a names request for the
+    // long name may go too).
+    let mut asked = Vec::new();
+    let mut now = t;
+    while let Some(w) = ps[1]
+        .poll_timeout()
+        .filter(|&w| w < t + ps[1].cfg.resync_interval)
+    {
+        now = now.max(w);
+        ps[1].handle_timeout(now);
+        for x in drain(&mut ps[1]) {
+            let g = ps[1].seal.open(&x.bytes).expect("its own datagram");
+            asked.push((g.kind, g.header.flags.get() & (FLAG_NAMES | FLAG_STATE)));
+        }
+    }
+    assert!(asked.iter().any(|a| a.0 == Kind::Nack), "nacked: {asked:?}");
+    assert!(
+        !asked
+            .iter()
+            .any(|a| a.0 == Kind::DigestRequest || a.1 & FLAG_STATE != 0),
+        "no table or ranges asked: {asked:?}"
+    );
+}
