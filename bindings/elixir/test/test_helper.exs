@@ -24,7 +24,25 @@ distributed =
     true ->
       {_, 0} = System.cmd("epmd", ["-daemon"])
 
-      case :net_kernel.start([:"headcount_test@127.0.0.1", :longnames]) do
+      # `epmd -daemon` returns before a new epmd listens (on a fresh machine the first start
+      # failed with econnrefused): try for up to five seconds.
+      start = fn ->
+        :net_kernel.start([:"headcount_test@127.0.0.1", :longnames])
+      end
+
+      started =
+        Enum.reduce_while(1..50, nil, fn _, _ ->
+          case start.() do
+            {:ok, _} = ok ->
+              {:halt, ok}
+
+            {:error, _} = e ->
+              Process.sleep(100)
+              {:cont, e}
+          end
+        end)
+
+      case started do
         {:ok, _} -> []
         {:error, e} -> missing.(:distributed, "cannot start distribution: #{inspect(e)}")
       end
