@@ -424,6 +424,18 @@ impl Peer {
     pub(super) fn total(&self) -> u64 {
         self.table.sum
     }
+
+    /// Whether its table is over [`SMALL_TABLE`](super::repair::SMALL_TABLE) datagrams of
+    /// `per` entries (its copy here, or what it declares, whichever is larger): a copy that
+    /// holds something is then reconciled by range digests rather than fetched whole, and
+    /// nack rounds that bring something do not count towards that.
+    pub(super) fn big(&self, per: usize) -> bool {
+        let size = self
+            .table
+            .len()
+            .max(self.declared.map_or(0, |d| d.1 as usize));
+        size > super::repair::SMALL_TABLE * per
+    }
 }
 
 /// What is remembered of a dropped node.

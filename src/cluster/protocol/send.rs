@@ -415,8 +415,8 @@ impl Protocol {
                 continue;
             }
             let behind = p.declared.is_some() && !p.converged();
-            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
-            if behind && p.names_rounds && size > super::repair::SMALL_TABLE * per_entries {
+            let big = p.big(per_entries);
+            if behind && p.names_rounds && big {
                 // The rounds spent so far were for names, while its counts were right: this
                 // divergence gets rounds of its own. (While a topic stays unnamed — a name too
                 // long to announce never comes — they stayed spent: every later loss of this
@@ -468,11 +468,10 @@ impl Protocol {
             // most: the peer may not answer them); an empty one (nothing to compare), one over
             // a cap, or a small table (a few datagrams: one round trip costs less than the
             // rounds of digests, each of which loss can delay) gets the whole table.
-            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
             if state
                 && fanout > 0
                 && p.table.len() > 0
-                && size > super::repair::SMALL_TABLE * per_entries
+                && big
                 && !p.over_cap
                 && p.digest_rounds < super::repair::MAX_DIGEST_ROUNDS
             {

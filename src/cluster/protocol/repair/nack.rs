@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::super::{Dest, Protocol};
-use super::{Gap, SMALL_TABLE, add_asked, subtract};
+use super::{Gap, add_asked, subtract};
 use crate::cluster::wire;
 
 impl Protocol {
@@ -42,8 +42,7 @@ impl Protocol {
             // after one that brought nothing (it needs no less than the least yet) asks for a
             // spare symbol of each block it holds symbols of: one more loss then costs no
             // round.
-            let size = p.table.len().max(p.declared.map_or(0, |d| d.1 as usize));
-            let big = size > SMALL_TABLE * per_entries;
+            let big = p.big(per_entries);
             if big && self.cfg.parity && p.least_need != u32::MAX && need >= p.least_need {
                 by_parity = p.recover.split(&p.gaps, true).0;
             }
