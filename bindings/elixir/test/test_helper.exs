@@ -26,13 +26,9 @@ distributed =
 
       # `epmd -daemon` returns before a new epmd listens (on a fresh machine the first start
       # failed with econnrefused): try for up to five seconds.
-      start = fn ->
-        :net_kernel.start([:"headcount_test@127.0.0.1", :longnames])
-      end
-
       started =
         Enum.reduce_while(1..50, nil, fn _, _ ->
-          case start.() do
+          case :net_kernel.start([:"headcount_test@127.0.0.1", :longnames]) do
             {:ok, _} = ok ->
               {:halt, ok}
 

@@ -330,7 +330,7 @@ impl Protocol {
                 gaps: Vec::new(),
                 nack_at: None,
                 nacks: 0,
-                least_need: u32::MAX,
+                least_need: None,
                 names_rounds: false,
                 asked: Vec::new(),
                 digest_rounds: 0,

@@ -218,7 +218,7 @@ impl Protocol {
                     p.gaps.clear();
                     p.asked.clear();
                     p.nacks = 0;
-                    p.least_need = u32::MAX;
+                    p.least_need = None;
                     p.nack_at = None;
                 } else if !p.gaps.is_empty() {
                     self.request_where_needed(now);

@@ -352,11 +352,11 @@ pub(super) struct Peer {
     /// round before it.
     pub(super) nacks: u8,
     /// The fewest sequence numbers a nack round asked of it since its copy was last right
-    /// (`u32::MAX`: no round yet). A round that asks for fewer made progress (symbols or
-    /// repairs came): for a table reconciled by digests, the rounds count afresh (see
+    /// (`None`: no round yet). A round that asks for fewer made progress (symbols or repairs
+    /// came): for a table reconciled by digests, the rounds count afresh (see
     /// [`MAX_NACKS`](super::repair::MAX_NACKS)). Each reset takes a new low, so they are
     /// bounded by what the first round asked.
-    pub(super) least_need: u32,
+    pub(super) least_need: Option<u64>,
     /// The last nack round was for names its gaps may have held, sent while its counts were
     /// right here: when its counts go wrong next, their rounds begin afresh.
     pub(super) names_rounds: bool,

@@ -424,7 +424,7 @@ impl Protocol {
                 // faster than rounds: there they stay spent; resetting them made 64 nodes in
                 // 8 zones 50 ms slower at 10 % loss.)
                 p.nacks = 0;
-                p.least_need = u32::MAX;
+                p.least_need = None;
                 p.names_rounds = false;
             }
             // Its counts are right here but names are missing, and this node missed some of

@@ -36,14 +36,13 @@ impl Protocol {
                 (Vec::new(), p.gaps.clone())
             };
             let left = subtract(&plain, &asked);
-            let need =
-                u32::try_from(seqs(&by_parity).saturating_add(seqs(&plain))).unwrap_or(u32::MAX);
+            let need = seqs(&by_parity).saturating_add(seqs(&plain));
             // Where giving up on nacks means reconciling by range digests (see below), a round
             // after one that brought nothing (it needs no less than the least yet) asks for a
             // spare symbol of each block it holds symbols of: one more loss then costs no
             // round.
             let big = p.big(per_entries);
-            if big && self.cfg.parity && p.least_need != u32::MAX && need >= p.least_need {
+            if big && self.cfg.parity && p.least_need.is_some_and(|l| need >= l) {
                 by_parity = p.recover.split(&p.gaps, true).0;
             }
             // A later round asks for symbols beyond those it counted: another's nack may be
@@ -59,11 +58,14 @@ impl Protocol {
             // of round trips, each of which loss can delay an interval), only rounds that
             // bring nothing count. A small table is fetched whole in one round trip instead:
             // there every round counts (more rounds made 256 × 2k slower at 10 % loss).
-            if need < p.least_need {
-                if p.least_need != u32::MAX && big {
-                    p.nacks = 0;
+            match p.least_need {
+                Some(l) if need >= l => {}
+                least => {
+                    if least.is_some() && big {
+                        p.nacks = 0;
+                    }
+                    p.least_need = Some(need);
                 }
-                p.least_need = need;
             }
             p.nacks += 1;
             if left.is_empty() && by_parity.is_empty() {

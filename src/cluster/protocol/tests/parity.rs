@@ -91,6 +91,31 @@ fn nack(ps: &mut [Protocol], who: &[usize]) -> Instant {
     t
 }
 
+/// What `p` sent as its timeouts fired, from `from` until before `until` (64 at most, nothing
+/// delivered): each datagram's time, kind, `FLAG_NAMES | FLAG_STATE` flags, and for a nack the
+/// sequence numbers it asks for.
+fn on_timeouts(p: &mut Protocol, from: Instant, until: Instant) -> Vec<(Instant, Kind, u16, u64)> {
+    let mut sent = Vec::new();
+    let mut now = from;
+    for _ in 0..64 {
+        let Some(w) = p.poll_timeout().filter(|&w| w < until) else {
+            break;
+        };
+        now = now.max(w);
+        p.handle_timeout(now);
+        for x in drain(p) {
+            let g = p.seal.open(&x.bytes).expect("its own datagram");
+            let seqs = match g.body {
+                Body::Gaps(gaps) => gaps.iter().map(|g| g.hi.get() - g.lo.get() + 1).sum(),
+                _ => 0,
+            };
+            let flags = g.header.flags.get() & (FLAG_NAMES | FLAG_STATE);
+            sent.push((now, g.kind, flags, seqs));
+        }
+    }
+    sent
+}
+
 /// Two receivers miss a different delta each; a third misses none. Their nacks are answered
 /// with one parity datagram, which repairs both: the largest loss, not the union.
 #[test]
@@ -400,8 +425,8 @@ fn a_nack_repeated_while_the_bucket_is_backlogged_queues_no_more_symbols() {
 /// in one round trip: there every round still counts, and asks for what it lacks only.
 #[test]
 fn a_round_that_brought_symbols_does_not_count_as_failed() {
-    let big: &[usize] = &[1, 2, 2, 2];
-    let small: &[usize] = &[1, 1, 1];
+    let big: &[u64] = &[1, 2, 2, 2];
+    let small: &[u64] = &[1, 1, 1];
     for (topics, asks) in [(2_500u64, big), (800, small)] {
         let (mut ps, t) = formed(2);
         let burst = burst(&mut ps[0], 0..topics, t);
@@ -432,32 +457,19 @@ fn a_round_that_brought_symbols_does_not_count_as_failed() {
         assert!(!ps[1].converged(), "one symbol short");
         // Every later nack is lost: what each round asks for (sequence numbers), until it
         // asks otherwise.
-        let mut rounds: Vec<usize> = Vec::new();
-        let mut asked = false;
-        let mut now = tn;
-        for _ in 0..64 {
-            let Some(w) = ps[1].poll_timeout() else { break };
-            now = now.max(w);
-            ps[1].handle_timeout(now);
-            for x in drain(&mut ps[1]) {
-                let g = ps[1].seal.open(&x.bytes).expect("its own datagram");
-                match g.body {
-                    Body::Gaps(gaps) => rounds.push(
-                        gaps.iter()
-                            .map(|g| (g.hi.get() - g.lo.get() + 1) as usize)
-                            .sum(),
-                    ),
-                    _ if matches!(g.kind, Kind::DigestRequest | Kind::ResyncRequest) => {
-                        asked = true;
-                    }
-                    _ => {}
-                }
-            }
-            if asked {
-                break;
-            }
-        }
-        assert!(asked, "{topics} topics: asked otherwise at last");
+        let sent = on_timeouts(&mut ps[1], tn, tn + Duration::from_secs(10));
+        let asked = sent
+            .iter()
+            .find(|s| matches!(s.1, Kind::DigestRequest | Kind::ResyncRequest))
+            .map(|s| s.0);
+        let Some(now) = asked else {
+            panic!("{topics} topics: asked otherwise at last");
+        };
+        let rounds: Vec<u64> = sent
+            .iter()
+            .filter(|s| s.0 <= now && s.1 == Kind::Nack)
+            .map(|s| s.3)
+            .collect();
         assert_eq!(rounds, asks, "{topics} topics: later rounds");
         assert!(now < tn + Duration::from_secs(1), "gave up in time");
     }
@@ -493,22 +505,10 @@ fn rounds_spent_on_names_are_not_spent_for_good() {
     t += Duration::from_millis(100);
     exchange(&mut ps, t, &[]);
     assert!(ps[1].converged());
-    let mut nacks = 0;
-    let mut now = t;
-    for _ in 0..64 {
-        let Some(w) = ps[1]
-            .poll_timeout()
-            .filter(|&w| w < t + Duration::from_millis(100))
-        else {
-            break;
-        };
-        now = now.max(w);
-        ps[1].handle_timeout(now);
-        nacks += kinds(&drain(&mut ps[1]), &ps[1].seal)
-            .iter()
-            .filter(|k| **k == Kind::Nack)
-            .count();
-    }
+    let nacks = on_timeouts(&mut ps[1], t, t + Duration::from_millis(100))
+        .iter()
+        .filter(|s| s.1 == Kind::Nack)
+        .count();
     assert_eq!(
         nacks,
         usize::from(repair::MAX_NACKS),
@@ -526,24 +526,13 @@ fn rounds_spent_on_names_are_not_spent_for_good() {
     assert!(!ps[1].converged());
     // What it asks within a resync interval: a nack, not the table (a names request for the
     // long name may go too).
-    let mut asked = Vec::new();
-    let mut now = t;
-    while let Some(w) = ps[1]
-        .poll_timeout()
-        .filter(|&w| w < t + ps[1].cfg.resync_interval)
-    {
-        now = now.max(w);
-        ps[1].handle_timeout(now);
-        for x in drain(&mut ps[1]) {
-            let g = ps[1].seal.open(&x.bytes).expect("its own datagram");
-            asked.push((g.kind, g.header.flags.get() & (FLAG_NAMES | FLAG_STATE)));
-        }
-    }
-    assert!(asked.iter().any(|a| a.0 == Kind::Nack), "nacked: {asked:?}");
+    let until = t + ps[1].cfg.resync_interval;
+    let asked = on_timeouts(&mut ps[1], t, until);
+    assert!(asked.iter().any(|a| a.1 == Kind::Nack), "nacked: {asked:?}");
     assert!(
         !asked
             .iter()
-            .any(|a| a.0 == Kind::DigestRequest || a.1 & FLAG_STATE != 0),
+            .any(|a| a.1 == Kind::DigestRequest || a.2 & FLAG_STATE != 0),
         "no table or ranges asked: {asked:?}"
     );
 }
