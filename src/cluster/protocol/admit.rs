@@ -312,6 +312,7 @@ impl Protocol {
                 },
                 incarnation: inc,
                 last_seq,
+                seq_at: now,
                 last_heard: now,
                 refused_seq: 0,
                 tick: Duration::from_millis(u64::from(h.tick_ms.get())),

@@ -86,6 +86,9 @@ impl Protocol {
                     super::repair::add_gap(&mut p.gaps, p.last_seq + 1, next);
                     super::repair::add_gap(&mut p.recover.missed, p.last_seq + 1, next);
                 }
+                if seq > p.last_seq {
+                    p.seq_at = now;
+                }
                 p.last_seq = p.last_seq.max(seq);
             }
             p.last_heard = now;
@@ -98,16 +101,21 @@ impl Protocol {
                 if time > p.direct_time {
                     p.direct_time = time;
                     p.heard_from(from, now, self.cfg.dead_after / 2);
-                    if seq > p.last_seq && p.marker.is_none_or(|m| m.seq < seq) {
-                        p.marker = Some(super::peer::Marker {
-                            seq,
-                            declared: end.then_some(declared),
-                            at: p.marker.map_or(now, |m| m.at),
-                        });
-                    }
+                    p.expect(seq, end.then_some(declared), now);
                 }
             } else if fresh {
                 p.heard_from(from, now, self.cfg.dead_after / 2);
+            }
+            if reply && direct && d.kind != Kind::Heartbeat {
+                // An answer sent directly (a repair, a nack) carries the number the peer's
+                // relayed datagrams have reached: those not come an interval later were missed,
+                // as for its direct heartbeat (which may have been lost with them).
+                p.expect(seq, None, now);
+                if let Some(m) = p.marker.filter(|m| m.seq > p.last_seq) {
+                    // Look again then (`request_where_needed`).
+                    let at = m.at + self.cfg.resync_interval;
+                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                }
             }
             p.time = p.time.max(time);
             p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
@@ -117,6 +125,7 @@ impl Protocol {
                 self.on_nack(now, node, g, direct, h.flags.get());
                 return;
             }
+            let relaying = self.relay_k().is_some();
             let p = self.peers.get_mut(&node).expect("admitted");
             if !reply && !end {
                 // More of this tick's datagrams follow, or a backlog waits for later ticks:
@@ -124,6 +133,12 @@ impl Protocol {
                 // will say what does. (A stale declaration would make every tick of a
                 // multi-tick burst look like divergence and ask for the whole table.)
                 p.declared = None;
+                if !p.gaps.is_empty() && relaying {
+                    // Should the rest, the final datagram among it, not come: look again
+                    // once the peer has been quiet an interval (`request_where_needed`).
+                    let at = now + self.cfg.resync_interval;
+                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                }
             }
             if p.observer {
                 return;

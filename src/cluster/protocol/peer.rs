@@ -317,6 +317,10 @@ pub(super) struct Peer {
     pub(super) addr_heard: Instant,
     pub(super) incarnation: u64,
     pub(super) last_seq: u64,
+    /// When a numbered datagram last moved `last_seq` on: gaps known of a peer that has been
+    /// quiet since for a resync interval are nacked without its final declaration, which may
+    /// have been lost with them.
+    pub(super) seq_at: Instant,
     pub(super) last_heard: Instant,
     /// The highest sequence number of its datagrams refused for a cap: each newer one says it
     /// is alive (they leave `last_seq` where it was: the same bytes again are not newer).
@@ -396,6 +400,20 @@ pub(super) struct Marker {
 }
 
 impl Peer {
+    /// Notes that its numbered datagrams have reached `seq` (`declared`: what it declared with
+    /// it), as something it sent directly says before its relayed datagrams come: those not
+    /// come an interval after the first such news still pending are missed ([`Marker`]).
+    pub(super) fn expect(&mut self, seq: u64, declared: Option<(u64, u32)>, now: Instant) {
+        if seq > self.last_seq && self.marker.is_none_or(|m| m.seq < seq) {
+            // (A marker whose datagrams all came is spent: its time says nothing.)
+            let at = self
+                .marker
+                .filter(|m| m.seq > self.last_seq)
+                .map_or(now, |m| m.at);
+            self.marker = Some(Marker { seq, declared, at });
+        }
+    }
+
     /// Notes a fresh, authentic datagram of this peer from `from`. The address stays pinned:
     /// a copy of a fresh datagram that reaches this node first from elsewhere (a replay racing
     /// the original, an interception) must not redirect what this node sends to the peer. Only

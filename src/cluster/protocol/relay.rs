@@ -15,12 +15,16 @@
 //! `k·i + 1 ..= k·i + k` as children. Every node computes it from its own view, so while views
 //! differ (a node just joined or died) a datagram may reach a node twice (the copy is refused
 //! as stale, or is an idempotent answer) or miss one: a gap like any loss, found by the
-//! sequence numbers that follow and repaired by nack.
+//! sequence numbers that follow (or by the number a direct heartbeat or answer carries, an
+//! interval later) and repaired by nack.
 //!
 //! What does not travel the tree: every tick a heartbeat without a number of its own goes to
 //! every peer directly (it keeps every node hearing every other while a relay is dead, and
-//! teaches it the peers' addresses), and so does the goodbye; nacks go to the sender and
-//! repairs to those who asked, directly; requests and replies are unicast as always. Every
+//! teaches it the peers' addresses), and so does the goodbye; nacks go to the sender directly
+//! (twice: no other receiver's nack stands in for a lost one), and a repair to the one who
+//! asked, marked so that it forwards it down its own branch of the sender's tree, which missed
+//! the datagram with it (an asker below another gets it that way; one that asks again gets it
+//! directly, twice); requests and replies are unicast as always. Every
 //! numbered datagram travels the tree: one sent directly would overtake those still relayed,
 //! which would then be refused as stale. A relayed datagram's source
 //! address is its relay's, so it does not move the sender's address; and a node forwards only
@@ -173,6 +177,30 @@ impl Protocol {
             match self.peers.get(&members[(s + c) % n]) {
                 Some(p) if p.settled() => out.push(p.addr),
                 _ => todo.extend(children_of(c, n, k).rev()),
+            }
+        }
+        out
+    }
+
+    /// The nodes above `node` in this node's own tree with fan-out `k` (its parent first, this
+    /// node not among them): each forwards to `node`'s branch what it is sent marked for
+    /// relaying.
+    pub(super) fn relay_ancestors(&mut self, node: u64, k: usize) -> Vec<u64> {
+        self.relay_members();
+        let members = &self.relay.members;
+        let n = members.len();
+        let (Ok(s), Ok(c)) = (
+            members.binary_search(&self.cfg.node),
+            members.binary_search(&node),
+        ) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut i = (c + n - s) % n;
+        while i > 0 {
+            i = (i - 1) / k.max(2);
+            if i > 0 {
+                out.push(members[(s + i) % n]);
             }
         }
         out

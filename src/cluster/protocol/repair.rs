@@ -15,8 +15,11 @@
 //! `recover.rs` decodes it): a block's worth of parity symbols as many as the worst-off
 //! receiver lacks, each repairing a different loss at every receiver. (In a cluster that relays its
 //! group datagrams along trees, see `relay.rs`, a relaying receiver nacks each sender
-//! directly, and a repair goes to those who asked directly: a relayed one would take the
-//! same lossy hops.)
+//! directly, twice, without waiting, and a repair goes directly to the one who asked, which
+//! forwards it down its branch of the sender's tree: relayed from the root, it would take the
+//! same lossy hops. Nothing stands in for a lost nack or repair there, so one asked for again
+//! goes twice; and a receiver that knows gaps but not the sender's declaration nacks them once
+//! the sender has been quiet an interval.)
 //!
 //! Everything sent in answer — repairs, and the whole-table replies to resync requests that
 //! remain for what a nack cannot fix (a new peer, a gap older than the history, a copy still
@@ -51,7 +54,7 @@ mod nack;
 mod parity;
 pub(super) mod recover;
 mod set_by;
-use crate::cluster::wire::{FLAG_END, Gap, Kind};
+use crate::cluster::wire::{self, FLAG_END, Gap, Kind};
 pub(super) use gaps::{add_asked, add_gap, subtract};
 
 /// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
@@ -87,6 +90,9 @@ pub(super) const MAX_TABLE_REPLIES: usize = 16;
 const MAX_QUEUE: usize = 1 << 16;
 /// Names sent per step of a table reply's names phase.
 const NAMES_STEP: usize = 64;
+/// Resync intervals within which a direct nack for a datagram already sent its asker is that
+/// asker asking again (the repair was lost): the repair then goes twice.
+const REASKED: u32 = 2 * MAX_NACKS as u32;
 
 /// The topics of a delta or names datagram this node sent, for repairs.
 #[derive(Debug)]
@@ -102,11 +108,16 @@ struct Sent {
     /// A nack sent to the group asked for it: its repair goes to the group (which serves the
     /// askers below too).
     to_group: bool,
-    /// Who asked for it directly (relaying peers): its repair goes to each of them.
-    waiting: Vec<SocketAddr>,
-    /// Who was sent it directly, and when (a nack from one of them soon after is a replay, or
-    /// the same loss: not answered again within the nack window).
-    served: Vec<(SocketAddr, Instant)>,
+    /// Who asked for it directly (relaying peers, by id and address): its repair goes to each
+    /// of them, or to one above it in this node's tree, which forwards it down its branch.
+    waiting: Vec<(u64, SocketAddr)>,
+    /// Those of `waiting` who asked again after it was sent them: its repair to them was lost
+    /// (or is late), and goes twice.
+    twice: Vec<u64>,
+    /// Who was sent it directly (or below one that was), and when: a nack from one of them
+    /// soon after is a replay, or the same loss, not answered again within the nack window; a
+    /// later one within [`REASKED`] asks again.
+    served: Vec<(u64, Instant)>,
     /// Its coded form, what parity covers ([`wire::coded`]; none if it does not fit a parity
     /// datagram: it is repaired plainly).
     coded: Option<Box<[u8]>>,
@@ -327,18 +338,28 @@ impl Protocol {
     /// pinned address, once it is settled): the table itself if it is small, else the digests
     /// of its children, from which the peer asks for what differs.
     ///
-    /// A nack a relaying peer sent directly (`direct`) is answered to it directly (`to`): a
-    /// relayed repair would take as many hops as the datagram it repairs, each a chance of loss,
-    /// and reach every node when a few missed it. One sent to the group is answered to the group.
+    /// A nack a relaying peer sent directly (`direct`: its id) is answered to it directly
+    /// (`to`), not along the tree from the root: that would take as many hops as the datagram
+    /// it repairs, each a chance of loss, and reach every node when a few missed it. Only its
+    /// own branch gets it too: the repair is marked for relaying, and the asker forwards it
+    /// to its children in this node's tree, who missed the datagram with it (they hear this
+    /// node's group datagrams through it). One sent to the group is answered to the group.
     pub(super) fn nacked(
         &mut self,
         now: Instant,
         to: Option<SocketAddr>,
         (lo, hi): (u64, u64),
-        direct: bool,
+        direct: Option<u64>,
     ) {
         let hold = self.cfg.nack_window;
-        let direct = to.filter(|_| direct);
+        let reasked = self.cfg.resync_interval.max(hold) * REASKED;
+        let direct = direct.zip(to);
+        // The nodes above a direct asker in this node's tree: a repair sent one of them just
+        // now reaches the asker through it.
+        let above = match (direct, self.relay_k()) {
+            (Some((node, _)), Some(k)) => self.relay_ancestors(node, k),
+            _ => Vec::new(),
+        };
         // (Sequence numbers begin at 1: there is no 0 to repair.)
         let lo = lo.max(1);
         let hi = hi.min(self.seq);
@@ -362,18 +383,43 @@ impl Protocol {
             }
             if s.seq > next {
                 let run = (next, s.seq - 1);
-                queue_empty(&mut r.queue, &mut r.empties, (now, hold), run, direct);
+                let to = direct.map(|d| d.1);
+                queue_empty(&mut r.queue, &mut r.empties, (now, hold), run, to);
             }
             next = s.seq + 1;
             // A repair soon after the last to the same asker (or to the group) was for the same
             // loss, or a replayed nack.
             let recent = match direct {
-                Some(a) => {
+                Some((a, addr)) => {
+                    // A relaying peer's nack has no other asker to stand in for it when it is
+                    // lost, and neither has a repair to it: asked again for what was sent it,
+                    // this node sends that twice (one more loss then costs no round).
                     s.served
-                        .retain(|&(_, t)| now.saturating_duration_since(t) < hold);
-                    let recent = s.served.iter().any(|&(x, _)| x == a);
-                    if !recent && !s.waiting.contains(&a) {
-                        s.waiting.push(a);
+                        .retain(|&(_, t)| now.saturating_duration_since(t) < reasked);
+                    let since = |n: u64| {
+                        s.served
+                            .iter()
+                            .rev()
+                            .find(|x| x.0 == n)
+                            .map(|x| now.saturating_duration_since(x.1))
+                    };
+                    let mut sent = since(a);
+                    // Sent just now to one above it, the repair is on its way down (then it
+                    // counts as sent the asker: if it asks again, that copy was lost).
+                    let through = above
+                        .iter()
+                        .filter_map(|&n| since(n).filter(|&d| d < hold))
+                        .min();
+                    if let Some(d) = through.filter(|_| sent.is_none()) {
+                        s.served.push((a, now.checked_sub(d).unwrap_or(now)));
+                        sent = Some(d);
+                    }
+                    let recent = sent.is_some_and(|d| d < hold);
+                    if !recent && !s.waiting.iter().any(|w| w.0 == a) {
+                        s.waiting.push((a, addr));
+                        if sent.is_some() {
+                            s.twice.push(a);
+                        }
                     }
                     recent
                 }
@@ -396,7 +442,7 @@ impl Protocol {
                 &mut r.empties,
                 (now, hold),
                 (next, hi),
-                direct,
+                direct.map(|d| d.1),
             );
         }
         self.pump_repairs(now);
@@ -466,7 +512,7 @@ impl Protocol {
         if let Some(job) = self.repairs.queue.pop_front() {
             // The last repair says the digest is final, when no change waits.
             let end = self.repairs.queue.is_empty() && self.changed.is_empty();
-            let flags = if end { FLAG_END } else { 0 };
+            let mut flags = if end { FLAG_END } else { 0 };
             let st = self.stamp(now, self.sent_seq());
             let mut to = Vec::new();
             let dgs = match job {
@@ -490,15 +536,31 @@ impl Protocol {
                         return 0;
                     };
                     s.queued = false;
-                    to = std::mem::take(&mut s.waiting);
+                    let mut askers = std::mem::take(&mut s.waiting);
+                    let again = std::mem::take(&mut s.twice);
                     if std::mem::take(&mut s.to_group) {
                         // The group serves the direct askers too.
                         s.repaired = Some(now);
-                        to.clear();
-                    } else {
-                        s.served.extend(to.iter().map(|&a| (a, now)));
+                        askers.clear();
                     }
                     let (names, hashes) = (s.names, s.hashes.clone());
+                    let ids: Vec<u64> = askers.iter().map(|a| a.0).collect();
+                    if let Some(k) = self.relay_k().filter(|_| !askers.is_empty()) {
+                        // Marked for relaying, a repair goes down its asker's branch of this
+                        // node's tree: an asker below another gets it from that one, unless
+                        // it asks again (the way down lost it before).
+                        askers.retain(|a| {
+                            again.contains(&a.0)
+                                || !self.relay_ancestors(a.0, k).iter().any(|n| ids.contains(n))
+                        });
+                        flags |= (k.min(255) as u16) << wire::RELAY_SHIFT;
+                    }
+                    if let Some(s) = self.repairs.sent(seq) {
+                        s.served.retain(|x| !ids.contains(&x.0));
+                        s.served.extend(ids.iter().map(|&a| (a, now)));
+                    }
+                    to = askers.iter().map(|a| a.1).collect();
+                    to.extend(askers.iter().filter(|a| again.contains(&a.0)).map(|a| a.1));
                     if names {
                         let list: Vec<(u64, &str)> = hashes
                             .iter()

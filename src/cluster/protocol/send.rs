@@ -405,6 +405,7 @@ impl Protocol {
         let per_entries = self.enc.entries_per_datagram(Kind::ResyncReply);
         let window = self.cfg.nack_window;
         let per_request = self.enc.names_per_request();
+        let relaying = self.relay_k().is_some();
         let repairs = &mut self.repairs;
         let unnamed = &self.unnamed;
         for (&n, p) in self.peers.iter_mut() {
@@ -414,7 +415,19 @@ impl Protocol {
             if p.observer || !p.settled() {
                 continue;
             }
-            let behind = p.declared.is_some() && !p.converged();
+            // Behind: its copy here does not match what it declared final, or — relaying, the
+            // declaration lost with the datagrams that would have brought the next one — it
+            // has gone quiet for an interval with gaps known (a burst sends its datagrams a few
+            // milliseconds apart, however long it lasts). (On multicast, the other receivers'
+            // nacks bring repairs to the group, which declare; nacking there on silence made
+            // the worst of 40 seeds at 16 × 100k, 10 % loss, 10 ms slower.)
+            let pending = relaying && p.declared.is_none() && !p.gaps.is_empty();
+            let quiet = pending && since(p.seq_at) >= every;
+            if pending && !quiet {
+                let at = p.seq_at + every;
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            let behind = (p.declared.is_some() || quiet) && !p.converged();
             let big = p.big(per_entries);
             if behind && p.names_rounds && big {
                 // The rounds spent so far were for names, while its counts were right: this
@@ -454,9 +467,15 @@ impl Protocol {
                 // What this node missed of the peer is known: nack it, after a random moment
                 // in which another receiver's nack for the same may come first.
                 state = false;
-                let at = *p
-                    .nack_at
-                    .get_or_insert_with(|| now + repairs.jitter(window));
+                // (Relaying, each nack goes to its sender directly: no other receiver hears
+                // it, or holds its own back for it, so it need not wait.)
+                let at = *p.nack_at.get_or_insert_with(|| {
+                    if relaying {
+                        now
+                    } else {
+                        now + repairs.jitter(window)
+                    }
+                });
                 if at <= now {
                     nack.push(n);
                     p.names_rounds = names_gap;
@@ -541,10 +560,10 @@ impl Protocol {
     }
 }
 
-/// A relaying peer's datagrams its direct heartbeat announced (`Peer::marker`) that have not
-/// come within `every`: missed (lost, or this node is in a hole of the peer's tree while views
-/// differ), a gap to nack like any, and the heartbeat's declaration is the peer's. Returns when
-/// to look again if they may still come.
+/// A relaying peer's datagrams its direct heartbeat (or a direct answer) announced
+/// (`Peer::marker`) that have not come within `every`: missed (lost, or this node is in a hole
+/// of the peer's tree while views differ), a gap to nack like any, and the heartbeat's
+/// declaration, or none, is the peer's. Returns when to look again if they may still come.
 fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<Instant> {
     let m = p.marker?;
     if p.last_seq >= m.seq {
@@ -558,9 +577,10 @@ fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<I
     super::repair::add_gap(&mut p.gaps, p.last_seq + 1, m.seq);
     super::repair::add_gap(&mut p.recover.missed, p.last_seq + 1, m.seq);
     p.last_seq = m.seq;
-    if m.declared.is_some() {
-        p.declared = m.declared;
-    }
+    // What the peer declared before does not hold past what it missed (as for a datagram that
+    // declares nothing): without a declaration of its own, the gaps are nacked once the peer
+    // has been quiet an interval (`request_where_needed`).
+    p.declared = m.declared;
     p.marker = None;
     None
 }

@@ -98,7 +98,10 @@ impl Protocol {
             // Relayed, a nack would take as many hops as the repair it asks for, each a chance
             // of loss: to each sender directly, at its settled address (the others' nacks are
             // not heard then; the sender answers each asker). Gaps of a sender whose address is
-            // not settled yet go to the group (along the tree) as before.
+            // not settled yet go to the group (along the tree) as before. A direct nack goes
+            // twice: no other receiver's nack stands in for it when it is lost, and a lost one
+            // cost a resync interval (the sender answers the second copy only if the first was
+            // lost: what it has queued or just sent is not sent again).
             list.sort_unstable_by_key(|g| g.node.get());
             let mut group = Vec::new();
             for chunk in list.chunk_by(|a, b| a.node.get() == b.node.get()) {
@@ -106,6 +109,7 @@ impl Protocol {
                 match to.filter(|p| p.settled()).map(|p| p.addr) {
                     Some(addr) => {
                         for d in self.enc.nacks(&self.seal, plain, &st, chunk) {
+                            self.push(Dest::To(addr), d.clone());
                             self.push(Dest::To(addr), d);
                         }
                     }
@@ -168,7 +172,7 @@ impl Protocol {
             } else {
                 from
             };
-            self.nacked(now, to, (lo, hi), direct);
+            self.nacked(now, to, (lo, hi), direct.then_some(requester));
         }
     }
 }

@@ -88,6 +88,7 @@ impl Protocol {
             repaired: None,
             to_group: false,
             waiting: Vec::new(),
+            twice: Vec::new(),
             served: Vec::new(),
             coded,
         });

@@ -19,7 +19,7 @@ fn a_nack_of_a_long_history_queues_a_bounded_number() {
     }
     p.seq = 200_000;
     for _ in 0..3 {
-        p.nacked(now, None, (0, u64::MAX), false);
+        p.nacked(now, None, (0, u64::MAX), None);
         assert!(
             p.repairs.queue.len() <= MAX_QUEUE,
             "{}",
@@ -68,18 +68,18 @@ fn an_empty_run_goes_to_the_group_once_per_window() {
         v
     };
     p.repairs.tokens = 0.0;
-    p.nacked(now, None, (3, 12), false);
+    p.nacked(now, None, (3, 12), None);
     assert_eq!(empties(&mut p), [(3, 9, false), (11, 12, false)]);
     // A second receiver missed 5..=15: only 13..=15 was not repaired yet.
     let soon = now + Duration::from_millis(5);
-    p.nacked(soon, None, (5, 15), false);
+    p.nacked(soon, None, (5, 15), None);
     assert_eq!(empties(&mut p), [(13, 15, false)]);
     // A relaying asker gets its own.
     let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    p.nacked(soon, Some(to), (5, 9), true);
+    p.nacked(soon, Some(to), (5, 9), Some(2));
     assert_eq!(empties(&mut p), [(5, 9, true)]);
     // Past the window, the same loss is repaired again.
     let later = now + p.cfg.nack_window * 2;
-    p.nacked(later, None, (5, 9), false);
+    p.nacked(later, None, (5, 9), None);
     assert_eq!(empties(&mut p), [(5, 9, false)]);
 }

@@ -4,6 +4,8 @@
 use super::*;
 use crate::cluster::wire::{FLAG_DIRECT, FLAG_REPLY};
 
+mod repair;
+
 /// `n` nodes (ids 1..=n at `addr(1..=n)`) relaying with fan-out `k`.
 struct Net {
     nodes: Vec<Protocol>,
