@@ -35,6 +35,35 @@ fn repairs_for(net: &mut Net, i: usize, at: Instant, nack: &[u8]) -> Vec<Transmi
         .collect()
 }
 
+/// Node `i + 1` asks node 1 again for `seq` an interval after `now` (the copy it was sent is
+/// lost): the repair goes to it directly, twice.
+fn asked_again_goes_twice(net: &mut Net, i: usize, now: Instant, seq: u64) {
+    let later = now + net.nodes[i].config().resync_interval;
+    let again = direct_nack(net, i, later, seq);
+    let direct = repairs_for(net, i, later, &again);
+    assert_eq!(direct.len(), 2, "{direct:?}");
+    let to = Dest::To(addr(i as u16 + 1));
+    assert!(direct.iter().all(|t| t.dest == to), "{direct:?}");
+}
+
+/// Runs node `i`'s timers from `now` until it nacks (for at most four resync intervals);
+/// returns when, and its nacks.
+fn first_nacks(net: &mut Net, i: usize, now: Instant) -> (Instant, Vec<Transmit>) {
+    let f = &mut net.nodes[i];
+    let every = f.config().resync_interval;
+    let mut t = now;
+    let mut nacks = Vec::new();
+    while nacks.is_empty()
+        && let Some(w) = f.poll_timeout().filter(|&w| w < now + 4 * every)
+    {
+        t = w.max(t);
+        f.handle_timeout(t);
+        let out = drain(f);
+        nacks.extend(out.into_iter().filter(|x| kind(f, &x.bytes) == Kind::Nack));
+    }
+    (t, nacks)
+}
+
 #[test]
 fn a_repair_asked_for_again_goes_twice() {
     let (mut net, now, _) = one_change();
@@ -47,11 +76,7 @@ fn a_repair_asked_for_again_goes_twice() {
     let soon = now + Duration::from_millis(1);
     assert!(repairs_for(&mut net, 5, soon, &nack).is_empty());
     // An interval later node 6 asks again: the repair was lost. It goes twice.
-    let later = now + net.nodes[5].config().resync_interval;
-    let again = direct_nack(&net, 5, later, seq);
-    let second = repairs_for(&mut net, 5, later, &again);
-    assert_eq!(second.len(), 2, "{second:?}");
-    assert!(second.iter().all(|t| t.dest == Dest::To(addr(6))));
+    asked_again_goes_twice(&mut net, 5, now, seq);
 }
 
 #[test]
@@ -93,11 +118,7 @@ fn a_repair_goes_down_its_askers_branch() {
         assert_eq!(c.remote(9), 1);
     }
     // Had node 4's copy been lost, it asks again an interval later: repaired directly, twice.
-    let later = now + net.nodes[3].config().resync_interval;
-    let again = direct_nack(&net, 3, later, seq);
-    let direct = repairs_for(&mut net, 3, later, &again);
-    assert_eq!(direct.len(), 2, "{direct:?}");
-    assert!(direct.iter().all(|t| t.dest == Dest::To(addr(4))));
+    asked_again_goes_twice(&mut net, 3, now, seq);
 }
 
 #[test]
@@ -119,16 +140,7 @@ fn a_direct_answer_says_which_relayed_datagrams_to_expect() {
     f.handle_timeout(now);
     assert!(drain(f).is_empty(), "the relayed datagrams may still come");
     let every = f.config().resync_interval;
-    let mut t = now;
-    let mut nacks = Vec::new();
-    while nacks.is_empty()
-        && let Some(w) = f.poll_timeout().filter(|&w| w < now + 4 * every)
-    {
-        t = w.max(t);
-        f.handle_timeout(t);
-        let out = drain(f);
-        nacks.extend(out.into_iter().filter(|x| kind(f, &x.bytes) == Kind::Nack));
-    }
+    let (t, nacks) = first_nacks(&mut net, 5, now);
     assert!(t >= now + every, "nacked at {:?}", t - now);
     assert_eq!(nacks.len(), 2, "{nacks:?}");
     assert!(nacks.iter().all(|x| x.dest == Dest::To(addr(1))));
@@ -173,19 +185,10 @@ fn gaps_of_a_peer_gone_quiet_are_nacked_without_its_declaration() {
         assert_eq!(f.handle_datagram(now, addr(3), &t.bytes), Outcome::Applied);
     }
     let every = f.config().resync_interval;
-    let mut at = now;
-    let mut nacks = Vec::new();
-    while nacks.is_empty()
-        && let Some(w) = f.poll_timeout().filter(|&w| w < now + 4 * every)
-    {
-        at = w.max(at);
-        f.handle_timeout(at);
-        let out = drain(f);
-        nacks.extend(out.into_iter().filter(|x| kind(f, &x.bytes) == Kind::Nack));
-    }
+    let (at, nacks) = first_nacks(&mut net, 5, now);
     assert!(at >= now + every, "nacked at {:?}", at - now);
     assert!(!nacks.is_empty(), "no nack");
-    let d = f.seal.open(&nacks[0].bytes).expect("ours");
+    let d = net.nodes[5].seal.open(&nacks[0].bytes).expect("ours");
     let Body::Gaps(g) = d.body else {
         panic!("not gaps")
     };
