@@ -243,6 +243,9 @@ pub struct Protocol {
     /// A backlog tick's datagrams past its first [`Config::repair_burst`] bytes, each with when
     /// it may leave (see `pace_tick` in `send.rs`).
     paced: VecDeque<(Instant, Transmit)>,
+    /// How many of `paced` are numbered (a relaying tick's direct heartbeat, paced with them,
+    /// is not).
+    paced_numbered: u64,
     rates: HashMap<SocketAddr, Bucket>,
     /// Repair: the history of what was sent, and the answers waiting for the repair bucket.
     repairs: Repairs,
@@ -320,6 +323,7 @@ impl Protocol {
             relay_fan: VecDeque::new(),
             relay: relay::Relay::default(),
             paced: VecDeque::new(),
+            paced_numbered: 0,
             rates: HashMap::default(),
             repairs,
             requests: 0,
@@ -436,6 +440,7 @@ impl Protocol {
         // What waits of a backlog would only go before the goodbye into a full socket buffer,
         // where the goodbye is then the datagram dropped; the goodbye drops all of it anyway.
         self.paced.clear();
+        self.paced_numbered = 0;
         self.send_goodbye(now);
     }
 

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use zerocopy::FromBytes;
+
 use super::{Dest, Protocol, Transmit, relay};
 use crate::cluster::wire::{
     self, FLAG_END, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, FLAG_STATE, Kind, Stamp,
@@ -31,9 +33,10 @@ impl Protocol {
     /// The sequence number of the last group datagram handed to the socket: what answers,
     /// nacks and requests carry. Not the last one numbered: a backlog tick's paced datagrams
     /// (the last numbered, consecutively) are still to leave, and a peer that heard a higher
-    /// number first would count them missed and refuse them as stale when they come.
+    /// number first would count them missed and refuse them as stale when they come. (Counting
+    /// a relaying tick's paced direct heartbeat too made peers refuse its nacks as stale.)
     pub(super) fn sent_seq(&self) -> u64 {
-        self.seq - self.paced.len() as u64
+        self.seq - self.paced_numbered
     }
 
     /// The sequence number of the next group datagram.
@@ -296,6 +299,7 @@ impl Protocol {
             // tick's sends with the spread.
             done += size(&t);
             let due = now + Duration::from_secs_f64(spread * done as f64 / rest);
+            self.paced_numbered += u64::from(numbered(&t));
             self.paced.push_back((due, t));
         }
     }
@@ -307,6 +311,7 @@ impl Protocol {
                 break;
             }
             let (_, t) = self.paced.pop_front().expect("front");
+            self.paced_numbered -= u64::from(numbered(&t));
             self.out.push_back(t);
         }
     }
@@ -583,4 +588,12 @@ fn overdue(p: &mut super::peer::Peer, now: Instant, every: Duration) -> Option<I
     p.declared = m.declared;
     p.marker = None;
     None
+}
+
+/// Whether `t` carries a sequence number of its own: a group datagram that is not an answer
+/// ([`FLAG_REPLY`]: it carries the sender's current number).
+fn numbered(t: &Transmit) -> bool {
+    t.dest == Dest::Group
+        && wire::Header::ref_from_prefix(&t.bytes)
+            .is_ok_and(|(h, _)| h.flags.get() & FLAG_REPLY == 0)
 }

@@ -197,3 +197,49 @@ fn gaps_of_a_peer_gone_quiet_are_nacked_without_its_declaration() {
             .any(|g| g.node.get() == 1 && g.lo.get() <= first && first <= g.hi.get())
     );
 }
+
+#[test]
+fn a_paced_relaying_tick_stamps_its_answers_with_the_number_that_left() {
+    // A relaying tick big enough to be paced: its direct heartbeat (without a number of its
+    // own) is paced with its numbered datagrams. What this node sends meanwhile (a nack, an
+    // answer) carries the number of the last that left; counting the heartbeat made it one
+    // less, and a peer that had heard that datagram refused the nack as stale.
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    for h in 0..4000u64 {
+        net.nodes[0].set_local(h, 1, None);
+    }
+    let now = t0 + Duration::from_millis(300);
+    let a = &mut net.nodes[0];
+    a.handle_tick(now);
+    assert!(a.poll_timeout().is_some(), "the tick is paced");
+    let left = drain(a);
+    let last = left
+        .iter()
+        .filter(|t| t.dest == Dest::To(addr(2)))
+        .map(|t| a.seal.open(&t.bytes).expect("ours").header)
+        .filter(|h| h.flags.get() & FLAG_REPLY == 0)
+        .map(|h| h.seq.get())
+        .max()
+        .expect("some left at once");
+    assert_eq!(a.sent_seq(), last);
+    // Node 2 heard them; node 1's nack now is fresh to it.
+    for t in left.iter().filter(|t| t.dest == Dest::To(addr(2))) {
+        net.nodes[1].handle_datagram(now, addr(1), &t.bytes);
+    }
+    let a = &net.nodes[0];
+    let mut nack = a
+        .enc
+        .nacks(
+            &a.seal,
+            0,
+            &a.stamp(now, a.sent_seq()),
+            &[wire::Gap::new(2, 1, 1)],
+        )
+        .remove(0);
+    a.mark_relayed(&mut nack, Dest::To(addr(2)), 2);
+    assert_eq!(
+        net.nodes[1].handle_datagram(now, addr(1), &nack),
+        Outcome::Applied
+    );
+}
