@@ -114,7 +114,7 @@ impl Protocol {
                 if let Some(m) = p.marker.filter(|m| m.seq > p.last_seq) {
                     // Look again then (`request_where_needed`).
                     let at = m.at + self.cfg.resync_interval;
-                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                    super::wake_at(&mut self.wake, at);
                 }
             }
             p.time = p.time.max(time);
@@ -137,7 +137,7 @@ impl Protocol {
                     // Should the rest, the final datagram among it, not come: look again
                     // once the peer has been quiet an interval (`request_where_needed`).
                     let at = now + self.cfg.resync_interval;
-                    self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+                    super::wake_at(&mut self.wake, at);
                 }
             }
             if p.observer {

@@ -126,6 +126,52 @@ struct Sent {
     block: u64,
 }
 
+impl Sent {
+    /// A nack from a relaying peer (`asker`: its id and address) sent directly for this
+    /// datagram; `above`: the nodes above it in this node's tree. Returns whether it was sent
+    /// the asker (or one above it) within `hold` of `now`: on its way, not answered again.
+    ///
+    /// A relaying peer's nack has no other asker to stand in for it when it is lost, and
+    /// neither has a repair to it: asked again within `reasked` for what was sent it, this node
+    /// sends that twice (one more loss then costs no round).
+    fn ask_directly(
+        &mut self,
+        (a, addr): (u64, SocketAddr),
+        above: &[u64],
+        now: Instant,
+        (hold, reasked): (Duration, Duration),
+    ) -> bool {
+        self.served
+            .retain(|&(_, t)| now.saturating_duration_since(t) < reasked);
+        let since = |n: u64| {
+            self.served
+                .iter()
+                .rev()
+                .find(|x| x.0 == n)
+                .map(|x| now.saturating_duration_since(x.1))
+        };
+        let mut sent = since(a);
+        // Sent just now to one above it, the repair is on its way down (then it counts as sent
+        // the asker: if it asks again, that copy was lost).
+        let through = above
+            .iter()
+            .filter_map(|&n| since(n).filter(|&d| d < hold))
+            .min();
+        if let Some(d) = through.filter(|_| sent.is_none()) {
+            self.served.push((a, now.checked_sub(d).unwrap_or(now)));
+            sent = Some(d);
+        }
+        let recent = sent.is_some_and(|d| d < hold);
+        if !recent && !self.waiting.iter().any(|w| w.0 == a) {
+            self.waiting.push((a, addr));
+            if sent.is_some() {
+                self.twice.push(a);
+            }
+        }
+        recent
+    }
+}
+
 /// A block of this node's history that has been answered with parity (`parity.rs`).
 #[derive(Debug)]
 struct Block {
@@ -391,39 +437,7 @@ impl Protocol {
             // A repair soon after the last to the same asker (or to the group) was for the same
             // loss, or a replayed nack.
             let recent = match direct {
-                Some((a, addr)) => {
-                    // A relaying peer's nack has no other asker to stand in for it when it is
-                    // lost, and neither has a repair to it: asked again for what was sent it,
-                    // this node sends that twice (one more loss then costs no round).
-                    s.served
-                        .retain(|&(_, t)| now.saturating_duration_since(t) < reasked);
-                    let since = |n: u64| {
-                        s.served
-                            .iter()
-                            .rev()
-                            .find(|x| x.0 == n)
-                            .map(|x| now.saturating_duration_since(x.1))
-                    };
-                    let mut sent = since(a);
-                    // Sent just now to one above it, the repair is on its way down (then it
-                    // counts as sent the asker: if it asks again, that copy was lost).
-                    let through = above
-                        .iter()
-                        .filter_map(|&n| since(n).filter(|&d| d < hold))
-                        .min();
-                    if let Some(d) = through.filter(|_| sent.is_none()) {
-                        s.served.push((a, now.checked_sub(d).unwrap_or(now)));
-                        sent = Some(d);
-                    }
-                    let recent = sent.is_some_and(|d| d < hold);
-                    if !recent && !s.waiting.iter().any(|w| w.0 == a) {
-                        s.waiting.push((a, addr));
-                        if sent.is_some() {
-                            s.twice.push(a);
-                        }
-                    }
-                    recent
-                }
+                Some(asker) => s.ask_directly(asker, &above, now, (hold, reasked)),
                 None => {
                     let recent = s
                         .repaired

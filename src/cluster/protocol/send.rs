@@ -415,7 +415,7 @@ impl Protocol {
         let unnamed = &self.unnamed;
         for (&n, p) in self.peers.iter_mut() {
             if let Some(at) = overdue(p, now, every) {
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                super::wake_at(&mut wake, at);
             }
             if p.observer || !p.settled() {
                 continue;
@@ -430,7 +430,7 @@ impl Protocol {
             let quiet = pending && since(p.seq_at) >= every;
             if pending && !quiet {
                 let at = p.seq_at + every;
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                super::wake_at(&mut wake, at);
             }
             let behind = (p.declared.is_some() || quiet) && !p.converged();
             let big = p.big(per_entries);
@@ -461,7 +461,7 @@ impl Protocol {
             let due = p.last_request.is_none_or(|t| since(t) >= wait);
             if (behind || names_gap) && !due {
                 let at = p.last_request.map_or(now, |t| t + wait);
-                wake = Some(wake.map_or(at, |w| w.min(at)));
+                super::wake_at(&mut wake, at);
             }
             let mut state = behind && due;
             let nackable = (state || (names_gap && due))
@@ -485,7 +485,7 @@ impl Protocol {
                     nack.push(n);
                     p.names_rounds = names_gap;
                 } else {
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                    super::wake_at(&mut wake, at);
                 }
             }
             // A copy that holds something is reconciled by range digests (a few rounds at
@@ -521,7 +521,7 @@ impl Protocol {
         // A request, a nack or its answer may be lost: look again after one interval.
         if !nack.is_empty() || want.iter().any(|w| w.3) {
             let at = now + every;
-            wake = Some(wake.map_or(at, |w| w.min(at)));
+            super::wake_at(&mut wake, at);
         }
         nack.sort_unstable();
         self.send_nacks(now, &nack);

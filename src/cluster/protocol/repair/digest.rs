@@ -140,7 +140,7 @@ impl Protocol {
         }
         // A request or its answer may be lost: look again after one interval.
         let at = now + self.cfg.resync_interval;
-        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+        super::super::wake_at(&mut self.wake, at);
     }
 
     /// A digest reply from peer `node` for `[lo, hi]`: the children whose digest or size

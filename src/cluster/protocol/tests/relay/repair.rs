@@ -4,21 +4,35 @@
 
 use super::*;
 
-/// Node `i`'s nack of node 1's datagram `seq`, as a relaying node sends it (to node 1 directly),
-/// stamped `now`.
-fn direct_nack(net: &Net, i: usize, now: Instant, seq: u64) -> Vec<u8> {
+/// Node `i`'s nack of `gap` as a relaying node sends it, directly to node `j` (an index too),
+/// stamped `now` with the number of its last datagram that left.
+fn nack_to(net: &Net, i: usize, j: usize, now: Instant, gap: wire::Gap) -> Vec<u8> {
     let f = &net.nodes[i];
+    let st = f.stamp(now, f.sent_seq());
     let mut nack = f
         .enc
-        .nacks(
-            &f.seal,
-            wire::FLAG_PLAIN,
-            &f.stamp(now, f.sent_seq()),
-            &[wire::Gap::new(1, seq, seq)],
-        )
+        .nacks(&f.seal, wire::FLAG_PLAIN, &st, &[gap])
         .remove(0);
-    f.mark_relayed(&mut nack, Dest::To(addr(1)), 2);
+    f.mark_relayed(&mut nack, Dest::To(addr(j as u16 + 1)), 2);
     nack
+}
+
+/// Node `i`'s nack of node 1's datagram `seq`, to node 1 directly, stamped `now`.
+fn direct_nack(net: &Net, i: usize, now: Instant, seq: u64) -> Vec<u8> {
+    nack_to(net, i, 0, now, wire::Gap::new(1, seq, seq))
+}
+
+/// A formed 7-node cluster (fan-out 2) whose node 1 counted `topics` topics once and ticked,
+/// 300 ms in: the network and that moment (nothing delivered).
+fn burst(topics: u64) -> (Net, Instant) {
+    let t0 = Instant::now();
+    let mut net = formed(7, 2, t0);
+    for h in 0..topics {
+        net.nodes[0].set_local(h, 1, None);
+    }
+    let now = t0 + Duration::from_millis(300);
+    net.nodes[0].handle_tick(now);
+    (net, now)
 }
 
 /// Delivers `nack` to node 1 from node `i + 1`'s address at `at`; returns the repairs node 1
@@ -129,12 +143,7 @@ fn a_direct_answer_says_which_relayed_datagrams_to_expect() {
     // stands in for a lost one). Before, it waited for node 1's next tick.
     let (mut net, now, _) = one_change();
     let seq = net.nodes[0].sent_seq();
-    let a = &net.nodes[0];
-    let mut nack = a
-        .enc
-        .nacks(&a.seal, 0, &a.stamp(now, seq), &[wire::Gap::new(5, 1, 1)])
-        .remove(0);
-    a.mark_relayed(&mut nack, Dest::To(addr(6)), 2);
+    let nack = nack_to(&net, 0, 5, now, wire::Gap::new(5, 1, 1));
     let f = &mut net.nodes[5];
     assert_eq!(f.handle_datagram(now, addr(1), &nack), Outcome::Applied);
     f.handle_timeout(now);
@@ -165,13 +174,7 @@ fn gaps_of_a_peer_gone_quiet_are_nacked_without_its_declaration() {
     // one that declares, missing; its direct heartbeat is lost too. Node 6 knows the first is
     // missed but has no declaration to find its copy wrong by: once node 1 has been quiet for
     // an interval, it nacks it anyway. (Before, it waited for node 1's next tick.)
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    for h in 0..300u64 {
-        net.nodes[0].set_local(h, 1, None);
-    }
-    let now = t0 + Duration::from_millis(300);
-    net.nodes[0].handle_tick(now);
+    let (mut net, now) = burst(300);
     let burst: Vec<Transmit> = drain_paced(&mut net.nodes[0], now, now + Duration::from_millis(90))
         .into_iter()
         .filter(|t| t.dest == Dest::To(addr(3)))
@@ -204,14 +207,8 @@ fn a_paced_relaying_tick_stamps_its_answers_with_the_number_that_left() {
     // own) is paced with its numbered datagrams. What this node sends meanwhile (a nack, an
     // answer) carries the number of the last that left; counting the heartbeat made it one
     // less, and a peer that had heard that datagram refused the nack as stale.
-    let t0 = Instant::now();
-    let mut net = formed(7, 2, t0);
-    for h in 0..4000u64 {
-        net.nodes[0].set_local(h, 1, None);
-    }
-    let now = t0 + Duration::from_millis(300);
+    let (mut net, now) = burst(4000);
     let a = &mut net.nodes[0];
-    a.handle_tick(now);
     assert!(a.poll_timeout().is_some(), "the tick is paced");
     let left = drain(a);
     let last = left
@@ -227,17 +224,7 @@ fn a_paced_relaying_tick_stamps_its_answers_with_the_number_that_left() {
     for t in left.iter().filter(|t| t.dest == Dest::To(addr(2))) {
         net.nodes[1].handle_datagram(now, addr(1), &t.bytes);
     }
-    let a = &net.nodes[0];
-    let mut nack = a
-        .enc
-        .nacks(
-            &a.seal,
-            0,
-            &a.stamp(now, a.sent_seq()),
-            &[wire::Gap::new(2, 1, 1)],
-        )
-        .remove(0);
-    a.mark_relayed(&mut nack, Dest::To(addr(2)), 2);
+    let nack = nack_to(&net, 0, 1, now, wire::Gap::new(2, 1, 1));
     assert_eq!(
         net.nodes[1].handle_datagram(now, addr(1), &nack),
         Outcome::Applied
