@@ -28,8 +28,9 @@
 //!   lets in, which for a restart drops the old incarnation's counts at once);
 //! - `apply.rs`: what an admitted datagram does to the peer tables and the cluster aggregate;
 //!   dropping dead, restarted and departed peers;
-//! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync requests
-//!   and replies, the goodbye; `repair.rs`: repairs, the answers' token bucket;
+//! - `send.rs`: everything that goes out: deltas, names, refresh, heartbeats, resync replies,
+//!   the goodbye; `repair.rs`: repairs, the answers' token bucket; `repair/request.rs`: what
+//!   this node asks of each peer whose copy is wrong, and when (nacks, digests, tables, names);
 //!   `repair/nack.rs`: nacks sent and answered; `repair/digest.rs`: reconciliation by range
 //!   digests (the ranges served, the ranges asked for, and what a receiver asks next from a
 //!   digest reply); `relay.rs`: the relay trees of big unicast clusters (what is marked,

@@ -53,6 +53,7 @@ mod gaps;
 mod nack;
 mod parity;
 pub(super) mod recover;
+mod request;
 mod set_by;
 mod step;
 use crate::cluster::wire::Gap;
