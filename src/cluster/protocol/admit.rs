@@ -340,6 +340,7 @@ impl Protocol {
                 direct_time: 0,
                 marker: None,
                 recover: Default::default(),
+                round_trip: Default::default(),
             },
         );
         if observer {

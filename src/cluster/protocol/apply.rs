@@ -120,6 +120,14 @@ impl Protocol {
             p.time = p.time.max(time);
             p.tick = Duration::from_millis(u64::from(h.tick_ms.get()));
             p.received += 1;
+            // An answer to this node's nack times the round (`repair/round_trip.rs`).
+            match d.body {
+                Body::Repair(lo, hi, _) | Body::RepairNames(lo, hi, _) => {
+                    p.round_trip.answered(now, lo, hi);
+                }
+                Body::Parity { lo, .. } => p.round_trip.answered_block(now, lo),
+                _ => {}
+            }
             if let Body::Gaps(g) = d.body {
                 // A nack: for this node, or what another receiver already asks of a peer.
                 self.on_nack(now, node, g, direct, h.flags.get());

@@ -388,6 +388,8 @@ pub(super) struct Peer {
     pub(super) marker: Option<Marker>,
     /// What this node holds of it to decode its parity (`repair/recover.rs`).
     pub(super) recover: super::repair::recover::Recover,
+    /// How long it takes to answer this node's nacks: the wait between nack rounds.
+    pub(super) round_trip: super::repair::round_trip::RoundTrip,
 }
 
 /// A relaying peer's last number and declaration, heard directly before its relayed datagrams.

@@ -46,6 +46,7 @@ impl Protocol {
         }
         let mut want: Vec<(u64, SocketAddr, u64, bool, Vec<u64>)> = Vec::new();
         let mut nack: Vec<u64> = Vec::new();
+        let mut round: Option<Duration> = None;
         let mut reconcile: Vec<u64> = Vec::new();
         // A budget too small for a digest request or reply (below 120 bytes) leaves whole tables.
         let fanout = self.enc.fanout();
@@ -99,10 +100,21 @@ impl Protocol {
                 p.gaps.clear();
                 continue;
             }
-            let wait = if p.over_cap { p.backoff } else { every };
-            let due = p.last_request.is_none_or(|t| since(t) >= wait);
+            // Nack rounds follow one another after the peer's measured round trip
+            // (`round_trip.rs`); a request for digests or the table after an interval.
+            let nacking = !p.gaps.is_empty() && p.nacks < super::MAX_NACKS;
+            let next = p.last_request.map(|t| {
+                if p.over_cap {
+                    t + p.backoff
+                } else if nacking {
+                    p.round_trip.next_round(t, every)
+                } else {
+                    t + every
+                }
+            });
+            let due = next.is_none_or(|at| now >= at);
             if (behind || names_gap) && !due {
-                let at = p.last_request.map_or(now, |t| t + wait);
+                let at = next.unwrap_or(now);
                 wake_at(&mut wake, at);
             }
             let mut state = behind && due;
@@ -115,15 +127,21 @@ impl Protocol {
                 // in which another receiver's nack for the same may come first.
                 state = false;
                 // (Relaying, each nack goes to its sender directly: no other receiver hears
-                // it, or holds its own back for it, so it need not wait.)
+                // it, or holds its own back for it, so it need not wait. A later round's
+                // wait is no longer than the round trip: the round's other nacks have come.)
+                let later = p.least_need.is_some();
                 let at = *p.nack_at.get_or_insert_with(|| {
                     if relaying {
                         now
+                    } else if later {
+                        now + repairs.jitter(p.round_trip.later_window(window))
                     } else {
                         now + repairs.jitter(window)
                     }
                 });
                 if at <= now {
+                    let r = p.round_trip.wait(every);
+                    round = Some(round.map_or(r, |x: Duration| x.min(r)));
                     nack.push(n);
                     p.names_rounds = names_gap;
                 } else {
@@ -160,10 +178,13 @@ impl Protocol {
                 want.push((n, p.addr, p.incarnation, state, only));
             }
         }
-        // A request, a nack or its answer may be lost: look again after one interval.
-        if !nack.is_empty() || want.iter().any(|w| w.3) {
-            let at = now + every;
-            wake_at(&mut wake, at);
+        // A request, a nack or its answer may be lost: look again after one interval (a
+        // round trip, for a nack).
+        if let Some(r) = round {
+            wake_at(&mut wake, now + r);
+        }
+        if want.iter().any(|w| w.3) {
+            wake_at(&mut wake, now + every);
         }
         nack.sort_unstable();
         self.send_nacks(now, &nack);

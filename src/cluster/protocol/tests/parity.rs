@@ -4,6 +4,8 @@
 use super::*;
 use crate::cluster::wire::{FLAG_AGAIN, FLAG_PLAIN, Gap};
 
+mod rounds;
+
 /// Nodes 1..=n (addresses 1..=n), formed: two ticks of everyone hearing everyone.
 fn formed(n: u16) -> (Vec<Protocol>, Instant) {
     let mut ps: Vec<Protocol> = (1..=n).map(|i| proto(u64::from(i), 1400)).collect();
