@@ -67,7 +67,7 @@ pub struct Config {
     pub max_rate: u32,
     /// Least time between two resync requests to the same peer, and between two replies to the
     /// same requester; the longest between two nack rounds to the same peer (they follow its
-    /// measured round trip, at least 5 ms apart).
+    /// measured round trip, at least `nack_window` apart).
     pub resync_interval: Duration,
     /// Bytes per second this node spends answering resync requests and nacks, over all
     /// requesters.

@@ -107,7 +107,7 @@ impl Protocol {
                 if p.over_cap {
                     t + p.backoff
                 } else if nacking {
-                    p.round_trip.next_round(t, every)
+                    p.round_trip.next_round(t, window, every)
                 } else {
                     t + every
                 }
@@ -140,7 +140,7 @@ impl Protocol {
                     }
                 });
                 if at <= now {
-                    let r = p.round_trip.wait(every);
+                    let r = p.round_trip.wait(window, every);
                     round = Some(round.map_or(r, |x: Duration| x.min(r)));
                     nack.push(n);
                     p.names_rounds = names_gap;

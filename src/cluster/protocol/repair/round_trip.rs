@@ -6,7 +6,9 @@
 //! whose round trip is well under a millisecond, three unlucky rounds cost 75 ms. The wait is
 //! now an estimate of the round trip, kept as TCP keeps its retransmission timeout (RFC 6298:
 //! a smoothed mean plus four times the mean deviation), and bounded by the resync interval
-//! above and [`MIN_ROUND`] below. A sample is the time from a nack to the first answer from
+//! above and the nack window below: a peer does not repair the same datagram again within the
+//! nack window (the round's other nacks asked for it too), so a nack sooner would be wasted and
+//! the round spent. A sample is the time from a nack to the first answer from
 //! the peer that covers what it asked for (a repair or parity of those sequence numbers), and
 //! only for a nack sent while none was pending (Karn's rule: the answer to a nack sent again
 //! may be the earlier one's). Until a sample comes, the resync interval.
@@ -14,12 +16,6 @@
 use std::time::{Duration, Instant};
 
 use crate::cluster::wire::BLOCK;
-
-/// The shortest wait between nack rounds to one peer, whatever its measured round trip: a few
-/// timer ticks of a node's event loop. (In the simulator, at 1 ms each way, 2 ms sent more
-/// nacks and parity for no gain: 64 nodes in 8 zones at 10 % loss were exact in at most 300 ms
-/// over 32 seeds, against 230 ms with 5.)
-pub(in crate::cluster::protocol) const MIN_ROUND: Duration = Duration::from_millis(5);
 
 /// A nack not answered yet: when it went, the span of sequence numbers it asked for, and
 /// whether it may be sampled (no earlier nack was pending).
@@ -91,12 +87,11 @@ impl RoundTrip {
         }
     }
 
-    /// How long after a nack round the next may follow: the estimate, within
-    /// [`MIN_ROUND`]`..=every` (`every` until a sample came).
-    pub(in crate::cluster::protocol) fn wait(&self, every: Duration) -> Duration {
-        self.mean.map_or(every, |m| {
-            (m + self.dev * 4).clamp(MIN_ROUND.min(every), every)
-        })
+    /// How long after a nack round the next may follow: the estimate, within `hold..=every`
+    /// (the nack window and the resync interval; `every` until a sample came).
+    pub(in crate::cluster::protocol) fn wait(&self, hold: Duration, every: Duration) -> Duration {
+        self.mean
+            .map_or(every, |m| (m + self.dev * 4).clamp(hold.min(every), every))
     }
 
     /// When a nack round may follow one sent at `last`: a round trip after it, and after the
@@ -105,9 +100,10 @@ impl RoundTrip {
     pub(in crate::cluster::protocol) fn next_round(
         &self,
         last: Instant,
+        hold: Duration,
         every: Duration,
     ) -> Instant {
-        let wait = self.wait(every);
+        let wait = self.wait(hold, every);
         let quiet = self.heard.map_or(last, |h| h.max(last)) + wait;
         quiet.min(last + every)
     }
@@ -124,6 +120,7 @@ mod tests {
     use super::*;
 
     const EVERY: Duration = Duration::from_millis(25);
+    const HOLD: Duration = Duration::from_millis(2);
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -132,11 +129,11 @@ mod tests {
     #[test]
     fn without_a_sample_the_wait_is_the_resync_interval() {
         let mut r = RoundTrip::default();
-        assert_eq!(r.wait(EVERY), EVERY);
+        assert_eq!(r.wait(HOLD, EVERY), EVERY);
         assert_eq!(r.later_window(ms(10)), ms(10));
         // Asked, never answered: still nothing measured.
         r.asked(Instant::now(), &[(5, 7)]);
-        assert_eq!(r.wait(EVERY), EVERY);
+        assert_eq!(r.wait(HOLD, EVERY), EVERY);
     }
 
     #[test]
@@ -146,7 +143,7 @@ mod tests {
         r.asked(t, &[(10, 12), (40, 40)]);
         r.answered(t + ms(4), 40, 40);
         // First sample: mean 4 ms, deviation 2 ms, wait 4 + 8.
-        assert_eq!(r.wait(EVERY), ms(12));
+        assert_eq!(r.wait(HOLD, EVERY), ms(12));
         assert_eq!(r.later_window(ms(10)), ms(4));
         // Steady 7 ms answers: the deviation decays, the wait comes down towards 7 ms.
         for i in 1..40u64 {
@@ -154,8 +151,8 @@ mod tests {
             r.asked(at, &[(10, 12)]);
             r.answered(at + ms(7), 11, 11);
         }
-        assert!(r.wait(EVERY) < ms(8), "{:?}", r.wait(EVERY));
-        assert!(r.wait(EVERY) >= ms(6));
+        assert!(r.wait(HOLD, EVERY) < ms(8), "{:?}", r.wait(HOLD, EVERY));
+        assert!(r.wait(HOLD, EVERY) >= ms(6));
     }
 
     #[test]
@@ -164,13 +161,19 @@ mod tests {
         let mut fast = RoundTrip::default();
         fast.asked(t, &[(1, 1)]);
         fast.answered(t + Duration::from_micros(100), 1, 1);
-        assert_eq!(fast.wait(EVERY), MIN_ROUND);
+        assert_eq!(fast.wait(HOLD, EVERY), HOLD);
         let mut slow = RoundTrip::default();
         slow.asked(t, &[(1, 1)]);
         slow.answered(t + ms(80), 1, 1);
-        assert_eq!(slow.wait(EVERY), EVERY);
-        // A resync interval below the floor is the wait.
-        assert_eq!(fast.wait(ms(1)), ms(1));
+        assert_eq!(slow.wait(HOLD, EVERY), EVERY);
+        // A resync interval below the nack window is the wait.
+        assert_eq!(fast.wait(HOLD, ms(1)), ms(1));
+        // The nack window is the least wait: the peer would not answer sooner.
+        let mut r = RoundTrip::default();
+        r.asked(t, &[(1, 1)]);
+        r.answered(t + ms(3), 1, 1);
+        assert_eq!(r.wait(HOLD, EVERY), ms(9));
+        assert_eq!(r.wait(ms(10), EVERY), ms(10));
     }
 
     #[test]
@@ -182,14 +185,14 @@ mod tests {
         // Timed: 9 ms. A nack at 100 ms, whose answers keep coming (to others' nacks too) until
         // 115 ms: the next round waits 9 ms after the last of them.
         let last = t + ms(100);
-        assert_eq!(r.next_round(last, EVERY), last + ms(9));
+        assert_eq!(r.next_round(last, HOLD, EVERY), last + ms(9));
         r.asked(last, &[(2, 2)]);
         r.answered(last + ms(12), 70, 70);
         r.answered(last + ms(15), 80, 80);
-        assert_eq!(r.next_round(last, EVERY), last + ms(24));
+        assert_eq!(r.next_round(last, HOLD, EVERY), last + ms(24));
         // Never later than a resync interval after the nack.
         r.answered(last + ms(20), 90, 90);
-        assert_eq!(r.next_round(last, EVERY), last + EVERY);
+        assert_eq!(r.next_round(last, HOLD, EVERY), last + EVERY);
     }
 
     #[test]
@@ -200,13 +203,13 @@ mod tests {
         // A repair of another receiver's gap, and parity of another block: no sample.
         r.answered(t + ms(1), 13, 20);
         r.answered_block(t + ms(1), 64);
-        assert_eq!(r.wait(EVERY), EVERY);
+        assert_eq!(r.wait(HOLD, EVERY), EVERY);
         // Parity of the block holding the gap is an answer.
         r.answered_block(t + ms(3), 0);
-        assert_eq!(r.wait(EVERY), ms(9));
+        assert_eq!(r.wait(HOLD, EVERY), ms(9));
         // Only the first answer of a nack counts.
         r.answered(t + ms(20), 10, 12);
-        assert_eq!(r.wait(EVERY), ms(9));
+        assert_eq!(r.wait(HOLD, EVERY), ms(9));
     }
 
     #[test]
@@ -218,10 +221,10 @@ mod tests {
         // be the first nack's (26 ms) or the second's (1 ms): neither is taken.
         r.asked(t + ms(25), &[(10, 12)]);
         r.answered(t + ms(26), 10, 10);
-        assert_eq!(r.wait(EVERY), EVERY);
+        assert_eq!(r.wait(HOLD, EVERY), EVERY);
         // The next nack, sent with none pending, is sampled.
         r.asked(t + ms(50), &[(11, 11)]);
         r.answered(t + ms(52), 11, 11);
-        assert_eq!(r.wait(EVERY), ms(6));
+        assert_eq!(r.wait(HOLD, EVERY), ms(6));
     }
 }
