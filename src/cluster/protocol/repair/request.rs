@@ -100,9 +100,13 @@ impl Protocol {
                 p.gaps.clear();
                 continue;
             }
-            // Nack rounds follow one another after the peer's measured round trip
-            // (`round_trip.rs`); a request for digests or the table after an interval.
-            let nacking = !p.gaps.is_empty() && p.nacks < super::MAX_NACKS;
+            // Nack rounds of a big table follow one another after the peer's measured round
+            // trip (`round_trip.rs`); a request for digests or the table after an interval. A
+            // small table's rounds each count towards asking for the table whole: an interval
+            // apart, the other receivers' symbols have come first (at the round trip, 64 × 2k
+            // at 10 % loss cost 1.51× the lossless bytes in one seed of 40, with three table
+            // requests, against 1.46×).
+            let nacking = big && !p.gaps.is_empty() && p.nacks < super::MAX_NACKS;
             let next = p.last_request.map(|t| {
                 if p.over_cap {
                     t + p.backoff
@@ -129,7 +133,7 @@ impl Protocol {
                 // (Relaying, each nack goes to its sender directly: no other receiver hears
                 // it, or holds its own back for it, so it need not wait. A later round's
                 // wait is no longer than the round trip: the round's other nacks have come.)
-                let later = p.least_need.is_some();
+                let later = nacking && p.least_need.is_some();
                 let at = *p.nack_at.get_or_insert_with(|| {
                     if relaying {
                         now
@@ -140,7 +144,11 @@ impl Protocol {
                     }
                 });
                 if at <= now {
-                    let r = p.round_trip.wait(window, every);
+                    let r = if nacking {
+                        p.round_trip.wait(window, every)
+                    } else {
+                        every
+                    };
                     round = Some(round.map_or(r, |x: Duration| x.min(r)));
                     nack.push(n);
                     p.names_rounds = names_gap;
