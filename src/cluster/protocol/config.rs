@@ -66,8 +66,8 @@ pub struct Config {
     /// Most datagrams accepted per second from one source address.
     pub max_rate: u32,
     /// Least time between two resync requests to the same peer, and between two replies to the
-    /// same requester; the longest between two nack rounds to the same peer (they follow its
-    /// measured round trip, at least `nack_window` apart).
+    /// same requester; the longest between two nack rounds to the same peer (for a big table
+    /// they follow its measured round trip, at least `nack_window` apart).
     pub resync_interval: Duration,
     /// Bytes per second this node spends answering resync requests and nacks, over all
     /// requesters.

@@ -21,11 +21,13 @@
 //! goes twice; and a receiver that knows gaps but not the sender's declaration nacks them once
 //! the sender has been quiet an interval.)
 //!
-//! A receiver still missing something after a round asks again once the round has had time to
-//! be answered: the peer's measured round trip from nack to answer (`round_trip.rs`, kept as
-//! TCP keeps its retransmission timeout), and as long again after the peer's last answer, which
-//! may still be coming through its bucket; at most a resync interval, which is also the wait
-//! until a round has been timed.
+//! A receiver still missing something of a big table (over [`SMALL_TABLE`] datagrams) after a
+//! round asks again once the round has had time to be answered: the peer's measured round trip
+//! from nack to answer (`round_trip.rs`, kept as TCP keeps its retransmission timeout), and as
+//! long again after the peer's last answer, which may still be coming through its bucket; at
+//! least the nack window, at most a resync interval, which is also the wait until a round has
+//! been timed, and the wait between a small table's rounds (each of which counts towards
+//! fetching the table whole).
 //!
 //! Everything sent in answer — repairs, and the whole-table replies to resync requests that
 //! remain for what a nack cannot fix (a new peer, a gap older than the history, a copy still

@@ -8,10 +8,15 @@
 //! a smoothed mean plus four times the mean deviation), and bounded by the resync interval
 //! above and the nack window below: a peer does not repair the same datagram again within the
 //! nack window (the round's other nacks asked for it too), so a nack sooner would be wasted and
-//! the round spent. A sample is the time from a nack to the first answer from
-//! the peer that covers what it asked for (a repair or parity of those sequence numbers), and
-//! only for a nack sent while none was pending (Karn's rule: the answer to a nack sent again
-//! may be the earlier one's). Until a sample comes, the resync interval.
+//! the round spent. A sample is the time from a nack to the first answer from the peer that
+//! covers what it asked for (a repair or parity of those sequence numbers), and only for a
+//! nack sent while none was pending (Karn's rule: the answer to a nack sent again may be the
+//! earlier one's). Until a sample comes, the resync interval.
+//!
+//! Only a big table's rounds are timed so (`request.rs`): there only rounds that bring nothing
+//! count towards reconciling by digests. A small table's rounds each count towards fetching it
+//! whole, and stay a resync interval apart, time in which the other receivers' parity often
+//! brings what this node lacks.
 
 use std::time::{Duration, Instant};
 
