@@ -130,13 +130,13 @@ use sums::Sums;
 
 /// Maps with a fixed hasher: iteration order depends only on what was inserted, so a seeded
 /// simulation replays exactly. (Keys are node ids and keyed topic hashes: not attacker-chosen.)
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
+
 /// Moves a pending wake-up to `at` if that is sooner (or sets it).
 fn wake_at(wake: &mut Option<Instant>, at: Instant) {
     *wake = Some(wake.map_or(at, |w| w.min(at)));
 }
-
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::FixedState>;
 
 /// Most members heard of from peers and not polled yet ([`Event::MemberLearned`]).
 const MAX_MEMBERS_LEARNED: usize = 4096;

@@ -72,8 +72,8 @@ impl Protocol {
                 self.stats.nacks_suppressed += 1;
                 continue;
             }
-            let sent: Vec<(u64, u64)> = left.iter().chain(&by_parity).copied().collect();
-            p.round_trip.asked(now, &sent);
+            p.round_trip
+                .asked(now, left.iter().chain(&by_parity).copied());
             let to = if later { &mut again } else { &mut coded };
             to.extend(by_parity.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));
             list.extend(left.iter().map(|&(lo, hi)| Gap::new(node, lo, hi)));

@@ -45,11 +45,15 @@ pub(in crate::cluster::protocol) struct RoundTrip {
 
 impl RoundTrip {
     /// This node nacked the peer's sequence numbers `gaps` (inclusive ranges) at `now`.
-    pub(in crate::cluster::protocol) fn asked(&mut self, now: Instant, gaps: &[(u64, u64)]) {
-        let (Some(lo), Some(hi)) = (
-            gaps.iter().map(|g| g.0).min(),
-            gaps.iter().map(|g| g.1).max(),
-        ) else {
+    pub(in crate::cluster::protocol) fn asked(
+        &mut self,
+        now: Instant,
+        gaps: impl IntoIterator<Item = (u64, u64)>,
+    ) {
+        let Some((lo, hi)) = gaps
+            .into_iter()
+            .reduce(|(lo, hi), (l, h)| (lo.min(l), hi.max(h)))
+        else {
             return;
         };
         let fresh = self.probe.is_none();
@@ -131,13 +135,21 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// An estimator whose one sample is a nack of datagram 1 at `t` answered `rtt` later.
+    fn sampled(t: Instant, rtt: Duration) -> RoundTrip {
+        let mut r = RoundTrip::default();
+        r.asked(t, [(1, 1)]);
+        r.answered(t + rtt, 1, 1);
+        r
+    }
+
     #[test]
     fn without_a_sample_the_wait_is_the_resync_interval() {
         let mut r = RoundTrip::default();
         assert_eq!(r.wait(HOLD, EVERY), EVERY);
         assert_eq!(r.later_window(ms(10)), ms(10));
         // Asked, never answered: still nothing measured.
-        r.asked(Instant::now(), &[(5, 7)]);
+        r.asked(Instant::now(), [(5, 7)]);
         assert_eq!(r.wait(HOLD, EVERY), EVERY);
     }
 
@@ -145,7 +157,7 @@ mod tests {
     fn an_answer_to_what_was_asked_sets_the_wait() {
         let t = Instant::now();
         let mut r = RoundTrip::default();
-        r.asked(t, &[(10, 12), (40, 40)]);
+        r.asked(t, [(10, 12), (40, 40)]);
         r.answered(t + ms(4), 40, 40);
         // First sample: mean 4 ms, deviation 2 ms, wait 4 + 8.
         assert_eq!(r.wait(HOLD, EVERY), ms(12));
@@ -153,7 +165,7 @@ mod tests {
         // Steady 7 ms answers: the deviation decays, the wait comes down towards 7 ms.
         for i in 1..40u64 {
             let at = t + ms(100 * i);
-            r.asked(at, &[(10, 12)]);
+            r.asked(at, [(10, 12)]);
             r.answered(at + ms(7), 11, 11);
         }
         assert!(r.wait(HOLD, EVERY) < ms(8), "{:?}", r.wait(HOLD, EVERY));
@@ -163,20 +175,14 @@ mod tests {
     #[test]
     fn the_wait_stays_within_its_bounds() {
         let t = Instant::now();
-        let mut fast = RoundTrip::default();
-        fast.asked(t, &[(1, 1)]);
-        fast.answered(t + Duration::from_micros(100), 1, 1);
+        let fast = sampled(t, Duration::from_micros(100));
         assert_eq!(fast.wait(HOLD, EVERY), HOLD);
-        let mut slow = RoundTrip::default();
-        slow.asked(t, &[(1, 1)]);
-        slow.answered(t + ms(80), 1, 1);
+        let slow = sampled(t, ms(80));
         assert_eq!(slow.wait(HOLD, EVERY), EVERY);
         // A resync interval below the nack window is the wait.
         assert_eq!(fast.wait(HOLD, ms(1)), ms(1));
         // The nack window is the least wait: the peer would not answer sooner.
-        let mut r = RoundTrip::default();
-        r.asked(t, &[(1, 1)]);
-        r.answered(t + ms(3), 1, 1);
+        let r = sampled(t, ms(3));
         assert_eq!(r.wait(HOLD, EVERY), ms(9));
         assert_eq!(r.wait(ms(10), EVERY), ms(10));
     }
@@ -184,14 +190,12 @@ mod tests {
     #[test]
     fn a_round_waits_for_the_peer_to_finish_answering() {
         let t = Instant::now();
-        let mut r = RoundTrip::default();
-        r.asked(t, &[(1, 1)]);
-        r.answered(t + ms(3), 1, 1);
+        let mut r = sampled(t, ms(3));
         // Timed: 9 ms. A nack at 100 ms, whose answers keep coming (to others' nacks too) until
         // 115 ms: the next round waits 9 ms after the last of them.
         let last = t + ms(100);
         assert_eq!(r.next_round(last, HOLD, EVERY), last + ms(9));
-        r.asked(last, &[(2, 2)]);
+        r.asked(last, [(2, 2)]);
         r.answered(last + ms(12), 70, 70);
         r.answered(last + ms(15), 80, 80);
         assert_eq!(r.next_round(last, HOLD, EVERY), last + ms(24));
@@ -204,7 +208,7 @@ mod tests {
     fn answers_to_something_else_are_not_samples() {
         let t = Instant::now();
         let mut r = RoundTrip::default();
-        r.asked(t, &[(10, 12)]);
+        r.asked(t, [(10, 12)]);
         // A repair of another receiver's gap, and parity of another block: no sample.
         r.answered(t + ms(1), 13, 20);
         r.answered_block(t + ms(1), 64);
@@ -221,14 +225,14 @@ mod tests {
     fn a_nack_sent_again_before_its_answer_is_not_sampled() {
         let t = Instant::now();
         let mut r = RoundTrip::default();
-        r.asked(t, &[(10, 12)]);
+        r.asked(t, [(10, 12)]);
         // Lost, or slow: asked again 25 ms later, answered 1 ms after that. The answer may
         // be the first nack's (26 ms) or the second's (1 ms): neither is taken.
-        r.asked(t + ms(25), &[(10, 12)]);
+        r.asked(t + ms(25), [(10, 12)]);
         r.answered(t + ms(26), 10, 10);
         assert_eq!(r.wait(HOLD, EVERY), EVERY);
         // The next nack, sent with none pending, is sampled.
-        r.asked(t + ms(50), &[(11, 11)]);
+        r.asked(t + ms(50), [(11, 11)]);
         r.answered(t + ms(52), 11, 11);
         assert_eq!(r.wait(HOLD, EVERY), ms(6));
     }
