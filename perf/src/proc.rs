@@ -172,31 +172,122 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 /// The settings are tunables (`GLIBC_TUNABLES`), read when a process starts, so this process
 /// executes itself again with them once (the user's own tunables follow, and win).
 /// `HEADCOUNT_PERF_MALLOC` set (to anything) skips it: glibc's defaults.
+///
+/// glibc 2.36 (Debian 12) takes the huge-page tunable only some of the time: it compares the
+/// kernel's setting, read into a buffer one byte longer than the text, as a C string without
+/// ending it, so whatever the stack held in that byte decides. Of six runs of 256 × 100k, two
+/// had no huge pages (their heap without `hg` in `/proc/self/smaps`), and so took 70 s where
+/// the others took about 60. Where the kernel gives huge pages on request (`[madvise]`) and the
+/// heap has none, this process therefore executes itself again, up to [`ATTEMPTS`] times
+/// (each start draws the stack afresh, and about one in three gets them; a start is a few
+/// milliseconds).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() {
     use std::os::unix::process::CommandExt;
     const GUARD: &str = "HEADCOUNT_PERF_MALLOC";
+    /// The tunables of the first start (glibc overwrites `GLIBC_TUNABLES` as it parses it).
+    const KEPT: &str = "HEADCOUNT_PERF_TUNABLES";
     const KEEP: &str = "glibc.malloc.trim_threshold=4294967295:\
                         glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=67108864:\
                         glibc.malloc.hugetlb=1";
-    if std::env::var_os(GUARD).is_some() {
-        return;
-    }
+    let (attempt, tunables) = match std::env::var(GUARD) {
+        Err(std::env::VarError::NotPresent) => {
+            let mut tunables = KEEP.to_string();
+            if let Some(theirs) = std::env::var("GLIBC_TUNABLES")
+                .ok()
+                .filter(|t| !t.is_empty())
+            {
+                tunables.push(':');
+                tunables.push_str(&theirs);
+            }
+            (1, tunables)
+        }
+        // Started by itself: again only while huge pages were wanted and did not come.
+        Ok(v) => {
+            let Some(attempt) = v.strip_prefix("kept ").and_then(|n| n.parse::<u32>().ok()) else {
+                return;
+            };
+            let Ok(tunables) = std::env::var(KEPT) else {
+                return;
+            };
+            let theirs = tunables.get(KEEP.len()..).unwrap_or_default();
+            if attempt >= ATTEMPTS
+                || theirs.contains("glibc.malloc.hugetlb")
+                || !huge_pages_missed()
+            {
+                return;
+            }
+            (attempt + 1, tunables)
+        }
+        Err(_) => return,
+    };
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
-    let mut tunables = KEEP.to_string();
-    if let Some(theirs) = std::env::var("GLIBC_TUNABLES")
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        tunables.push(':');
-        tunables.push_str(&theirs);
-    }
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("GLIBC_TUNABLES", tunables)
-        .env(GUARD, "kept")
+        .env("GLIBC_TUNABLES", &tunables)
+        .env(KEPT, &tunables)
+        .env(GUARD, format!("kept {attempt}"))
         .exec();
     eprintln!("headcount-perf: not run again with the allocator's memory kept ({err})");
+}
+
+/// How many times [`keep_freed_memory`] starts this process for the heap's huge pages.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ATTEMPTS: u32 = 16;
+
+/// Whether the kernel gives huge pages on request and this process's heap asked for none.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn huge_pages_missed() -> bool {
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if !mode.is_ok_and(|m| m.contains("[madvise]")) {
+        return false;
+    }
+    std::fs::read_to_string("/proc/self/smaps").is_ok_and(|s| !heap_asks_huge_pages(&s))
+}
+
+/// Whether a mapping of the heap in `smaps` (`/proc/PID/smaps`) was asked for huge pages
+/// (`hg` among its `VmFlags`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_asks_huge_pages(smaps: &str) -> bool {
+    let mut heap = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            heap = line.trim_end().ends_with("[heap]");
+        } else if heap && first == "VmFlags:" && line.split_whitespace().any(|f| f == "hg") {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::heap_asks_huge_pages;
+
+    const HEAP: &str = "55ec88744000-55edba63f000 rw-p 00000000 00:00 0      [heap]\n\
+                        Size:            5000000 kB\n\
+                        AnonHugePages:         0 kB\n";
+    const STACK: &str = "7ffc0000-7ffd0000 rw-p 00000000 00:00 0      [stack]\n\
+                         Size:                132 kB\n\
+                         VmFlags: rd wr mr mw me gd ac hg\n";
+
+    #[test]
+    fn the_heap_asked_for_huge_pages_only_where_its_flags_say_so() {
+        let asked = format!("{HEAP}VmFlags: rd wr mr mw me ac hg\n{STACK}");
+        let not = format!("{HEAP}VmFlags: rd wr mr mw me ac\n{STACK}");
+        assert!(heap_asks_huge_pages(&asked));
+        // Another mapping's `hg` is not the heap's.
+        assert!(!heap_asks_huge_pages(&not));
+        assert!(!heap_asks_huge_pages(""));
+        // A heap split in two by the advice: either part asking counts.
+        let split = format!(
+            "{HEAP}VmFlags: rd wr mr mw me ac\n\
+             55edba63f000-55edc0000000 rw-p 00000000 00:00 0      [heap]\n\
+             VmFlags: rd wr mr mw me ac hg\n"
+        );
+        assert!(heap_asks_huge_pages(&split));
+    }
 }
