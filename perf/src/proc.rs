@@ -173,11 +173,12 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 /// executes itself again with them once (the user's own tunables follow, and win).
 /// `HEADCOUNT_PERF_MALLOC` set (to anything) skips it: glibc's defaults.
 ///
-/// glibc 2.36 (Debian 12) takes the huge-page tunable only some of the time: it compares the
-/// kernel's setting, read into a buffer one byte longer than the text, as a C string without
-/// ending it, so whatever the stack held in that byte decides. Of six runs of 256 × 100k, two
-/// had no huge pages (their heap without `hg` in `/proc/self/smaps`), and so took 70 s where
-/// the others took about 60. Where the kernel gives huge pages on request (`[madvise]`) and the
+/// glibc 2.36 (Debian 12) takes the huge-page tunable only some of the time: each start reads
+/// the same `always [madvise] never` (strace), then reads the huge page size and advises the
+/// heap, or does neither. (Likely the check of that text: read into a buffer one byte longer
+/// than it and compared as a C string, with that last byte whatever the stack held; newer
+/// glibc ends the text first.) Of six runs of 256 × 100k, two had no huge pages (their heap
+/// without `hg` in `/proc/self/smaps`), and so took 70 s where the others took about 60. Where the kernel gives huge pages on request (`[madvise]`) and the
 /// heap has none, this process therefore executes itself again, up to [`ATTEMPTS`] times
 /// (each start draws the stack afresh, and about one in three gets them; a start is a few
 /// milliseconds).
