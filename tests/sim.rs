@@ -228,3 +228,70 @@ fn exact_finds_wrong_counts_that_keep_the_totals() {
         assert!(sim.ticks_to_exact(20).is_some(), "seed {seed}: not mended");
     }
 }
+
+/// Windows run on the second thread (`on_helper_thread`), over the whole test binary's runs.
+static HELPED_WINDOWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn helped(on: bool) {
+    if on {
+        HELPED_WINDOWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A window's nodes handled on two threads (a spare core lent to the simulation) make the run
+/// one thread makes: the same bytes from every node, deliveries, link drops and views, through
+/// loss, duplication, reordering, link limits, and a unicast fan-out.
+#[test]
+fn a_run_on_two_threads_is_the_run_on_one() {
+    use headcount::cluster::sim::Capacity;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const NODES: usize = 48;
+    for seed in 0..3 {
+        let run = |spare: usize| {
+            let mut s = Sim::new(NODES, seed, TICK, |_| {});
+            s.faults = Faults {
+                loss: 0.05,
+                dup: 0.02,
+                reorder: 0.05,
+                delay: Duration::from_millis(1),
+                jitter: Duration::from_millis(2),
+            };
+            s.capacity = Capacity {
+                egress_bytes_per_sec: 50_000_000,
+                ingress_bytes_per_sec: 50_000_000,
+                send_buffer: 65_536,
+                recv_buffer: 65_536,
+                unicast_fanout: seed == 2,
+            };
+            let cores = Arc::new(AtomicUsize::new(spare));
+            s.spare_cores = Some(cores.clone());
+            s.on_helper_thread = Some(helped);
+            s.run_for(TICK * 3);
+            s.burst(seed, 30_000, 2_000);
+            s.run_for(TICK * 6);
+            s.stop(5);
+            s.run_for(TICK * 2);
+            let views: Vec<u64> = (0..NODES)
+                .flat_map(|i| (0..2_000).map(move |t| (i, hash(t))))
+                .map(|(i, h)| s.view(i, h))
+                .collect();
+            let links: Vec<_> = (0..NODES).map(|i| s.link(i)).collect();
+            assert_eq!(
+                cores.load(Ordering::Relaxed),
+                spare,
+                "the core is given back"
+            );
+            (s.bytes_sent.clone(), s.delivered, links, views)
+        };
+        let before = HELPED_WINDOWS.load(Ordering::Relaxed);
+        let one = run(0);
+        let two = run(1);
+        assert!(
+            HELPED_WINDOWS.load(Ordering::Relaxed) > before,
+            "seed {seed}: no window ran on two threads"
+        );
+        assert!(one.3.iter().any(|&v| v > 0) && one.1 > 0);
+        assert!(one == two, "seed {seed}: the runs differ");
+    }
+}

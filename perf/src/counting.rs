@@ -9,7 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// The system allocator, counting the allocations (`alloc`, `alloc_zeroed`, `realloc`) made by
 /// threads that turned counting on with [`count_allocs`].
@@ -83,17 +83,34 @@ pub fn count_allocs(on: bool) {
     COUNTING.with(|c| c.set(on));
 }
 
+/// Bytes that threads helping the tracking thread ([`helper_bytes`]) allocated and did not
+/// free, added when each stops helping.
+static HELPED: AtomicI64 = AtomicI64::new(0);
+
 /// Starts keeping the bytes this thread allocates and does not free ([`live_bytes`]), from
-/// zero; or stops.
+/// zero; or stops. (One thread at a time: its helpers' bytes are kept process-wide.)
 pub fn track_bytes(on: bool) {
     LIVE.with(|l| l.set(0));
+    HELPED.store(0, Ordering::Relaxed);
     TRACK.with(|t| t.set(on));
 }
 
-/// Bytes this thread allocated and did not free since its [`track_bytes`]`(true)` (requested
-/// sizes, not the allocator's rounding; zero unless [`Counting`] is the global allocator).
+/// This thread starts or stops working for the thread that tracks bytes: while it does, what it
+/// allocates and frees counts in that thread's [`live_bytes`] (added when it stops). A
+/// simulation's second thread (`Sim::on_helper_thread`) does its share of the measured run.
+pub fn helper_bytes(on: bool) {
+    let mine = LIVE.with(|l| l.replace(0));
+    if !on {
+        HELPED.fetch_add(mine, Ordering::Relaxed);
+    }
+    TRACK.with(|t| t.set(on));
+}
+
+/// Bytes this thread, and the threads that helped it and stopped, allocated and did not free
+/// since its [`track_bytes`]`(true)` (requested sizes, not the allocator's rounding; zero
+/// unless [`Counting`] is the global allocator).
 pub fn live_bytes() -> i64 {
-    LIVE.with(Cell::get)
+    LIVE.with(Cell::get) + HELPED.load(Ordering::Relaxed)
 }
 
 /// Allocations counted so far, all threads together (zero unless [`Counting`] is the global
@@ -149,6 +166,21 @@ mod tests {
             .expect("allocating thread");
         let e = live_bytes();
         assert!((e - d).abs() < MIB, "another thread's: {d} -> {e}");
+        // A helper's bytes count once it stops helping, and so do frees here of what it
+        // allocated.
+        let helped = std::thread::spawn(|| {
+            helper_bytes(true);
+            let v = Vec::<u8>::with_capacity(8 << 20);
+            helper_bytes(false);
+            v
+        })
+        .join()
+        .expect("helping thread");
+        let f = live_bytes();
+        assert!((f - e - 8 * MIB).abs() < MIB, "a helper's: {e} -> {f}");
+        drop(helped);
+        let g = live_bytes();
+        assert!((g - e).abs() < MIB, "its bytes freed here: {f} -> {g}");
         track_bytes(false);
         drop(other);
     }

@@ -6,22 +6,25 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 mod addr;
 mod event;
+mod lane;
 mod link;
 mod zone;
 mod zones;
 
 pub use addr::{addr, topic_hash};
-use event::{Event, Sent, What};
+use event::{Event, What};
+use lane::Lane;
 pub use link::{Capacity, Faults, LinkStats};
 pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
 use std::time::{Duration, Instant};
 
-use super::protocol::{Clock, Config, Dest, Protocol};
+use super::protocol::{Clock, Config, Protocol};
 
 /// The Unix time (ms) at the start of every simulation: 2027-01-15.
 pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
@@ -82,6 +85,14 @@ pub struct Sim {
     pub delivered: u64,
     /// Every node's seal (one key): a datagram's tag is checked once for all its receivers.
     seal: Seal,
+    /// Cores this simulation may borrow (`None`: it runs on the caller's thread alone). A
+    /// window with many nodes' events takes one, if there is one, and runs half of its nodes
+    /// on a second thread (see [`Sim::run_until`]); the run is the same either way. Shared by
+    /// simulations run side by side: one that ends gives its core back for the others.
+    pub spare_cores: Option<Arc<AtomicUsize>>,
+    /// Called on the second thread of a window with `true` before it handles anything and
+    /// `false` after (a measurement of the run's memory takes in that thread's share).
+    pub on_helper_thread: Option<fn(bool)>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -131,6 +142,8 @@ impl Sim {
             bytes_sent: vec![0; n],
             delivered: 0,
             seal: Seal::new("sim", b"sim key"),
+            spare_cores: None,
+            on_helper_thread: None,
         };
         let units = s.zones.as_ref().map_or(n, |z| z.n);
         s.queues = (0..units).map(|_| BinaryHeap::new()).collect();
@@ -361,9 +374,10 @@ impl Sim {
     /// Node `i` shuts down gracefully: it sends a goodbye, then stops.
     pub fn stop(&mut self, i: usize) {
         for e in self.endpoints_of(i) {
-            if let Some(mut p) = self.nodes[e].proto.take() {
+            if let Some(p) = self.nodes[e].proto.as_mut() {
                 p.goodbye(self.base + self.now);
-                self.flush(e, &mut p);
+                self.with_lane(e, |lane, net| lane.flush(net));
+                self.nodes[e].proto = None;
             }
             self.nodes[e].local.clear();
             self.nodes[e].local_total = 0;
@@ -406,77 +420,7 @@ impl Sim {
 
     /// Queues node `i`'s wake if its protocol asks for a new one.
     fn rewake(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let w = node
-            .proto
-            .as_ref()
-            .and_then(Protocol::poll_timeout)
-            .map(|w| w.saturating_duration_since(self.base));
-        if w != node.wake {
-            node.wake = w;
-            if let Some(w) = w {
-                self.queue(Event::wake(w, i));
-            }
-        }
-    }
-
-    fn flush(&mut self, i: usize, p: &mut Protocol) {
-        let tick = self.tick.as_nanos().max(1);
-        let mut out = Vec::new();
-        while let Some(t) = p.poll_transmit() {
-            let w = (self.now.as_nanos() / tick) as u64;
-            let net = self.nodes[i].net;
-            let copies = match t.dest {
-                Dest::Group if self.capacity.unicast_fanout => self.nets[net].len() as u64 - 1,
-                _ => 1,
-            };
-            let node = &mut self.nodes[i];
-            if node.window.0 != w {
-                node.window = (w, 0);
-            }
-            node.window.1 += t.bytes.len() as u64 * copies;
-            node.link.peak_bytes_per_tick = node.link.peak_bytes_per_tick.max(node.window.1);
-            match t.dest {
-                Dest::Group if self.capacity.unicast_fanout => {
-                    // A copy per peer, each through the uplink.
-                    for k in 0..self.nets[net].len() {
-                        let j = self.nets[net][k];
-                        if j != i
-                            && let Some(left) = self.uplink(i, t.bytes.len())
-                        {
-                            self.bytes_sent[i] += t.bytes.len() as u64;
-                            self.send(i, j, left, &mut out);
-                        }
-                    }
-                }
-                Dest::Group => {
-                    // One transmission reaches the whole group.
-                    let Some(left) = self.uplink(i, t.bytes.len()) else {
-                        continue;
-                    };
-                    self.bytes_sent[i] += t.bytes.len() as u64;
-                    for k in 0..self.nets[net].len() {
-                        let j = self.nets[net][k];
-                        if j != i {
-                            self.send(i, j, left, &mut out);
-                        }
-                    }
-                }
-                Dest::To(a) => {
-                    if let Some(j) = addr::index(a).filter(|&j| j < self.nodes.len()) {
-                        let Some(left) = self.uplink(i, t.bytes.len()) else {
-                            continue;
-                        };
-                        self.bytes_sent[i] += t.bytes.len() as u64;
-                        self.send(i, j, left, &mut out);
-                    }
-                }
-            }
-            if !out.is_empty() {
-                let sent = Arc::new(Sent::new(&self.seal, &t.bytes, out.len()));
-                self.emit(i, &sent, &mut out);
-            }
-        }
+        self.with_lane(i, |lane, net| lane.rewake(net));
     }
 
     /// Queues `ev` for its node.
@@ -500,6 +444,11 @@ impl Sim {
     /// where each datagram went to every receiver in turn (64 × 100k at 1 %: 56–59 → 42 s a
     /// seed; 256 × 100k: 234 → 135 s, the same day). A zoned node's two endpoints share a
     /// queue: their glue acts on both at once.
+    ///
+    /// So a window's nodes may also run on two threads, when a core is lent
+    /// ([`Sim::spare_cores`]): each node handles its window as before and records what it
+    /// sends; the network's faults are then drawn for it in node order, as one thread draws
+    /// them, and the run is the same (`converge` gives the same figures).
     pub fn run_until(&mut self, until: Duration) {
         // The nodes may have been changed from outside since the last run.
         for i in 0..self.nodes.len() {
@@ -516,6 +465,9 @@ impl Sim {
                 break;
             }
             let end = (start + span).min(until + Duration::from_nanos(1));
+            if self.window_on_two_threads(end) {
+                continue;
+            }
             for u in 0..self.queues.len() {
                 while self.queues[u].peek().is_some_and(|Reverse(e)| e.at() < end) {
                     let Some(Reverse(ev)) = self.queues[u].pop() else {
@@ -533,37 +485,13 @@ impl Sim {
 
     /// Event `ev` came up, at `self.now`.
     fn handle(&mut self, ev: Event) {
-        match ev.what {
-            What::Tick(i) => {
-                let n = &self.nodes[i];
-                if n.proto.is_none() || n.next_tick != ev.at() {
-                    return; // stale: crashed, or restarted since
-                }
-                self.zone_before_tick(i);
-                let mut p = self.nodes[i].proto.take().expect("running node");
-                p.handle_tick(self.base + self.now);
-                self.flush(i, &mut p);
-                self.nodes[i].proto = Some(p);
-                let next = ev.at() + self.tick;
-                self.nodes[i].next_tick = next;
-                self.queue(Event::tick(next, i));
-                self.rewake(i);
-            }
-            What::Wake(i) => {
-                if self.nodes[i].wake != Some(ev.at()) {
-                    return; // stale: the node asked for another time since
-                }
-                self.nodes[i].wake = None;
-                let Some(mut p) = self.nodes[i].proto.take() else {
-                    return;
-                };
-                p.handle_timeout(self.base + self.now);
-                self.flush(i, &mut p);
-                self.nodes[i].proto = Some(p);
-                self.rewake(i);
-            }
-            What::Datagram { .. } => self.deliver(ev),
+        let e = ev.endpoint();
+        if let What::Tick(i) = ev.what
+            && !Lane::stale_tick(&self.nodes[i], &ev)
+        {
+            self.zone_before_tick(i);
         }
+        self.with_lane(e, |lane, net| lane.handle(net, ev));
     }
 
     /// Runs for `d` more.

@@ -3,6 +3,8 @@
 //! node is exact, and bytes per node per tick. The tick and millisecond figures are simulated
 //! time, not wall-clock time, and do not depend on the machine.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
@@ -188,16 +190,17 @@ fn repair_counts(sim: &Sim) -> [u64; 4] {
     })
 }
 
-/// One seed's run; `idle`: also the idle ticks after exactness and the memory they leave (a
-/// baseline needs only the burst's bytes).
+/// One seed's run: a burst of `joins` over `topics`; `idle`: also the idle ticks after
+/// exactness and the memory they leave (a baseline needs only the burst's bytes);
+/// `spare_cores`: the cores no run holds, which its busy windows may borrow.
 fn run_seed(
     nodes: usize,
     loss: f64,
     seed: u64,
-    topics: u64,
-    joins: u64,
+    (topics, joins): (u64, u64),
     setup: Setup,
     idle: bool,
+    spare_cores: &Arc<AtomicUsize>,
 ) -> Run {
     let relay = setup.relay_fanout;
     let plain = setup.plain;
@@ -216,6 +219,10 @@ fn run_seed(
         ..Faults::default()
     };
     sim.capacity = setup.cap;
+    sim.spare_cores = Some(spare_cores.clone());
+    if idle {
+        sim.on_helper_thread = Some(counting::helper_bytes);
+    }
     // Settle: every node has heard every other (heartbeats), and the refresh at full rate that
     // new peers start is over, so the burst meets a formed cluster.
     sim.run_for(TICK * (IDLE_TICKS + 3));
@@ -325,8 +332,9 @@ fn run_seed(
 /// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
 ///   over seeds (0 without `cap` limits).
 /// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate (with its
-///   lossless baseline run when `loss` > 0, on a second thread beside it), worst over seeds: a
-///   machine figure, unlike the rest.
+///   lossless baseline run when `loss` > 0, on a second thread beside it; a core that no run
+///   holds, such as the baseline's once it ends, is lent to the other run's busy windows),
+///   worst over seeds: a machine figure, unlike the rest.
 /// - `bytes_per_peer_topic`: the heap bytes the burst added, over the (peer, topic) entries all
 ///   nodes then hold of their peers' tables, mean over seeds. Everything the burst allocated is
 ///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
@@ -376,14 +384,25 @@ pub fn converge(
     let mut table_per_entry = Vec::new();
     let mut other_per_node = Vec::new();
     let mut entries = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for seed in 0..seeds {
         let started = std::time::Instant::now();
         // Without loss the run is its own lossless baseline (the simulation is seeded); with
         // loss the baseline runs on another thread beside it (up to the burst's end only).
+        // A core that no run holds is lent to the windows of one that has many nodes' events
+        // (`Sim::spare_cores`); the baseline gives its core back when it ends.
+        let runs = if loss > 0.0 { 2 } else { 1 };
+        let spare = Arc::new(AtomicUsize::new(cores.saturating_sub(runs)));
         let (r, lossless) = std::thread::scope(|s| {
-            let baseline = (loss > 0.0)
-                .then(|| s.spawn(move || run_seed(nodes, 0.0, seed, topics, joins, setup, false)));
-            let r = run_seed(nodes, loss, seed, topics, joins, setup, true);
+            let baseline = (loss > 0.0).then(|| {
+                let spare = &spare;
+                s.spawn(move || {
+                    let b = run_seed(nodes, 0.0, seed, (topics, joins), setup, false, spare);
+                    spare.fetch_add(1, Ordering::AcqRel);
+                    b
+                })
+            });
+            let r = run_seed(nodes, loss, seed, (topics, joins), setup, true, &spare);
             let lossless = match baseline {
                 Some(b) => {
                     let b = b.join().expect("baseline run");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Sim;
-use super::addr::addr;
-use super::event::{Event, Sent, What};
+use super::event::{Event, Sent};
+use super::lane::Outgoing;
 
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,74 +54,9 @@ pub struct LinkStats {
     pub peak_bytes_per_tick: u64,
 }
 
-/// The links: each node's uplink and downlink, and its socket buffers.
+/// The network between the links (each node's uplink and downlink, and its socket buffers, are
+/// its lane's: `lane.rs`): faults, and each copy queued for its receiver.
 impl Sim {
-    /// How long `len` bytes take at `rate` bytes a second (0: unlimited).
-    fn wire_time(len: usize, rate: u64) -> Duration {
-        if rate == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos((len as u128 * 1_000_000_000 / u128::from(rate)) as u64)
-    }
-
-    /// Bytes still queued on a link that is busy until `free`, at `rate`.
-    fn backlog(&self, free: Duration, rate: u64) -> u64 {
-        let wait = free.saturating_sub(self.now);
-        (wait.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
-    }
-
-    /// Puts `len` bytes on node `i`'s uplink; when they have left, or `None` if its send buffer
-    /// is full.
-    pub(super) fn uplink(&mut self, i: usize, len: usize) -> Option<Duration> {
-        let c = self.capacity;
-        let free = self.nodes[i].tx_free;
-        if c.egress_bytes_per_sec == 0 {
-            return Some(self.now);
-        }
-        if c.send_buffer > 0
-            && self.backlog(free, c.egress_bytes_per_sec) + len as u64 > c.send_buffer
-        {
-            self.nodes[i].link.dropped_send += 1;
-            return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.egress_bytes_per_sec);
-        self.nodes[i].tx_free = done;
-        Some(done)
-    }
-
-    /// Datagram `ev` reached its receiver's downlink now: queued behind the ones before it (or
-    /// dropped if its receive buffer is full); given back if it can be handled now.
-    pub(super) fn downlink(&mut self, mut ev: Event) -> Option<Event> {
-        let c = self.capacity;
-        let What::Datagram {
-            to,
-            ref bytes,
-            ref mut arrived,
-            ..
-        } = ev.what
-        else {
-            return Some(ev);
-        };
-        if c.ingress_bytes_per_sec == 0 || *arrived {
-            return Some(ev);
-        }
-        let to = to as usize;
-        let len = bytes.bytes().len();
-        let free = self.nodes[to].rx_free;
-        if c.recv_buffer > 0
-            && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
-        {
-            self.nodes[to].link.dropped_recv += 1;
-            return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
-        self.nodes[to].rx_free = done;
-        *arrived = true;
-        ev.set_at(done);
-        self.queue(ev);
-        None
-    }
-
     /// What the network does to one copy of a datagram for `to` that left at `left`: lost, or
     /// when it arrives (twice if duplicated), each with its number, added to `out`.
     pub(super) fn send(
@@ -158,28 +93,15 @@ impl Sim {
         }
     }
 
-    /// Datagram event `ev` came up: through the receiver's downlink, then to its protocol.
-    pub(super) fn deliver(&mut self, ev: Event) {
-        let Some(ev) = self.downlink(ev) else {
-            return; // queued for the downlink, or dropped
-        };
-        let What::Datagram {
-            to, from, bytes, ..
-        } = ev.what
-        else {
-            return;
-        };
-        let (to, from) = (to as usize, from as usize);
-        if let Some(mut p) = self.nodes[to].proto.take() {
-            self.delivered += 1;
-            let now = self.base + self.now;
-            match &*bytes {
-                Sent::Checked(c) => p.handle_checked(now, addr(from), c),
-                Sent::Plain(b) => p.handle_shared(now, addr(from), b),
-            };
-            self.flush(to, &mut p);
-            self.nodes[to].proto = Some(p);
-            self.rewake(to);
+    /// Puts what lanes sent on the network, in the order they sent it: each copy's fate drawn
+    /// ([`Sim::send`]), then queued for its receiver.
+    pub(super) fn commit(&mut self, out: Vec<Outgoing>) {
+        let mut arrivals = Vec::new();
+        for o in out {
+            for (to, left) in o.copies {
+                self.send(o.from, to, left, &mut arrivals);
+            }
+            self.emit(o.from, &o.bytes, &mut arrivals);
         }
     }
 }
