@@ -271,11 +271,19 @@ impl Lane<'_> {
     }
 }
 
+/// What lanes borrow of a simulation, each its own node's share.
+pub(super) struct Shares<'a> {
+    nodes: &'a mut [Node],
+    queues: &'a mut [BinaryHeap<Reverse<Event>>],
+    clocks: &'a mut [Duration],
+    bytes_sent: &'a mut [u64],
+    now: Duration,
+}
+
 /// A lane at a time, or a window's lanes on two threads.
 impl Sim {
-    /// Runs `f` on endpoint `e`'s lane (at `self.now`), then puts what it sent on the network.
-    pub(super) fn with_lane<R>(&mut self, e: usize, f: impl FnOnce(&mut Lane, &Net) -> R) -> R {
-        let u = self.zones.as_ref().map_or(e, |z| e % z.n);
+    /// The network's read-only parts, and what its lanes borrow.
+    fn split(&mut self) -> (Net<'_>, Shares<'_>) {
         let endpoints = self.nodes.len();
         let Sim {
             nodes,
@@ -298,13 +306,27 @@ impl Sim {
             seal,
             endpoints,
         };
+        let shares = Shares {
+            nodes,
+            queues,
+            clocks,
+            bytes_sent,
+            now: *now,
+        };
+        (net, shares)
+    }
+
+    /// Runs `f` on endpoint `e`'s lane (at `self.now`), then puts what it sent on the network.
+    pub(super) fn with_lane<R>(&mut self, e: usize, f: impl FnOnce(&mut Lane, &Net) -> R) -> R {
+        let u = self.zones.as_ref().map_or(e, |z| e % z.n);
+        let (net, sh) = self.split();
         let mut lane = Lane {
             i: e,
-            node: &mut nodes[e],
-            queue: &mut queues[u],
-            clock: &mut clocks[u],
-            bytes_sent: &mut bytes_sent[e],
-            now: *now,
+            node: &mut sh.nodes[e],
+            queue: &mut sh.queues[u],
+            clock: &mut sh.clocks[u],
+            bytes_sent: &mut sh.bytes_sent[e],
+            now: sh.now,
             delivered: 0,
             out: Vec::new(),
         };
@@ -337,34 +359,15 @@ impl Sim {
         {
             return false;
         }
-        let endpoints = self.nodes.len();
         let hook = self.on_helper_thread;
-        let Sim {
-            nodes,
-            queues,
-            clocks,
-            bytes_sent,
-            capacity,
-            nets,
-            seal,
-            tick,
-            base,
-            now,
-            ..
-        } = self;
-        let net = Net {
-            tick: *tick,
-            base: *base,
-            capacity: *capacity,
-            nets,
-            seal,
-            endpoints,
-        };
-        let mut lanes: Vec<Lane> = nodes
+        let (net, sh) = self.split();
+        let now = sh.now;
+        let mut lanes: Vec<Lane> = sh
+            .nodes
             .iter_mut()
-            .zip(queues.iter_mut())
-            .zip(clocks.iter_mut())
-            .zip(bytes_sent.iter_mut())
+            .zip(sh.queues.iter_mut())
+            .zip(sh.clocks.iter_mut())
+            .zip(sh.bytes_sent.iter_mut())
             .enumerate()
             .filter(|(_, (((_, q), _), _))| due(q))
             .map(|(i, (((node, queue), clock), bytes_sent))| Lane {
@@ -373,7 +376,7 @@ impl Sim {
                 queue,
                 clock,
                 bytes_sent,
-                now: *now,
+                now,
                 delivered: 0,
                 out: Vec::new(),
             })
