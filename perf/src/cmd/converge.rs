@@ -346,6 +346,9 @@ fn run_seed(
 /// - `other_bytes_per_node`: the rest of the heap the burst added, per node: what does not
 ///   grow with the peers (a node's own table, its per-topic sums and names, the simulator's
 ///   bookkeeping), mean over seeds. `null` with `bytes_per_peer_topic`.
+///   It and `bytes_per_peer_topic` vary by a few hundred bytes a node from run to run when a
+///   run's windows borrow a core (the simulator's event queues grow differently; what the
+///   protocol holds does not).
 /// - `peer_entries_per_node`: the (peer, topic) entries a node holds of its peers' tables after
 ///   the burst, mean over nodes and seeds: what its memory grows with (a zoned node's peers are
 ///   its zone peers and the other zones' nodes, of which only the speakers have tables).
