@@ -17,7 +17,6 @@ mod zones;
 
 pub use addr::{addr, topic_hash};
 use event::{Event, What};
-use lane::Lane;
 pub use link::{Capacity, Faults, LinkStats};
 pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 
@@ -487,7 +486,7 @@ impl Sim {
     fn handle(&mut self, ev: Event) {
         let e = ev.endpoint();
         if let What::Tick(i) = ev.what
-            && !Lane::stale_tick(&self.nodes[i], &ev)
+            && !self.nodes[i].stale_tick(&ev)
         {
             self.zone_before_tick(i);
         }

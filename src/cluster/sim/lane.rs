@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::addr::{self, addr};
 use super::event::{Event, Sent, What};
-use super::link::Capacity;
-use super::{Node, Sim};
+use super::{Capacity, Node, Sim};
 use crate::cluster::protocol::{Dest, Protocol};
 use crate::cluster::wire::Seal;
 
@@ -39,6 +38,13 @@ pub(super) struct Outgoing {
     pub(super) from: usize,
     pub(super) copies: Vec<(usize, Duration)>,
     pub(super) bytes: Arc<Sent>,
+}
+
+impl Node {
+    /// Whether tick `ev` is no longer this endpoint's (crashed, or restarted since).
+    pub(super) fn stale_tick(&self, ev: &Event) -> bool {
+        self.proto.is_none() || self.next_tick != ev.at()
+    }
 }
 
 /// Endpoint `i` with its node's state, the queue and clock of its node, and what it sent.
@@ -72,16 +78,11 @@ impl Lane<'_> {
         }
     }
 
-    /// Whether tick `ev` is no longer this endpoint's (crashed, or restarted since).
-    pub(super) fn stale_tick(node: &Node, ev: &Event) -> bool {
-        node.proto.is_none() || node.next_tick != ev.at()
-    }
-
     /// Event `ev` came up, at `self.now`.
     pub(super) fn handle(&mut self, net: &Net, ev: Event) {
         match ev.what {
             What::Tick(_) => {
-                if Self::stale_tick(self.node, &ev) {
+                if self.node.stale_tick(&ev) {
                     return;
                 }
                 let p = self.node.proto.as_mut().expect("running node");
@@ -399,5 +400,17 @@ impl Sim {
             self.commit(out);
         }
         true
+    }
+
+    /// Puts what lanes sent on the network, in the order they sent it: each copy's fate drawn
+    /// ([`Sim::send`]), then queued for its receiver.
+    pub(super) fn commit(&mut self, out: Vec<Outgoing>) {
+        let mut arrivals = Vec::new();
+        for o in out {
+            for (to, left) in o.copies {
+                self.send(o.from, to, left, &mut arrivals);
+            }
+            self.emit(o.from, &o.bytes, &mut arrivals);
+        }
     }
 }

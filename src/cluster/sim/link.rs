@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::Sim;
 use super::event::{Event, Sent};
-use super::lane::Outgoing;
 
 /// Network faults. Probabilities are per delivery (per receiver, for group datagrams).
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,18 +89,6 @@ impl Sim {
     ) {
         for (at, to, id) in out.drain(..) {
             self.queue(Event::datagram(at, id, to, from, bytes.clone()));
-        }
-    }
-
-    /// Puts what lanes sent on the network, in the order they sent it: each copy's fate drawn
-    /// ([`Sim::send`]), then queued for its receiver.
-    pub(super) fn commit(&mut self, out: Vec<Outgoing>) {
-        let mut arrivals = Vec::new();
-        for o in out {
-            for (to, left) in o.copies {
-                self.send(o.from, to, left, &mut arrivals);
-            }
-            self.emit(o.from, &o.bytes, &mut arrivals);
         }
     }
 }
