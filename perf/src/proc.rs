@@ -166,7 +166,8 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 /// `transparent_hugepage` setting is `madvise` or `always`; glibc 2.35 and later, older ones
 /// ignore the tunable): one fault per 2 MiB instead of per 4 KiB, and fewer TLB misses in the
 /// hundreds of nodes' tables. At 256 × 100k on an AMD EPYC VM: 3.06 million faults → 7 thousand,
-/// 64–76 s → 58–62 s a seed warm (80 s against 84–87 s cold), for 0.8 GB more resident;
+/// and about 70 s → 57–67 s a seed, for 0.8 GB more resident (`perf/RESULTS.md`, twentieth
+/// part: the nineteenth part's figures mixed starts with and without them, see below);
 /// `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` turns it off.
 ///
 /// The settings are tunables (`GLIBC_TUNABLES`), read when a process starts, so this process
@@ -178,10 +179,10 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 /// heap, or does neither. (Likely the check of that text: read into a buffer one byte longer
 /// than it and compared as a C string, with that last byte whatever the stack held; newer
 /// glibc ends the text first.) Of six runs of 256 × 100k, two had no huge pages (their heap
-/// without `hg` in `/proc/self/smaps`), and so took 70 s where the others took about 60. Where the kernel gives huge pages on request (`[madvise]`) and the
-/// heap has none, this process therefore executes itself again, up to [`ATTEMPTS`] times
-/// (each start draws the stack afresh, and about one in three gets them; a start is a few
-/// milliseconds).
+/// without `hg` in `/proc/self/smaps`), and so took 70 s where the others took about 60.
+/// Where the kernel gives huge pages on request (`[madvise]`) and the heap has none, this
+/// process therefore executes itself again, up to [`ATTEMPTS`] times (each start draws the
+/// stack afresh, and about one in three gets them; a start is a few milliseconds).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn keep_freed_memory() {
     use std::os::unix::process::CommandExt;

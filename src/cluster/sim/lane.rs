@@ -186,35 +186,34 @@ impl Lane<'_> {
         }
     }
 
-    /// How long `len` bytes take at `rate` bytes a second (0: unlimited).
-    fn wire_time(len: usize, rate: u64) -> Duration {
-        if rate == 0 {
-            return Duration::ZERO;
+    /// When `len` bytes leave a link that carries `rate` bytes a second and is busy until
+    /// `free`, behind the bytes queued on it; `None` if they would pass `buffer` bytes queued
+    /// (0: unbounded).
+    fn behind(&self, free: Duration, rate: u64, buffer: u64, len: usize) -> Option<Duration> {
+        let backlog = free.saturating_sub(self.now).as_nanos() * u128::from(rate) / 1_000_000_000;
+        if buffer > 0 && backlog as u64 + len as u64 > buffer {
+            return None;
         }
-        Duration::from_nanos((len as u128 * 1_000_000_000 / u128::from(rate)) as u64)
-    }
-
-    /// Bytes still queued on a link that is busy until `free`, at `rate`.
-    fn backlog(&self, free: Duration, rate: u64) -> u64 {
-        let wait = free.saturating_sub(self.now);
-        (wait.as_nanos() * u128::from(rate) / 1_000_000_000) as u64
+        let wire = len as u128 * 1_000_000_000 / u128::from(rate.max(1));
+        Some(free.max(self.now) + Duration::from_nanos(wire as u64))
     }
 
     /// Puts `len` bytes on its uplink; when they have left, or `None` if its send buffer is
     /// full.
     fn uplink(&mut self, net: &Net, len: usize) -> Option<Duration> {
         let c = net.capacity;
-        let free = self.node.tx_free;
         if c.egress_bytes_per_sec == 0 {
             return Some(self.now);
         }
-        if c.send_buffer > 0
-            && self.backlog(free, c.egress_bytes_per_sec) + len as u64 > c.send_buffer
-        {
+        let Some(done) = self.behind(
+            self.node.tx_free,
+            c.egress_bytes_per_sec,
+            c.send_buffer,
+            len,
+        ) else {
             self.node.link.dropped_send += 1;
             return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.egress_bytes_per_sec);
+        };
         self.node.tx_free = done;
         Some(done)
     }
@@ -235,14 +234,11 @@ impl Lane<'_> {
             return Some(ev);
         }
         let len = bytes.bytes().len();
-        let free = self.node.rx_free;
-        if c.recv_buffer > 0
-            && self.backlog(free, c.ingress_bytes_per_sec) + len as u64 > c.recv_buffer
-        {
+        let rate = c.ingress_bytes_per_sec;
+        let Some(done) = self.behind(self.node.rx_free, rate, c.recv_buffer, len) else {
             self.node.link.dropped_recv += 1;
             return None;
-        }
-        let done = free.max(self.now) + Self::wire_time(len, c.ingress_bytes_per_sec);
+        };
         self.node.rx_free = done;
         *arrived = true;
         ev.set_at(done);
