@@ -102,6 +102,7 @@
 mod admit;
 mod apply;
 mod config;
+mod events;
 mod open;
 mod peer;
 mod relay;
@@ -118,6 +119,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use config::{Clock, Config, defaults, zone_of};
+pub use events::Event;
 pub use peer::mix;
 pub use stats::{Found, NodeInfo, ProtoStats};
 
@@ -168,35 +170,6 @@ pub enum Outcome {
     Own,
     /// Dropped.
     Rejected(Reject),
-}
-
-/// What [`Protocol::poll_event`] reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The sum of every live peer's count of a topic changed (reported once per topic however
-    /// often it changed since the last report, with the sum at the time of the report).
-    RemoteChanged {
-        /// The topic's wire hash.
-        hash: u64,
-        /// The sum now (what [`Protocol::remote`] returns).
-        sum: u64,
-    },
-    /// A peer told this node the name of a topic it counts.
-    NameLearned {
-        /// The topic's wire hash.
-        hash: u64,
-        /// Its name.
-        name: Arc<str>,
-    },
-    /// A peer hears a node at an address this node does not hear it at (membership gossip,
-    /// [`Config::gossip_members`]): a transport with a peer list may add it.
-    MemberLearned {
-        /// The node's id.
-        node: u64,
-        /// Where the peer hears it.
-        addr: SocketAddr,
-    },
 }
 
 /// The cluster protocol state machine of one node.
@@ -455,33 +428,6 @@ impl Protocol {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.next_transmit()
-    }
-
-    /// The next event: first every topic whose peer sum changed since the last report, then the
-    /// names learned from peers, oldest first. A caller with a budget for names may stop
-    /// polling once it is spent: the rest wait, in order, for the next call (and the changes
-    /// that come meanwhile are reported before them).
-    pub fn poll_event(&mut self) -> Option<Event> {
-        if self.reporting.is_empty() && self.remote.any_changed() {
-            self.reporting = self.remote.take_changed();
-            self.reporting.reverse();
-        }
-        if let Some(hash) = self.reporting.pop() {
-            return Some(Event::RemoteChanged {
-                hash,
-                sum: self.remote(hash),
-            });
-        }
-        while let Some(hash) = self.learned.pop_front() {
-            if let Some(name) = self.names.get(hash) {
-                return Some(Event::NameLearned {
-                    hash,
-                    name: name.into(),
-                });
-            }
-        }
-        let (node, addr) = self.members_learned.pop_front()?;
-        Some(Event::MemberLearned { node, addr })
     }
 
     /// When [`Protocol::handle_timeout`] should next be called (a rate-limited resync request

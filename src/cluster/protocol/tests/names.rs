@@ -1,6 +1,7 @@
 //! Names: kept through count changes, asked for by topic, announced once.
 
 use super::*;
+use crate::cluster::protocol::events::KEEP_QUEUE;
 
 /// A peer's count that changes without reaching zero keeps the topic's name here. (The sum
 /// once went through zero on the way: a topic only that peer counted lost its name, and every
@@ -194,4 +195,61 @@ fn names_heard_before_their_counts_wait_for_them() {
         b.learn_name(h, "x");
     }
     assert_eq!(b.pending_names.len(), 1);
+}
+
+/// The queue of names learned gives its memory back once polled empty (a burst of 20k new
+/// names left it sized for all of them for as long as the node ran), and so does dropping the
+/// names unpolled (`skip_learned`, the simulator's); names learned later are still reported.
+#[test]
+fn a_drained_queue_of_names_learned_gives_its_memory_back() {
+    let mut now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    let mut c = proto(3, 1400);
+    for h in 1..=20_000u64 {
+        a.set_local(h, 1, Some(&Arc::from(format!("t{h}"))));
+    }
+    for _ in 0..100 {
+        a.handle_tick(now);
+        for t in drain_paced(&mut a, now, now + Duration::from_millis(100)) {
+            b.handle_datagram(now, addr(1), &t.bytes);
+            c.handle_datagram(now, addr(1), &t.bytes);
+        }
+        now += Duration::from_millis(100);
+        if a.stats().backlog == 0 && b.learned.len() == 20_000 {
+            break;
+        }
+    }
+    assert_eq!((b.learned.len(), c.learned.len()), (20_000, 20_000));
+    let names = std::iter::from_fn(|| b.poll_event())
+        .filter(|e| matches!(e, Event::NameLearned { .. }))
+        .count();
+    assert_eq!(names, 20_000);
+    assert!(
+        b.learned.capacity() <= KEEP_QUEUE,
+        "{}",
+        b.learned.capacity()
+    );
+    c.skip_learned();
+    assert!(
+        c.learned.capacity() <= KEEP_QUEUE,
+        "{}",
+        c.learned.capacity()
+    );
+    // A name learned afterwards is reported as before.
+    a.set_local(20_001, 1, Some(&Arc::from("late")));
+    a.handle_tick(now);
+    for t in drain(&mut a) {
+        c.handle_datagram(now, addr(1), &t.bytes);
+    }
+    let late: Vec<Event> = std::iter::from_fn(|| c.poll_event())
+        .filter(|e| matches!(e, Event::NameLearned { .. }))
+        .collect();
+    assert_eq!(
+        late,
+        vec![Event::NameLearned {
+            hash: 20_001,
+            name: "late".into()
+        }]
+    );
 }
