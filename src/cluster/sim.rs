@@ -17,6 +17,7 @@ mod zones;
 
 pub use addr::{addr, topic_hash};
 use event::{Event, What};
+pub use lane::TWO_THREADS_FROM;
 pub use link::{Capacity, Faults, LinkStats};
 pub use zone::{LISTENER_HEARTBEAT_EVERY, SPEAK_AFTER, TAKEOVER_TICKS};
 

@@ -6,8 +6,8 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::addr::{self, addr};
@@ -18,7 +18,7 @@ use crate::cluster::wire::Seal;
 
 /// Nodes with events in a window from which [`Sim::run_until`] runs it on two threads, when it
 /// may (fewer: a thread's start costs more than it saves).
-const TWO_THREADS_FROM: usize = 32;
+pub const TWO_THREADS_FROM: usize = 32;
 
 /// What every lane reads and none changes.
 pub(super) struct Net<'a> {
@@ -30,6 +30,9 @@ pub(super) struct Net<'a> {
     pub(super) seal: &'a Seal,
     /// Endpoints in the simulation.
     pub(super) endpoints: usize,
+    /// Whether nodes' events are read (a zoned cluster's, by `Sim::zone_before_tick`); where
+    /// they are not, each tick drops the names learned, as an application polling them would.
+    pub(super) events_read: bool,
 }
 
 /// A datagram endpoint `from` handed its socket: each copy that left its uplink (the receiver,
@@ -87,6 +90,9 @@ impl Lane<'_> {
                 }
                 let p = self.node.proto.as_mut().expect("running node");
                 p.handle_tick(net.base + self.now);
+                if !net.events_read {
+                    p.skip_learned();
+                }
                 self.flush(net);
                 let next = ev.at() + net.tick;
                 self.node.next_tick = next;
@@ -293,6 +299,7 @@ impl Sim {
             tick,
             base,
             now,
+            zones,
             ..
         } = self;
         let net = Net {
@@ -302,6 +309,7 @@ impl Sim {
             nets,
             seal,
             endpoints,
+            events_read: zones.is_some(),
         };
         let shares = Shares {
             nodes,
@@ -378,15 +386,22 @@ impl Sim {
                 out: Vec::new(),
             })
             .collect();
-        let half = lanes.len() / 2;
-        let (first, second) = lanes.split_at_mut(half);
+        // Each thread takes the next lane not taken yet: a node's window may hold one event or
+        // hundreds of datagrams, so halves by count could leave one thread waiting on the other.
+        let left = Mutex::new(lanes.iter_mut());
+        let take = || left.lock().unwrap_or_else(PoisonError::into_inner).next();
+        let work = || {
+            while let Some(l) = take() {
+                l.run(&net, end);
+            }
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 hook.inspect(|f| f(true));
-                second.iter_mut().for_each(|l| l.run(&net, end));
+                work();
                 hook.inspect(|f| f(false));
             });
-            first.iter_mut().for_each(|l| l.run(&net, end));
+            work();
         });
         pool.fetch_add(1, Ordering::AcqRel);
         let sent: Vec<(u64, Vec<Outgoing>)> =
