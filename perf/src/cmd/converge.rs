@@ -4,7 +4,7 @@
 //! time, not wall-clock time, and do not depend on the machine.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 
 use crate::report::{median, print, round};
 use headcount_perf::counting;
+
+mod turns;
 
 // `converge`'s flags (no doc comment: clap would take it for the subcommand's help).
 #[derive(ClapArgs)]
@@ -331,10 +333,9 @@ fn run_seed(
 ///   over the whole run (settling, burst, idle), worst over seeds.
 /// - `dropped_send`, `dropped_recv`: datagrams full socket buffers dropped, cluster-wide, mean
 ///   over seeds (0 without `cap` limits).
-/// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate (with its
-///   lossless baseline run when `loss` > 0, on a second thread beside it; a core that no run
-///   holds, such as the baseline's once it ends, is lent to the other run's busy windows),
-///   worst over seeds: a machine figure, unlike the rest.
+/// - `sim_seconds_per_seed`: the wall-clock seconds one seed took to simulate, with its
+///   lossless baseline run when `loss` > 0 (beside it or before it: `turns::pair`), worst
+///   over seeds: a machine figure, unlike the rest.
 /// - `bytes_per_peer_topic`: the heap bytes the burst added, over the (peer, topic) entries all
 ///   nodes then hold of their peers' tables, mean over seeds. Everything the burst allocated is
 ///   in it (each node's own table, its per-topic sums and names, the simulator's bookkeeping),
@@ -391,30 +392,28 @@ pub fn converge(
     for seed in 0..seeds {
         let started = std::time::Instant::now();
         // Without loss the run is its own lossless baseline (the simulation is seeded); with
-        // loss the baseline runs on another thread beside it (up to the burst's end only).
-        // A core that no run holds is lent to the windows of one that has many nodes' events
-        // (`Sim::spare_cores`); the baseline gives its core back when it ends.
-        let runs = if loss > 0.0 { 2 } else { 1 };
-        let spare = Arc::new(AtomicUsize::new(cores.saturating_sub(runs)));
-        let (r, lossless) = std::thread::scope(|s| {
-            let baseline = (loss > 0.0).then(|| {
-                let spare = &spare;
-                s.spawn(move || {
-                    let b = run_seed(nodes, 0.0, seed, (topics, joins), setup, false, spare);
-                    spare.fetch_add(1, Ordering::AcqRel);
-                    b
-                })
-            });
-            let r = run_seed(nodes, loss, seed, (topics, joins), setup, true, &spare);
-            let lossless = match baseline {
-                Some(b) => {
-                    let b = b.join().expect("baseline run");
-                    (b.burst_bytes, b.ms)
-                }
-                None => (r.burst_bytes, r.ms),
-            };
+        // loss the baseline runs beside it or before it (`turns::pair`).
+        let run = |loss, idle, spare: &Arc<AtomicUsize>| {
+            run_seed(nodes, loss, seed, (topics, joins), setup, idle, spare)
+        };
+        let (r, lossless) = if loss > 0.0 {
+            let in_turn = turns::in_turn(nodes, setup.zones, setup.senders, topics, joins);
+            let (r, b) = turns::pair(
+                in_turn,
+                cores,
+                |s| run(0.0, false, s),
+                |s| run(loss, true, s),
+            );
+            (r, (b.burst_bytes, b.ms))
+        } else {
+            let r = run(
+                0.0,
+                true,
+                &Arc::new(AtomicUsize::new(cores.saturating_sub(1))),
+            );
+            let lossless = (r.burst_bytes, r.ms);
             (r, lossless)
-        });
+        };
         if r.peer_entries > 0 {
             per_entry.push(r.live_bytes.max(0) as f64 / r.peer_entries as f64);
             table_per_entry.push(r.table_bytes as f64 / r.peer_entries as f64);
