@@ -187,49 +187,46 @@ pub fn raise_nofile(want: u64) -> Result<u64, String> {
 pub fn keep_freed_memory() {
     use std::os::unix::process::CommandExt;
     const GUARD: &str = "HEADCOUNT_PERF_MALLOC";
-    /// The tunables of the first start (glibc overwrites `GLIBC_TUNABLES` as it parses it).
-    const KEPT: &str = "HEADCOUNT_PERF_TUNABLES";
+    /// The user's own tunables, as the first start found them (glibc overwrites
+    /// `GLIBC_TUNABLES` as it parses it).
+    const THEIRS: &str = "HEADCOUNT_PERF_TUNABLES";
     const KEEP: &str = "glibc.malloc.trim_threshold=4294967295:\
                         glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=67108864:\
                         glibc.malloc.hugetlb=1";
-    let (attempt, tunables) = match std::env::var(GUARD) {
+    let (attempt, theirs) = match std::env::var(GUARD) {
         Err(std::env::VarError::NotPresent) => {
-            let mut tunables = KEEP.to_string();
-            if let Some(theirs) = std::env::var("GLIBC_TUNABLES")
-                .ok()
-                .filter(|t| !t.is_empty())
-            {
-                tunables.push(':');
-                tunables.push_str(&theirs);
-            }
-            (1, tunables)
+            (1, std::env::var("GLIBC_TUNABLES").unwrap_or_default())
         }
         // Started by itself: again only while huge pages were wanted and did not come.
         Ok(v) => {
             let Some(attempt) = v.strip_prefix("kept ").and_then(|n| n.parse::<u32>().ok()) else {
                 return;
             };
-            let Ok(tunables) = std::env::var(KEPT) else {
+            let Ok(theirs) = std::env::var(THEIRS) else {
                 return;
             };
-            let theirs = tunables.get(KEEP.len()..).unwrap_or_default();
             if attempt >= ATTEMPTS
                 || theirs.contains("glibc.malloc.hugetlb")
                 || !huge_pages_missed()
             {
                 return;
             }
-            (attempt + 1, tunables)
+            (attempt + 1, theirs)
         }
         Err(_) => return,
     };
+    let mut tunables = KEEP.to_string();
+    if !theirs.is_empty() {
+        tunables.push(':');
+        tunables.push_str(&theirs);
+    }
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("GLIBC_TUNABLES", &tunables)
-        .env(KEPT, &tunables)
+        .env(THEIRS, &theirs)
         .env(GUARD, format!("kept {attempt}"))
         .exec();
     eprintln!("headcount-perf: not run again with the allocator's memory kept ({err})");

@@ -86,8 +86,8 @@ pub struct Sim {
     /// Every node's seal (one key): a datagram's tag is checked once for all its receivers.
     seal: Seal,
     /// Cores this simulation may borrow (`None`: it runs on the caller's thread alone). A
-    /// window with many nodes' events takes one, if there is one, and runs half of its nodes
-    /// on a second thread (see [`Sim::run_until`]); the run is the same either way. Shared by
+    /// window with many nodes' events takes one, if there is one, and shares its nodes with a
+    /// second thread (see [`Sim::run_until`]); the run is the same either way. Shared by
     /// simulations run side by side: one that ends gives its core back for the others.
     pub spare_cores: Option<Arc<AtomicUsize>>,
     /// Called on the second thread of a window with `true` before it handles anything and

@@ -406,11 +406,7 @@ pub fn converge(
             );
             (r, (b.burst_bytes, b.ms))
         } else {
-            let r = run(
-                0.0,
-                true,
-                &Arc::new(AtomicUsize::new(cores.saturating_sub(1))),
-            );
+            let r = run(0.0, true, &turns::spare(cores, 1));
             let lossless = (r.burst_bytes, r.ms);
             (r, lossless)
         };

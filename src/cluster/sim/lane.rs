@@ -133,12 +133,12 @@ impl Lane<'_> {
 
     /// Takes what its protocol sends: counted, through its uplink, and recorded.
     pub(super) fn flush(&mut self, net: &Net) {
-        let tick = net.tick.as_nanos().max(1);
+        // (One instant: its tick window, its group and the fan-out hold for all it sends.)
+        let w = (self.now.as_nanos() / net.tick.as_nanos().max(1)) as u64;
+        let members = &net.nets[self.node.net];
+        let fanout = net.capacity.unicast_fanout;
         while let Some(t) = self.node.proto.as_mut().and_then(Protocol::poll_transmit) {
-            let w = (self.now.as_nanos() / tick) as u64;
-            let members = &net.nets[self.node.net];
             let len = t.bytes.len();
-            let fanout = net.capacity.unicast_fanout;
             let n = match t.dest {
                 Dest::Group if fanout => members.len() as u64 - 1,
                 _ => 1,

@@ -37,6 +37,12 @@ pub(super) fn in_turn(nodes: usize, zones: usize, senders: usize, topics: u64, j
         && tables_bytes(nodes, senders, topics, joins) >= IN_TURN_FROM_BYTES
 }
 
+/// The cores left to lend ([`Sim::spare_cores`](headcount::cluster::sim::Sim::spare_cores))
+/// of `cores` while `runs` runs hold one each.
+pub(super) fn spare(cores: usize, runs: usize) -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(cores.saturating_sub(runs)))
+}
+
 /// Runs a seed's lossless `baseline` and its lossy run (`lossy`), each given the cores no run
 /// holds (`Sim::spare_cores`); returns the lossy run's result, then the baseline's.
 ///
@@ -50,11 +56,11 @@ pub(super) fn pair<R: Send>(
     lossy: impl FnOnce(&Arc<AtomicUsize>) -> R,
 ) -> (R, R) {
     if in_turn {
-        let spare = Arc::new(AtomicUsize::new(cores.saturating_sub(1)));
+        let spare = spare(cores, 1);
         let b = baseline(&spare);
         return (lossy(&spare), b);
     }
-    let spare = Arc::new(AtomicUsize::new(cores.saturating_sub(2)));
+    let spare = spare(cores, 2);
     std::thread::scope(|s| {
         let beside = s.spawn(|| {
             let b = baseline(&spare);
