@@ -727,6 +727,13 @@ fn names(body: &[u8], count: usize, utf8: bool) -> Result<Names<'_>, Reject> {
     })
 }
 
+/// A names body of `count` entries, checked as a received one is (for tests that hand a
+/// protocol names directly).
+#[cfg(test)]
+pub(crate) fn names_body(body: &[u8], count: usize) -> Result<Names<'_>, Reject> {
+    names(body, count, true)
+}
+
 fn entries(body: &[u8], count: usize) -> Result<&[Entry], Reject> {
     match <[Entry]>::ref_from_bytes(body) {
         Ok(e) if e.len() == count => Ok(e),

@@ -253,3 +253,68 @@ fn a_drained_queue_of_names_learned_gives_its_memory_back() {
         }]
     );
 }
+
+/// Names that come several times in one datagram, some known here already, some of topics no
+/// peer counts yet, across more than a chunk of lookups: each counted topic is named once, and
+/// reported once; the others wait for their counts.
+#[test]
+fn names_are_learned_once_however_they_repeat_in_a_datagram() {
+    let now = Instant::now();
+    let mut a = proto(1, 1400);
+    let mut b = proto(2, 1400);
+    // `a` counts topics 0..100, unnamed: `b` learns the counts, not the names.
+    for h in 0..100u64 {
+        a.set_local(h, 1, None);
+    }
+    let mut t = now;
+    for _ in 0..3 {
+        a.handle_tick(t);
+        deliver(&mut a, addr(1), &mut b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.remote_total(), 100);
+    b.learn_name(5, "room:5");
+    while b.poll_event().is_some() {}
+    // 0..100 each twice (the second copy 17 entries later: past the lookahead) and 100..140
+    // (no count here) once, interleaved: 240 entries, over three chunks.
+    let mut order: Vec<u64> = Vec::new();
+    for h in 0..100u64 {
+        order.push(h);
+        if h >= 17 {
+            order.push(h - 17);
+        }
+        if h < 40 {
+            order.push(100 + h);
+        }
+    }
+    order.extend(83..100);
+    let mut body = Vec::new();
+    for &h in &order {
+        let name = format!("room:{h}");
+        body.extend_from_slice(&h.to_be_bytes());
+        body.push(name.len() as u8);
+        body.extend_from_slice(name.as_bytes());
+    }
+    let names = crate::cluster::wire::names_body(&body, order.len()).expect("well formed");
+    b.learn_names(names);
+    for h in 0..100u64 {
+        assert_eq!(b.name(h), Some(format!("room:{h}").as_str()));
+    }
+    assert!(b.unnamed.is_empty());
+    for h in 100..140u64 {
+        assert_eq!(b.name(h), None, "{h} is counted by no peer");
+    }
+    let learned: Vec<u64> = std::iter::from_fn(|| b.poll_event())
+        .map(|e| match e {
+            Event::NameLearned { hash, name } => {
+                assert_eq!(&*name, format!("room:{hash}"));
+                hash
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let want: Vec<u64> = (0..100).filter(|&h| h != 5).collect();
+    let mut got = learned.clone();
+    got.sort_unstable();
+    assert_eq!(got, want, "each counted topic reported once: {learned:?}");
+}
