@@ -173,16 +173,7 @@ fn names_heard_before_their_counts_wait_for_them() {
     assert_eq!(b.pending_names.len(), 100);
     assert_eq!(b.name(5), None, "named before anyone counts it");
     // a counts them without knowing their names: the names can only come from b's wait.
-    for h in 0..100u64 {
-        a.set_local(h, 1, None);
-    }
-    let mut t = now;
-    for _ in 0..2 {
-        a.handle_tick(t);
-        deliver(&mut a, addr(1), &mut b, addr(2), t);
-        t += Duration::from_millis(100);
-    }
-    assert_eq!(b.remote_total(), 100);
+    count_unnamed(&mut a, &mut b, now, 2);
     for h in 0..100u64 {
         assert_eq!(b.name(h), Some(format!("room:{h}").as_str()));
     }
@@ -263,16 +254,7 @@ fn names_are_learned_once_however_they_repeat_in_a_datagram() {
     let mut a = proto(1, 1400);
     let mut b = proto(2, 1400);
     // `a` counts topics 0..100, unnamed: `b` learns the counts, not the names.
-    for h in 0..100u64 {
-        a.set_local(h, 1, None);
-    }
-    let mut t = now;
-    for _ in 0..3 {
-        a.handle_tick(t);
-        deliver(&mut a, addr(1), &mut b, addr(2), t);
-        t += Duration::from_millis(100);
-    }
-    assert_eq!(b.remote_total(), 100);
+    count_unnamed(&mut a, &mut b, now, 3);
     b.learn_name(5, "room:5");
     while b.poll_event().is_some() {}
     // 0..100 each twice (the second copy 17 entries later: past the lookahead) and 100..140
@@ -317,4 +299,19 @@ fn names_are_learned_once_however_they_repeat_in_a_datagram() {
     let mut got = learned.clone();
     got.sort_unstable();
     assert_eq!(got, want, "each counted topic reported once: {learned:?}");
+}
+
+/// `a` counts topics 0..100 without their names, and `b` hears its next `ticks` ticks from
+/// `now`: `b` then holds the counts.
+fn count_unnamed(a: &mut Protocol, b: &mut Protocol, now: Instant, ticks: u32) {
+    for h in 0..100u64 {
+        a.set_local(h, 1, None);
+    }
+    let mut t = now;
+    for _ in 0..ticks {
+        a.handle_tick(t);
+        deliver(a, addr(1), b, addr(2), t);
+        t += Duration::from_millis(100);
+    }
+    assert_eq!(b.remote_total(), 100);
 }
