@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use headcount::cluster::protocol::{Clock, Config, Protocol};
-use headcount::cluster::erasure;
+use headcount::cluster::{erasure, wire};
 use headcount::cluster::wire::{
     Body, CODED_HEAD, DIGEST_LEN, ENTRY_LEN, Encoder, FLAG_NAMES, FLAG_OBSERVER, FLAG_REPLY, GAP_LEN, Gap,
     HEADER_LEN, Header, Kind, MAX_FANOUT, RANGE_LEN, Seal, Stamp, TARGET_LEN, child_range, coded,
@@ -167,8 +167,9 @@ fn consume(bytes: &[u8]) -> usize {
                 index,
                 payload,
             } => {
-                assert!(lo > 0 && lo.checked_add(63).is_some());
-                assert!(members != 0 && index < erasure::PARITY);
+                assert!(lo > 0 && lo <= d.header.seq.get());
+                assert!(lo.checked_add(wire::BLOCK - 1).is_some());
+                assert!(members != 0 && members >> wire::BLOCK == 0 && index < erasure::PARITY);
                 assert!(payload.len() >= CODED_HEAD);
                 payload.len() & 1
             }
@@ -359,18 +360,20 @@ fn structured(data: &[u8]) {
             // A real parity symbol over this sender's earlier deltas and names the input
             // picks (those not sent count as absent): some decode, some decode garbage.
             let lo = seq_of(body.first().copied().unwrap_or(0)).max(1);
-            let members = body.get(1..9).map_or(1, |b| {
-                u64::from_le_bytes(b.try_into().unwrap_or_default()) | 1
-            });
-            let data: Vec<(usize, &[u8])> = (0..64)
+            let mut wide = [0u8; 16];
+            if let Some(b) = body.get(1..15) {
+                wide[2..].copy_from_slice(b);
+            }
+            let members = wire::Members::from_le_bytes(wide) | 1;
+            let data: Vec<(usize, &[u8])> = (0..wire::BLOCK)
                 .filter(|i| members & (1 << i) != 0)
                 .filter_map(|i| sent.get(&(node, lo.wrapping_add(i))).map(|c| (i as usize, &c[..])))
                 .collect();
             let index = usize::from(misc & 7);
-            match erasure::encode(index, &data).filter(|p| p.len() >= CODED_HEAD) {
-                Some(p) => enc.parity(seal(), flags, &st, (lo, members), index, &p),
-                None => enc.bare(seal(), Kind::Heartbeat, flags, &st),
-            }
+            erasure::encode(index, &data)
+                .filter(|p| p.len() >= CODED_HEAD)
+                .and_then(|p| enc.parity(seal(), flags, &st, (lo, members), index, &p))
+                .unwrap_or_else(|| enc.bare(seal(), Kind::Heartbeat, flags, &st))
         } else if aimed {
             enc.request(seal(), flags, &st, ME, MY_INC, seq)
         } else {

@@ -11,7 +11,7 @@
 //! Pure functions, no state: the protocol decides what a block holds (`protocol/repair`).
 
 /// Data symbols a block holds at most (positions `0..DATA`).
-pub const DATA: usize = 64;
+pub const DATA: usize = 112;
 /// Parity symbols a block can have (indices `0..PARITY`).
 pub const PARITY: usize = 256 - DATA;
 
@@ -58,7 +58,7 @@ fn inv(a: u8) -> u8 {
 
 /// The coefficient of data position `i` in parity `j` (`i < DATA`, `j < PARITY`).
 fn coef(j: usize, i: usize) -> u8 {
-    // x_j = DATA + j is in DATA..256 and y_i = i below DATA: x_j ^ y_i keeps x_j's high bits,
+    // x_j = DATA + j is in DATA..256 and y_i = i below DATA: disjoint sets, so x_j ^ y_i is
     // never zero.
     inv(((DATA + j) as u8) ^ (i as u8))
 }
@@ -229,7 +229,7 @@ mod tests {
             n in 1usize..=DATA,
             lens in proptest::collection::vec(0usize..40, DATA),
             seed in any::<u64>(),
-            lost_bits in any::<u64>(),
+            lost_bits in any::<u128>(),
             first_j in 0usize..PARITY,
         ) {
             let mut x = seed | 1;

@@ -16,7 +16,8 @@
 //!            digest request:     target node · target incarnation · request number
 //!                                · count × range    (FLAG_STATE: their entries; none: reconcile)
 //!            digest reply:       range · count × child digest  (count ≥ 2 equal children)
-//!            parity:             block (first seq, member bitmap) · coded bytes  (count: index)
+//!            parity:             block (seq − first seq (u16), member bitmap (112 bits))
+//!                                · coded bytes  (count: index)
 //! entry    = topic hash (u64) · count (u32)                 12 bytes
 //! member   = node id (u64) · IPv6 address (IPv4 mapped) · port (u16)   26 bytes
 //! gap      = node id (u64) · first seq (u64) · last seq (u64)           24 bytes
@@ -51,14 +52,18 @@
 //! sequence range, so that their repair fits the same budget.
 //!
 //! A parity datagram is a coded repair ([`crate::cluster::erasure`]): parity symbol `count` of
-//! the sender's block of up to [`BLOCK`] sequence numbers from `lo`, over the delta and names
-//! datagrams the member bitmap lists (bit `i`: sequence number `lo + i`), each in its coded form
+//! the sender's block of up to [`BLOCK`] sequence numbers from `lo` (the header's `seq` less
+//! the block's first field), over the delta and names datagrams the member bitmap lists (bit
+//! `i`: sequence number `lo + i`; big-endian, 14 bytes), each in its coded form
 //! ([`coded`]: kind, count, length, body; the header's other fields and the tag are not coded).
 //! A receiver that holds the block's other members and as many parity datagrams as it misses
 //! members decodes them; what it decodes is authentic because every input was. A nack flagged
 //! [`FLAG_PLAIN`] asks for plain repairs instead. A node without the kind refuses it as `kind`
 //! and never sets that flag: its copy is reconciled by range digests once its nack rounds run
 //! out; a cluster with such nodes runs its new ones with parity off until all are upgraded.
+//! Kind 13 was parity over blocks of 64 (the block's first number and a 64-bit bitmap, in the
+//! same 16 bytes); it is refused as `kind` now, so a node of the one build and a node of the
+//! other repair each other plainly, never mistaking one layout for the other.
 
 use zerocopy::byteorder::network_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -137,8 +142,8 @@ pub enum Kind {
     /// answer to a digest request, or to a nack of datagrams older than the sender's history).
     DigestReply = 12,
     /// A parity symbol of a block of the sender's delta and names datagrams (to the group, in
-    /// answer to nacks; see the module docs).
-    Parity = 13,
+    /// answer to nacks; see the module docs). (13 was its 64-member layout, retired.)
+    Parity = 14,
 }
 
 impl Kind {
@@ -156,7 +161,7 @@ impl Kind {
             10 => Kind::Repair,
             11 => Kind::DigestRequest,
             12 => Kind::DigestReply,
-            13 => Kind::Parity,
+            14 => Kind::Parity,
             _ => return None,
         })
     }
@@ -212,6 +217,22 @@ pub struct Range {
 /// Size of [`Range`].
 pub const RANGE_LEN: usize = 16;
 const _: () = assert!(size_of::<Range>() == RANGE_LEN);
+
+/// A parity datagram's block: where it begins, back from the header's `seq`, and its members.
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, Copy)]
+#[repr(C)]
+struct BlockHead {
+    /// The header's `seq` less the block's first sequence number.
+    back: U16,
+    /// Bit `i` (of a big-endian 112-bit number): sequence number `lo + i` is a member.
+    members: [u8; MEMBER_BYTES],
+}
+/// Bytes of a parity datagram's member bitmap.
+const MEMBER_BYTES: usize = crate::cluster::erasure::DATA / 8;
+// A parity datagram's block takes what a range takes: deltas and names datagrams leave room
+// for a range, so their coded forms fit a parity datagram.
+const _: () = assert!(size_of::<BlockHead>() == RANGE_LEN);
+const _: () = assert!(crate::cluster::erasure::DATA.is_multiple_of(8));
 
 /// One topic's absolute count.
 #[derive(
@@ -671,10 +692,16 @@ impl Seal {
                 Body::Digests(range.lo.get(), range.hi.get(), children)
             }
             Kind::Parity => {
-                let (range, payload) = Range::ref_from_prefix(body).map_err(|_| Reject::Length)?;
-                let (lo, members) = (range.lo.get(), range.hi.get());
-                // (The block's numbers must exist: `lo + 63` does not overflow.)
+                let (head, payload) =
+                    BlockHead::ref_from_prefix(body).map_err(|_| Reject::Length)?;
+                let lo = hdr.seq.get().wrapping_sub(u64::from(head.back.get()));
+                let mut wide = [0u8; 16];
+                wide[16 - MEMBER_BYTES..].copy_from_slice(&head.members);
+                let members = Members::from_be_bytes(wide);
+                // (The block's numbers must exist: `lo` is not past the header's `seq`, and
+                // `lo + BLOCK - 1` does not overflow.)
                 if lo == 0
+                    || lo > hdr.seq.get()
                     || lo > u64::MAX - (BLOCK - 1)
                     || members == 0
                     || count >= crate::cluster::erasure::PARITY
@@ -798,12 +825,12 @@ pub enum Body<'a> {
     /// `i` of `n` is [`child_range`]`(lo, hi, n, i)`).
     Digests(u64, u64, &'a [Digest]),
     /// Parity symbol `index` of the block of sequence numbers from `lo` (never 0, and
-    /// `lo + 63` does not overflow) over the members the bitmap lists (never none).
+    /// `lo + BLOCK - 1` does not overflow) over the members the bitmap lists (never none).
     Parity {
         /// The block's first sequence number.
         lo: u64,
         /// Bit `i`: sequence number `lo + i` is coded.
-        members: u64,
+        members: Members,
         /// The parity symbol's index (below [`crate::cluster::erasure::PARITY`]).
         index: usize,
         /// The symbol (at least [`CODED_HEAD`] bytes).
@@ -813,6 +840,9 @@ pub enum Body<'a> {
 
 /// Sequence numbers in a parity block (one bit each in its member bitmap).
 pub const BLOCK: u64 = crate::cluster::erasure::DATA as u64;
+/// A parity block's member bitmap (bit `i`: its first sequence number plus `i`; bits from
+/// [`BLOCK`] on are never set).
+pub type Members = u128;
 /// The coded form's head: kind (u8), count (u16), body length (u16).
 pub const CODED_HEAD: usize = 5;
 
@@ -1192,32 +1222,30 @@ impl Encoder {
     }
 
     /// Parity symbol `index` of this node's block from `lo` over `members` (see the module
-    /// docs), flagged [`FLAG_REPLY`] and `flags` (`st` has the current sequence number).
+    /// docs), flagged [`FLAG_REPLY`] and `flags` (`st` has the current sequence number); `None`
+    /// if the block began more than `u16::MAX` numbers before it.
     #[allow(clippy::too_many_arguments)]
     pub fn parity(
         &self,
         seal: &Seal,
         flags: u16,
         st: &Stamp,
-        (lo, members): (u64, u64),
+        (lo, members): (u64, Members),
         index: usize,
         payload: &[u8],
-    ) -> Vec<u8> {
+    ) -> Option<Vec<u8>> {
+        let back = u16::try_from(st.seq.checked_sub(lo)?).ok()?;
+        debug_assert!(members >> BLOCK == 0);
         let mut buf = Vec::with_capacity(HEADER_LEN + RANGE_LEN + payload.len() + TAG_LEN);
         buf.extend_from_slice(
             self.header(Kind::Parity, flags | FLAG_REPLY, index, st)
                 .as_bytes(),
         );
-        buf.extend_from_slice(
-            Range {
-                lo: U64::new(lo),
-                hi: U64::new(members),
-            }
-            .as_bytes(),
-        );
+        buf.extend_from_slice(back.to_be_bytes().as_slice());
+        buf.extend_from_slice(&members.to_be_bytes()[16 - MEMBER_BYTES..]);
         buf.extend_from_slice(payload);
         seal.seal(&mut buf);
-        buf
+        Some(buf)
     }
 
     /// Members datagrams listing `members` (each within the budget); `seq` gives each its
@@ -1556,14 +1584,18 @@ mod tests {
         );
     }
 
-    /// A parity datagram round-trips within the budget; one whose block, bitmap, index or
-    /// payload cannot be is refused; the coded form of a delta or names datagram reads back,
-    /// zero padding and all, and garbage in it is refused.
+    /// A parity datagram round-trips within the budget, its widest bitmap too; one whose block,
+    /// bitmap, index or payload cannot be is refused, and so is the retired 64-member kind; the
+    /// coded form of a delta or names datagram reads back, zero padding and all, and garbage in
+    /// it is refused.
     #[test]
     fn parity_and_coded_forms() {
         let (s, e) = enc();
         let payload = vec![7u8; e.parity_room()];
-        let p = e.parity(&s, FLAG_END, &st(9, 1, 2), (65, 0b1011), 5, &payload);
+        let wide: Members = 1 << (BLOCK - 1) | 1 << 64 | 0b1011;
+        let p = e
+            .parity(&s, FLAG_END, &st(90, 1, 2), (65, wide), 5, &payload)
+            .unwrap();
         assert!(p.len() <= 1400, "{} bytes", p.len());
         let d = s.open(&p).unwrap();
         assert_eq!(d.kind, Kind::Parity);
@@ -1574,33 +1606,57 @@ mod tests {
                 members,
                 index,
                 payload: got,
-            } => assert_eq!((lo, members, index, got), (65, 0b1011, 5, &payload[..])),
+            } => assert_eq!((lo, members, index, got), (65, wide, 5, &payload[..])),
             other => panic!("{other:?}"),
         }
-        let forge = |count: u16, lo: u64, members: u64, payload: &[u8]| {
-            let mut b = e.bare(&s, Kind::Heartbeat, 0, &st(5, 1, 2));
-            b.truncate(HEADER_LEN);
-            b[3] = Kind::Parity as u8;
-            b[6..8].copy_from_slice(&count.to_be_bytes());
-            b.extend_from_slice(&lo.to_be_bytes());
-            b.extend_from_slice(&members.to_be_bytes());
-            b.extend_from_slice(payload);
-            s.seal(&mut b);
-            b
+        // A block that began too long ago for the head, or after the header's number: none.
+        assert!(
+            e.parity(&s, 0, &st(70_000, 1, 2), (65, 1), 0, &payload)
+                .is_none()
+        );
+        assert!(
+            e.parity(&s, 0, &st(64, 1, 2), (65, 1), 0, &payload)
+                .is_none()
+        );
+        let forge =
+            |kind: u8, seq: u64, count: u16, back: u16, members: Members, payload: &[u8]| {
+                let mut b = e.bare(&s, Kind::Heartbeat, 0, &Stamp { seq, ..st(5, 1, 2) });
+                b.truncate(HEADER_LEN);
+                b[3] = kind;
+                b[6..8].copy_from_slice(&count.to_be_bytes());
+                b.extend_from_slice(&back.to_be_bytes());
+                b.extend_from_slice(&members.to_be_bytes()[16 - MEMBER_BYTES..]);
+                b.extend_from_slice(payload);
+                s.seal(&mut b);
+                b
+            };
+        let parity = |seq, count, back, members, payload: &[u8]| {
+            forge(Kind::Parity as u8, seq, count, back, members, payload)
         };
-        assert!(s.open(&forge(0, 1, 1, &[0; CODED_HEAD])).is_ok());
+        assert!(s.open(&parity(5, 0, 4, 1, &[0; CODED_HEAD])).is_ok());
         for bad in [
-            forge(0, 0, 1, &[0; 9]),
-            forge(0, u64::MAX - 62, 1, &[0; 9]),
-            forge(0, 1, 0, &[0; 9]),
-            forge(crate::cluster::erasure::PARITY as u16, 1, 1, &[0; 9]),
-            forge(0, 1, 1, &[0; CODED_HEAD - 1]),
+            parity(5, 0, 5, 1, &[0; 9]),
+            parity(5, 0, 6, 1, &[0; 9]),
+            parity(u64::MAX, 0, 0, 1, &[0; 9]),
+            parity(u64::MAX, 0, BLOCK as u16 - 2, 1, &[0; 9]),
+            parity(5, 0, 0, 0, &[0; 9]),
+            parity(5, crate::cluster::erasure::PARITY as u16, 0, 1, &[0; 9]),
+            parity(5, 0, 0, 1, &[0; CODED_HEAD - 1]),
         ] {
             assert_eq!(s.open(&bad).unwrap_err(), Reject::Malformed);
         }
+        assert!(
+            s.open(&parity(u64::MAX, 0, BLOCK as u16 - 1, 1, &[0; 9]))
+                .is_ok()
+        );
         assert_eq!(
-            s.open(&forge(0, 1, 1, &[])[..HEADER_LEN + 8]).unwrap_err(),
+            s.open(&parity(5, 0, 0, 1, &[])[..HEADER_LEN + 8])
+                .unwrap_err(),
             Reject::Length
+        );
+        assert_eq!(
+            s.open(&forge(13, 5, 0, 0, 1, &[0; 9])).unwrap_err(),
+            Reject::Kind
         );
 
         let delta = e.entries(&s, Kind::Delta, 0, &st(3, 0, 0), None, &[(1, 2), (3, 4)]);

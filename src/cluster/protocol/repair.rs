@@ -65,7 +65,7 @@ mod request;
 pub(super) mod round_trip;
 mod set_by;
 mod step;
-use crate::cluster::wire::Gap;
+use crate::cluster::wire::{Gap, Members};
 pub(super) use gaps::{add_asked, add_gap, subtract};
 
 /// Nack rounds for one peer before this node reconciles its copy by range digests (or asks for
@@ -188,7 +188,7 @@ struct Block {
     /// Its first sequence number.
     lo: u64,
     /// The members its parity covers (bit `i`: `lo + i`).
-    members: u64,
+    members: Members,
     /// The next parity index.
     next: usize,
     /// Its symbols waiting for the bucket.
@@ -206,7 +206,11 @@ enum Job {
     /// group.
     Empty(u64, u64, Option<SocketAddr>),
     /// Parity symbol `index` of the block from `lo` over `members` (see `parity.rs`).
-    Parity { lo: u64, members: u64, index: usize },
+    Parity {
+        lo: u64,
+        members: Members,
+        index: usize,
+    },
 }
 
 /// A range asked for by a digest request (or the whole range, in answer to a nack of datagrams

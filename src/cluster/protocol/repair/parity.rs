@@ -21,7 +21,7 @@ use std::time::Instant;
 use super::super::Protocol;
 use super::{Block, Job, MAX_QUEUE, Repairs, Sent, subtract};
 use crate::cluster::erasure;
-use crate::cluster::wire::{self, BLOCK, Stamp};
+use crate::cluster::wire::{self, BLOCK, Members, Stamp};
 
 /// Blocks answered with parity that are remembered (the oldest forgotten first: a nack for
 /// one forgotten starts it again at index 0, whose symbols its receivers may hold already:
@@ -31,7 +31,7 @@ const MAX_BLOCKS: usize = 1024;
 impl Repairs {
     /// Closes the block from `lo` with `members` (its first parity is about to go: what this
     /// node sends next begins a new block); returns its index in `blocks`.
-    fn close(&mut self, lo: u64, members: u64) -> usize {
+    fn close(&mut self, lo: u64, members: Members) -> usize {
         if self.blocks.len() >= MAX_BLOCKS {
             self.blocks.pop_front();
         }
@@ -119,7 +119,7 @@ impl Protocol {
         let upto = self.sent_seq();
         // The members missed, per block (bounded: a nack of a long history is answered a
         // bounded part at a time, the rest plainly).
-        let mut missed: Vec<(u64, u64)> = Vec::new();
+        let mut missed: Vec<(u64, Members)> = Vec::new();
         for &(lo, hi) in gaps {
             for s in self.repairs.span(lo, hi.min(upto)) {
                 if s.coded.is_none() {
@@ -157,7 +157,7 @@ impl Protocol {
                 .repairs
                 .span(lo, (lo + BLOCK - 1).min(upto))
                 .filter(|s| s.coded.is_some() && s.block == lo)
-                .fold(0u64, |m, s| m | 1 << (s.seq - lo));
+                .fold(0, |m: Members, s| m | 1 << (s.seq - lo));
             let r = &mut self.repairs;
             let known = r.blocks.binary_search_by_key(&lo, |b| b.lo).ok();
             let members = known.map_or(kept, |i| r.blocks[i].members);
@@ -212,12 +212,13 @@ impl Protocol {
     }
 
     /// Parity symbol `index` of the block from `lo` over `members`, sealed (flags `flags`,
-    /// stamp `st`); `None` if a member has left the history since it was asked for.
+    /// stamp `st`); `None` if a member has left the history since it was asked for, or the
+    /// block began more than `u16::MAX` sequence numbers ago (the wire cannot say where).
     pub(in crate::cluster::protocol) fn parity_datagram(
         &self,
         flags: u16,
         st: &Stamp,
-        (lo, members): (u64, u64),
+        (lo, members): (u64, Members),
         index: usize,
     ) -> Option<Vec<u8>> {
         let mut data: Vec<(usize, &[u8])> = Vec::with_capacity(members.count_ones() as usize);
@@ -226,10 +227,8 @@ impl Protocol {
             data.push((i as usize, s.coded.as_deref()?));
         }
         let payload = erasure::encode(index, &data)?;
-        Some(
-            self.enc
-                .parity(&self.seal, flags, st, (lo, members), index, &payload),
-        )
+        self.enc
+            .parity(&self.seal, flags, st, (lo, members), index, &payload)
     }
 
     /// The coded form of a delta or names datagram this node sends to the group, if parity can
