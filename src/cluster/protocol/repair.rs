@@ -195,6 +195,9 @@ struct Block {
     queued: usize,
     /// The current round of first nacks: when it began, and the most any nack in it needed.
     round: Option<(Instant, usize)>,
+    /// The current round of later nacks ([`crate::cluster::wire::FLAG_AGAIN`]) likewise: when
+    /// it began, and the symbols it sent.
+    again: Option<(Instant, usize)>,
 }
 
 /// A repair waiting for the bucket.

@@ -164,7 +164,17 @@ impl Protocol {
         // every direct nack (this node relays), plainly.
         let plain = flags & wire::FLAG_PLAIN != 0;
         if !direct && !plain && self.cfg.parity && self.relay_k().is_none() {
-            own = self.code_nack(now, &own, flags & wire::FLAG_AGAIN != 0);
+            // A later round's nack: the round trip to its sender bounds when it cannot have
+            // had the symbols another's later nack just brought (this node's estimate as a
+            // receiver of that sender's repairs; the nack window without one).
+            let again = (flags & wire::FLAG_AGAIN != 0).then(|| {
+                let window = self.cfg.nack_window;
+                self.peers
+                    .get(&requester)
+                    .and_then(|p| p.round_trip.estimate())
+                    .map_or(window, |m| m.min(window))
+            });
+            own = self.code_nack(now, &own, again);
         }
         for (lo, hi) in own {
             let to = if lo < oldest {

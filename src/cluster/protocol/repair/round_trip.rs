@@ -117,6 +117,11 @@ impl RoundTrip {
         quiet.min(last + every)
     }
 
+    /// The smoothed round trip, once sampled.
+    pub(in crate::cluster::protocol) fn estimate(&self) -> Option<Duration> {
+        self.mean
+    }
+
     /// The random wait before a later round's nack, within `window`: no longer than the
     /// smoothed round trip (the other receivers' nacks of the round have had time to come).
     pub(in crate::cluster::protocol) fn later_window(&self, window: Duration) -> Duration {
