@@ -362,9 +362,14 @@ fn structured(data: &[u8]) {
             let lo = seq_of(body.first().copied().unwrap_or(0)).max(1);
             let mut wide = [0u8; 16];
             if let Some(b) = body.get(1..15) {
-                wide[2..].copy_from_slice(b);
+                wide[..14].copy_from_slice(b);
             }
-            let members = wire::Members::from_le_bytes(wide) | 1;
+            // (Now and then a bit past the block: the encoder refuses it.)
+            let stray = match body.get(15) {
+                Some(&b) if b & 0x80 != 0 => 1 << (wire::BLOCK + u64::from(b & 15)),
+                _ => 0,
+            };
+            let members = wire::Members::from_le_bytes(wide) | 1 | stray;
             let data: Vec<(usize, &[u8])> = (0..wire::BLOCK)
                 .filter(|i| members & (1 << i) != 0)
                 .filter_map(|i| sent.get(&(node, lo.wrapping_add(i))).map(|c| (i as usize, &c[..])))

@@ -1223,7 +1223,8 @@ impl Encoder {
 
     /// Parity symbol `index` of this node's block from `lo` over `members` (see the module
     /// docs), flagged [`FLAG_REPLY`] and `flags` (`st` has the current sequence number); `None`
-    /// if the block began more than `u16::MAX` numbers before it.
+    /// if the block began more than `u16::MAX` numbers before it, or `members` has a bit from
+    /// [`BLOCK`] on.
     #[allow(clippy::too_many_arguments)]
     pub fn parity(
         &self,
@@ -1235,7 +1236,9 @@ impl Encoder {
         payload: &[u8],
     ) -> Option<Vec<u8>> {
         let back = u16::try_from(st.seq.checked_sub(lo)?).ok()?;
-        debug_assert!(members >> BLOCK == 0);
+        if members >> BLOCK != 0 {
+            return None;
+        }
         let mut buf = Vec::with_capacity(HEADER_LEN + RANGE_LEN + payload.len() + TAG_LEN);
         buf.extend_from_slice(
             self.header(Kind::Parity, flags | FLAG_REPLY, index, st)
@@ -1616,6 +1619,11 @@ mod tests {
         );
         assert!(
             e.parity(&s, 0, &st(64, 1, 2), (65, 1), 0, &payload)
+                .is_none()
+        );
+        let stray: Members = 1 << BLOCK;
+        assert!(
+            e.parity(&s, 0, &st(90, 1, 2), (65, stray | 1), 0, &payload)
                 .is_none()
         );
         let forge =

@@ -197,7 +197,7 @@ struct Block {
     round: Option<(Instant, usize)>,
     /// The current round of later nacks ([`crate::cluster::wire::FLAG_AGAIN`]) likewise: when
     /// it began, and the symbols it sent.
-    again: Option<(Instant, usize)>,
+    again: Option<(Instant, usize, bool)>,
 }
 
 /// A repair waiting for the bucket.
