@@ -229,6 +229,23 @@ struct BlockHead {
 }
 /// Bytes of a parity datagram's member bitmap.
 const MEMBER_BYTES: usize = crate::cluster::erasure::DATA / 8;
+
+impl BlockHead {
+    fn new(back: u16, members: Members) -> BlockHead {
+        let mut m = [0; MEMBER_BYTES];
+        m.copy_from_slice(&members.to_be_bytes()[16 - MEMBER_BYTES..]);
+        BlockHead {
+            back: U16::new(back),
+            members: m,
+        }
+    }
+
+    fn members(&self) -> Members {
+        let mut wide = [0u8; 16];
+        wide[16 - MEMBER_BYTES..].copy_from_slice(&self.members);
+        Members::from_be_bytes(wide)
+    }
+}
 // A parity datagram's block takes what a range takes: deltas and names datagrams leave room
 // for a range, so their coded forms fit a parity datagram.
 const _: () = assert!(size_of::<BlockHead>() == RANGE_LEN);
@@ -695,9 +712,7 @@ impl Seal {
                 let (head, payload) =
                     BlockHead::ref_from_prefix(body).map_err(|_| Reject::Length)?;
                 let lo = hdr.seq.get().wrapping_sub(u64::from(head.back.get()));
-                let mut wide = [0u8; 16];
-                wide[16 - MEMBER_BYTES..].copy_from_slice(&head.members);
-                let members = Members::from_be_bytes(wide);
+                let members = head.members();
                 // (The block's numbers must exist: `lo` is not past the header's `seq`, and
                 // `lo + BLOCK - 1` does not overflow.)
                 if lo == 0
@@ -1244,8 +1259,7 @@ impl Encoder {
             self.header(Kind::Parity, flags | FLAG_REPLY, index, st)
                 .as_bytes(),
         );
-        buf.extend_from_slice(back.to_be_bytes().as_slice());
-        buf.extend_from_slice(&members.to_be_bytes()[16 - MEMBER_BYTES..]);
+        buf.extend_from_slice(BlockHead::new(back, members).as_bytes());
         buf.extend_from_slice(payload);
         seal.seal(&mut buf);
         Some(buf)

@@ -166,13 +166,12 @@ impl Protocol {
         if !direct && !plain && self.cfg.parity && self.relay_k().is_none() {
             // A later round's nack: the round trip to its sender bounds when it cannot have
             // had the symbols another's later nack just brought (this node's estimate as a
-            // receiver of that sender's repairs; the nack window without one).
+            // receiver of that sender's repairs).
             let again = (flags & wire::FLAG_AGAIN != 0).then(|| {
                 let window = self.cfg.nack_window;
                 self.peers
                     .get(&requester)
-                    .and_then(|p| p.round_trip.estimate())
-                    .map_or(window, |m| m.min(window))
+                    .map_or(window, |p| p.round_trip.later_window(window))
             });
             own = self.code_nack(now, &own, again);
         }

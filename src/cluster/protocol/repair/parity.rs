@@ -192,27 +192,30 @@ impl Protocol {
             // do (one that had counted those symbols after all asks again a round later), and
             // the second of them gets one spare symbol for the round.
             // Symbols still waiting for the bucket have reached nobody: they serve any nack.
+            let later = b
+                .again
+                .filter(|&(t, ..)| now.saturating_duration_since(t) < trip);
             let (extra, next_round) = match b.round {
                 Some((t, n)) if !again && now.saturating_duration_since(t) < hold => {
                     (need.saturating_sub(n), Some((t, n.max(need))))
                 }
-                _ if again => match b.again {
-                    Some((t, n, spared)) if now.saturating_duration_since(t) < trip => {
+                _ if again => match later {
+                    Some((_, n, spared)) => {
                         let more = need.saturating_sub(n);
                         (if more == 0 && !spared { 1 } else { more }, b.round)
                     }
-                    _ => (need, b.round),
+                    None => (need, b.round),
                 },
                 _ => (need, Some((now, need))),
             };
             let extra = extra.min(need.saturating_sub(b.queued));
             if again {
-                b.again = match b.again {
-                    Some((t, n, spared)) if now.saturating_duration_since(t) < trip => {
-                        Some((t, n + extra, spared || extra > need.saturating_sub(n)))
+                b.again = Some(match later {
+                    Some((t, n, spared)) => {
+                        (t, n + extra, spared || extra > need.saturating_sub(n))
                     }
-                    _ => Some((now, extra, false)),
-                };
+                    None => (now, extra, false),
+                });
             }
             if b.next + extra > erasure::PARITY {
                 // Out of indices: plain repairs for this block's gaps.

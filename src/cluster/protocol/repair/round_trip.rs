@@ -117,13 +117,10 @@ impl RoundTrip {
         quiet.min(last + every)
     }
 
-    /// The smoothed round trip, once sampled.
-    pub(in crate::cluster::protocol) fn estimate(&self) -> Option<Duration> {
-        self.mean
-    }
-
-    /// The random wait before a later round's nack, within `window`: no longer than the
-    /// smoothed round trip (the other receivers' nacks of the round have had time to come).
+    /// The smoothed round trip, at most `window` (`window` until sampled): the random wait
+    /// before a later round's nack (the other receivers' nacks of the round have had time to
+    /// come), and, on the sender's side, how soon after one later nack another cannot have had
+    /// its symbols yet (`parity.rs`).
     pub(in crate::cluster::protocol) fn later_window(&self, window: Duration) -> Duration {
         self.mean.map_or(window, |m| m.min(window))
     }
