@@ -334,6 +334,7 @@ impl Protocol {
                 least_need: None,
                 names_rounds: false,
                 asked: Vec::new(),
+                bids: Vec::new(),
                 digest_rounds: 0,
                 digests_served: (0, 0, now),
                 digests_asked: std::collections::VecDeque::new(),

@@ -99,6 +99,47 @@ pub(in crate::cluster::protocol) fn add_asked(
     asked.push((lo, hi, now));
 }
 
+/// Another receiver's first nack of a peer for parity: the lowest and highest numbers it asked
+/// for, how many, and when it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::cluster::protocol) struct Bid {
+    pub(in crate::cluster::protocol) lo: u64,
+    pub(in crate::cluster::protocol) hi: u64,
+    pub(in crate::cluster::protocol) count: u64,
+    pub(in crate::cluster::protocol) at: Instant,
+}
+
+/// Remembers another receiver's first nack for parity (oldest forgotten first).
+pub(in crate::cluster::protocol) fn add_bid(bids: &mut Vec<Bid>, bid: Bid) {
+    if bids.len() >= MAX_ASKED {
+        bids.remove(0);
+    }
+    bids.push(bid);
+}
+
+/// Whether another receiver's first nack asked for at least as many numbers as `gaps` (a
+/// first nack's) holds, all within one block's span together with them: a block is answered
+/// with as many symbols as the largest of a round's first nacks asks for, each of which
+/// repairs any one loss, so that answer serves these gaps too. Counted, not matched: with
+/// hundreds of receivers no two miss the same datagrams, and a receiver held back only when
+/// others had asked for each of its numbers nacked at 256 nodes as often as not. (A span
+/// across two blocks may hold fewer of one block's numbers than `gaps` does; such a receiver
+/// asks again a round later.)
+pub(in crate::cluster::protocol) fn outbid(gaps: &[(u64, u64)], bids: &[Bid]) -> bool {
+    let (Some(lo), Some(hi)) = (
+        gaps.iter().map(|g| g.0).min(),
+        gaps.iter().map(|g| g.1).max(),
+    ) else {
+        return false;
+    };
+    let need = gaps
+        .iter()
+        .map(|&(l, h)| h.saturating_sub(l).saturating_add(1))
+        .fold(0, u64::saturating_add);
+    bids.iter()
+        .any(|b| b.count >= need && b.hi.max(hi) - b.lo.min(lo) < crate::cluster::wire::BLOCK)
+}
+
 /// Of a run `lo..=hi` of this node's sequence numbers that carried no topics, asked for by a
 /// nack to the group, the pieces no empty repair to the group covered within `hold` (`sent`:
 /// the runs repaired, and when); notes this one. Every receiver that missed a heartbeat asks
@@ -126,6 +167,23 @@ pub(in crate::cluster::protocol) fn unrepaired(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first nack is outbid by another that asked for as many numbers, within one block's
+    /// span of its own: not by fewer, nor by one whose numbers lie a block or more away.
+    #[test]
+    fn a_bid_of_as_many_within_a_block_outbids() {
+        let at = Instant::now();
+        let bid = |lo, hi, count| Bid { lo, hi, count, at };
+        let gaps = [(10, 10), (20, 21)];
+        assert!(outbid(&gaps, &[bid(11, 30, 3)]));
+        assert!(outbid(&gaps, &[bid(1, 2, 2), bid(5, 40, 4)]));
+        assert!(!outbid(&gaps, &[bid(11, 30, 2)]));
+        let far = 10 + crate::cluster::wire::BLOCK;
+        assert!(!outbid(&gaps, &[bid(far - 3, far, 4)]));
+        assert!(outbid(&gaps, &[bid(far - 4, far - 1, 4)]));
+        assert!(!outbid(&[], &[bid(1, 2, 2)]));
+        assert!(!outbid(&gaps, &[]));
+    }
 
     #[test]
     fn subtract_cuts_ranges() {

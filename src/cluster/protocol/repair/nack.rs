@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::super::{Dest, Protocol};
-use super::{Gap, add_asked, subtract};
+use super::{Bid, Gap, add_asked, add_bid, outbid, subtract};
 use crate::cluster::wire;
 
 impl Protocol {
@@ -45,10 +45,16 @@ impl Protocol {
             if big && self.cfg.parity && p.least_need.is_some_and(|l| need >= l) {
                 by_parity = p.recover.split(&p.gaps, true).0;
             }
-            // A later round asks for symbols beyond those it counted: another's nack may be
-            // answered by the very symbols it counted, so it is never held back.
+            // A first nack is held back where other receivers asked for each number it misses,
+            // or one of them for as many of a block (`outbid`). A later round asks for symbols
+            // beyond those it counted: another's nack may be answered by the very symbols it
+            // counted, so it is never held back. (Held back for a later nack that asked as
+            // many, 256 nodes at 10 % loss sent a third fewer nack bytes but were exact up to
+            // 80 ms later.)
             let later = p.nacks > 0 || p.recover.has_symbols();
-            if !later && subtract(&by_parity, &asked).is_empty() {
+            p.bids
+                .retain(|b| now.saturating_duration_since(b.at) < every);
+            if !later && (subtract(&by_parity, &asked).is_empty() || outbid(&by_parity, &p.bids)) {
                 by_parity.clear();
             }
             p.nack_at = None;
@@ -149,12 +155,40 @@ impl Protocol {
         // repair bucket's pace). Charged once per nack.
         let mut old_gap_to: Option<Option<SocketAddr>> = None;
         let mut own: Vec<(u64, u64)> = Vec::new();
+        // A first nack to the group for parity bids for each peer it names: how many of its
+        // numbers, and where (see `outbid`).
+        let first = !direct && flags & (wire::FLAG_PLAIN | wire::FLAG_AGAIN) == 0;
+        let mut bids: Vec<(u64, Bid)> = Vec::new();
         for g in gaps {
             let (node, lo, hi) = (g.node.get(), g.lo.get(), g.hi.get());
             if node == self.cfg.node {
                 own.push((lo, hi));
             } else if let Some(p) = self.peers.get_mut(&node) {
                 add_asked(&mut p.asked, lo, hi, now);
+                if first && lo <= hi {
+                    let count = (hi - lo).saturating_add(1);
+                    match bids.iter_mut().find(|b| b.0 == node) {
+                        Some((_, b)) => {
+                            b.lo = b.lo.min(lo);
+                            b.hi = b.hi.max(hi);
+                            b.count = b.count.saturating_add(count);
+                        }
+                        None => bids.push((
+                            node,
+                            Bid {
+                                lo,
+                                hi,
+                                count,
+                                at: now,
+                            },
+                        )),
+                    }
+                }
+            }
+        }
+        for (node, bid) in bids {
+            if let Some(p) = self.peers.get_mut(&node) {
+                add_bid(&mut p.bids, bid);
             }
         }
         if self.cfg.observer || own.is_empty() {

@@ -54,6 +54,7 @@ impl Protocol {
         let window = self.cfg.nack_window;
         let per_request = self.enc.names_per_request();
         let relaying = self.relay_k().is_some();
+        let receivers = self.peers.len();
         let repairs = &mut self.repairs;
         let unnamed = &self.unnamed;
         for (&n, p) in self.peers.iter_mut() {
@@ -140,7 +141,7 @@ impl Protocol {
                     } else if later {
                         now + repairs.jitter(p.round_trip.later_window(window))
                     } else {
-                        now + repairs.jitter(window)
+                        now + repairs.first_moment(window, receivers)
                     }
                 });
                 if at <= now {

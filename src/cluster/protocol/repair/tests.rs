@@ -83,3 +83,28 @@ fn an_empty_run_goes_to_the_group_once_per_window() {
     p.nacked(later, None, (5, 9), None);
     assert_eq!(empties(&mut p), [(5, 9, false)]);
 }
+
+/// A first nack's moment is below the window, and rarely early where many receivers may nack:
+/// with 256 of them about 2 % of moments fall in the window's first tenth (evenly drawn, 10 %),
+/// while with 2 the draw is nearly even.
+#[test]
+fn first_moments_are_rarely_early_in_a_big_group() {
+    let max = Duration::from_millis(10);
+    let early = |receivers: usize| {
+        let mut r = Repairs::new(Instant::now(), 0.0, 7);
+        let n = 20_000;
+        let mut early = 0;
+        for _ in 0..n {
+            let t = r.first_moment(max, receivers);
+            assert!(t < max);
+            if t < max / 10 {
+                early += 1;
+            }
+        }
+        early as f64 / n as f64
+    };
+    let big = early(256);
+    assert!((0.01..0.035).contains(&big), "{big}");
+    let small = early(2);
+    assert!((0.07..0.11).contains(&small), "{small}");
+}
