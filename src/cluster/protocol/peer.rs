@@ -366,7 +366,7 @@ pub(super) struct Peer {
     pub(super) names_rounds: bool,
     /// Its sequence numbers other receivers nacked, and when (this node does not ask again).
     pub(super) asked: Vec<(u64, u64, Instant)>,
-    /// Other receivers' nacks of it answered with parity, as counts (see [`super::repair::outbid`]).
+    /// Other receivers' first nacks of it for parity, as counts (see [`super::repair::outbid`]).
     pub(super) bids: Vec<super::repair::Bid>,
     /// Digest requests for its whole range sent since its copy was last right or it last sent
     /// a digest reply: past [`MAX_DIGEST_ROUNDS`](super::repair::MAX_DIGEST_ROUNDS) this node
