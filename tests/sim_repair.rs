@@ -468,3 +468,45 @@ fn first_nacks_stay_few_however_many_receivers_lose() {
         "{all_nacks} nacks from {all_losers} receivers that lost some of the burst"
     );
 }
+
+/// What loss costs a sender is close to the least it can cost. The simulator counts each
+/// receiver's lost deltas and names (`Sim::repair_floor`): a sender on multicast must send at
+/// least the worst receiver's loss again. One sender's burst, lossless and at 10 % loss from
+/// the same seed: what the loss added to its bytes is at least that floor (else the floor is
+/// counted wrong) and not far above it.
+#[test]
+fn what_loss_costs_a_sender_stays_near_the_floor() {
+    for (n, seed) in [(8, 0), (8, 1), (32, 2), (32, 3)] {
+        let sent = |loss: f64| {
+            let mut s = formed(n, seed, |_| {});
+            s.count_lost_data();
+            s.faults.loss = loss;
+            let b0 = s.bytes_sent[0];
+            for t in 0..3_000 {
+                s.set(0, topic_hash(t), 1);
+            }
+            let (exact, _) = until_exact(&mut s, 10);
+            assert!(exact.is_some(), "seed {seed}: not exact in 10 ticks");
+            (s.bytes_sent[0] - b0, s.repair_floor().unwrap())
+        };
+        let (lossless, none) = sent(0.0);
+        let (lossy, floor) = sent(0.1);
+        assert_eq!(none, 0, "seed {seed}: lost without loss");
+        let added = lossy - lossless;
+        eprintln!(
+            "{n} nodes, seed {seed}: {lossless} B lossless, {added} B added, floor {floor} B"
+        );
+        assert!(
+            floor > lossless / 20,
+            "seed {seed}: floor {floor} B for {lossless} B"
+        );
+        assert!(
+            added >= floor,
+            "seed {seed}: loss added {added} B, under the floor {floor} B"
+        );
+        assert!(
+            added <= 2 * floor,
+            "seed {seed}: loss added {added} B, over twice the floor {floor} B"
+        );
+    }
+}

@@ -93,6 +93,9 @@ pub struct Sim {
     /// Called on the second thread of a window with `true` before it handles anything and
     /// `false` after (a measurement of the run's memory takes in that thread's share).
     pub on_helper_thread: Option<fn(bool)>,
+    /// Sequenced group datagrams random loss took, by sender and receiver, once counted
+    /// ([`Sim::count_lost_data`]).
+    lost_data: Option<link::LostData>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -144,6 +147,7 @@ impl Sim {
             seal: Seal::new("sim", b"sim key"),
             spare_cores: None,
             on_helper_thread: None,
+            lost_data: None,
         };
         let units = s.zones.as_ref().map_or(n, |z| z.n);
         s.queues = (0..units).map(|_| BinaryHeap::new()).collect();
@@ -278,6 +282,20 @@ impl Sim {
             let t = (x >> 20) % topics;
             self.add(node, topic_hash(t * t / topics), 1);
         }
+    }
+
+    /// Counts, from now on (afresh), the bytes of each sender's deltas and names datagrams to
+    /// the group that random loss takes from each receiver: see [`Sim::repair_floor`].
+    pub fn count_lost_data(&mut self) {
+        self.lost_data = Some(link::LostData::new(self.bytes_sent.len()));
+    }
+
+    /// Since [`Sim::count_lost_data`] (`None` before it): the sum over senders of the most
+    /// bytes of the sender's deltas and names any one receiver lost. Whatever repairs those
+    /// losses sends at least this much: one receiver's losses take as many bytes to restore,
+    /// and on multicast (not a unicast fan-out) one repair may serve every receiver at once.
+    pub fn repair_floor(&self) -> Option<u64> {
+        self.lost_data.as_ref().map(link::LostData::floor)
     }
 
     /// What node `i` counts for `hash`: its own count plus its peers'.

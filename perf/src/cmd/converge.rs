@@ -160,6 +160,9 @@ struct Run {
     idle_bytes: u64,
     /// Resync requests sent, cluster-wide, from the burst to exactness.
     resyncs: u64,
+    /// The bytes loss forces any repair to send, burst to exactness ([`Sim::repair_floor`]):
+    /// `None` without loss, or on a unicast fan-out (where one repair serves one receiver).
+    floor: Option<u64>,
     /// Bytes sent answering resync requests, cluster-wide, from the burst to exactness.
     repair_bytes: u64,
     /// Plain repair and parity datagrams sent, datagrams recovered from parity, and nack bytes,
@@ -241,6 +244,9 @@ fn run_seed(
     } else {
         setup.senders
     };
+    if loss > 0.0 && !setup.cap.unicast_fanout {
+        sim.count_lost_data();
+    }
     sim.burst_on(seed, joins, topics, senders);
     let limit = TICK * MAX_TICKS;
     let mut ms = None;
@@ -262,6 +268,7 @@ fn run_seed(
     let repair = repair_bytes(&sim) - p0;
     let c1 = repair_counts(&sim);
     let repairs: [u64; 4] = std::array::from_fn(|i| c1[i] - c0[i]);
+    let floor = sim.repair_floor();
 
     let b1 = total_bytes(&sim);
     if idle {
@@ -288,6 +295,7 @@ fn run_seed(
         burst_bytes,
         idle_bytes,
         resyncs,
+        floor,
         repair_bytes: repair,
         repairs,
         dropped: (
@@ -325,6 +333,14 @@ fn run_seed(
 ///   rotating refresh of the now-full tables).
 /// - `bytes_vs_lossless`: the burst's bytes per node over those of the same seed's burst without
 ///   loss (same capacity), worst over seeds (`_median` too): what loss costs in bytes.
+/// - `floor_vs_lossless`: the least any repair could cost, over the lossless burst, worst
+///   over seeds (`_median` too): the lossless burst's bytes plus, for each sender, the most
+///   bytes of its deltas and names any one receiver lost in the lossy run (`Sim::repair_floor`;
+///   the least a sender repairing over multicast sends, with free feedback, a code as long as
+///   the whole burst and no repair lost). It grows with the node count, as the worst of more
+///   receivers' losses does. `null` without loss, or on a unicast fan-out.
+/// - `bytes_vs_floor`: the burst's bytes over that least, seed by seed, worst over seeds
+///   (`_median` too): what the repair costs beyond what loss forces.
 /// - `repair_bytes_per_node`: bytes sent answering resync requests, burst to exact, per node.
 /// - `plain_repairs_per_node`, `parity_per_node`, `recovered_per_node`, `nack_bytes_per_node`:
 ///   repair datagrams and parity datagrams sent, peers' datagrams recovered from parity, and
@@ -378,6 +394,8 @@ pub fn converge(
     let mut idle = Vec::new();
     let mut resyncs = Vec::new();
     let mut vs_lossless = Vec::new();
+    let mut floor_vs = Vec::new();
+    let mut vs_floor = Vec::new();
     let mut after_lossless = Vec::new();
     let mut repair = Vec::new();
     let mut counts = [0f64; 4];
@@ -418,6 +436,11 @@ pub fn converge(
         entries.push(r.peer_entries as f64 / nodes as f64);
         wall = wall.max(started.elapsed().as_secs_f64());
         vs_lossless.push(r.burst_bytes as f64 / lossless.0.max(1) as f64);
+        if let Some(f) = r.floor {
+            let least = (lossless.0 + f).max(1) as f64;
+            floor_vs.push(least / lossless.0.max(1) as f64);
+            vs_floor.push(r.burst_bytes as f64 / least);
+        }
         // What loss added to the time, in whole ticks (a lossy run ends on a step that the
         // lossless one may have needed part of).
         let base_ms = lossless.1.unwrap_or(u64::from(MAX_TICKS) * tick_ms);
@@ -464,6 +487,10 @@ pub fn converge(
         "resync_requests_median": median(&resyncs),
         "bytes_vs_lossless": round(worst(&vs_lossless), 2),
         "bytes_vs_lossless_median": round(median(&vs_lossless), 2),
+        "floor_vs_lossless": if floor_vs.is_empty() { Value::Null } else { json!(round(worst(&floor_vs), 3)) },
+        "floor_vs_lossless_median": if floor_vs.is_empty() { Value::Null } else { json!(round(median(&floor_vs), 3)) },
+        "bytes_vs_floor": if vs_floor.is_empty() { Value::Null } else { json!(round(worst(&vs_floor), 3)) },
+        "bytes_vs_floor_median": if vs_floor.is_empty() { Value::Null } else { json!(round(median(&vs_floor), 3)) },
         "repair_bytes_per_node": round(mean(&repair), 1),
         "plain_repairs_per_node": round(counts[0], 1),
         "parity_per_node": round(counts[1], 1),
@@ -536,6 +563,17 @@ mod tests {
             v["bytes_vs_lossless_median"].as_f64().unwrap() >= 1.0,
             "{v}"
         );
+        // At 10 % loss something was lost, and the repair sent at least what it forced.
+        let floor = v["floor_vs_lossless"].as_f64().unwrap();
+        assert!(floor > 1.0, "{v}");
+        assert!(v["bytes_vs_floor_median"].as_f64().unwrap() >= 1.0, "{v}");
+        let lossless = converge(3, 0.0, 1, 50, 500, Setup::default());
+        assert_eq!(lossless["floor_vs_lossless"], Value::Null, "{lossless}");
+        // A unicast fan-out's repair serves one receiver: the multicast floor does not apply.
+        let mut setup = Setup::default();
+        setup.cap.unicast_fanout = true;
+        let unicast = converge(3, 0.1, 1, 50, 500, setup);
+        assert_eq!(unicast["bytes_vs_floor"], Value::Null, "{unicast}");
         assert_eq!(
             (v["dropped_send"].as_f64(), v["dropped_recv"].as_f64()),
             (Some(0.0), Some(0.0))

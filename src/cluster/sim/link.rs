@@ -58,15 +58,19 @@ pub struct LinkStats {
 impl Sim {
     /// What the network does to one copy of a datagram for `to` that left at `left`: lost, or
     /// when it arrives (twice if duplicated), each with its number, added to `out`.
+    /// Returns whether random loss took it.
     pub(super) fn send(
         &mut self,
         from: usize,
         to: usize,
         left: Duration,
         out: &mut Vec<(Duration, usize, u64)>,
-    ) {
-        if self.nodes[from].group != self.nodes[to].group || self.chance(self.faults.loss) {
-            return;
+    ) -> bool {
+        if self.nodes[from].group != self.nodes[to].group {
+            return false;
+        }
+        if self.chance(self.faults.loss) {
+            return true;
         }
         let copies = if self.chance(self.faults.dup) { 2 } else { 1 };
         for _ in 0..copies {
@@ -78,6 +82,7 @@ impl Sim {
             self.next_id += 1;
             out.push((at, to, id));
         }
+        false
     }
 
     /// Queues the copies `send` made of one datagram, each for its receiver.
@@ -90,5 +95,91 @@ impl Sim {
         for (at, to, id) in out.drain(..) {
             self.queue(Event::datagram(at, id, to, from, bytes.clone()));
         }
+    }
+}
+
+/// Each sender's sequenced group datagrams (deltas and names: what nacks and parity repair)
+/// that random loss took from each receiver, in bytes, from when [`Sim::count_lost_data`]
+/// was last called: what no repair scheme can do without.
+#[derive(Debug, Clone, Default)]
+pub(super) struct LostData {
+    n: usize,
+    /// `bytes[from * n + to]`.
+    bytes: Vec<u64>,
+}
+
+impl LostData {
+    pub(super) fn new(n: usize) -> LostData {
+        LostData {
+            n,
+            bytes: vec![0; n * n],
+        }
+    }
+
+    /// Counts `len` bytes of `from`'s lost to `to`.
+    pub(super) fn add(&mut self, from: usize, to: usize, len: usize) {
+        if let Some(b) = self.bytes.get_mut(from * self.n + to) {
+            *b += len as u64;
+        }
+    }
+
+    /// The sum over senders of the most bytes of the sender's any one receiver lost.
+    pub(super) fn floor(&self) -> u64 {
+        self.bytes
+            .chunks(self.n.max(1))
+            .map(|row| row.iter().copied().max().unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Whether `bytes` are a sequenced group datagram that repair restores: a delta or names,
+/// not sent in answer to anything.
+pub(super) fn repaired_kind(bytes: &[u8]) -> bool {
+    use crate::cluster::wire::{FLAG_REPLY, Header, Kind};
+    use zerocopy::FromBytes;
+    Header::ref_from_prefix(bytes).is_ok_and(|(h, _)| {
+        matches!(Kind::from_u8(h.kind), Some(Kind::Delta | Kind::Names))
+            && h.flags.get() & FLAG_REPLY == 0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::wire::{FLAG_REPLY, HEADER_LEN, Header, Kind};
+    use zerocopy::{FromZeros, IntoBytes};
+
+    #[test]
+    fn the_floor_is_each_senders_worst_receivers_loss() {
+        let mut l = LostData::new(3);
+        assert_eq!(l.floor(), 0);
+        l.add(0, 1, 100);
+        l.add(0, 2, 300);
+        l.add(0, 2, 50);
+        l.add(1, 0, 50);
+        l.add(1, 2, 60);
+        // Out of range: ignored, not a panic.
+        l.add(3, 0, 1_000);
+        assert_eq!(l.floor(), 350 + 60);
+    }
+
+    #[test]
+    fn repair_restores_sequenced_deltas_and_names_only() {
+        let datagram = |kind: Kind, flags: u16| {
+            let mut h = Header::new_zeroed();
+            h.kind = kind as u8;
+            h.flags.set(flags);
+            let mut b = h.as_bytes().to_vec();
+            b.resize(HEADER_LEN + 16, 0);
+            b
+        };
+        assert!(repaired_kind(&datagram(Kind::Delta, 0)));
+        assert!(repaired_kind(&datagram(Kind::Names, 0)));
+        // A repair is a delta sent in answer: not counted (what it restores was).
+        assert!(!repaired_kind(&datagram(Kind::Delta, FLAG_REPLY)));
+        for k in [Kind::Heartbeat, Kind::Refresh, Kind::Nack, Kind::Parity] {
+            assert!(!repaired_kind(&datagram(k, 0)), "{k:?}");
+        }
+        assert!(!repaired_kind(&[1, 2, 3]));
     }
 }
