@@ -473,7 +473,8 @@ fn first_nacks_stay_few_however_many_receivers_lose() {
 /// receiver's lost deltas and names (`Sim::repair_floor`): a sender on multicast must send at
 /// least the worst receiver's loss again. One sender's burst, lossless and at 10 % loss from
 /// the same seed: what the loss added to its bytes is at least that floor (else the floor is
-/// counted wrong) and not far above it.
+/// counted wrong) and not far above it, and its parity symbols are about as many as an ideal
+/// repair in rounds would send for the same losses (`Sim::ideal_repair_symbols`).
 #[test]
 fn what_loss_costs_a_sender_stays_near_the_floor() {
     for (n, seed) in [(8, 0), (8, 1), (32, 2), (32, 3)] {
@@ -482,19 +483,33 @@ fn what_loss_costs_a_sender_stays_near_the_floor() {
             s.count_lost_data();
             s.faults.loss = loss;
             let b0 = s.bytes_sent[0];
+            let p0 = s.node(0).unwrap().stats().parity_sent;
             for t in 0..3_000 {
                 s.set(0, topic_hash(t), 1);
             }
             let (exact, _) = until_exact(&mut s, 10);
             assert!(exact.is_some(), "seed {seed}: not exact in 10 ticks");
-            (s.bytes_sent[0] - b0, s.repair_floor().unwrap())
+            let parity = s.node(0).unwrap().stats().parity_sent - p0;
+            let ideal = s.ideal_repair_symbols(seed).unwrap();
+            (
+                s.bytes_sent[0] - b0,
+                s.repair_floor().unwrap(),
+                parity,
+                ideal,
+            )
         };
-        let (lossless, none) = sent(0.0);
-        let (lossy, floor) = sent(0.1);
+        let (lossless, none, _, _) = sent(0.0);
+        let (lossy, floor, parity, ideal) = sent(0.1);
         assert_eq!(none, 0, "seed {seed}: lost without loss");
         let added = lossy - lossless;
         eprintln!(
-            "{n} nodes, seed {seed}: {lossless} B lossless, {added} B added, floor {floor} B"
+            "{n} nodes, seed {seed}: {lossless} B lossless, {added} B added, floor {floor} B; \
+             {parity} parity symbols, {ideal} from an ideal repair in rounds"
+        );
+        // The symbols: near what an ideal repair in rounds (free feedback) would send.
+        assert!(
+            parity <= ideal + ideal / 2 + 2,
+            "seed {seed}: {parity} parity symbols, {ideal} ideal"
         );
         assert!(
             floor > lossless / 20,

@@ -12,6 +12,7 @@ mod addr;
 mod event;
 mod lane;
 mod link;
+mod lost;
 mod zone;
 mod zones;
 
@@ -95,7 +96,7 @@ pub struct Sim {
     pub on_helper_thread: Option<fn(bool)>,
     /// Sequenced group datagrams random loss took, by sender and receiver, once counted
     /// ([`Sim::count_lost_data`]).
-    lost_data: Option<link::LostData>,
+    lost_data: Option<lost::LostData>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -287,7 +288,7 @@ impl Sim {
     /// Counts, from now on (afresh), the bytes of each sender's deltas and names datagrams to
     /// the group that random loss takes from each receiver: see [`Sim::repair_floor`].
     pub fn count_lost_data(&mut self) {
-        self.lost_data = Some(link::LostData::new(self.bytes_sent.len()));
+        self.lost_data = Some(lost::LostData::new(self.bytes_sent.len()));
     }
 
     /// Since [`Sim::count_lost_data`] (`None` before it): the sum over senders of the most
@@ -295,7 +296,18 @@ impl Sim {
     /// losses sends at least this much: one receiver's losses take as many bytes to restore,
     /// and on multicast (not a unicast fan-out) one repair may serve every receiver at once.
     pub fn repair_floor(&self) -> Option<u64> {
-        self.lost_data.as_ref().map(link::LostData::floor)
+        self.lost_data.as_ref().map(lost::LostData::floor)
+    }
+
+    /// Since [`Sim::count_lost_data`] (`None` before it): the repair symbols an ideal repair
+    /// in rounds would have sent for the same losses, summed over senders. Each round a sender
+    /// learns exactly what each receiver still lacks (free, lossless feedback) and sends as
+    /// many symbols as the neediest lacks, any of which repairs any one loss; each symbol is
+    /// lost at each receiver as [`Faults::loss`] says (drawn from `seed`, apart from the
+    /// simulation's own draws). It grows with the receivers, as the worst of their losses does.
+    pub fn ideal_repair_symbols(&self, seed: u64) -> Option<u64> {
+        let loss = self.faults.loss.clamp(0.0, 0.99);
+        self.lost_data.as_ref().map(|l| l.ideal_symbols(loss, seed))
     }
 
     /// What node `i` counts for `hash`: its own count plus its peers'.

@@ -163,6 +163,9 @@ struct Run {
     /// The bytes loss forces any repair to send, burst to exactness ([`Sim::repair_floor`]):
     /// `None` without loss, or on a unicast fan-out (where one repair serves one receiver).
     floor: Option<u64>,
+    /// The repair symbols an ideal repair in rounds sends for the same losses
+    /// ([`Sim::ideal_repair_symbols`]), `None` where `floor` is.
+    ideal: Option<u64>,
     /// Bytes sent answering resync requests, cluster-wide, from the burst to exactness.
     repair_bytes: u64,
     /// Plain repair and parity datagrams sent, datagrams recovered from parity, and nack bytes,
@@ -269,6 +272,7 @@ fn run_seed(
     let c1 = repair_counts(&sim);
     let repairs: [u64; 4] = std::array::from_fn(|i| c1[i] - c0[i]);
     let floor = sim.repair_floor();
+    let ideal = sim.ideal_repair_symbols(seed);
 
     let b1 = total_bytes(&sim);
     if idle {
@@ -296,6 +300,7 @@ fn run_seed(
         idle_bytes,
         resyncs,
         floor,
+        ideal,
         repair_bytes: repair,
         repairs,
         dropped: (
@@ -341,6 +346,10 @@ fn run_seed(
 ///   receivers' losses does. `null` without loss, or on a unicast fan-out.
 /// - `bytes_vs_floor`: the burst's bytes over that least, seed by seed, worst over seeds
 ///   (`_median` too): what the repair costs beyond what loss forces.
+/// - `ideal_parity_per_node`: the symbols an ideal repair in rounds would send for the same
+///   losses (`Sim::ideal_repair_symbols`: each round, exactly as many as the neediest receiver
+///   lacks, with free feedback; symbols lost as the run's loss says), per node, mean over
+///   seeds: what `parity_per_node` is measured against. `null` where `floor_vs_lossless` is.
 /// - `repair_bytes_per_node`: bytes sent answering resync requests, burst to exact, per node.
 /// - `plain_repairs_per_node`, `parity_per_node`, `recovered_per_node`, `nack_bytes_per_node`:
 ///   repair datagrams and parity datagrams sent, peers' datagrams recovered from parity, and
@@ -396,6 +405,7 @@ pub fn converge(
     let mut vs_lossless = Vec::new();
     let mut floor_vs = Vec::new();
     let mut vs_floor = Vec::new();
+    let mut ideal = Vec::new();
     let mut after_lossless = Vec::new();
     let mut repair = Vec::new();
     let mut counts = [0f64; 4];
@@ -440,6 +450,9 @@ pub fn converge(
             let least = (lossless.0 + f).max(1) as f64;
             floor_vs.push(least / lossless.0.max(1) as f64);
             vs_floor.push(r.burst_bytes as f64 / least);
+        }
+        if let Some(i) = r.ideal {
+            ideal.push(i as f64 / nodes as f64);
         }
         // What loss added to the time, in whole ticks (a lossy run ends on a step that the
         // lossless one may have needed part of).
@@ -494,6 +507,7 @@ pub fn converge(
         "repair_bytes_per_node": round(mean(&repair), 1),
         "plain_repairs_per_node": round(counts[0], 1),
         "parity_per_node": round(counts[1], 1),
+        "ideal_parity_per_node": if ideal.is_empty() { Value::Null } else { json!(round(mean(&ideal), 1)) },
         "recovered_per_node": round(counts[2], 1),
         "nack_bytes_per_node": round(counts[3], 1),
         "peak_egress_bytes_per_tick": peak,

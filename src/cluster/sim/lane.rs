@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::addr::{self, addr};
 use super::event::{Event, Sent, What};
-use super::link;
+use super::lost;
 use super::{Capacity, Node, Sim};
 use crate::cluster::protocol::{Dest, Protocol};
 use crate::cluster::wire::Seal;
@@ -419,7 +419,7 @@ impl Sim {
     pub(super) fn commit(&mut self, out: Vec<Outgoing>) {
         let mut arrivals = Vec::new();
         for o in out {
-            let data = self.lost_data.is_some() && link::repaired_kind(o.bytes.bytes());
+            let data = self.lost_data.is_some() && lost::repaired_kind(o.bytes.bytes());
             for (to, left) in o.copies {
                 let lost = self.send(o.from, to, left, &mut arrivals);
                 if let Some(l) = self.lost_data.as_mut().filter(|_| lost && data) {
