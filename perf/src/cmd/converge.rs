@@ -479,6 +479,14 @@ pub fn converge(
     }
     let worst = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // A figure some runs do not have (no loss, a unicast fan-out, no counting allocator).
+    let or_null = |v: &[f64], of: fn(&[f64]) -> f64, digits: i32| {
+        if v.is_empty() {
+            Value::Null
+        } else {
+            json!(round(of(v), digits))
+        }
+    };
     json!({
         "nodes": nodes,
         "loss": loss,
@@ -500,14 +508,14 @@ pub fn converge(
         "resync_requests_median": median(&resyncs),
         "bytes_vs_lossless": round(worst(&vs_lossless), 2),
         "bytes_vs_lossless_median": round(median(&vs_lossless), 2),
-        "floor_vs_lossless": if floor_vs.is_empty() { Value::Null } else { json!(round(worst(&floor_vs), 3)) },
-        "floor_vs_lossless_median": if floor_vs.is_empty() { Value::Null } else { json!(round(median(&floor_vs), 3)) },
-        "bytes_vs_floor": if vs_floor.is_empty() { Value::Null } else { json!(round(worst(&vs_floor), 3)) },
-        "bytes_vs_floor_median": if vs_floor.is_empty() { Value::Null } else { json!(round(median(&vs_floor), 3)) },
+        "floor_vs_lossless": or_null(&floor_vs, worst, 3),
+        "floor_vs_lossless_median": or_null(&floor_vs, median, 3),
+        "bytes_vs_floor": or_null(&vs_floor, worst, 3),
+        "bytes_vs_floor_median": or_null(&vs_floor, median, 3),
         "repair_bytes_per_node": round(mean(&repair), 1),
         "plain_repairs_per_node": round(counts[0], 1),
         "parity_per_node": round(counts[1], 1),
-        "ideal_parity_per_node": if ideal.is_empty() { Value::Null } else { json!(round(mean(&ideal), 1)) },
+        "ideal_parity_per_node": or_null(&ideal, mean, 1),
         "recovered_per_node": round(counts[2], 1),
         "nack_bytes_per_node": round(counts[3], 1),
         "peak_egress_bytes_per_tick": peak,
@@ -522,10 +530,10 @@ pub fn converge(
         "parity": !setup.plain,
         "senders": if setup.senders == 0 { nodes } else { setup.senders.min(nodes) },
         "sim_seconds_per_seed": round(wall, 2),
-        "bytes_per_peer_topic": if per_entry.is_empty() { Value::Null } else { json!(round(mean(&per_entry), 1)) },
+        "bytes_per_peer_topic": or_null(&per_entry, mean, 1),
         "peer_entries_per_node": round(mean(&entries), 1),
-        "peer_table_bytes_per_entry": if table_per_entry.is_empty() { Value::Null } else { json!(round(mean(&table_per_entry), 1)) },
-        "other_bytes_per_node": if other_per_node.is_empty() { Value::Null } else { json!(round(mean(&other_per_node), 0)) },
+        "peer_table_bytes_per_entry": or_null(&table_per_entry, mean, 1),
+        "other_bytes_per_node": or_null(&other_per_node, mean, 0),
         "zones": setup.zones,
     })
 }

@@ -7,7 +7,7 @@ use zerocopy::FromBytes;
 /// Each sender's sequenced group datagrams (deltas and names: what nacks and parity repair)
 /// that random loss took from each receiver, from when [`Sim::count_lost_data`](super::Sim::count_lost_data)
 /// was last called.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub(super) struct LostData {
     n: usize,
     /// Bytes, `bytes[from * n + to]`.
