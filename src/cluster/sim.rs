@@ -288,7 +288,7 @@ impl Sim {
     /// Counts, from now on (afresh), the bytes of each sender's deltas and names datagrams to
     /// the group that random loss takes from each receiver: see [`Sim::repair_floor`].
     pub fn count_lost_data(&mut self) {
-        self.lost_data = Some(lost::LostData::new(self.bytes_sent.len()));
+        self.lost_data = Some(lost::LostData::new());
     }
 
     /// Since [`Sim::count_lost_data`] (`None` before it): the sum over senders of the most
